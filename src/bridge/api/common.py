@@ -1,0 +1,74 @@
+"""Shared pieces of the HTTP API: the context, directory changes with their error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from bridge.api.auth import Grant, audit
+from bridge.context import AppContext
+from bridge.directory.loader import DirectoryError
+from bridge.directory.model import Directory
+from bridge.directory.roles import Action
+
+Document = dict[str, Any]
+
+
+def ctx_of(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+def not_found(kind: str, key: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"no {kind} {key!r}")
+
+
+def conflict(reason: str) -> HTTPException:
+    return HTTPException(status_code=409, detail=reason)
+
+
+def change_directory(
+    request: Request,
+    grant: Grant,
+    action: Action,
+    target: str,
+    edit: Callable[[Document], Document | None],
+) -> Directory:
+    """Apply one change through the store; 409 for duplicates, 422 for other problems.
+
+    The store validates the whole resulting directory before writing anything, so a refused
+    change leaves the file and the snapshot untouched."""
+    store = ctx_of(request).store
+    try:
+        directory = store.change(edit)
+    except DirectoryError as exc:
+        status = 409 if any(p.kind == "duplicate" for p in exc.problems) else 422
+        audit(request, grant.user, action, allowed=False, target=target, reason=str(exc))
+        raise HTTPException(
+            status_code=status,
+            detail=[{"loc": p.path, "msg": p.reason, "type": p.kind} for p in exc.problems],
+        ) from None
+    except _EditRefused as exc:
+        audit(request, grant.user, action, allowed=False, target=target, reason=exc.reason)
+        raise HTTPException(status_code=exc.status, detail=exc.reason) from None
+    audit(request, grant.user, action, allowed=True, target=target, version=directory.version)
+    return directory
+
+
+class _EditRefused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+def refuse(status: int, reason: str) -> _EditRefused:
+    """Raise from inside an edit to abort it with an HTTP status (404, 409)."""
+    return _EditRefused(status, reason)
+
+
+def find_index(items: list[Document], key: str, value: str) -> int | None:
+    for index, item in enumerate(items):
+        if item.get(key) == value:
+            return index
+    return None

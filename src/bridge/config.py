@@ -1,0 +1,227 @@
+"""Settings: a TOML file (``--config`` or ``BRIDGE_CONFIG``), overridden by ``BRIDGE_*`` env vars.
+
+Nested settings use ``__`` in env names: ``BRIDGE_HTTP__PORT=9090`` sets ``[http] port``.
+Every problem is reported as ``field: reason`` (``http.port: Input should be a valid integer``)
+and the CLI exits 2 on any of them, before anything starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bridge.directory.loader import DirectoryError, load_directory, location
+from bridge.directory.model import Directory, Problem
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    # The address carriers and browsers use to reach us (webhook signatures are computed on
+    # it). Defaults to http://host:port.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+class SipSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 5060
+    realm: str = "bridge.local"
+    # Sources allowed to send trunk INVITEs without credentials (CIDRs, IPv4 or IPv6).
+    trunk_allow: list[str] = Field(default_factory=list)
+    trunk_uri: str | None = None
+
+    @field_validator("trunk_allow")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (like 203.0.113.0/24)") from None
+        return value
+
+    @field_validator("trunk_uri")
+    @classmethod
+    def _sip_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sip:", "sips:")):
+            raise ValueError("must be a sip: or sips: URI")
+        return value
+
+
+class DirectorySettings(_Section):
+    # Relative paths are read from the config file's folder.
+    path: Path = Path("directory.yaml")
+
+
+class AuthSettings(_Section):
+    jwt_secret: Annotated[str, Field(min_length=16)] = Field(
+        default="change-me-change-me-change-me", repr=False
+    )
+    token_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 3600
+
+
+class TwilioSettings(_Section):
+    account_sid: str | None = None
+    auth_token: str | None = Field(default=None, repr=False)
+    api_base: str | None = None
+    mode: Literal["dial", "conference"] = "dial"
+    api_key_sid: str | None = None
+    api_key_secret: str | None = Field(default=None, repr=False)
+    twiml_app_sid: str | None = None
+
+
+class StateSettings(_Section):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class EventsSettings(_Section):
+    outbox_path: Path = Path("var/events.sqlite")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: console when stderr is a terminal, JSON otherwise.
+    format: Literal["json", "console", "auto"] = "auto"
+
+
+class DaemonSettings(_Section):
+    # SIGTERM: how long live calls may go on before the daemon exits anyway.
+    drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    http: HttpSettings = HttpSettings()
+    sip: SipSettings = SipSettings()
+    directory: DirectorySettings = DirectorySettings()
+    auth: AuthSettings = AuthSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    state: StateSettings = StateSettings()
+    events: EventsSettings = EventsSettings()
+    log: LogSettings = LogSettings()
+    daemon: DaemonSettings = DaemonSettings()
+
+    # Where the file was read from (not a setting): relative paths resolve against it.
+    config_dir: Path = Field(default=Path("."), exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest priority first: explicit init values, then BRIDGE_* env, then the file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.config_dir / path)
+
+    @property
+    def directory_path(self) -> Path:
+        return self.resolve(self.directory.path)
+
+    def summary(self) -> str:
+        return (
+            f"http {self.http.host}:{self.http.port}, sip {self.sip.host}:{self.sip.port} "
+            f"realm {self.sip.realm}, state {self.state.backend}, directory {self.directory_path}"
+        )
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; each problem is one ``field: reason`` line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+ENV_FILE_VAR = "BRIDGE_CONFIG"
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read the TOML file and BRIDGE_* overrides from the environment. Raises ConfigError."""
+    if not path and os.environ.get(ENV_FILE_VAR):
+        path = os.environ[ENV_FILE_VAR]
+    file = Path(path) if path else None
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError([Problem(path="config", reason=f"file not found: {file}")])
+        try:
+            with file.open("rb") as handle:
+                tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([Problem(path="config", reason=f"not valid TOML: {exc}")]) from None
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=file)
+
+    try:
+        return FileSettings(config_dir=file.parent if file is not None else Path("."))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    found = []
+    for error in exc.errors(include_url=False):
+        reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            reason = "unknown setting"
+        found.append(Problem(path=location(error["loc"]) or "config", reason=reason))
+    return found
+
+
+def load_all(path: Path | str | None = None) -> tuple[Settings, Directory]:
+    """Settings plus the directory they name: everything `check-config` and `run` validate."""
+    settings = load_settings(path)
+    try:
+        directory = load_directory(settings.directory_path)
+    except DirectoryError as exc:
+        raise ConfigError(
+            [
+                p
+                if p.path.startswith("directory.")
+                else Problem(
+                    path=f"{settings.directory_path}: {p.path}", reason=p.reason, kind=p.kind
+                )
+                for p in exc.problems
+            ]
+        ) from None
+    return settings, directory

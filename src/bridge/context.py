@@ -1,0 +1,95 @@
+"""The daemon's parts, wired explicitly in one place (like a Wazo plugin's `plugin.py`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from bridge.api.auth import TokenService
+from bridge.calls.registry import CallRegistry
+from bridge.config import Settings
+from bridge.directory.loader import DirectoryError
+from bridge.directory.model import AccountStatus, Directory
+from bridge.directory.store import DirectoryStore
+from bridge.observability.metrics import Metrics
+from bridge.presence.service import PresenceService, utc_now
+from bridge.routing.service import RoutingService
+
+log = structlog.get_logger("bridge")
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    store: DirectoryStore
+    presence: PresenceService
+    routing: RoutingService
+    calls: CallRegistry
+    metrics: Metrics
+    tokens: TokenService
+    clock: Callable[[], datetime]
+    # Names of listeners (HTTP, later SIP) that are up; /readyz needs all of them.
+    listeners_expected: set[str] = field(default_factory=lambda: {"http"})
+    listeners_up: set[str] = field(default_factory=set)
+    draining: bool = False
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        checks: dict[str, object] = {
+            "directory_version": self.store.current.version,
+            "listeners": sorted(self.listeners_up),
+            "draining": self.draining,
+        }
+        missing = self.listeners_expected - self.listeners_up
+        if missing:
+            checks["missing_listeners"] = sorted(missing)
+        return (not missing and not self.draining), checks
+
+    def reload_directory(self) -> Directory:
+        """Re-read the directory file; a bad file is refused and logged, the old one kept."""
+        try:
+            directory = self.store.reload()
+        except DirectoryError as exc:
+            self.metrics.directory_reloads.labels(result="refused").inc()
+            log.error("directory_reload_refused", problems=[str(p) for p in exc.problems])
+            raise
+        self.metrics.directory_reloads.labels(result="ok").inc()
+        return directory
+
+
+def build_context(
+    settings: Settings,
+    directory: Directory,
+    clock: Callable[[], datetime] = utc_now,
+    metrics: Metrics | None = None,
+) -> AppContext:
+    metrics = metrics or Metrics()
+    store = DirectoryStore(directory, settings.directory_path)
+    presence = PresenceService(lambda: store.current, clock)
+    routing = RoutingService(store, presence, metrics, clock)
+
+    def on_change(new: Directory, old: Directory | None) -> None:
+        counts = Counter(user.status for user in new.users)
+        for status in AccountStatus:
+            metrics.directory_users.labels(status=status.value).set(counts.get(status, 0))
+        metrics.directory_ring_groups.set(len(new.ring_groups))
+        metrics.directory_lines.set(len(new.lines))
+        metrics.directory_version.set(new.version)
+        if old is not None:
+            for gone in old.users_by_id.keys() - new.users_by_id.keys():
+                presence.forget(gone)
+
+    store.subscribe(on_change)
+    return AppContext(
+        settings=settings,
+        store=store,
+        presence=presence,
+        routing=routing,
+        calls=CallRegistry(),
+        metrics=metrics,
+        tokens=TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds),
+        clock=clock,
+    )

@@ -1,0 +1,110 @@
+"""`bridge run`: the asyncio daemon around the HTTP app, with signal handling.
+
+SIGTERM / SIGINT: stop accepting new calls, let live ones finish (up to
+`[daemon] drain_timeout_seconds`), then stop listeners and exit 0.
+SIGHUP: reload the directory file (a bad file is refused, the old one kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+import uvicorn
+
+from bridge.api.app import create_app
+from bridge.config import Settings
+from bridge.context import AppContext, build_context
+from bridge.directory.loader import DirectoryError
+from bridge.directory.model import Directory
+
+log = structlog.get_logger("bridge")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM/SIGHUP."""
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        return None
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]  # uvicorn >= 0.29
+        yield
+
+
+class Daemon:
+    def __init__(self, settings: Settings, directory: Directory) -> None:
+        self.settings = settings
+        self.ctx: AppContext = build_context(settings, directory)
+        self.app = create_app(self.ctx)
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown_requested", live_calls=len(self.ctx.calls))
+            self._stop.set()
+
+    def reload(self) -> None:
+        with contextlib.suppress(DirectoryError):  # logged by reload_directory
+            self.ctx.reload_directory()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http.host,
+            port=self.settings.http.port,
+            ws="websockets-sansio",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        server = _Server(config)
+        serve = asyncio.create_task(server.serve(), name="http")
+        started = asyncio.create_task(self._mark_started(server))
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({serve, stop}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if serve in done:
+            # The listener died on its own (port taken, ...): that is a failed start.
+            stop.cancel()
+            log.error("http_listener_stopped", host=config.host, port=config.port)
+            return 1
+        await self._drain()
+        server.should_exit = True
+        await serve
+        log.info("stopped")
+        return 0
+
+    async def _mark_started(self, server: uvicorn.Server) -> None:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        self.ctx.listeners_up.add("http")
+        log.info(
+            "started",
+            http=f"{self.settings.http.host}:{self.settings.http.port}",
+            directory_version=self.ctx.store.current.version,
+            users=len(self.ctx.store.current.users),
+        )
+
+    async def _drain(self) -> None:
+        self.ctx.draining = True
+        self.ctx.metrics.draining.set(1)
+        self.ctx.calls.stop_accepting()
+        timeout = self.settings.daemon.drain_timeout_seconds
+        live = len(self.ctx.calls)
+        if live:
+            log.info("draining", live_calls=live, timeout_seconds=timeout)
+            finished = await self.ctx.calls.wait_empty(timeout)
+            if not finished:
+                log.warning("drain_timeout", live_calls=len(self.ctx.calls))
+
+
+def run_daemon(settings: Settings, directory: Directory) -> int:
+    return asyncio.run(Daemon(settings, directory).run())

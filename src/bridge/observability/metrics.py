@@ -1,0 +1,64 @@
+"""Prometheus metrics, one registry per daemon (tests build as many daemons as they like)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        process_collector.ProcessCollector(registry=self.registry)
+        platform_collector.PlatformCollector(registry=self.registry)
+        gc_collector.GCCollector(registry=self.registry)
+        r = self.registry
+        self.directory_users = Gauge(
+            "bridge_directory_users",
+            "Users in the directory, by account status",
+            ["status"],
+            registry=r,
+        )
+        self.directory_ring_groups = Gauge(
+            "bridge_directory_ring_groups", "Ring groups in the directory", registry=r
+        )
+        self.directory_lines = Gauge("bridge_directory_lines", "Lines in the directory", registry=r)
+        self.directory_version = Gauge(
+            "bridge_directory_version", "Version of the directory snapshot in use", registry=r
+        )
+        self.directory_reloads = Counter(
+            "bridge_directory_reloads_total", "Directory reloads from file", ["result"], registry=r
+        )
+        self.route_decisions = Counter(
+            "bridge_route_decisions_total", "Routing decisions, by outcome", ["result"], registry=r
+        )
+        self.route_decision_seconds = Histogram(
+            "bridge_route_decision_seconds",
+            "Time to compute one routing decision",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "bridge_http_requests_total",
+            "HTTP API requests, by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "bridge_auth_failures_total", "Refused API credentials", ["reason"], registry=r
+        )
+        self.live_calls = Gauge("bridge_live_calls", "Calls in progress", registry=r)
+        self.draining = Gauge(
+            "bridge_draining", "1 while the daemon drains for shutdown", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
