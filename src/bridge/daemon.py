@@ -66,7 +66,7 @@ class Daemon:
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
-        serve = asyncio.create_task(server.serve(), name="http")
+        serve = asyncio.create_task(self._serve(server), name="http")
         started = asyncio.create_task(self._mark_started(server))
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({serve, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -81,6 +81,14 @@ class Daemon:
         await serve
         log.info("stopped")
         return 0
+
+    @staticmethod
+    async def _serve(server: uvicorn.Server) -> None:
+        try:
+            await server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; we report it and exit 1 instead.
+            pass
 
     async def _mark_started(self, server: uvicorn.Server) -> None:
         while not server.started:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import structlog
@@ -57,3 +59,13 @@ def configure_logging(
         logger.propagate = True
     # Access logs are noisy and duplicate our request metrics; keep them at warning.
     logging.getLogger("uvicorn.access").setLevel(max(numeric, logging.WARNING))
+
+
+@contextmanager
+def call_context(call_id: str, **fields: object) -> Iterator[None]:
+    """Bind `call_id` (and any other fields) to every log line inside the block."""
+    tokens = structlog.contextvars.bind_contextvars(call_id=call_id, **fields)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

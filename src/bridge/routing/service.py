@@ -13,6 +13,7 @@ from datetime import datetime
 import structlog
 
 from bridge.directory.store import DirectoryStore
+from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import PresenceView
 from bridge.routing.engine import plan_route
@@ -43,10 +44,11 @@ class RoutingService:
 
     def route(self, call: CallRequest) -> RoutePlan:
         """Plan a real call now and advance the round-robin pointers it used."""
-        plan = self._decide(call, self._clock(), self._presence)
-        self._rotation.update(plan.rotation)
-        self._metrics.route_decisions.labels(result=plan.outcome.value).inc()
-        log.info("call_routed", call_id=call.call_id, outcome=plan.outcome.value, line=plan.line)
+        with call_context(call.call_id):
+            plan = self._decide(call, self._clock(), self._presence)
+            self._rotation.update(plan.rotation)
+            self._metrics.route_decisions.labels(result=plan.outcome.value).inc()
+            log.info("call_routed", outcome=plan.outcome.value, line=plan.line)
         return plan
 
     def explain(
