@@ -15,6 +15,12 @@ from typing import Literal
 import structlog
 
 
+def _stderr_logger(*args: object) -> structlog.PrintLogger:
+    # Look sys.stderr up when a logger is made, so a redirected stderr (tests, daemons that
+    # re-open it) is honoured.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["json", "console", "auto"] = "auto"
 ) -> None:
@@ -39,7 +45,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # Route the stdlib loggers of uvicorn & co. through the same renderer.
