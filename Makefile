@@ -10,7 +10,12 @@ PYTEST_ARGS ?=
 .PHONY: run test install install-test deb-packages lint bench check-config clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bridge needs Python 3.11 or newer")'
+	@# Debian splits venv/ensurepip out of python3: install it when it is missing.
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Re-install only when the project description changes.
