@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_serializer,
     model_validator,
 )
 
@@ -162,6 +163,10 @@ class User(_Frozen):
     call_visibility: CallVisibility = CallVisibility.OWNED_ONLY
     status: AccountStatus = AccountStatus.ACTIVE
     lines: tuple[E164, ...] = ()
+
+    @field_serializer("permissions")
+    def _sorted_permissions(self, permissions: frozenset[Permission]) -> list[str]:
+        return sorted(p.value for p in permissions)  # a stable file, whatever the set order
 
     @cached_property
     def working_week(self) -> WeekRanges | None:
