@@ -84,11 +84,9 @@ class Daemon:
 
     @staticmethod
     async def _serve(server: uvicorn.Server) -> None:
-        try:
+        # uvicorn exits the process when it cannot bind; we report it and exit 1 instead.
+        with contextlib.suppress(SystemExit):
             await server.serve()
-        except SystemExit:
-            # uvicorn exits the process when it cannot bind; we report it and exit 1 instead.
-            pass
 
     async def _mark_started(self, server: uvicorn.Server) -> None:
         while not server.started:

@@ -28,7 +28,6 @@ def public_user(user: User) -> dict[str, Any]:
     data = user.model_dump(mode="json")
     if user.sip is not None:
         data["sip"] = {"username": user.sip.username}
-    data["permissions"] = sorted(data["permissions"])
     return data
 
 

@@ -20,7 +20,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    field_serializer,
     model_validator,
 )
 
@@ -114,6 +113,10 @@ E164 = Annotated[str, AfterValidator(_e164)]
 TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
 Email = Annotated[str, AfterValidator(_email)]
 WeeklyHours = Annotated[dict[str, list[str]], AfterValidator(_hours)]
+# Sorted and without repeats, so the saved file is stable.
+Permissions = Annotated[
+    tuple[Permission, ...], AfterValidator(lambda v: tuple(sorted(set(v), key=lambda p: p.value)))
+]
 Identifier = Annotated[str, Field(pattern=ID_RE)]
 HexMd5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 HexSha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -159,14 +162,10 @@ class User(_Frozen):
     voicemail_prompt: Annotated[str, Field(max_length=1000)] | None = None
     personal_line: E164 | None = None
     available_by_default: bool = True
-    permissions: frozenset[Permission] = frozenset()
+    permissions: Permissions = ()
     call_visibility: CallVisibility = CallVisibility.OWNED_ONLY
     status: AccountStatus = AccountStatus.ACTIVE
     lines: tuple[E164, ...] = ()
-
-    @field_serializer("permissions")
-    def _sorted_permissions(self, permissions: frozenset[Permission]) -> list[str]:
-        return sorted(p.value for p in permissions)  # a stable file, whatever the set order
 
     @cached_property
     def working_week(self) -> WeekRanges | None:
