@@ -69,3 +69,17 @@ def test_metrics_endpoint_names(bridge: Bridge) -> None:
         "python_info",
     ):
         assert name in text, name
+
+
+def test_live_calls_gauge_follows_the_registry(bridge: Bridge) -> None:
+    from datetime import UTC, datetime
+
+    from bridge.calls.registry import LiveCall
+
+    registry = bridge.ctx.metrics.registry
+    assert registry.get_sample_value("bridge_live_calls") == 0.0
+    bridge.ctx.calls.add(LiveCall("c1", "sip", "+15550100", None, datetime.now(UTC)))
+    bridge.ctx.calls.add(LiveCall("c2", "sip", "+15550100", None, datetime.now(UTC)))
+    assert registry.get_sample_value("bridge_live_calls") == 2.0
+    bridge.ctx.calls.remove("c1")
+    assert registry.get_sample_value("bridge_live_calls") == 1.0

@@ -101,7 +101,7 @@ def _explainer(directory: Directory, requested: str | None) -> str | None:
 def _fetch_live(
     settings: Settings, directory: Directory, args: argparse.Namespace, at: datetime
 ) -> dict[str, Any]:
-    from bridge.api.auth import TokenService
+    from bridge.tokens import TokenService
 
     who = _explainer(directory, args.as_user)
     if who is None:
@@ -155,7 +155,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from bridge.api.auth import TokenService
+    from bridge.tokens import TokenService
 
     loaded = _load(args)
     if loaded is None:
@@ -164,9 +164,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     if directory.user(args.user_id) is None:
         print(f"token: no user {args.user_id!r} in the directory", file=sys.stderr)
         return EXIT_FAILURE
-    if args.ttl < 1:
+    ttl = settings.auth.token_ttl_seconds if args.ttl is None else args.ttl
+    if ttl < 1:
         return _usage("--ttl: must be at least 1 second")
-    print(TokenService(settings.auth.jwt_secret).issue(args.user_id, ttl=args.ttl))
+    print(TokenService(settings.auth.jwt_secret).issue(args.user_id, ttl=ttl))
     return EXIT_OK
 
 
@@ -235,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print an API token for a user")
     _config_arg(token)
     token.add_argument("user_id")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument(
+        "--ttl", type=int, help="lifetime in seconds (default: [auth] token_ttl_seconds)"
+    )
     token.set_defaults(func=cmd_token)
 
     hashp = sub.add_parser(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -196,6 +198,21 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return FileSettings(config_dir=file.parent if file is not None else Path("."))
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
+    except SettingsError as exc:
+        # A BRIDGE_* value that should be JSON (a list, a table) and is not.
+        raise ConfigError([_env_problem(exc)]) from None
+
+
+def _env_problem(exc: SettingsError) -> Problem:
+    match = re.search(r'field "(\w+)"', str(exc))
+    section = match.group(1) if match else "env"
+    return Problem(
+        path=section,
+        reason=(
+            f"a BRIDGE_{section.upper()}__* variable is not valid: lists and tables are JSON, "
+            f"e.g. BRIDGE_SIP__TRUNK_ALLOW='[\"10.0.0.0/8\"]' ({exc})"
+        ),
+    )
 
 
 def _problems(exc: ValidationError) -> list[Problem]:

@@ -9,7 +9,6 @@ from datetime import datetime
 
 import structlog
 
-from bridge.api.auth import TokenService
 from bridge.calls.registry import CallRegistry
 from bridge.config import Settings
 from bridge.directory.loader import DirectoryError
@@ -18,6 +17,7 @@ from bridge.directory.store import DirectoryStore
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
 from bridge.routing.service import RoutingService
+from bridge.tokens import TokenService
 
 log = structlog.get_logger("bridge")
 
@@ -88,7 +88,7 @@ def build_context(
         store=store,
         presence=presence,
         routing=routing,
-        calls=CallRegistry(),
+        calls=CallRegistry(on_count=metrics.live_calls.set),
         metrics=metrics,
         tokens=TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds),
         clock=clock,

@@ -248,3 +248,15 @@ def test_bridge_run_refuses_bad_config_with_same_message(demo_dir: Path) -> None
     )
     assert result.returncode == 2
     assert "users[3].extension: duplicate extension '101'" in result.stderr
+
+
+def test_env_list_that_is_not_json_is_a_config_error(
+    demo_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRIDGE_SIP__TRUNK_ALLOW", "10.0.0.0/8")
+    code, _, err = check(demo_dir / "bridge.toml", capsys)
+    assert code == 2
+    assert err.startswith("sip: a BRIDGE_SIP__* variable is not valid: lists and tables are JSON")
+    monkeypatch.setenv("BRIDGE_SIP__TRUNK_ALLOW", '["10.0.0.0/8", "2001:db8::/32"]')
+    code, _, _ = check(demo_dir / "bridge.toml", capsys)
+    assert code == 0

@@ -129,6 +129,16 @@ def test_token_is_a_valid_jwt_for_the_user(
     claims = jwt.decode(out.strip(), "demo-only-secret-change-me-0123456789", algorithms=["HS256"])
     assert claims["sub"] == "alice"
     assert claims["exp"] - claims["iat"] == 120
+    # Without --ttl: [auth] token_ttl_seconds.
+    text = (
+        (demo_dir / "bridge.toml")
+        .read_text()
+        .replace("token_ttl_seconds = 3600", "token_ttl_seconds = 900")
+    )
+    (demo_dir / "bridge.toml").write_text(text)
+    code, out, _ = run(capsys, "token", "alice", "-c", str(demo_dir / "bridge.toml"))
+    claims = jwt.decode(out.strip(), "demo-only-secret-change-me-0123456789", algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 900
     code, _, err = run(capsys, "token", "nobody", "-c", str(demo_dir / "bridge.toml"))
     assert code == 1 and "no user 'nobody'" in err
     code, _, err = run(capsys, "token", "alice", "-c", str(demo_dir / "bridge.toml"), "--ttl", "0")

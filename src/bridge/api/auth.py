@@ -6,59 +6,20 @@ the current directory snapshot, so a suspended or deleted user is refused at onc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import structlog
 from fastapi import Depends, HTTPException, Request
 
 from bridge.directory.model import AccountStatus, User
 from bridge.directory.roles import Action, Scope, allowed
+from bridge.tokens import TokenError, TokenService
 
 log = structlog.get_logger("bridge.auth")
 
-ISSUER = "bridge"
-
-
-class TokenError(Exception):
-    pass
-
-
-class TokenService:
-    def __init__(self, secret: str, default_ttl: int = 3600) -> None:
-        self._secret = secret
-        self._default_ttl = default_ttl
-
-    def issue(
-        self, user_id: str, ttl: int | None = None, now: float | None = None, **extra: Any
-    ) -> str:
-        issued = int(now if now is not None else time.time())
-        claims = {
-            "sub": user_id,
-            "iat": issued,
-            "exp": issued + (ttl or self._default_ttl),
-            "iss": ISSUER,
-        }
-        claims.update(extra)
-        return jwt.encode(claims, self._secret, algorithm="HS256")
-
-    def verify(self, token: str) -> dict[str, Any]:
-        try:
-            return jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                options={"require": ["sub", "exp"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token expired") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenError(f"token lacks the {exc.claim!r} claim") from None
-        except jwt.InvalidTokenError as exc:
-            raise TokenError(f"invalid token: {exc}") from None
+__all__ = ["Grant", "TokenError", "TokenService", "audit", "current_user", "require"]
 
 
 def _unauthorized(request: Request, reason: str) -> HTTPException:

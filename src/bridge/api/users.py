@@ -260,7 +260,8 @@ def put_availability(
 
 class LoginAsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ttl_seconds: int = 3600
+    # Default: [auth] token_ttl_seconds. Bounded to 1 minute .. 1 day.
+    ttl_seconds: int | None = None
 
 
 @router.post("/{user_id}/login-as", summary="Admin: a token to act as this user")
@@ -276,7 +277,8 @@ def login_as(
         raise not_found("user", user_id)
     if target.status is AccountStatus.SUSPENDED:
         raise HTTPException(status_code=409, detail=f"user {user_id!r} is suspended")
-    ttl = min(max((body or LoginAsBody()).ttl_seconds, 60), 86400)
+    asked = (body or LoginAsBody()).ttl_seconds
+    ttl = min(max(asked or ctx.settings.auth.token_ttl_seconds, 60), 86400)
     token = ctx.tokens.issue(user_id, ttl=ttl, act={"sub": grant.user.id})
     audit(request, grant.user, Action.LOGIN_AS, allowed=True, target=f"user:{user_id}")
     return {"token": token, "user_id": user_id, "expires_in": ttl}

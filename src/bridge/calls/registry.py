@@ -7,6 +7,7 @@ the registry is empty in practice, but draining and `GET /api/v1/calls` already 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,7 +45,8 @@ class LiveCall:
 
 
 class CallRegistry:
-    def __init__(self) -> None:
+    def __init__(self, on_count: Callable[[int], None] | None = None) -> None:
+        self._on_count = on_count or (lambda count: None)
         self._calls: dict[str, LiveCall] = {}
         self._accepting = True
         self._empty = asyncio.Event()
@@ -62,11 +64,13 @@ class CallRegistry:
             raise NotAcceptingCalls(call.call_id)
         self._calls[call.call_id] = call
         self._empty.clear()
+        self._on_count(len(self._calls))
 
     def remove(self, call_id: str) -> None:
         self._calls.pop(call_id, None)
         if not self._calls:
             self._empty.set()
+        self._on_count(len(self._calls))
 
     def get(self, call_id: str) -> LiveCall | None:
         return self._calls.get(call_id)
