@@ -103,6 +103,14 @@ class StateSettings(_Section):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
 
+    @field_validator("backend")
+    @classmethod
+    def _available(cls, value: str) -> str:
+        # Refuse rather than silently run a second instance on private memory.
+        if value == "redis":
+            raise ValueError("'redis' is not available in this build yet; use 'memory'")
+        return value
+
 
 class EventsSettings(_Section):
     outbox_path: Path = Path("var/events.sqlite")

@@ -67,6 +67,11 @@ def test_demo_config_is_valid(demo_dir: Path, capsys: pytest.CaptureFixture[str]
             'backend = "etcd"',
             "state.backend: Input should be 'memory' or 'redis'",
         ),
+        (
+            'backend = "memory"',
+            'backend = "redis"',
+            "state.backend: 'redis' is not available in this build yet",
+        ),
         ('format = "auto"', 'format = "xml"', "log.format: Input should be"),
         (
             'jwt_secret = "demo-only-secret-change-me-0123456789"',
