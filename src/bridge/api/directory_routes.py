@@ -11,7 +11,7 @@ from bridge.api.auth import Grant, audit, require
 from bridge.api.common import Document, change_directory, ctx_of, find_index, not_found, refuse
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory, Line, RingGroup, normalize_number
-from bridge.directory.roles import Action, Scope
+from bridge.directory.roles import Action, Scope, allowed
 from bridge.presence.model import AssumeEveryoneAvailable
 from bridge.routing.model import CallRequest
 
@@ -163,6 +163,8 @@ def put_line(
     grant: Grant = Depends(require(Action.CHANGE_DIRECTORY)),
 ) -> dict[str, Any]:
     number = normalize_number(number)
+    if isinstance(body.get("number"), str):
+        body = {**body, "number": normalize_number(body["number"])}
     _check_id(body, "number", number)
 
     def edit(doc: Document) -> None:
@@ -235,15 +237,21 @@ def explain_route(
 def directory_info(
     request: Request, grant: Grant = Depends(require(Action.READ_DIRECTORY))
 ) -> dict[str, Any]:
-    directory = ctx_of(request).store.current
-    return {
-        "version": directory.version,
-        "timezone": directory.timezone,
-        "users": len(directory.users),
-        "ring_groups": len(directory.ring_groups),
-        "lines": len(directory.lines),
-        "path": str(ctx_of(request).store.path),
-    }
+    ctx = ctx_of(request)
+    directory = ctx.store.current
+    info: dict[str, Any] = {"version": directory.version, "timezone": directory.timezone}
+    if grant.scope is not Scope.ALL:
+        # Own-lines readers (rep, end_client) learn nothing about the rest of the directory.
+        info["lines"] = sum(1 for line in directory.lines if _line_visible(grant, line))
+        return info
+    info.update(
+        users=len(directory.users),
+        ring_groups=len(directory.ring_groups),
+        lines=len(directory.lines),
+    )
+    if allowed(grant.user, Action.CHANGE_DIRECTORY)[0] is Scope.ALL:
+        info["path"] = str(ctx.store.path)  # where API changes are written: for admins
+    return info
 
 
 @router.post("/directory/reload", tags=["directory"], summary="Re-read the directory file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
@@ -64,12 +65,21 @@ def create_user(
     return public_user(directory.users_by_id[body.id])
 
 
-def _replace_user(request: Request, grant: Grant, user_id: str, new: Document) -> dict[str, Any]:
+def _replace_user(
+    request: Request,
+    grant: Grant,
+    user_id: str,
+    replacement: Document | Callable[[Document], Document],
+) -> dict[str, Any]:
+    """`replacement` is the new user, or a function of the stored one (PATCH), applied to the
+    document the store hands the edit, so a change that landed meanwhile is not lost."""
+
     def edit(doc: Document) -> None:
         users = doc.setdefault("users", [])
         index = find_index(users, "id", user_id)
         if index is None:
             raise refuse(404, f"no user {user_id!r}")
+        new = replacement(users[index]) if callable(replacement) else replacement
         old_sip = users[index].get("sip")
         # Keep the stored hashes when a client sends back the public shape of `sip`.
         sent = new.get("sip")
@@ -83,7 +93,7 @@ def _replace_user(request: Request, grant: Grant, user_id: str, new: Document) -
         users[index] = new
 
     directory = change_directory(request, grant, Action.CHANGE_DIRECTORY, f"user:{user_id}", edit)
-    return public_user(directory.users_by_id[new.get("id", user_id)])
+    return public_user(directory.users_by_id[user_id])
 
 
 @router.put("/{user_id}", summary="Replace a user")
@@ -111,12 +121,14 @@ def patch_user(
         raise HTTPException(
             status_code=422, detail=[{"loc": "id", "msg": "id cannot change", "type": "invalid"}]
         )
-    current = ctx_of(request).store.current.user(user_id)
-    if current is None:
+    if ctx_of(request).store.current.user(user_id) is None:
         raise not_found("user", user_id)
-    merged = {**current.model_dump(mode="json", exclude_defaults=True), **body}
-    merged = {k: v for k, v in merged.items() if v is not None or k not in body}
-    return _replace_user(request, grant, user_id, merged)
+
+    def merge(stored: Document) -> Document:
+        merged = {**stored, **body}
+        return {k: v for k, v in merged.items() if v is not None or k not in body}
+
+    return _replace_user(request, grant, user_id, merge)
 
 
 @router.delete("/{user_id}", status_code=204, summary="Delete a user and its records")
@@ -168,6 +180,11 @@ def _set_status(
         index = find_index(users, "id", user_id)
         if index is None:
             raise refuse(404, f"no user {user_id!r}")
+        # Again on the document being changed: a suspension may have landed since the check.
+        if action is Action.PAUSE_USER and users[index].get("status") == "suspended":
+            scope, reason = allowed(grant.user, Action.SUSPEND_USER)
+            if scope is Scope.NONE:
+                raise refuse(403, f"{reason} (the user is suspended)")
         users[index]["status"] = status.value
 
     directory = change_directory(request, grant, action, f"user:{user_id}:{status.value}", edit)
@@ -218,14 +235,14 @@ def _presence_dict(request: Request, user_id: str) -> dict[str, Any]:
 def _availability_target(
     request: Request, user: User, user_id: str, action_if_self: Action
 ) -> None:
-    directory = ctx_of(request).store.current
-    if directory.user(user_id) is None:
-        raise not_found("user", user_id)
+    # Permission first: a caller who may not set it must not learn which user ids exist.
     action = action_if_self if user_id == user.id else Action.SET_OTHERS_AVAILABILITY
     scope, reason = allowed(user, action)
     if scope is Scope.NONE:
         audit(request, user, action, allowed=False, target=f"user:{user_id}", reason=reason)
         raise HTTPException(status_code=403, detail=reason)
+    if ctx_of(request).store.current.user(user_id) is None:
+        raise not_found("user", user_id)
 
 
 @router.get("/{user_id}/availability", summary="Availability and automatic presence")
