@@ -288,6 +288,12 @@ class Directory(_Frozen):
         return {line.number: line for line in self.lines}
 
     @cached_property
+    def derived(self) -> dict[str, Any]:
+        """Scratch space for values other layers derive from this snapshot (routing keeps its
+        per-member memo here), so they live and die with the snapshot."""
+        return {}
+
+    @cached_property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 

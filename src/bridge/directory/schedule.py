@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 
 DAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -31,6 +32,7 @@ def _parse_clock(text: str, *, allow_24: bool) -> int:
     return h * 60 + m
 
 
+@lru_cache(maxsize=1024)  # a directory repeats a few ranges over and over; errors are not kept
 def parse_range(text: str) -> MinuteRange:
     """'09:00-17:00' -> (540, 1020). End <= start means the range runs past midnight."""
     start_text, sep, end_text = text.strip().partition("-")

@@ -2,12 +2,20 @@
 
 No clock, no I/O, no mutation of its inputs: the same inputs give the same plan. Real calls
 and Test Routing both call `plan_route`; the explanation *is* the plan.
+
+Speed (docs/PERFORMANCE.md): what a directory snapshot fixes about each member (account
+state, role, answer type, schedule, ring target, even the `MemberDecision` values) is worked
+out once per snapshot and kept in a memo stored on the snapshot (`Directory.derived`). A decision
+then only reads presence and checks each distinct schedule once. The memo never changes a
+result: snapshots are immutable, and every value kept is immutable too.
 """
 
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from datetime import UTC, datetime
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from bridge.directory.model import (
@@ -23,7 +31,7 @@ from bridge.directory.model import (
     User,
 )
 from bridge.directory.roles import ROLES_THAT_RECEIVE_CALLS
-from bridge.directory.schedule import is_open
+from bridge.directory.schedule import WeekRanges, is_open
 from bridge.presence.model import Availability, Channel, PresenceView
 from bridge.routing.model import (
     CallRequest,
@@ -46,17 +54,160 @@ _CHANNEL_OF = {
 _MAX_FALLBACK_DEPTH = 5
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
+# A member's verdict as a small int inside the hot loop: 0 = can receive, else the reason's
+# position in `Reason` plus one (so the codes keep the documented order).
+_REASONS: tuple[Reason | None, ...] = (None, *Reason)
+_CODE = {reason: code for code, reason in enumerate(_REASONS) if reason is not None}
+_OK = 0
+_SUSPENDED = _CODE[Reason.SUSPENDED]
+_PAUSED = _CODE[Reason.PAUSED]
+_ROLE = _CODE[Reason.ROLE_CANNOT_RECEIVE]
+_WILL_NOT_ANSWER = _CODE[Reason.WILL_NOT_ANSWER]
+_OUTSIDE_HOURS = _CODE[Reason.OUTSIDE_WORKING_HOURS]
+_UNAVAILABLE = _CODE[Reason.UNAVAILABLE]
+_ON_CALL = _CODE[Reason.ON_CALL]
+_WRAP_UP = _CODE[Reason.WRAP_UP]
+_NOT_REACHABLE = _CODE[Reason.NOT_REACHABLE]
+_REP = -1  # depends on the line: a rep is rung only on the lines listed on them
+_NO_NUMBER = object()  # never in `reachable`: a phone_number user without a number
+
+
+class _Member:
+    """What one snapshot fixes about one user, worked out once per snapshot."""
+
+    __slots__ = (
+        "channel",
+        "decisions",
+        "fixed",
+        "id",
+        "needs",
+        "rep_lines",
+        "rep_rest",
+        "schedule",
+        "target",
+        "user",
+    )
+
+    def __init__(self, user: User, schedule: int) -> None:
+        self.id = user.id
+        self.user = user
+        # The admin-set reasons, in the product's order (1 to 4 in docs/DESIGN.md).
+        wna = user.answer_by is AnswerBy.WILL_NOT_ANSWER
+        self.rep_lines: frozenset[str] = frozenset()
+        self.rep_rest = _WILL_NOT_ANSWER if wna else _OK
+        if user.status is AccountStatus.SUSPENDED:
+            self.fixed = _SUSPENDED
+        elif user.status is AccountStatus.PAUSED:
+            self.fixed = _PAUSED
+        elif user.role not in ROLES_THAT_RECEIVE_CALLS:
+            self.fixed = _ROLE
+        elif user.role is Role.REP:
+            self.fixed = _REP
+            self.rep_lines = frozenset(user.lines)
+        else:
+            self.fixed = self.rep_rest
+        self.schedule = schedule  # index into _Snapshot.schedules, -1: no working hours
+        channel = _CHANNEL_OF.get(user.answer_by)
+        self.channel = channel
+        # The presence channel that must be up (None: a number is always reachable).
+        needs: object = None if channel is Channel.PHONE_NUMBER else channel
+        if channel is Channel.PHONE_NUMBER and user.phone_number is None:
+            needs = _NO_NUMBER
+        self.needs = needs
+        # Only read for members who can receive, and those always have a channel.
+        self.target = cast(RingTarget, _target(user, channel) if channel else None)
+        self.decisions: list[MemberDecision | None] = [None] * len(_REASONS)
+
+    def decision(self, code: int) -> MemberDecision:
+        decision = self.decisions[code]
+        if decision is None:
+            user = self.user
+            decision = self.decisions[code] = MemberDecision(
+                user_id=user.id,
+                name=user.name,
+                answer_by=user.answer_by,
+                can_receive=code == _OK,
+                reason=_REASONS[code],
+                via=self.channel if code == _OK else None,
+            )
+        return decision
+
+
+class _LayerFacts:
+    """One configured layer with its members' facts and its round-robin key."""
+
+    __slots__ = ("config", "key", "members", "ring_each", "size")
+
+    def __init__(self, snapshot: _Snapshot, group: RingGroup, index: int) -> None:
+        layer = group.layers[index]
+        self.config = layer
+        self.key = rotation_key(group.id, index)
+        self.members = tuple(snapshot.member(member_id) for member_id in layer.members)
+        self.size = len(layer.members)
+        sequential = layer.strategy is not Strategy.ALL
+        self.ring_each = (layer.ring_each_seconds or layer.timeout_seconds) if sequential else None
+
+
+class _Snapshot:
+    """Per-snapshot memo: members, layers and the distinct (schedule, time zone) pairs."""
+
+    __slots__ = ("_groups", "_members", "_schedule_ids", "directory", "schedules")
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self.schedules: list[tuple[WeekRanges, ZoneInfo]] = []
+        self._schedule_ids: dict[tuple[WeekRanges, ZoneInfo], int] = {}
+        self._members: dict[str, _Member] = {}
+        self._groups: dict[str, tuple[_LayerFacts, ...]] = {}
+
+    def member(self, user_id: str) -> _Member:
+        found = self._members.get(user_id)
+        if found is None:
+            user = self.directory.users_by_id[user_id]
+            week = user.working_week
+            schedule = -1
+            if week is not None:
+                pair = (week, self.directory.zone_of(user.timezone))
+                schedule = self._schedule_ids.get(pair, -1)
+                if schedule < 0:
+                    schedule = self._schedule_ids[pair] = len(self.schedules)
+                    self.schedules.append(pair)
+            found = self._members[user_id] = _Member(user, schedule)
+        return found
+
+    def layers(self, group: RingGroup) -> tuple[_LayerFacts, ...]:
+        found = self._groups.get(group.id)
+        if found is None:
+            found = self._groups[group.id] = tuple(
+                _LayerFacts(self, group, index) for index in range(len(group.layers))
+            )
+        return found
+
+
+def _snapshot(directory: Directory) -> _Snapshot:
+    """The memo for this snapshot, kept on the snapshot itself: it lives exactly as long."""
+    memo = directory.derived.get("routing")
+    if memo is None:
+        memo = directory.derived.setdefault("routing", _Snapshot(directory))
+    return memo
+
 
 class _Decider:
-    """Per-decision memo (local times per zone); discarded when the decision returns."""
+    """Per-decision memo (local times per zone, open or not per schedule); discarded when
+    the decision returns."""
 
-    __slots__ = ("_local", "line", "now", "presence")
+    __slots__ = ("_local", "_open", "line", "line_number", "now", "presence", "snapshot")
 
-    def __init__(self, presence: PresenceView, now: datetime, line: Line | None) -> None:
+    def __init__(
+        self, snapshot: _Snapshot, presence: PresenceView, now: datetime, line: Line | None
+    ) -> None:
+        self.snapshot = snapshot
         self.presence = presence
         self.now = now
         self.line = line
+        self.line_number = None if line is None else line.number
         self._local: dict[ZoneInfo, datetime] = {}
+        self._open: dict[int, bool] = {}
 
     def local(self, zone: ZoneInfo) -> datetime:
         value = self._local.get(zone)
@@ -64,46 +215,58 @@ class _Decider:
             value = self._local[zone] = self.now.astimezone(zone)
         return value
 
-    def decide(self, directory: Directory, user: User) -> MemberDecision:
-        reason = self.reason(directory, user)
-        via = _CHANNEL_OF.get(user.answer_by)
-        return MemberDecision(
-            user_id=user.id,
-            name=user.name,
-            answer_by=user.answer_by,
-            can_receive=reason is None,
-            reason=reason,
-            via=via if reason is None else None,
-        )
+    def _is_open(self, schedule: int) -> bool:
+        week, zone = self.snapshot.schedules[schedule]
+        value = self._open[schedule] = is_open(week, self.local(zone))
+        return value
 
-    def reason(self, directory: Directory, user: User) -> Reason | None:
-        # The order is the product's: what an admin set, then what is live right now.
-        if user.status is AccountStatus.SUSPENDED:
-            return Reason.SUSPENDED
-        if user.status is AccountStatus.PAUSED:
-            return Reason.PAUSED
-        if user.role not in ROLES_THAT_RECEIVE_CALLS or (
-            user.role is Role.REP and self.line is not None and self.line.number not in user.lines
-        ):
-            return Reason.ROLE_CANNOT_RECEIVE
-        if user.answer_by is AnswerBy.WILL_NOT_ANSWER:
-            return Reason.WILL_NOT_ANSWER
-        week = user.working_week
-        if week is not None and not is_open(week, self.local(directory.zone_of(user.timezone))):
-            return Reason.OUTSIDE_WORKING_HOURS
-        presence = self.presence.presence_of(user.id)
-        if presence.availability is not Availability.AVAILABLE:
-            return Reason.UNAVAILABLE
-        if presence.on_call:
-            return Reason.ON_CALL
-        if presence.wrap_up_until is not None and self.now < presence.wrap_up_until:
-            return Reason.WRAP_UP
-        if user.answer_by is AnswerBy.PHONE_NUMBER:
-            if user.phone_number is None:
-                return Reason.NOT_REACHABLE
-        elif _CHANNEL_OF[user.answer_by] not in presence.reachable:
-            return Reason.NOT_REACHABLE
-        return None
+    def evaluate(
+        self, members: tuple[_Member, ...]
+    ) -> tuple[tuple[MemberDecision, ...], list[int]]:
+        """Each member's decision, and the positions of those who can receive.
+
+        The order is the product's: what an admin set, then what is live right now."""
+        presence_of = self.presence.presence_of
+        now = self.now
+        line_number = self.line_number
+        opens = self._open
+        available = Availability.AVAILABLE
+        decisions = []
+        eligible = []
+        for position, member in enumerate(members):
+            code = member.fixed
+            if code == _REP:
+                if line_number is not None and line_number not in member.rep_lines:
+                    code = _ROLE
+                else:
+                    code = member.rep_rest
+            if code == _OK:
+                schedule = member.schedule
+                if schedule >= 0:
+                    open_now = opens.get(schedule)
+                    if open_now is None:
+                        open_now = self._is_open(schedule)
+                    if not open_now:
+                        code = _OUTSIDE_HOURS
+                if code == _OK:
+                    state = presence_of(member.id)
+                    wrap_up_until = state.wrap_up_until
+                    needs = member.needs
+                    if state.availability is not available:
+                        code = _UNAVAILABLE
+                    elif state.on_call:
+                        code = _ON_CALL
+                    elif wrap_up_until is not None and now < wrap_up_until:
+                        code = _WRAP_UP
+                    elif needs is not None and needs not in state.reachable:
+                        code = _NOT_REACHABLE
+            decision = member.decisions[code]
+            if decision is None:
+                decision = member.decision(code)
+            decisions.append(decision)
+            if code == _OK:
+                eligible.append(position)
+        return tuple(decisions), eligible
 
 
 def _target(user: User, via: Channel) -> RingTarget:
@@ -112,73 +275,59 @@ def _target(user: User, via: Channel) -> RingTarget:
 
 
 def _order(
-    strategy: Strategy,
-    eligible: list[User],
-    all_members: tuple[str, ...],
-    key: str,
+    layer: _LayerFacts,
+    eligible: list[int],
     rotation: RotationState,
     presence: PresenceView,
     seed: int,
-) -> tuple[list[User], int | None]:
-    """Eligible members in strategy order, and the new round-robin pointer (if any)."""
+) -> tuple[list[int], int | None]:
+    """Eligible positions in strategy order, and the new round-robin pointer (if any)."""
+    strategy = layer.config.strategy
     if strategy is Strategy.ALL or (len(eligible) <= 1 and strategy is not Strategy.ROUND_ROBIN):
         return eligible, None
     if strategy is Strategy.ROUND_ROBIN:
         if not eligible:
             return eligible, None
-        size = len(all_members)
-        start = rotation.get(key, 0) % size
-        position = {member: (i - start) % size for i, member in enumerate(all_members)}
-        ordered = sorted(eligible, key=lambda u: position[u.id])
-        first_index = all_members.index(ordered[0].id)
-        return ordered, (first_index + 1) % size
+        # From the pointer on, wrapping round: `eligible` is in configured order already.
+        split = bisect_left(eligible, rotation.get(layer.key, 0) % layer.size)
+        ordered = eligible[split:] + eligible[:split]
+        return ordered, (ordered[0] + 1) % layer.size
     if strategy is Strategy.LONGEST_IDLE:
+        members = layer.members
+        presence_of = presence.presence_of
 
-        def idle_since(user: User) -> datetime:
-            ended = presence.presence_of(user.id).last_call_ended_at
+        def idle_since(position: int) -> datetime:
+            ended = presence_of(members[position].id).last_call_ended_at
             return _NEVER if ended is None else ended
 
         return sorted(eligible, key=idle_since), None  # stable: listing order breaks ties
     shuffled = list(eligible)
-    random.Random(f"{seed}:{key}").shuffle(shuffled)
+    random.Random(f"{seed}:{layer.key}").shuffle(shuffled)
     return shuffled, None
 
 
 def _plan_layers(
-    directory: Directory,
     group: RingGroup,
     decider: _Decider,
     rotation: RotationState,
     seed: int,
 ) -> tuple[tuple[PlannedLayer, ...], dict[str, int]]:
-    users = directory.users_by_id
     planned = []
     new_rotation: dict[str, int] = {}
-    for index, layer in enumerate(group.layers):
-        decisions = []
-        eligible = []
-        for member_id in layer.members:
-            user = users[member_id]
-            decision = decider.decide(directory, user)
-            decisions.append(decision)
-            if decision.can_receive:
-                eligible.append(user)
-        key = rotation_key(group.id, index)
-        ordered, pointer = _order(
-            layer.strategy, eligible, layer.members, key, rotation, decider.presence, seed
-        )
+    for index, layer in enumerate(decider.snapshot.layers(group)):
+        decisions, eligible = decider.evaluate(layer.members)
+        ordered, pointer = _order(layer, eligible, rotation, decider.presence, seed)
         if pointer is not None:
-            new_rotation[key] = pointer
-        sequential = layer.strategy is not Strategy.ALL
-        ring_each = (layer.ring_each_seconds or layer.timeout_seconds) if sequential else None
+            new_rotation[layer.key] = pointer
+        members = layer.members
         planned.append(
             PlannedLayer(
                 index=index,
-                strategy=layer.strategy,
-                timeout_seconds=layer.timeout_seconds,
-                ring_each_seconds=ring_each,
-                members=tuple(decisions),
-                ring=tuple(_target(u, _CHANNEL_OF[u.answer_by]) for u in ordered),
+                strategy=layer.config.strategy,
+                timeout_seconds=layer.config.timeout_seconds,
+                ring_each_seconds=layer.ring_each,
+                members=decisions,
+                ring=tuple([members[position].target for position in ordered]),
             )
         )
     return tuple(planned), new_rotation
@@ -223,7 +372,7 @@ def _plan_group(
     rotation: RotationState,
     visited: frozenset[str],
 ) -> RoutePlan:
-    layers, new_rotation = _plan_layers(directory, group, decider, rotation, call.seed)
+    layers, new_rotation = _plan_layers(group, decider, rotation, call.seed)
     anyone = any(layer.ring for layer in layers)
     fallback = _fallback_step(
         directory,
@@ -234,6 +383,9 @@ def _plan_group(
         "layers_exhausted" if anyone else "no_member_can_receive",
         visited,
     )
+    if fallback.plan is not None:
+        # A real call may reach the fallback group: keep its pointers with this group's.
+        new_rotation = {**fallback.plan.rotation, **new_rotation}
     return _plan(
         call,
         decider,
@@ -248,8 +400,9 @@ def _plan_group(
 
 def _plan_user(directory: Directory, user: User, decider: _Decider, call: CallRequest) -> RoutePlan:
     """A call straight to one user: one layer with them, then their Backup Routing."""
-    decision = decider.decide(directory, user)
-    ring = (_target(user, decision.via),) if decision.via is not None else ()
+    member = decider.snapshot.member(user.id)
+    (decision,), eligible = decider.evaluate((member,))
+    ring = (member.target,) if eligible else ()
     layer = PlannedLayer(
         index=0,
         strategy=Strategy.ALL,
@@ -331,12 +484,12 @@ def plan_route(
     rotation = rotation or {}
     if call.user is not None:
         user = directory.user(call.user)
-        decider = _Decider(presence, now, None)
+        decider = _Decider(_snapshot(directory), presence, now, None)
         if user is None:
             return _plan(call, decider, directory, Outcome.NO_ROUTE)
         return _plan_user(directory, user, decider, call)
     line = directory.line(call.line) if call.line is not None else None
-    decider = _Decider(presence, now, line)
+    decider = _Decider(_snapshot(directory), presence, now, line)
     if line is None:
         return _plan(call, decider, directory, Outcome.NO_ROUTE)
     week = line.business_week
@@ -350,6 +503,7 @@ def plan_route(
             directory,
             Outcome.CLOSED,
             fallback=closed,
+            rotation=closed.plan.rotation if closed.plan is not None else None,
             open_=False,
             target=_line_target(directory, line),
         )
