@@ -24,8 +24,12 @@ def not_found(kind: str, key: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"no {kind} {key!r}")
 
 
-def conflict(reason: str) -> HTTPException:
-    return HTTPException(status_code=409, detail=reason)
+def check_key_unchanged(body: Document, key: str, value: str) -> None:
+    """PUT/PATCH bodies may repeat the resource's key, but not change it (422)."""
+    if body.get(key, value) != value:
+        raise HTTPException(
+            status_code=422, detail=[{"loc": key, "msg": f"{key} cannot change", "type": "invalid"}]
+        )
 
 
 def change_directory(
@@ -67,8 +71,9 @@ def refuse(status: int, reason: str) -> _EditRefused:
     return _EditRefused(status, reason)
 
 
-def find_index(items: list[Document], key: str, value: str) -> int | None:
+def find_index(items: list[Document], key: str, value: str, kind: str) -> int:
+    """The position of the item whose `key` is `value`; inside an edit, 404 when absent."""
     for index, item in enumerate(items):
         if item.get(key) == value:
             return index
-    return None
+    raise refuse(404, f"no {kind} {value!r}")

@@ -8,7 +8,15 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
 from bridge.api.auth import Grant, audit, require
-from bridge.api.common import Document, change_directory, ctx_of, find_index, not_found, refuse
+from bridge.api.common import (
+    Document,
+    change_directory,
+    check_key_unchanged,
+    ctx_of,
+    find_index,
+    not_found,
+    refuse,
+)
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory, Line, RingGroup, normalize_number
 from bridge.directory.roles import Action, Scope, allowed
@@ -33,13 +41,6 @@ def _group_visible(grant: Grant, directory: Directory, group: RingGroup) -> bool
         line.route_to.ring_group == group.id and line.number in grant.user.lines
         for line in directory.lines
     )
-
-
-def _check_id(body: Document, key: str, value: str) -> None:
-    if body.get(key, value) != value:
-        raise HTTPException(
-            status_code=422, detail=[{"loc": key, "msg": f"{key} cannot change", "type": "invalid"}]
-        )
 
 
 # -- ring groups ---------------------------------------------------------------------------
@@ -82,13 +83,11 @@ def put_group(
     body: dict[str, Any] = Body(...),
     grant: Grant = Depends(require(Action.CHANGE_DIRECTORY)),
 ) -> dict[str, Any]:
-    _check_id(body, "id", group_id)
+    check_key_unchanged(body, "id", group_id)
 
     def edit(doc: Document) -> None:
         groups = doc.setdefault("ring_groups", [])
-        index = find_index(groups, "id", group_id)
-        if index is None:
-            raise refuse(404, f"no ring group {group_id!r}")
+        index = find_index(groups, "id", group_id, "ring group")
         groups[index] = {**body, "id": group_id}
 
     directory = change_directory(
@@ -103,9 +102,7 @@ def delete_group(
 ) -> Response:
     def edit(doc: Document) -> None:
         groups = doc.setdefault("ring_groups", [])
-        index = find_index(groups, "id", group_id)
-        if index is None:
-            raise refuse(404, f"no ring group {group_id!r}")
+        index = find_index(groups, "id", group_id, "ring group")
         for line in doc.get("lines", []):
             if line.get("route_to", {}).get("ring_group") == group_id:
                 raise refuse(
@@ -165,13 +162,11 @@ def put_line(
     number = normalize_number(number)
     if isinstance(body.get("number"), str):
         body = {**body, "number": normalize_number(body["number"])}
-    _check_id(body, "number", number)
+    check_key_unchanged(body, "number", number)
 
     def edit(doc: Document) -> None:
         lines = doc.setdefault("lines", [])
-        index = find_index(lines, "number", number)
-        if index is None:
-            raise refuse(404, f"no line {number!r}")
+        index = find_index(lines, "number", number, "line")
         lines[index] = {**body, "number": number}
 
     directory = change_directory(request, grant, Action.CHANGE_DIRECTORY, f"line:{number}", edit)
@@ -186,9 +181,7 @@ def delete_line(
 
     def edit(doc: Document) -> None:
         lines = doc.setdefault("lines", [])
-        index = find_index(lines, "number", number)
-        if index is None:
-            raise refuse(404, f"no line {number!r}")
+        index = find_index(lines, "number", number, "line")
         del lines[index]
         for user in doc.get("users", []):
             if number in user.get("lines", []):

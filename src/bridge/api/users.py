@@ -12,6 +12,7 @@ from bridge.api.auth import Grant, audit, current_user, require
 from bridge.api.common import (
     Document,
     change_directory,
+    check_key_unchanged,
     ctx_of,
     find_index,
     not_found,
@@ -76,9 +77,7 @@ def _replace_user(
 
     def edit(doc: Document) -> None:
         users = doc.setdefault("users", [])
-        index = find_index(users, "id", user_id)
-        if index is None:
-            raise refuse(404, f"no user {user_id!r}")
+        index = find_index(users, "id", user_id, "user")
         new = replacement(users[index]) if callable(replacement) else replacement
         old_sip = users[index].get("sip")
         # Keep the stored hashes when a client sends back the public shape of `sip`.
@@ -103,10 +102,7 @@ def put_user(
     body: dict[str, Any] = Body(...),
     grant: Grant = Depends(require(Action.CHANGE_DIRECTORY)),
 ) -> dict[str, Any]:
-    if body.get("id", user_id) != user_id:
-        raise HTTPException(
-            status_code=422, detail=[{"loc": "id", "msg": "id cannot change", "type": "invalid"}]
-        )
+    check_key_unchanged(body, "id", user_id)
     return _replace_user(request, grant, user_id, {**body, "id": user_id})
 
 
@@ -117,10 +113,7 @@ def patch_user(
     body: dict[str, Any] = Body(...),
     grant: Grant = Depends(require(Action.CHANGE_DIRECTORY)),
 ) -> dict[str, Any]:
-    if body.get("id", user_id) != user_id:
-        raise HTTPException(
-            status_code=422, detail=[{"loc": "id", "msg": "id cannot change", "type": "invalid"}]
-        )
+    check_key_unchanged(body, "id", user_id)
     if ctx_of(request).store.current.user(user_id) is None:
         raise not_found("user", user_id)
 
@@ -137,9 +130,7 @@ def delete_user(
 ) -> Response:
     def edit(doc: Document) -> None:
         users = doc.setdefault("users", [])
-        index = find_index(users, "id", user_id)
-        if index is None:
-            raise refuse(404, f"no user {user_id!r}")
+        index = find_index(users, "id", user_id, "user")
         for line in doc.get("lines", []):
             if line.get("route_to", {}).get("user") == user_id:
                 raise refuse(
@@ -177,9 +168,7 @@ def _set_status(
 
     def edit(doc: Document) -> None:
         users = doc.setdefault("users", [])
-        index = find_index(users, "id", user_id)
-        if index is None:
-            raise refuse(404, f"no user {user_id!r}")
+        index = find_index(users, "id", user_id, "user")
         # Again on the document being changed: a suspension may have landed since the check.
         if action is Action.PAUSE_USER and users[index].get("status") == "suspended":
             scope, reason = allowed(grant.user, Action.SUSPEND_USER)
