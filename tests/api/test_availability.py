@@ -191,14 +191,18 @@ def test_at_without_offset_is_422(bridge: Bridge) -> None:
     assert response.status_code == 422
     assert response.json() == {
         "detail": [
-            {"loc": "at", "msg": "give a time-zone offset (e.g. -05:00 or Z)", "type": "invalid"}
+            {
+                "loc": "at",
+                "msg": "give a time-zone offset (e.g. -05:00, +01:00 or Z)",
+                "type": "invalid",
+            }
         ]
     }
 
 
 @pytest.mark.parametrize(
     ("params", "loc"),
-    [({"at": "next tuesday"}, "query.at"), ({"presence": "psychic"}, "query.presence")],
+    [({"at": "next tuesday"}, "at"), ({"presence": "psychic"}, "query.presence")],
 )
 def test_bad_test_routing_query_is_422(bridge: Bridge, params: dict[str, str], loc: str) -> None:
     response = bridge.as_user("olivia", "GET", ROUTE, params=params)
@@ -220,3 +224,13 @@ def test_test_routing_does_not_advance_round_robin(bridge: Bridge) -> None:
     second = explain(bridge)["layers"][1]["ring"]
     assert [t["user_id"] for t in first] == ["carol", "erin"]
     assert first == second
+
+
+def test_an_unescaped_plus_offset_is_understood(bridge: Bridge) -> None:
+    # Typed in a shell or a browser, "+01:00" arrives as " 01:00": the same moment either way.
+    raw = bridge.as_user("olivia", "GET", f"{ROUTE}?at=2026-11-23T16:00:00+01:00")
+    encoded = bridge.as_user("olivia", "GET", ROUTE, params={"at": "2026-11-23T16:00:00+01:00"})
+    assert raw.status_code == encoded.status_code == 200
+    assert raw.json() == encoded.json()
+    assert raw.json()["at"] == "2026-11-23T16:00:00+01:00"
+    assert raw.json()["open"] is True  # 10:00 in New York

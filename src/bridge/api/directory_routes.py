@@ -192,14 +192,34 @@ def delete_line(
 
 
 # -- Test Routing ----------------------------------------------------------------------------
+def _parse_moment(text: str) -> datetime:
+    # A '+' offset that was not percent-encoded arrives as a space: put it back.
+    candidate = text.strip().replace(" ", "+")
+    try:
+        moment: datetime | None = datetime.fromisoformat(candidate)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        reason = (
+            f"{text!r} is not an ISO 8601 time"
+            if moment is None
+            else "give a time-zone offset (e.g. -05:00, +01:00 or Z)"
+        )
+        raise HTTPException(
+            status_code=422, detail=[{"loc": "at", "msg": reason, "type": "invalid"}]
+        )
+    return moment
+
+
 @router.get(
     "/lines/{number}/route", tags=["routing"], summary="Test Routing: who would ring, and why"
 )
 def explain_route(
     number: str,
     request: Request,
-    at: datetime | None = Query(
-        default=None, description="ISO 8601 moment with offset; default now"
+    at: str | None = Query(
+        default=None,
+        description="ISO 8601 moment with offset (default now); an unescaped '+' is accepted",
     ),
     presence: Literal["live", "assume_available"] = Query(default="live"),
     grant: Grant = Depends(require(Action.TEST_ROUTING)),
@@ -207,20 +227,10 @@ def explain_route(
     ctx = ctx_of(request)
     if ctx.store.current.line(number) is None:
         raise not_found("line", number)
-    if at is not None and at.tzinfo is None:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "loc": "at",
-                    "msg": "give a time-zone offset (e.g. -05:00 or Z)",
-                    "type": "invalid",
-                }
-            ],
-        )
+    moment = _parse_moment(at) if at is not None else None
     view = AssumeEveryoneAvailable() if presence == "assume_available" else None
     plan = ctx.routing.explain(
-        CallRequest(call_id="test-routing", line=number), at=at, presence=view
+        CallRequest(call_id="test-routing", line=number), at=moment, presence=view
     )
     return plan.to_dict()
 
