@@ -1,0 +1,320 @@
+"""SIP messages as values: requests, responses, headers; serialization to bytes.
+
+The parser (`bridge.sip.parser`) builds these from bytes; transactions, dialogs, the
+registrar and the B2BUA read and build them. Header values are kept as text exactly as
+received (after unfolding), so a message passes through unchanged unless a layer rewrites a
+header on purpose; structured views (Via, name-addr, URI) are parsed on demand by
+`bridge.sip.grammar`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+SIP_VERSION = "SIP/2.0"
+
+# RFC 3261 §7.3.3 and later RFCs: compact forms -> canonical names.
+COMPACT_FORMS: dict[str, str] = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+
+# Canonical spelling for the headers we write or compare often (others keep their spelling).
+_CANONICAL: dict[str, str] = {
+    name.lower(): name
+    for name in (
+        *COMPACT_FORMS.values(),
+        "Accept",
+        "Allow",
+        "Authorization",
+        "CSeq",
+        "Date",
+        "Diversion",
+        "Expires",
+        "Max-Forwards",
+        "Min-Expires",
+        "Min-SE",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Reason",
+        "Record-Route",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Unsupported",
+        "User-Agent",
+        "Warning",
+        "WWW-Authenticate",
+    )
+}
+
+
+def canonical_name(name: str) -> str:
+    """'v' -> 'Via', 'call-id' -> 'Call-ID', 'X-Custom' stays 'X-Custom'."""
+    lowered = name.lower()
+    if len(lowered) == 1 and lowered in COMPACT_FORMS:
+        return COMPACT_FORMS[lowered]
+    return _CANONICAL.get(lowered, name)
+
+
+class Headers:
+    """Ordered header fields; names compare case-insensitively and compact forms are expanded.
+
+    Each entry is one header line as received; a line may hold several comma-separated values
+    (Via, Contact, Route...). `values(name)` splits those where the grammar allows it."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def copy(self) -> Headers:
+        copied = Headers()
+        copied._items = list(self._items)
+        return copied
+
+    def get(self, name: str) -> str | None:
+        """The first line's value for `name`, or None."""
+        wanted = canonical_name(name).lower()
+        for key, value in self._items:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line's value for `name`, in order (not split on commas)."""
+        wanted = canonical_name(name).lower()
+        return [value for key, value in self._items if key.lower() == wanted]
+
+    def values(self, name: str) -> list[str]:
+        """Every value for `name`, comma-separated lines split (quotes and <> respected)."""
+        out: list[str] = []
+        for line in self.get_all(name):
+            out.extend(split_comma_values(line))
+        return out
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Add before every other line of the same name (a new top Via, Record-Route)."""
+        wanted = canonical_name(name)
+        for index, (key, _) in enumerate(self._items):
+            if key.lower() == wanted.lower():
+                self._items.insert(index, (wanted, value))
+                return
+        self._items.append((wanted, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of `name` with one line (in the first one's place)."""
+        wanted = canonical_name(name)
+        lowered = wanted.lower()
+        out: list[tuple[str, str]] = []
+        placed = False
+        for key, existing in self._items:
+            if key.lower() == lowered:
+                if not placed:
+                    out.append((wanted, value))
+                    placed = True
+                continue
+            out.append((key, existing))
+        if not placed:
+            out.append((wanted, value))
+        self._items = out
+
+    def remove(self, name: str) -> None:
+        lowered = canonical_name(name).lower()
+        self._items = [(k, v) for k, v in self._items if k.lower() != lowered]
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the first value of a multi-value header (e.g. the top Via)."""
+        lowered = canonical_name(name).lower()
+        for index, (key, line) in enumerate(self._items):
+            if key.lower() == lowered:
+                parts = split_comma_values(line)
+                if len(parts) <= 1:
+                    del self._items[index]
+                else:
+                    self._items[index] = (key, ", ".join(parts[1:]))
+                return parts[0] if parts else None
+        return None
+
+
+def split_comma_values(line: str) -> list[str]:
+    """Split 'a, "x,y" <sip:b>, <sip:c;p=1,2>' at top-level commas."""
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    escaped = False
+    start = 0
+    for index, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            parts.append(line[start:index].strip())
+            start = index + 1
+    parts.append(line[start:].strip())
+    return [part for part in parts if part]
+
+
+@dataclass(slots=True)
+class SipRequest:
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    @property
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def to_bytes(self) -> bytes:
+        return _serialize(self.start_line, self.headers, self.body)
+
+
+@dataclass(slots=True)
+class SipResponse:
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    @property
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def to_bytes(self) -> bytes:
+        return _serialize(self.start_line, self.headers, self.body)
+
+
+SipMessage = SipRequest | SipResponse
+
+
+def _serialize(start_line: str, headers: Headers, body: bytes) -> bytes:
+    """Start line, headers (Content-Length always written, last, from the real body), body."""
+    lines = [start_line]
+    lines.extend(f"{name}: {value}" for name, value in headers if name != "Content-Length")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+
+
+# Headers copied from a request into its responses (RFC 3261 §8.2.6.2).
+_COPIED_TO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def make_response(
+    request: SipRequest,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> SipResponse:
+    """A response to `request`: Via/From/To/Call-ID/CSeq copied, To tag added when given and
+    absent (never for 100 Trying)."""
+    headers = Headers()
+    for name in _COPIED_TO_RESPONSE:
+        for value in request.headers.get_all(name):
+            if name == "To" and to_tag and status > 100 and "tag" not in header_params(value):
+                value = f"{value};tag={to_tag}"
+            headers.add(name, value)
+    for name, value in extra:
+        headers.add(name, value)
+    return SipResponse(status=status, reason=reason, headers=headers, body=body)
+
+
+def header_params(value: str) -> dict[str, str | None]:
+    """The ';name=value' parameters of a header value outside <...> and quotes, names
+    lower-cased: 'SIP/2.0/UDP h;branch=z9hG4bK1;rport' -> {'branch': 'z9hG4bK1', 'rport': None}.
+
+    Enough for transaction matching (Via branch, To tag); `bridge.sip.grammar` has the full
+    parsers."""
+    params: dict[str, str | None] = {}
+    depth = 0
+    quoted = False
+    escaped = False
+    segments: list[str] = []
+    start = None
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif char == ";" and depth == 0:
+            if start is not None:
+                segments.append(value[start:index])
+            start = index + 1
+    if start is not None:
+        segments.append(value[start:])
+    for segment in segments:
+        name, sep, raw = segment.partition("=")
+        key = name.strip().lower()
+        if key:
+            params.setdefault(key, raw.strip().strip('"') if sep else None)
+    return params
+
+
+def param_of(value: str | None, name: str) -> str | None:
+    """One parameter of a header value (None when absent or valueless)."""
+    return None if value is None else header_params(value).get(name.lower())
