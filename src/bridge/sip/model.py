@@ -106,6 +106,14 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
 
+    @classmethod
+    def from_canonical(cls, items: list[tuple[str, str]]) -> Headers:
+        """Headers over `items` whose names are already canonical (the parser's fast path: it
+        canonicalizes each name once through a cache). The list is taken over, not copied."""
+        headers = cls.__new__(cls)
+        headers._items = items
+        return headers
+
     def copy(self) -> Headers:
         copied = Headers()
         copied._items = list(self._items)
@@ -180,6 +188,13 @@ class Headers:
 
 def split_comma_values(line: str) -> list[str]:
     """Split 'a, "x,y" <sip:b>, <sip:c;p=1,2>' at top-level commas."""
+    # Fast paths, same result as the scan below: no comma at all (most lines), or nothing
+    # that can hide one (most Via lines).
+    if "," not in line:
+        stripped = line.strip()
+        return [stripped] if stripped else []
+    if '"' not in line and "<" not in line:
+        return [part for part in (piece.strip() for piece in line.split(",")) if part]
     parts: list[str] = []
     depth = 0
     quoted = False
