@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,9 +59,27 @@ class HttpSettings(_Section):
 
 
 class SipSettings(_Section):
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 5060
     realm: str = "bridge.local"
+    # Registrar: contact lifetimes a phone may ask for (423 below the minimum).
+    min_expires: Annotated[int, Field(ge=1, le=86400)] = 60
+    max_expires: Annotated[int, Field(ge=1, le=86400)] = 3600
+    default_expires: Annotated[int, Field(ge=1, le=86400)] = 3600
+    # NAT: OPTIONS to every UDP phone this often; no answer marks it unreachable. 0 = off.
+    keepalive_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # Digest: challenges offered in this order (RFC 8760: preferred first).
+    digest_algorithms: list[Literal["SHA-256", "MD5"]] = Field(
+        default_factory=lambda: ["SHA-256", "MD5"], min_length=1
+    )
+    # HMAC key for nonces; default: derived from [auth] jwt_secret (stable across restarts).
+    nonce_secret: str | None = Field(default=None, min_length=16, repr=False)
+    nonce_lifetime_seconds: Annotated[float, Field(ge=10, le=86400)] = 300.0
+    # Brute force: this many failed digests from one address within the window -> 403 ban.
+    auth_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    auth_window_seconds: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    ban_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
     # Sources allowed to send trunk INVITEs without credentials (CIDRs, IPv4 or IPv6).
     trunk_allow: list[str] = Field(default_factory=list)
     trunk_uri: str | None = None
@@ -68,6 +93,12 @@ class SipSettings(_Section):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network (like 203.0.113.0/24)") from None
         return value
+
+    @model_validator(mode="after")
+    def _expires_order(self) -> SipSettings:
+        if not self.min_expires <= self.default_expires <= self.max_expires:
+            raise ValueError("need min_expires <= default_expires <= max_expires")
+        return self
 
     @field_validator("trunk_uri")
     @classmethod

@@ -17,6 +17,7 @@ from bridge.directory.store import DirectoryStore
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
 from bridge.routing.service import RoutingService
+from bridge.sip.service import SipService
 from bridge.tokens import TokenService
 
 log = structlog.get_logger("bridge")
@@ -33,6 +34,7 @@ class AppContext:
     tokens: TokenService
     clock: Callable[[], datetime]
     # Names of listeners (HTTP, later SIP) that are up; /readyz needs all of them.
+    sip: SipService | None = None
     listeners_expected: set[str] = field(default_factory=lambda: {"http"})
     listeners_up: set[str] = field(default_factory=set)
     draining: bool = False
@@ -70,6 +72,11 @@ def build_context(
     store = DirectoryStore(directory, settings.directory_path)
     presence = PresenceService(lambda: store.current, clock)
     routing = RoutingService(store, presence, metrics, clock)
+    sip = (
+        SipService.from_settings(settings, lambda: store.current, presence, metrics)
+        if settings.sip.enabled
+        else None
+    )
 
     def on_change(new: Directory, old: Directory | None) -> None:
         counts = Counter(user.status for user in new.users)
@@ -81,6 +88,12 @@ def build_context(
         if old is not None:
             for gone in old.users_by_id.keys() - new.users_by_id.keys():
                 presence.forget(gone)
+                if sip is not None:
+                    sip.forget_user(gone)
+            if sip is not None:
+                for user in new.users:
+                    if user.status is AccountStatus.SUSPENDED:
+                        sip.forget_user(user.id)  # a suspended user's phones stop at once
 
     store.subscribe(on_change)
     return AppContext(
@@ -89,6 +102,7 @@ def build_context(
         presence=presence,
         routing=routing,
         calls=CallRegistry(on_count=metrics.live_calls.set),
+        sip=sip,
         metrics=metrics,
         tokens=TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds),
         clock=clock,

@@ -19,6 +19,8 @@ from bridge.config import Settings
 from bridge.context import AppContext, build_context
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory
+from bridge.sip.service import MetricsCounters
+from bridge.sip.transport import SipEndpoint
 
 log = structlog.get_logger("bridge")
 
@@ -66,6 +68,8 @@ class Daemon:
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
+        if not await self._start_sip():
+            return 1
         serve = asyncio.create_task(self._serve(server), name="http")
         started = asyncio.create_task(self._mark_started(server))
         stop = asyncio.create_task(self._stop.wait())
@@ -74,13 +78,35 @@ class Daemon:
         if serve in done:
             # The listener died on its own (port taken, ...): that is a failed start.
             stop.cancel()
+            if self.ctx.sip is not None:
+                await self.ctx.sip.stop()
             log.error("http_listener_stopped", host=config.host, port=config.port)
             return 1
         await self._drain()
         server.should_exit = True
         await serve
+        if self.ctx.sip is not None:
+            await self.ctx.sip.stop()
         log.info("stopped")
         return 0
+
+    async def _start_sip(self) -> bool:
+        sip = self.ctx.sip
+        if sip is None:
+            return True
+        settings = self.settings.sip
+        self.ctx.listeners_expected.add("sip")
+        endpoint = SipEndpoint(
+            settings.host, settings.port, sip, counters=MetricsCounters(self.ctx.metrics)
+        )
+        try:
+            await sip.start(endpoint)
+        except OSError as exc:
+            log.error("sip_listener_failed", host=settings.host, port=settings.port, error=str(exc))
+            await sip.stop()
+            return False
+        self.ctx.listeners_up.add("sip")
+        return True
 
     @staticmethod
     async def _serve(server: uvicorn.Server) -> None:

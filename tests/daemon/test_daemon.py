@@ -89,6 +89,7 @@ def daemon(demo_dir: Path) -> Iterator[Running]:
     env = {
         **os.environ,
         "BRIDGE_HTTP__PORT": str(port),
+        "BRIDGE_SIP__PORT": str(free_port()),
         "BRIDGE_LOG__FORMAT": "json",
         "BRIDGE_DAEMON__DRAIN_TIMEOUT_SECONDS": "2",
     }
@@ -192,7 +193,12 @@ def test_port_in_use_fails_start(demo_dir: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {**os.environ, "BRIDGE_HTTP__PORT": str(port), "BRIDGE_LOG__FORMAT": "json"}
+        env = {
+            **os.environ,
+            "BRIDGE_HTTP__PORT": str(port),
+            "BRIDGE_SIP__PORT": str(free_port()),
+            "BRIDGE_LOG__FORMAT": "json",
+        }
         result = subprocess.run(
             [sys.executable, "-m", "bridge.cli", "run", "--config", str(demo_dir / "bridge.toml")],
             env=env,
@@ -208,15 +214,17 @@ async def _start_in_process(demo_dir: Path, drain: float) -> tuple[Daemon, async
     os.environ["BRIDGE_DAEMON__DRAIN_TIMEOUT_SECONDS"] = str(drain)
     port = free_port()
     os.environ["BRIDGE_HTTP__PORT"] = str(port)
+    os.environ["BRIDGE_SIP__PORT"] = str(free_port())
     try:
         settings, directory = load_all(demo_dir / "bridge.toml")
     finally:
         del os.environ["BRIDGE_DAEMON__DRAIN_TIMEOUT_SECONDS"], os.environ["BRIDGE_HTTP__PORT"]
+        del os.environ["BRIDGE_SIP__PORT"]
     daemon = Daemon(settings, directory)
     task = asyncio.create_task(daemon.run())
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
-        if "http" in daemon.ctx.listeners_up:
+        if {"http", "sip"} <= daemon.ctx.listeners_up:
             break
         await asyncio.sleep(0.02)
     return daemon, task, base
@@ -253,3 +261,29 @@ async def test_drain_timeout_bounds_the_wait(demo_dir: Path) -> None:
     daemon.request_stop()
     assert await asyncio.wait_for(task, 10) == 0
     assert time.monotonic() - started >= 0.5
+
+
+def test_sip_port_in_use_fails_start(demo_dir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "BRIDGE_HTTP__PORT": str(free_port()),
+            "BRIDGE_SIP__PORT": str(port),
+            "BRIDGE_LOG__FORMAT": "json",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(demo_dir / "bridge.toml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "sip_listener_failed" in result.stderr
+
+
+def test_readyz_lists_both_listeners(daemon: Running) -> None:
+    status, body = get(f"{daemon.base}/readyz")
+    assert status == 200 and body["listeners"] == ["http", "sip"]

@@ -280,6 +280,10 @@ class Directory(_Frozen):
         return {user.id: user for user in self.users}
 
     @cached_property
+    def users_by_sip_username(self) -> dict[str, User]:
+        return {user.sip.username: user for user in self.users if user.sip is not None}
+
+    @cached_property
     def groups_by_id(self) -> dict[str, RingGroup]:
         return {group.id: group for group in self.ring_groups}
 

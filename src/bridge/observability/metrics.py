@@ -55,6 +55,33 @@ class Metrics:
         self.auth_failures = Counter(
             "bridge_auth_failures_total", "Refused API credentials", ["reason"], registry=r
         )
+        self.sip_messages = Counter(
+            "bridge_sip_messages_total",
+            "SIP messages by direction and method (responses as 1xx..6xx)",
+            ["direction", "method"],
+            registry=r,
+        )
+        self.sip_malformed = Counter(
+            "bridge_sip_malformed_total",
+            "SIP messages that could not be parsed (answered 4xx/505 or dropped)",
+            ["transport"],
+            registry=r,
+        )
+        self.sip_auth_failures = Counter(
+            "bridge_sip_auth_failures_total",
+            "Failed SIP digest authentications, and requests refused from banned sources",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_registrations = Gauge(
+            "bridge_sip_registrations", "Registered desk-phone contacts (bindings)", registry=r
+        )
+        self.sip_banned_sources = Gauge(
+            "bridge_sip_banned_sources", "Sources banned after repeated failed digests", registry=r
+        )
+        self.sip_transactions = Gauge(
+            "bridge_sip_transactions", "Live SIP transactions", registry=r
+        )
         self.live_calls = Gauge("bridge_live_calls", "Calls in progress", registry=r)
         self.draining = Gauge(
             "bridge_draining", "1 while the daemon drains for shutdown", registry=r

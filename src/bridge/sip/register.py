@@ -1,0 +1,289 @@
+"""The REGISTER handler: digest authentication, brute-force bans, bindings, presence.
+
+Sans-I/O: a parsed REGISTER, its source and two clocks in (wall time for nonces, which any
+process must agree on; monotonic time for expiries and bans), a response out.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import structlog
+
+from bridge.directory.model import AccountStatus, Directory, User
+from bridge.presence.model import Channel
+from bridge.presence.service import ReachabilityPort
+from bridge.sip.ban import FailureTracker
+from bridge.sip.digest import (
+    Algorithm,
+    AuthResult,
+    DigestError,
+    NonceCounts,
+    NonceIssuer,
+    challenges,
+    parse_auth_header,
+    verify,
+)
+from bridge.sip.grammar import SipSyntaxError, parse_contacts, parse_expires, parse_name_addr
+from bridge.sip.model import SipRequest, SipResponse, make_response
+from bridge.sip.registrar import (
+    Binding,
+    BindingStore,
+    ContactRequest,
+    Flow,
+    RegisterError,
+    RegisterResult,
+    RegistrarSettings,
+)
+
+log = structlog.get_logger("bridge.sip.registrar")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    realm: str
+    nonce_lifetime: float = 300.0
+    max_failures: int = 5  # failed digests from one source ...
+    failure_window: float = 60.0  # ... within this many seconds ...
+    ban_seconds: float = 600.0  # ... ban it (403) for this long
+    algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterOutcome:
+    """The response to send and what happened, for logs and metrics."""
+
+    response: SipResponse
+    outcome: str  # registered | unregistered | query | challenged | auth_failed | banned | refused
+    user_id: str | None = None
+    added: tuple[Binding, ...] = ()
+    removed: tuple[Binding, ...] = ()
+
+
+@dataclass
+class RegistrarService:
+    directory: Callable[[], Directory]
+    policy: AuthPolicy
+    nonce_secret: bytes
+    bindings: BindingStore = field(default_factory=BindingStore)
+    reachability: ReachabilityPort | None = None
+    settings: RegistrarSettings = field(default_factory=RegistrarSettings)
+
+    def __post_init__(self) -> None:
+        self.bindings.settings = self.settings
+        self._nonces = NonceIssuer(self.nonce_secret, self.policy.nonce_lifetime)
+        self._counts = NonceCounts()
+        self._failures = FailureTracker(
+            self.policy.max_failures, self.policy.failure_window, self.policy.ban_seconds
+        )
+
+    # -- REGISTER ------------------------------------------------------------------------
+    def handle(
+        self,
+        request: SipRequest,
+        source: tuple[str, int],
+        transport: str,
+        wall_now: float,
+        now: float,
+    ) -> RegisterOutcome:
+        host = source[0]
+        if self._failures.is_banned(host, now):
+            until = self._failures.ban_expires_at(host, now)
+            extra = [("Retry-After", str(max(1, int((until or now) - now))))]
+            return RegisterOutcome(self._reply(request, 403, "Forbidden", extra), "banned")
+        try:
+            aor = parse_name_addr(request.headers.get("To") or "")
+        except SipSyntaxError as exc:
+            return self._refuse(request, 400, f"Bad Request (To: {exc})")
+        username = aor.uri.user or ""
+        user = self.directory().users_by_sip_username.get(username)
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            return self._challenge(request, user, wall_now, stale=False)
+        try:
+            credentials = parse_auth_header(authorization)
+        except DigestError as exc:
+            return self._refuse(request, 400, f"Bad Request (Authorization: {exc.reason})")
+        if credentials is None:  # a scheme we do not speak (RFC 4475 regaut01)
+            return self._challenge(request, user, wall_now, stale=False)
+        if user is None or user.sip is None or credentials.username != username:
+            # Unknown users fail exactly like a wrong password: no probing of usernames.
+            return self._failed(request, host, now, wall_now, user, reason="unknown_user")
+        result = verify(
+            credentials,
+            request.method,
+            user.sip.ha1_md5,
+            user.sip.ha1_sha256,
+            self.policy.realm,
+            self._nonces.check(credentials.nonce, wall_now),
+            nonce_counts=self._counts,
+        )
+        if result in (AuthResult.STALE, AuthResult.REPLAY):
+            return self._challenge(request, user, wall_now, stale=True)
+        if result is AuthResult.BAD_CREDENTIALS:
+            return self._failed(request, host, now, wall_now, user, reason="bad_credentials")
+        if result is not AuthResult.OK:
+            return self._challenge(request, user, wall_now, stale=False)
+        self._failures.record_success(host, now)
+        if user.status is AccountStatus.SUSPENDED:
+            return self._refuse(request, 403, "Forbidden (account suspended)", user.id)
+        return self._apply(request, user, source, transport, wall_now, now)
+
+    def _apply(
+        self,
+        request: SipRequest,
+        user: User,
+        source: tuple[str, int],
+        transport: str,
+        wall_now: float,
+        now: float,
+    ) -> RegisterOutcome:
+        headers = request.headers
+        try:
+            parsed = parse_contacts(headers)
+            expires_text = headers.get("Expires")
+            expires = parse_expires(expires_text) if expires_text is not None else None
+            contacts: list[ContactRequest] | str
+            if parsed == "*":
+                contacts = "*"
+            else:
+                contacts = []
+                for contact in parsed:
+                    raw_expires = contact.params.get("expires")
+                    raw_q = contact.params.get("q")
+                    contacts.append(
+                        ContactRequest(
+                            uri=str(contact.uri),
+                            expires=parse_expires(raw_expires) if raw_expires else None,
+                            q=float(raw_q) if raw_q else None,
+                        )
+                    )
+            cseq = int((headers.get("CSeq") or "0").split()[0])
+        except (SipSyntaxError, ValueError) as exc:
+            return self._refuse(request, 400, f"Bad Request ({exc})", user.id)
+        flow = Flow(transport.lower(), source[0], source[1])
+        result = self.bindings.register(
+            user.id, contacts, expires, headers.get("Call-ID") or "", cseq, flow, now
+        )
+        if result.error is RegisterError.INTERVAL_TOO_BRIEF:
+            extra = [("Min-Expires", str(result.min_expires))]
+            return RegisterOutcome(
+                self._reply(request, 423, "Interval Too Brief", extra), "refused", user.id
+            )
+        if result.error is RegisterError.BAD_WILDCARD:
+            return self._refuse(request, 400, "Bad Request (Contact: * needs Expires: 0)", user.id)
+        if result.error is RegisterError.OUT_OF_ORDER:
+            return self._refuse(request, 500, "Server Internal Error (CSeq out of order)", user.id)
+        self._report(result)
+        extra = [("Contact", f"<{b.uri}>;expires={b.expires_in(now)}") for b in result.bindings]
+        extra.append(("Date", formatdate(wall_now, usegmt=True)))
+        if contacts == []:
+            outcome = "query"
+        elif result.bindings:
+            outcome = "registered"
+        else:
+            outcome = "unregistered"
+        log.info(
+            "sip_register",
+            user_id=user.id,
+            outcome=outcome,
+            contacts=len(result.bindings),
+            source=f"{source[0]}:{source[1]}",
+            transport=transport,
+        )
+        return RegisterOutcome(
+            self._reply(request, 200, "OK", extra),
+            outcome,
+            user.id,
+            added=result.added,
+            removed=result.removed,
+        )
+
+    # -- bindings over time ------------------------------------------------------------------
+    def expire(self, now: float) -> list[Binding]:
+        gone = self.bindings.expire(now)
+        self._report(RegisterResult(removed=tuple(gone)))
+        return gone
+
+    def set_flow_reachable(self, flow: Flow, reachable: bool) -> list[Binding]:
+        """A keepalive on `flow` failed (False) or came back (True)."""
+        changed = self.bindings.set_flow_reachable(flow, reachable)
+        if self.reachability is not None:
+            for binding in changed:
+                if binding.reachable:
+                    self.reachability.endpoint_up(binding.user_id, Channel.IP_PHONE)
+                else:
+                    self.reachability.endpoint_down(binding.user_id, Channel.IP_PHONE)
+        return changed
+
+    def forget_user(self, user_id: str) -> list[Binding]:
+        """A suspended or deleted user: drop their phones' bindings at once."""
+        gone = self.bindings.remove_user(user_id)
+        self._report(RegisterResult(removed=tuple(gone)))
+        return gone
+
+    def banned_sources(self, now: float) -> list[str]:
+        return self._failures.banned_sources(now)
+
+    def _report(self, result: RegisterResult) -> None:
+        # See RegisterResult: one endpoint per stored reachable binding.
+        if self.reachability is None:
+            return
+        for binding in result.added:
+            self.reachability.endpoint_up(binding.user_id, Channel.IP_PHONE)
+        for binding in result.removed:
+            if binding.reachable:
+                self.reachability.endpoint_down(binding.user_id, Channel.IP_PHONE)
+
+    # -- responses ---------------------------------------------------------------------------
+    def _reply(
+        self, request: SipRequest, status: int, reason: str, extra: list[tuple[str, str]] = ()
+    ) -> SipResponse:
+        return make_response(request, status, reason, to_tag=secrets.token_hex(5), extra=extra)
+
+    def _refuse(
+        self, request: SipRequest, status: int, reason: str, user_id: str | None = None
+    ) -> RegisterOutcome:
+        return RegisterOutcome(self._reply(request, status, reason), "refused", user_id)
+
+    def _challenge(
+        self, request: SipRequest, user: User | None, wall_now: float, *, stale: bool
+    ) -> RegisterOutcome:
+        algorithms = list(self.policy.algorithms)
+        if user is not None and user.sip is not None:
+            # Offer only what we hold a hash for, or the phone may pick one we cannot check.
+            held = {Algorithm.MD5: user.sip.ha1_md5, Algorithm.SHA256: user.sip.ha1_sha256}
+            algorithms = [a for a in algorithms if held.get(a)] or algorithms
+        values = challenges(
+            self.policy.realm, self._nonces.issue(wall_now), stale=stale, algorithms=algorithms
+        )
+        extra = [("WWW-Authenticate", value) for value in values]
+        return RegisterOutcome(
+            self._reply(request, 401, "Unauthorized", extra),
+            "challenged",
+            user.id if user else None,
+        )
+
+    def _failed(
+        self,
+        request: SipRequest,
+        host: str,
+        now: float,
+        wall_now: float,
+        user: User | None,
+        *,
+        reason: str,
+    ) -> RegisterOutcome:
+        banned = self._failures.record_failure(host, now)
+        log.warning(
+            "sip_auth_failed",
+            source=host,
+            user_id=user.id if user else None,
+            reason=reason,
+            banned=banned,
+        )
+        challenge = self._challenge(request, user, wall_now, stale=False)
+        return RegisterOutcome(challenge.response, "auth_failed", challenge.user_id)

@@ -1,0 +1,296 @@
+"""The SIP application (transaction user): registrar, OPTIONS, keepalives.
+
+It receives the transaction layer's events from the endpoint and answers through it. Calls
+(INVITE and the B2BUA) plug in here later; until then an INVITE is refused with 480 so a
+trunk fails over instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.config import Settings
+from bridge.directory.model import Directory
+from bridge.observability.metrics import Metrics
+from bridge.presence.service import ReachabilityPort
+from bridge.sip.digest import Algorithm
+from bridge.sip.model import Headers, SipMessage, SipRequest, make_response
+from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
+from bridge.sip.register import AuthPolicy, RegistrarService
+from bridge.sip.registrar import BindingStore, Flow, RegistrarSettings
+from bridge.sip.transaction import (
+    Address,
+    Event,
+    NewRequest,
+    Response,
+    Timeout,
+    TransportError,
+    new_branch,
+)
+from bridge.sip.transport import SipEndpoint
+
+log = structlog.get_logger("bridge.sip")
+
+
+@dataclass(frozen=True, slots=True)
+class SipServiceSettings:
+    realm: str
+    nonce_secret: bytes
+    registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
+    keepalive_seconds: float = 30.0  # OPTIONS to every UDP flow this often; 0 = never
+    nonce_lifetime: float = 300.0
+    max_failures: int = 5
+    failure_window: float = 60.0
+    ban_seconds: float = 600.0
+    algorithms: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5)
+
+
+class MetricsCounters:
+    """The transport's counters, as Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def message(self, direction: str, message: SipMessage) -> None:
+        if isinstance(message, SipRequest):
+            method = message.method if message.method in _COUNTED_METHODS else "other"
+        else:
+            method = f"{message.status // 100}xx"
+        self._metrics.sip_messages.labels(direction=direction, method=method).inc()
+
+    def parse_error(self, transport: str) -> None:
+        self._metrics.sip_malformed.labels(transport=transport).inc()
+
+
+_COUNTED_METHODS = frozenset(
+    {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK"}
+)
+
+
+class SipService:
+    def __init__(
+        self,
+        directory: Callable[[], Directory],
+        settings: SipServiceSettings,
+        reachability: ReachabilityPort | None,
+        metrics: Metrics,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._wall = wall_clock
+        self.registrar = RegistrarService(
+            directory=directory,
+            policy=AuthPolicy(
+                realm=settings.realm,
+                nonce_lifetime=settings.nonce_lifetime,
+                max_failures=settings.max_failures,
+                failure_window=settings.failure_window,
+                ban_seconds=settings.ban_seconds,
+                algorithms=settings.algorithms,
+            ),
+            nonce_secret=settings.nonce_secret,
+            bindings=BindingStore(settings.registrar),
+            reachability=reachability,
+            settings=settings.registrar,
+        )
+        self._keepalives: dict[str, Flow] = {}  # OPTIONS transaction id -> flow probed
+        self._tasks: list[asyncio.Task[None]] = []
+        self.endpoint: SipEndpoint | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+        await endpoint.start()
+        self._tasks.append(asyncio.create_task(self._expiry_loop(), name="sip-expiry"))
+        if self.settings.keepalive_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="sip-keepalive"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+
+    def forget_user(self, user_id: str) -> None:
+        self.registrar.forget_user(user_id)
+        self._update_gauges()
+
+    # -- events from the transaction layer ---------------------------------------------------
+    def on_event(self, event: Event, endpoint: SipEndpoint) -> None:
+        if isinstance(event, NewRequest):
+            self._request(event, endpoint)
+        elif isinstance(event, Response):
+            flow = self._keepalives.pop(event.transaction_id, None)
+            if flow is not None and event.response.status >= 200:
+                self.registrar.set_flow_reachable(flow, True)
+        elif isinstance(event, Timeout | TransportError):
+            flow = self._keepalives.pop(event.transaction_id, None)
+            if flow is not None:
+                changed = self.registrar.set_flow_reachable(flow, False)
+                if changed:
+                    log.info(
+                        "sip_flow_dead", flow=f"{flow.host}:{flow.port}", contacts=len(changed)
+                    )
+        self.metrics.sip_transactions.set(len(endpoint.layer))
+
+    def on_connection_lost(self, peer: Address, endpoint: SipEndpoint) -> None:
+        self.registrar.set_flow_reachable(Flow("tcp", peer[0], peer[1]), False)
+
+    def _request(self, event: NewRequest, endpoint: SipEndpoint) -> None:
+        request = event.request
+        problem = validate_request(request)
+        if problem is not None:
+            response = problem.response(to_tag=_tag())
+            if response is not None:
+                endpoint.respond(event.transaction_id, response)
+            return
+        method = request.method
+        if method == "REGISTER":
+            outcome = self.registrar.handle(
+                request, event.source, event.transport, self._wall(), endpoint.now()
+            )
+            if outcome.outcome in ("auth_failed", "banned"):
+                self.metrics.sip_auth_failures.labels(reason=outcome.outcome).inc()
+            endpoint.respond(event.transaction_id, outcome.response)
+            self._update_gauges()
+        elif method == "OPTIONS":
+            endpoint.respond(event.transaction_id, self._options_ok(request))
+        elif method == "INVITE":
+            response = make_response(
+                request,
+                480,
+                "Temporarily Unavailable",
+                to_tag=_tag(),
+                extra=[("Reason", 'SIP;cause=480;text="calls are not routed over SIP yet"')],
+            )
+            endpoint.respond(event.transaction_id, response)
+        elif method in ("BYE", "CANCEL"):
+            # No dialog or transaction of ours matches (calls are not handled yet).
+            endpoint.respond(
+                event.transaction_id,
+                make_response(request, 481, "Call/Transaction Does Not Exist", to_tag=_tag()),
+            )
+        else:
+            allow = ("Allow", ", ".join(ALLOWED_METHODS))
+            endpoint.respond(
+                event.transaction_id,
+                make_response(request, 405, "Method Not Allowed", to_tag=_tag(), extra=[allow]),
+            )
+
+    def _options_ok(self, request: SipRequest):  # type: ignore[no-untyped-def]
+        return make_response(
+            request,
+            200,
+            "OK",
+            to_tag=_tag(),
+            extra=[
+                ("Allow", ", ".join(ALLOWED_METHODS)),
+                ("Accept", "application/sdp"),
+                ("Supported", ", ".join(sorted(SUPPORTED_OPTIONS))),
+            ],
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        directory: Callable[[], Directory],
+        reachability: ReachabilityPort | None,
+        metrics: Metrics,
+    ) -> SipService:
+        sip = settings.sip
+        secret = (sip.nonce_secret or "").encode() or hmac.new(
+            settings.auth.jwt_secret.encode(), b"bridge sip nonce", hashlib.sha256
+        ).digest()
+        return cls(
+            directory,
+            SipServiceSettings(
+                realm=sip.realm,
+                nonce_secret=secret,
+                registrar=RegistrarSettings(
+                    min_expires=sip.min_expires,
+                    max_expires=sip.max_expires,
+                    default_expires=sip.default_expires,
+                ),
+                keepalive_seconds=sip.keepalive_seconds,
+                nonce_lifetime=sip.nonce_lifetime_seconds,
+                max_failures=sip.auth_max_failures,
+                failure_window=sip.auth_window_seconds,
+                ban_seconds=sip.ban_seconds,
+                algorithms=tuple(Algorithm(name) for name in sip.digest_algorithms),
+            ),
+            reachability,
+            metrics,
+        )
+
+    # -- periodic work ---------------------------------------------------------------------
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.endpoint is None:
+                continue
+            gone = self.registrar.expire(self.endpoint.now())
+            if gone:
+                log.info("sip_bindings_expired", count=len(gone))
+                self._update_gauges()
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.keepalive_seconds)
+            if self.endpoint is not None:
+                self.probe_flows()
+
+    def probe_flows(self) -> int:
+        """Send one OPTIONS to every UDP flow with a binding; a timeout marks it dead."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return 0
+        sent = 0
+        for flow in self.registrar.bindings.flows():
+            if flow.transport != "udp" or flow in self._keepalives.values():
+                continue
+            transaction_id = endpoint.request(
+                self._keepalive_request(flow, endpoint), (flow.host, flow.port), "udp"
+            )
+            self._keepalives[transaction_id] = flow
+            sent += 1
+        return sent
+
+    def _keepalive_request(self, flow: Flow, endpoint: SipEndpoint) -> SipRequest:
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        target = f"[{flow.host}]" if ":" in flow.host else flow.host
+        headers = Headers(
+            [
+                ("Via", f"SIP/2.0/UDP {host}:{endpoint.port};branch={new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:keepalive@{self.settings.realm}>;tag={_tag()}"),
+                ("To", f"<sip:{target}:{flow.port}>"),
+                ("Call-ID", f"ka-{secrets.token_hex(8)}"),
+                ("CSeq", "1 OPTIONS"),
+            ]
+        )
+        return SipRequest("OPTIONS", f"sip:{target}:{flow.port}", headers)
+
+    def _update_gauges(self) -> None:
+        self.metrics.sip_registrations.set(len(self.registrar.bindings))
+        if self.endpoint is not None:
+            banned = self.registrar.banned_sources(self.endpoint.now())
+            self.metrics.sip_banned_sources.set(len(banned))
+
+
+def _tag() -> str:
+    return secrets.token_hex(5)

@@ -1,0 +1,306 @@
+"""The asyncio layer of the SIP stack: sockets, one timer, nothing else.
+
+Modelled on aioquic's `asyncio/protocol.py`: bytes come in, are parsed and handed to the
+sans-I/O `TransactionLayer` with `now`; the events go to the application (the TU); whatever
+the layer queued is sent; one `loop.call_at` is re-armed on the layer's next deadline.
+UDP and TCP listen on the same host:port (IPv4 or IPv6). TCP connections are kept by peer
+address and reused for requests to that peer (a phone registered over TCP is reached on the
+connection it registered on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Protocol
+
+import structlog
+
+from bridge.sip.model import SipMessage, SipRequest, SipResponse
+from bridge.sip.parser import SipParseError, StreamFramer, parse_message
+from bridge.sip.transaction import (
+    Address,
+    Event,
+    Outgoing,
+    TimerSettings,
+    TransactionLayer,
+)
+
+log = structlog.get_logger("bridge.sip")
+
+MAX_DATAGRAM = 65535
+
+
+class SipApplication(Protocol):
+    """The transaction user: gets every event, answers through the endpoint."""
+
+    def on_event(self, event: Event, endpoint: SipEndpoint) -> None: ...
+
+    def on_connection_lost(self, peer: Address, endpoint: SipEndpoint) -> None: ...
+
+
+class SipCounters(Protocol):
+    """What the transport counts (a Metrics adapter, or nothing)."""
+
+    def message(self, direction: str, message: SipMessage) -> None: ...
+
+    def parse_error(self, transport: str) -> None: ...
+
+
+class _NoCounters:
+    def message(self, direction: str, message: SipMessage) -> None:
+        pass
+
+    def parse_error(self, transport: str) -> None:
+        pass
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.endpoint._datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and the like: the transaction timers notice the silence.
+        log.debug("sip_udp_error", error=str(exc))
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Address = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.endpoint._connections[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        pings = self.framer.pings
+        items = self.framer.feed(data)
+        if self.framer.pings != pings and self.transport is not None:
+            self.transport.write(b"\r\n")  # RFC 5626 §3.5.1: answer a CRLFCRLF ping
+        for item in items:
+            self.endpoint._incoming(item, self.peer, "tcp")
+        if self.framer.broken and self.transport is not None:
+            # A framing error cannot be recovered on a stream (RFC 4475 §3.1.2.3).
+            log.info("sip_tcp_framing_error", peer=f"{self.peer[0]}:{self.peer[1]}")
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.endpoint._connections.get(self.peer) is self:
+            del self.endpoint._connections[self.peer]
+        self.endpoint._lost(self.peer)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class SipEndpoint:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        application: SipApplication,
+        *,
+        timers: TimerSettings | None = None,
+        counters: SipCounters | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.application = application
+        self.layer = TransactionLayer(timers)
+        self.counters: SipCounters = counters or _NoCounters()
+        self._udp: _Udp | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._connections: dict[Address, _Tcp] = {}
+        self._connecting: dict[Address, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        _, udp = await loop.create_datagram_endpoint(
+            lambda: _Udp(self), local_addr=(self.host, self.port), family=family
+        )
+        self._udp = udp
+        if self.port == 0:  # tests: take the port the OS gave UDP for TCP too
+            assert udp.transport is not None
+            self.port = udp.transport.get_extra_info("sockname")[1]
+        self._tcp_server = await loop.create_server(
+            lambda: _Tcp(self), host=self.host, port=self.port, family=family, reuse_address=True
+        )
+        log.info("sip_listening", host=self.host, port=self.port, transports=["udp", "tcp"])
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._connecting.values():
+            task.cancel()
+        for connection in list(self._connections.values()):
+            if connection.transport is not None:
+                connection.transport.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp_server.wait_closed(), 2)
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+
+    def now(self) -> float:
+        """The transaction layer's time base: the loop's monotonic clock, which `call_at`
+        uses too."""
+        assert self._loop is not None
+        return self._loop.time()
+
+    @property
+    def connections(self) -> dict[Address, _Tcp]:
+        return self._connections
+
+    # -- for the application -----------------------------------------------------------------
+    def respond(self, transaction_id: str, response: SipResponse) -> None:
+        self.layer.send_response(transaction_id, response, self.now())
+        self._flush()
+
+    def request(self, request: SipRequest, destination: Address, transport: str) -> str:
+        transaction_id = self.layer.send_request(request, destination, transport, self.now())
+        self._flush()
+        return transaction_id
+
+    def send_stateless(self, message: SipMessage, destination: Address, transport: str) -> None:
+        self.layer.send_stateless(message, destination, transport)
+        self._flush()
+
+    # -- inbound ---------------------------------------------------------------------------
+    def _datagram(self, data: bytes, source: Address) -> None:
+        if data in (b"\r\n", b"\r\n\r\n") or not data.strip():
+            return  # NAT keep-alive (RFC 5626 §4.4.1 over UDP): nothing to do
+        try:
+            message: SipMessage | SipParseError = parse_message(data)
+        except SipParseError as exc:
+            message = exc
+        self._incoming(message, source, "udp")
+
+    def _incoming(self, item: SipMessage | SipParseError, source: Address, transport: str) -> None:
+        if isinstance(item, SipParseError):
+            self.counters.parse_error(transport)
+            response = item.response(to_tag="bad")
+            log.info(
+                "sip_malformed",
+                source=f"{source[0]}:{source[1]}",
+                transport=transport,
+                reason=str(item),
+                answered=response is not None,
+            )
+            if response is not None:
+                # Outside any transaction: the message could not be matched to one.
+                self.layer.send_stateless(response, source, transport)
+                self._flush()
+            return
+        self.counters.message("in", item)
+        try:
+            events = self.layer.receive(item, source, transport, self.now())
+            for event in events:
+                self.application.on_event(event, self)
+        except Exception:
+            # Nothing a peer sends may take the endpoint down; the message is dropped.
+            log.exception("sip_message_failed", source=f"{source[0]}:{source[1]}")
+        self._flush()
+
+    def _lost(self, peer: Address) -> None:
+        try:
+            self.application.on_connection_lost(peer, self)
+        except Exception:
+            log.exception("sip_connection_lost_failed")
+
+    # -- outbound ----------------------------------------------------------------------------
+    def _flush(self) -> None:
+        for outgoing in self.layer.datagrams_to_send():
+            self._send(outgoing)
+        self._arm()
+
+    def _send(self, outgoing: Outgoing) -> None:
+        data = outgoing.data
+        self.counters.message("out", outgoing.message)
+        if outgoing.transport.lower() == "udp":
+            if self._udp is not None and self._udp.transport is not None:
+                self._udp.transport.sendto(data, outgoing.destination)
+            return
+        connection = self._connections.get(outgoing.destination)
+        if connection is not None:
+            connection.send(data)
+            return
+        self._connect_and_send(outgoing, data)
+
+    def _connect_and_send(self, outgoing: Outgoing, data: bytes) -> None:
+        destination = outgoing.destination
+
+        async def connect() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Tcp(self), destination[0], destination[1]), 5
+                )
+                protocol.send(data)
+            except (OSError, TimeoutError) as exc:
+                if outgoing.transaction_id is not None:
+                    events = self.layer.transport_error(
+                        outgoing.transaction_id, str(exc), self.now()
+                    )
+                    for event in events:
+                        self.application.on_event(event, self)
+                    self._flush()
+            finally:
+                self._connecting.pop(destination, None)
+
+        if destination in self._connecting:
+            # Another message is already opening this connection: queue behind it.
+            previous = self._connecting[destination]
+
+            async def after() -> None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await previous
+                connection = self._connections.get(destination)
+                if connection is not None:
+                    connection.send(data)
+
+            asyncio.get_running_loop().create_task(after())
+            return
+        self._connecting[destination] = asyncio.get_running_loop().create_task(connect())
+
+    # -- the one timer -------------------------------------------------------------------------
+    def _arm(self) -> None:
+        deadline = self.layer.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            for event in self.layer.handle_timers(self.now()):
+                self.application.on_event(event, self)
+        except Exception:
+            log.exception("sip_timer_failed")
+        self._flush()

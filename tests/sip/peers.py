@@ -1,0 +1,187 @@
+"""Real peers for SIP tests: a `bridge run` process on loopback, and SIPp runs against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SIPP = shutil.which("sipp")
+REALM = "bridge.test"
+
+needs_sipp = pytest.mark.skipif(
+    SIPP is None and os.environ.get("CI") != "true",
+    reason="SIPp (Debian sip-tester) is not installed; `make test` installs it",
+)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+            with socket.socket(socket.AF_INET, other) as second:
+                try:
+                    second.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class RunningBridge:
+    process: subprocess.Popen[str]
+    http: int
+    sip: int
+    config: Path
+    log_path: Path
+
+    def log_events(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, sample: str) -> float | None:
+        for line in self.metrics().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return None
+
+    def api(self, path: str, user: str = "admin") -> Any:
+        token = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "token", user, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http}{path}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+
+@contextmanager
+def bridge_process(
+    tmp_path: Path, directory: dict[str, Any], **env: str
+) -> Iterator[RunningBridge]:
+    """`bridge run` on free loopback ports with this directory; stopped (SIGTERM) after."""
+    http, sip = free_port(), free_port()
+    (tmp_path / "directory.yaml").write_text(yaml.safe_dump(directory, sort_keys=False))
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        '[http]\nhost = "127.0.0.1"\n'
+        f'port = {http}\n[sip]\nhost = "127.0.0.1"\nport = {sip}\nrealm = "{REALM}"\n'
+        '[auth]\njwt_secret = "test-secret-0123456789abcdef"\n[log]\nformat = "json"\n'
+        "[daemon]\ndrain_timeout_seconds = 1\n"
+    )
+    log_path = tmp_path / "bridge.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **{f"BRIDGE_{k.upper()}": v for k, v in env.items()}},
+        )
+    running = RunningBridge(process, http, sip, config, log_path)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"bridge exited: {log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"bridge not ready: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    messages: str
+    errors: str
+    output: str
+
+    def count(self, start_line: str) -> int:
+        return sum(1 for line in self.messages.splitlines() if line.startswith(start_line))
+
+
+def run_sipp(
+    tmp_path: Path,
+    scenario: str,
+    bridge_port: int,
+    *args: str,
+    transport: str = "u1",
+    timeout: float = 30,
+) -> SippResult:
+    """Run one SIPp scenario against the bridge (loopback, bounded calls and time)."""
+    assert SIPP is not None, "sipp missing"
+    name = f"{scenario}-{time.monotonic_ns()}"
+    messages, errors = tmp_path / f"{name}.msg", tmp_path / f"{name}.err"
+    command = [
+        SIPP,
+        "-sf",
+        str(SCENARIOS / scenario),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-t",
+        transport,
+        "-m",
+        "1",
+        "-nostdin",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-trace_msg",
+        "-message_file",
+        str(messages),
+        "-trace_err",
+        "-error_file",
+        str(errors),
+        *args,
+        f"127.0.0.1:{bridge_port}",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout + 15, cwd=tmp_path
+    )
+    read = lambda p: p.read_text(errors="replace") if p.exists() else ""  # noqa: E731
+    return SippResult(
+        result.returncode, read(messages), read(errors), result.stdout + result.stderr
+    )
