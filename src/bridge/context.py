@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from bridge.directory.store import DirectoryStore
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
 from bridge.routing.service import RoutingService
+from bridge.sip.b2bua import TrunkSettings
 from bridge.sip.service import SipService
 from bridge.tokens import TokenService
 
@@ -72,11 +74,24 @@ def build_context(
     store = DirectoryStore(directory, settings.directory_path)
     presence = PresenceService(lambda: store.current, clock)
     routing = RoutingService(store, presence, metrics, clock)
+    calls = CallRegistry(on_count=metrics.live_calls.set)
     sip = (
         SipService.from_settings(settings, lambda: store.current, presence, metrics)
         if settings.sip.enabled
         else None
     )
+    if sip is not None:
+        sip.enable_calls(
+            routing=routing,
+            presence=presence,
+            registry=calls,
+            trunk=TrunkSettings(
+                allow=tuple(
+                    ipaddress.ip_network(n, strict=False) for n in settings.sip.trunk_allow
+                ),
+                uri=settings.sip.trunk_uri,
+            ),
+        )
 
     def on_change(new: Directory, old: Directory | None) -> None:
         counts = Counter(user.status for user in new.users)
@@ -101,7 +116,7 @@ def build_context(
         store=store,
         presence=presence,
         routing=routing,
-        calls=CallRegistry(on_count=metrics.live_calls.set),
+        calls=calls,
         sip=sip,
         metrics=metrics,
         tokens=TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds),

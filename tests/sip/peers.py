@@ -149,6 +149,7 @@ def run_sipp(
     *args: str,
     transport: str = "u1",
     timeout: float = 30,
+    port: int | None = None,
 ) -> SippResult:
     """Run one SIPp scenario against the bridge (loopback, bounded calls and time)."""
     assert SIPP is not None, "sipp missing"
@@ -161,7 +162,7 @@ def run_sipp(
         "-i",
         "127.0.0.1",
         "-p",
-        str(free_port()),
+        str(port or free_port()),
         "-t",
         transport,
         "-m",

@@ -82,6 +82,19 @@ class Metrics:
         self.sip_transactions = Gauge(
             "bridge_sip_transactions", "Live SIP transactions", registry=r
         )
+        self.calls = Counter(
+            "bridge_calls_total",
+            "Calls by dial path and outcome (answered, caller_cancelled, voicemail, ...)",
+            ["path", "outcome"],
+            registry=r,
+        )
+        self.call_setup_seconds = Histogram(
+            "bridge_call_setup_seconds",
+            "From the caller's INVITE to the first ringing sent back to the caller",
+            ["path"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self.live_calls = Gauge("bridge_live_calls", "Calls in progress", registry=r)
         self.draining = Gauge(
             "bridge_draining", "1 while the daemon drains for shutdown", registry=r

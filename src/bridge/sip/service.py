@@ -1,8 +1,8 @@
-"""The SIP application (transaction user): registrar, OPTIONS, keepalives.
+"""The SIP application (transaction user): registrar, OPTIONS, keepalives, calls.
 
-It receives the transaction layer's events from the endpoint and answers through it. Calls
-(INVITE and the B2BUA) plug in here later; until then an INVITE is refused with 480 so a
-trunk fails over instead of waiting.
+It receives the transaction layer's events from the endpoint and answers through it; calls
+(INVITE, CANCEL, in-dialog requests) go to the B2BUA (`bridge.sip.b2bua`) when it is
+enabled, else an INVITE is refused with 480 so a trunk fails over instead of waiting.
 """
 
 from __future__ import annotations
@@ -15,15 +15,20 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
+from bridge.calls.registry import CallRegistry
 from bridge.config import Settings
 from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
-from bridge.presence.service import ReachabilityPort
+from bridge.presence.service import PresenceService, ReachabilityPort
+from bridge.routing.service import RoutingService
+from bridge.sip.b2bua import SipCalls, TrunkSettings
+from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
-from bridge.sip.model import Headers, SipMessage, SipRequest, make_response
+from bridge.sip.model import Headers, SipMessage, SipRequest, make_response, param_of
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
 from bridge.sip.register import AuthPolicy, RegistrarService
 from bridge.sip.registrar import BindingStore, Flow, RegistrarSettings
@@ -104,13 +109,51 @@ class SipService:
             settings=settings.registrar,
         )
         self._keepalives: dict[str, Flow] = {}  # OPTIONS transaction id -> flow probed
+        self.calls: SipCalls | None = None
+        self._call_parts: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
+
+    def enable_calls(
+        self,
+        *,
+        routing: RoutingService,
+        presence: PresenceService,
+        registry: CallRegistry,
+        trunk: TrunkSettings,
+    ) -> None:
+        """Route INVITEs from the trunk (the B2BUA is built when the endpoint starts)."""
+        self._call_parts = {
+            "routing": routing,
+            "presence": presence,
+            "calls": registry,
+            "trunk": trunk,
+        }
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
         await endpoint.start()
+        if self._call_parts is not None:
+            loop = asyncio.get_running_loop()
+
+            def local(transport: str) -> ViaSpec:
+                host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+                return ViaSpec(f"{host}:{endpoint.port}", transport.upper())
+
+            self.calls = SipCalls(
+                **self._call_parts,
+                bindings=self.registrar.bindings,
+                metrics=self.metrics,
+                realm=self.settings.realm,
+                clock=endpoint.now,
+                schedule=lambda at, fn: loop.call_at(at, fn),
+                cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]
+                send_request=endpoint.request,
+                respond=endpoint.respond,
+                send_stateless=endpoint.send_stateless,
+                local=local,
+            )
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="sip-expiry"))
         if self.settings.keepalive_seconds > 0:
             self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="sip-keepalive"))
@@ -131,8 +174,17 @@ class SipService:
 
     # -- events from the transaction layer ---------------------------------------------------
     def on_event(self, event: Event, endpoint: SipEndpoint) -> None:
+        calls = self.calls
         if isinstance(event, NewRequest):
             self._request(event, endpoint)
+        elif calls is not None and isinstance(event, Response) and calls.owns(event.transaction_id):
+            calls.response(event.transaction_id, event.response)
+        elif (
+            calls is not None
+            and isinstance(event, Timeout | TransportError)
+            and calls.owns(event.transaction_id)
+        ):
+            calls.failed(event.transaction_id, type(event).__name__)
         elif isinstance(event, Response):
             flow = self._keepalives.pop(event.transaction_id, None)
             if flow is not None and event.response.status >= 200:
@@ -159,6 +211,18 @@ class SipService:
                 endpoint.respond(event.transaction_id, response)
             return
         method = request.method
+        calls = self.calls
+        if calls is not None and method != "REGISTER":
+            to_tag = param_of(request.headers.get("To"), "tag")
+            if method == "INVITE" and not to_tag:
+                calls.new_invite(event.transaction_id, request, event.source, event.transport)
+                return
+            if method == "CANCEL":
+                invite = endpoint.layer.find_invite_for_cancel(request)
+                calls.cancel(event.transaction_id, request, invite)
+                return
+            if to_tag and calls.in_dialog(event.transaction_id, request):
+                return
         if method == "REGISTER":
             outcome = self.registrar.handle(
                 request, event.source, event.transport, self._wall(), endpoint.now()

@@ -1,0 +1,680 @@
+"""The SIP dial path: a B2BUA that runs the call core (`CallMachine`) over SIP legs.
+
+An INVITE from the trunk to one of our lines is routed (the same `plan_route` Test Routing
+explains); the machine's commands become SIP: an INVITE to every registered contact of a
+desk-phone member, an INVITE through the trunk for a phone number, CANCEL (with RFC 3326
+`Reason` when answered elsewhere), ACK/BYE for a 2xx that lost the race. The first 2xx wins
+and is bridged: the caller gets a 200 with the winner's SDP, passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from bridge.calls.events import (
+    BridgeTo,
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    CancelLeg,
+    DialLeg,
+    FallbackStarted,
+    HangupLeg,
+    LegFailure,
+    LegReason,
+    MarkCallEnded,
+    MarkOnCall,
+    Output,
+    RejectCaller,
+    RingCaller,
+    Side,
+    StartFallback,
+)
+from bridge.calls.machine import CallMachine
+from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
+from bridge.directory.model import FallbackAction
+from bridge.observability.logging import call_context
+from bridge.observability.metrics import Metrics
+from bridge.presence.model import Channel
+from bridge.presence.service import PresenceService
+from bridge.routing.model import CallRequest
+from bridge.routing.service import RoutingService
+from bridge.sip.dialog import (
+    Dialog,
+    DialogError,
+    DialogSet,
+    DialogTable,
+    ViaSpec,
+    build_cancel,
+    format_reason,
+)
+from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
+from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
+from bridge.sip.registrar import BindingStore
+from bridge.sip.transaction import Address, new_branch
+
+log = structlog.get_logger("bridge.sip.calls")
+
+ANSWERED_ELSEWHERE = format_reason(200, "Call completed elsewhere")
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkSettings:
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    uri: str | None = None  # sip:host[:port] of the provider, for forwarded legs
+
+    def allows(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.allow)
+
+    def destination(self) -> tuple[str, Address, str] | None:
+        """(host for the Request-URI, where to send, transport) of the trunk, if set."""
+        if self.uri is None:
+            return None
+        uri = parse_uri(self.uri)
+        transport = str(uri.params.get("transport") or "udp").lower()
+        return uri.host, (uri.host.strip("[]"), uri.port or 5060), transport
+
+
+@dataclass(eq=False)
+class _Branch:
+    """One INVITE we sent for a leg: to one registered contact, or through the trunk."""
+
+    leg_id: str
+    invite: SipRequest
+    transaction_id: str
+    destination: Address
+    transport: str
+    dialogs: DialogSet
+    provisional: bool = False  # a 1xx arrived: a CANCEL may now be sent (§9.1)
+    cancel_reason: str | None = None  # a CANCEL is wanted (sent once provisional is True)
+    cancelled: bool = False
+    final: int | None = None
+    answer: SipResponse | None = None
+    dialog: Dialog | None = None
+
+
+@dataclass(eq=False)
+class _Call:
+    call_id: str
+    machine: CallMachine
+    invite: SipRequest
+    transaction_id: str
+    source: Address
+    transport: str
+    to_tag: str
+    live: LiveCall
+    branches: dict[str, _Branch] = field(default_factory=dict)  # by transaction id
+    caller_dialog: Dialog | None = None
+    winner: _Branch | None = None
+    answered: bool = False  # the caller got a final response (2xx or error)
+    timer: object | None = None
+    started: float = 0.0
+    setup_measured: bool = False
+
+
+class SipCalls:
+    """Calls over SIP. The endpoint hands it INVITE/CANCEL/BYE/ACK and the responses and
+    timeouts of the transactions it started."""
+
+    def __init__(
+        self,
+        *,
+        routing: RoutingService,
+        bindings: BindingStore,
+        presence: PresenceService,
+        calls: CallRegistry,
+        metrics: Metrics,
+        trunk: TrunkSettings,
+        realm: str,
+        clock: Callable[[], float],
+        schedule: Callable[[float, Callable[[], None]], object],
+        cancel_timer: Callable[[object], None],
+        send_request: Callable[[SipRequest, Address, str], str],
+        respond: Callable[[str, SipResponse], None],
+        send_stateless: Callable[[SipRequest, Address, str], None],
+        local: Callable[[str], ViaSpec],
+    ) -> None:
+        self.routing = routing
+        self.bindings = bindings
+        self.presence = presence
+        self.calls = calls
+        self.metrics = metrics
+        self.trunk = trunk
+        self.realm = realm
+        self._now = clock
+        self._schedule = schedule
+        self._cancel_timer = cancel_timer
+        self._send_request = send_request
+        self._respond = respond
+        self._send_stateless = send_stateless
+        self._local = local
+        self._calls: dict[str, _Call] = {}
+        self._by_invite: dict[str, _Call] = {}  # caller INVITE transaction id -> call
+        self._by_branch: dict[str, tuple[_Call, _Branch]] = {}
+        self._dialogs = DialogTable()
+        self._dialog_calls: dict[object, _Call] = {}  # DialogId -> call
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    # -- requests from the network ---------------------------------------------------------
+    def new_invite(
+        self, transaction_id: str, invite: SipRequest, source: Address, transport: str
+    ) -> None:
+        """An INVITE that opens a call (no To tag)."""
+        if not self.trunk.allows(source[0]):
+            self._respond(transaction_id, _reply(invite, 403, "Forbidden (not an allowed trunk)"))
+            return
+        try:
+            dialled = parse_uri(invite.uri).user or ""
+            caller = parse_name_addr(invite.headers.get("From") or "").uri.user
+        except SipSyntaxError as exc:
+            self._respond(transaction_id, _reply(invite, 400, f"Bad Request ({exc})"))
+            return
+        call_id = f"sip-{secrets.token_hex(6)}"
+        now = self._now()
+        with call_context(call_id):
+            plan = self.routing.route(
+                CallRequest(call_id=call_id, line=dialled, caller=caller, seed=secrets.randbits(32))
+            )
+            live = LiveCall(
+                call_id=call_id,
+                path="sip",
+                line=plan.line,
+                caller=caller,
+                started_at=datetime.now(UTC),
+            )
+            try:
+                self.calls.add(live)
+            except NotAcceptingCalls:
+                self._respond(
+                    transaction_id,
+                    _reply(invite, 503, "Service Unavailable", [("Retry-After", "30")]),
+                )
+                return
+            call = _Call(
+                call_id=call_id,
+                machine=CallMachine(call_id, plan, now),
+                invite=invite,
+                transaction_id=transaction_id,
+                source=source,
+                transport=transport,
+                to_tag=secrets.token_hex(5),
+                live=live,
+                started=now,
+            )
+            self._calls[call_id] = call
+            self._by_invite[transaction_id] = call
+            log.info(
+                "sip_call_in",
+                line=plan.line,
+                caller=caller,
+                outcome=plan.outcome.value,
+                source=f"{source[0]}:{source[1]}",
+            )
+            self._run(call, call.machine.start(now))
+
+    def cancel(
+        self, transaction_id: str, cancel: SipRequest, invite_transaction: str | None
+    ) -> None:
+        """The caller's CANCEL (§9.2): 200 to it; 487 to the INVITE if still unanswered."""
+        call = self._by_invite.get(invite_transaction or "")
+        if call is None:
+            self._respond(transaction_id, _reply(cancel, 481, "Call/Transaction Does Not Exist"))
+            return
+        self._respond(transaction_id, _reply(cancel, 200, "OK"))
+        with call_context(call.call_id):
+            if not call.answered:
+                call.answered = True
+                self._respond(
+                    call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
+                )
+            self._run(call, call.machine.caller_hangup(self._now()))
+
+    def in_dialog(self, transaction_id: str, request: SipRequest) -> bool:
+        """A request with a To tag. Returns False when it is not one of our calls' dialogs."""
+        dialog = self._dialogs.find_for_request(request)
+        if dialog is None:
+            return False
+        call = self._dialog_calls.get(dialog.id)
+        verdict = dialog.receive_request(request)
+        if verdict.response is not None:
+            self._respond(transaction_id, verdict.response)
+            return True
+        if call is None:
+            self._respond(transaction_id, _reply(request, 481, "Call/Transaction Does Not Exist"))
+            return True
+        with call_context(call.call_id):
+            if request.method == "BYE":
+                response = _reply(request, 200, "OK")
+                dialog.response_sent(request, response)
+                self._respond(transaction_id, response)
+                side = Side.CALLER if dialog is call.caller_dialog else Side.CALLEE
+                log.info("sip_call_bye", side=side.value)
+                self._forget_dialog(dialog)
+                self._run(call, call.machine.hangup(side, self._now()))
+            elif request.method == "INVITE":
+                # Re-INVITE pass-through comes with media handling; keep the session as is.
+                response = _reply(request, 488, "Not Acceptable Here")
+                dialog.response_sent(request, response)
+                self._respond(transaction_id, response)
+            else:
+                response = _reply(request, 200, "OK")
+                dialog.response_sent(request, response)
+                self._respond(transaction_id, response)
+        return True
+
+    # -- responses and timeouts of our INVITEs ------------------------------------------------
+    def owns(self, transaction_id: str) -> bool:
+        return transaction_id in self._by_branch
+
+    def response(self, transaction_id: str, response: SipResponse) -> None:
+        found = self._by_branch.get(transaction_id)
+        if found is None:
+            return
+        call, branch = found
+        with call_context(call.call_id):
+            self._branch_response(call, branch, response)
+
+    def failed(self, transaction_id: str, reason: str) -> None:
+        """Timer B or a transport error on one of our INVITEs: like a 408 from the phone."""
+        found = self._by_branch.pop(transaction_id, None)
+        if found is None:
+            return
+        call, branch = found
+        with call_context(call.call_id):
+            log.info("sip_leg_no_answer", leg_id=branch.leg_id, reason=reason)
+            branch.final = 408
+            self._leg_maybe_failed(call, branch, 408)
+
+    def _branch_response(self, call: _Call, branch: _Branch, response: SipResponse) -> None:
+        status = response.status
+        try:
+            dialog = branch.dialogs.receive_response(response)
+        except DialogError as exc:
+            log.info("sip_bad_response", error=str(exc), status=status)
+            dialog = None
+        if status < 200:
+            if status == 100:
+                return
+            branch.provisional = True
+            if branch.cancel_reason is not None and not branch.cancelled:
+                self._send_cancel(branch)
+                return
+            early = bool(response.body) and status == 183
+            if early:
+                branch.answer = response  # the SDP the caller hears while it rings
+            self._run(call, call.machine.leg_ringing(branch.leg_id, self._now(), early_media=early))
+            return
+        if 200 <= status < 300:
+            if dialog is None:
+                return
+            if branch.final is not None and branch.final >= 200 and branch.dialog is not None:
+                # A retransmitted 2xx: ACK again (§13.2.2.4).
+                self._ack(branch, branch.dialog)
+                return
+            branch.final = status
+            branch.answer = response
+            branch.dialog = dialog
+            self._dialogs.add(dialog)
+            self._dialog_calls[dialog.id] = call
+            self._ack(branch, dialog)
+            if branch.cancelled or branch.cancel_reason is not None or call.winner is not None:
+                # The CANCEL/200 race: this phone answered after someone else won.
+                log.info("sip_late_answer_hung_up", leg_id=branch.leg_id)
+                self._bye(branch)
+                return
+            self._run(call, call.machine.leg_answered(branch.leg_id, self._now()))
+            return
+        branch.final = status
+        self._by_branch.pop(branch.transaction_id, None)
+        self._leg_maybe_failed(call, branch, status)
+
+    def _leg_maybe_failed(self, call: _Call, branch: _Branch, status: int) -> None:
+        siblings = [b for b in call.branches.values() if b.leg_id == branch.leg_id]
+        if any(b.final is None or 200 <= b.final < 300 for b in siblings):
+            return  # another contact of the same user is still ringing (or answered)
+        if any(b.cancel_reason is not None or b.cancelled for b in siblings):
+            return  # we stopped this leg ourselves; the machine knows
+        self._run(
+            call,
+            call.machine.leg_failed(branch.leg_id, LegFailure.from_sip_status(status), self._now()),
+        )
+
+    # -- the machine's commands -----------------------------------------------------------------
+    def _run(self, call: _Call, outputs: list[Output]) -> None:
+        for output in outputs:
+            try:
+                self._apply(call, output)
+            except Exception:
+                log.exception("sip_call_command_failed", command=type(output).__name__)
+        call.machine.apply_to(call.live)
+        self._arm(call)
+        if call.machine.ended:
+            self._finish(call)
+
+    def _apply(self, call: _Call, output: Output) -> None:
+        if isinstance(output, DialLeg):
+            self._dial(call, output)
+        elif isinstance(output, CancelLeg):
+            reason = ANSWERED_ELSEWHERE if output.reason is LegReason.ANSWERED_ELSEWHERE else None
+            for branch in self._branches(call, output.leg_id):
+                if branch.final is None and branch.cancel_reason is None:
+                    branch.cancel_reason = reason or ""
+                    if branch.provisional:
+                        self._send_cancel(branch)
+        elif isinstance(output, BridgeTo):
+            self._bridge(call, output.leg_id)
+        elif isinstance(output, HangupLeg):
+            if output.leg_id == call.machine.caller_leg_id:
+                self._hangup_caller(call)
+            else:
+                for branch in self._branches(call, output.leg_id):
+                    if branch.dialog is not None and branch.final and branch.final < 300:
+                        self._bye(branch)
+        elif isinstance(output, RejectCaller):
+            if not call.answered:
+                call.answered = True
+                extra = [("Reason", format_reason(output.status, output.reason))]
+                self._respond(
+                    call.transaction_id,
+                    self._caller_reply(
+                        call,
+                        output.status,
+                        _REASON_PHRASES.get(output.status, output.reason),
+                        extra,
+                    ),
+                )
+        elif isinstance(output, StartFallback):
+            if output.step.action is FallbackAction.VOICEMAIL and not call.answered:
+                # Voicemail needs media (a later issue): refuse, and say why.
+                call.answered = True
+                extra = [("Reason", format_reason(480, "voicemail"))]
+                self._respond(
+                    call.transaction_id,
+                    self._caller_reply(call, 480, "Temporarily Unavailable", extra),
+                )
+                self._run_later(call, lambda: call.machine.hangup(Side.CALLER, self._now()))
+        elif isinstance(output, RingCaller):
+            self._ring_caller(call, output)
+        elif isinstance(output, MarkOnCall):
+            self.presence.call_started(output.user_id)
+        elif isinstance(output, MarkCallEnded):
+            self.presence.call_ended(output.user_id)
+        elif isinstance(output, CallAnswered):
+            log.info(
+                "sip_call_answered",
+                user_id=output.user_id,
+                leg_id=output.leg_id,
+                via=output.via.value,
+            )
+        elif isinstance(output, CallRinging):
+            log.info("sip_call_ringing", layer=output.layer_index, users=list(output.user_ids))
+        elif isinstance(output, FallbackStarted):
+            log.info("sip_call_fallback", action=output.action.value, why=output.why)
+        elif isinstance(output, CallEnded):
+            self.metrics.calls.labels(path="sip", outcome=output.outcome.value).inc()
+            log.info("sip_call_ended", cause=output.cause.value, outcome=output.outcome.value)
+
+    def _run_later(self, call: _Call, step: Callable[[], list[Output]]) -> None:
+        self._schedule(self._now(), lambda: self._run(call, step()))
+
+    def _dial(self, call: _Call, command: DialLeg) -> None:
+        now = self._now()
+        targets: list[tuple[str, Address, str, list[tuple[str, str]]]] = []
+        if command.via is Channel.IP_PHONE and command.user_id is not None:
+            for binding in self.bindings.reachable_bindings(command.user_id, now):
+                flow = binding.flow
+                targets.append((binding.uri, (flow.host, flow.port), flow.transport, []))
+        elif command.via is Channel.PHONE_NUMBER and command.number:
+            trunk = self.trunk.destination()
+            if trunk is not None:
+                host, destination, transport = trunk
+                extra = []
+                if command.diversion is not None and command.diversion.line:
+                    extra.append(
+                        (
+                            "Diversion",
+                            f"<sip:{command.diversion.line}@{self.realm}>;reason={command.diversion.reason.value}",
+                        )
+                    )
+                elif call.machine.plan.line:
+                    extra.append(
+                        (
+                            "Diversion",
+                            f"<sip:{call.machine.plan.line}@{self.realm}>;reason=no-answer",
+                        )
+                    )
+                targets.append((f"sip:{command.number}@{host}", destination, transport, extra))
+        if not targets:
+            # No registered phone, no trunk, or an app user (the WebSocket path comes later).
+            self._run_later(
+                call,
+                lambda: call.machine.leg_failed(
+                    command.leg_id, LegFailure.UNREACHABLE, self._now()
+                ),
+            )
+            return
+        for uri, destination, transport, extra in targets:
+            invite = self._leg_invite(call, uri, transport, extra)
+            transaction_id = self._send_request(invite, destination, transport)
+            branch = _Branch(
+                leg_id=command.leg_id,
+                invite=invite,
+                transaction_id=transaction_id,
+                destination=destination,
+                transport=transport,
+                dialogs=DialogSet(invite, tls=False),
+            )
+            call.branches[transaction_id] = branch
+            self._by_branch[transaction_id] = (call, branch)
+            log.info("sip_leg_dialed", leg_id=command.leg_id, user_id=command.user_id, uri=uri)
+
+    def _leg_invite(
+        self, call: _Call, uri: str, transport: str, extra: list[tuple[str, str]]
+    ) -> SipRequest:
+        local = self._local(transport)
+        caller = call.invite.headers.get("From") or "<sip:anonymous@anonymous.invalid>"
+        try:
+            caller_addr = parse_name_addr(caller)
+            display = f'"{caller_addr.display}" ' if caller_addr.display else ""
+            from_value = f"{display}<{caller_addr.uri}>"
+        except SipSyntaxError:
+            from_value = "<sip:anonymous@anonymous.invalid>"
+        headers = Headers(
+            [
+                ("Via", f"SIP/2.0/{transport.upper()} {local.sent_by};branch={new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"{from_value};tag={secrets.token_hex(5)}"),
+                ("To", f"<{uri}>"),
+                ("Call-ID", f"{secrets.token_hex(10)}@{self.realm}"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:bridge@{local.sent_by};transport={transport.lower()}>"),
+                ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS"),
+                *extra,
+            ]
+        )
+        content_type = call.invite.headers.get("Content-Type")
+        if call.invite.body and content_type:
+            headers.add("Content-Type", content_type)
+        return SipRequest("INVITE", uri, headers, call.invite.body)
+
+    def _send_cancel(self, branch: _Branch) -> None:
+        branch.cancelled = True
+        cancel = build_cancel(branch.invite, branch.cancel_reason or None)
+        self._send_request(cancel, branch.destination, branch.transport)
+
+    def _ack(self, branch: _Branch, dialog: Dialog) -> None:
+        ack = dialog.create_ack(1, via=self._local(branch.transport))
+        self._send_stateless(ack, branch.destination, branch.transport)
+
+    def _bye(self, branch: _Branch) -> None:
+        if branch.dialog is None:
+            return
+        bye = branch.dialog.create_request("BYE", via=self._local(branch.transport))
+        self._forget_dialog(branch.dialog)
+        self._send_request(bye, branch.destination, branch.transport)
+
+    def _bridge(self, call: _Call, leg_id: str) -> None:
+        winner = next(
+            (
+                b
+                for b in self._branches(call, leg_id)
+                if b.final is not None and 200 <= b.final < 300
+            ),
+            None,
+        )
+        if winner is None or winner.answer is None:
+            return
+        call.winner = winner
+        for branch in self._branches(call, leg_id):  # the user's other phones stop ringing
+            if branch is not winner and branch.final is None and branch.cancel_reason is None:
+                branch.cancel_reason = ANSWERED_ELSEWHERE
+                if branch.provisional:
+                    self._send_cancel(branch)
+        extra: list[tuple[str, str]] = []
+        content_type = winner.answer.headers.get("Content-Type")
+        if content_type:
+            extra.append(("Content-Type", content_type))
+        response = self._caller_reply(call, 200, "OK", extra, body=winner.answer.body)
+        call.answered = True
+        self._setup_done(call)
+        self._respond(call.transaction_id, response)
+        try:
+            dialog = Dialog.from_uas(call.invite, response, tls=False)
+            dialog.response_sent(call.invite, response)
+            call.caller_dialog = dialog
+            self._dialogs.add(dialog)
+            self._dialog_calls[dialog.id] = call
+        except DialogError as exc:
+            log.warning("sip_caller_dialog_failed", error=str(exc))
+
+    def _ring_caller(self, call: _Call, command: RingCaller) -> None:
+        if call.answered:
+            return
+        body = b""
+        extra: list[tuple[str, str]] = []
+        status, phrase = 180, "Ringing"
+        if command.early_media:
+            branch = next(
+                (b for b in self._branches(call, command.leg_id) if b.answer is not None), None
+            )
+            if branch is not None and branch.answer is not None and branch.answer.body:
+                status, phrase, body = 183, "Session Progress", branch.answer.body
+                content_type = branch.answer.headers.get("Content-Type")
+                if content_type:
+                    extra.append(("Content-Type", content_type))
+        self._setup_done(call)
+        self._respond(
+            call.transaction_id, self._caller_reply(call, status, phrase, extra, body=body)
+        )
+
+    def _hangup_caller(self, call: _Call) -> None:
+        if call.caller_dialog is not None:
+            dialog = call.caller_dialog
+            bye = dialog.create_request("BYE", via=self._local(call.transport))
+            self._forget_dialog(dialog)
+            self._send_request(bye, _address_of(bye.uri, call.source), call.transport)
+        elif not call.answered:
+            call.answered = True
+            self._respond(
+                call.transaction_id, self._caller_reply(call, 480, "Temporarily Unavailable")
+            )
+
+    def _setup_done(self, call: _Call) -> None:
+        if not call.setup_measured:
+            call.setup_measured = True
+            self.metrics.call_setup_seconds.labels(path="sip").observe(self._now() - call.started)
+
+    def _caller_reply(
+        self,
+        call: _Call,
+        status: int,
+        phrase: str,
+        extra: list[tuple[str, str]] | None = None,
+        *,
+        body: bytes = b"",
+    ) -> SipResponse:
+        headers = list(extra or [])
+        if status < 300:
+            local = self._local(call.transport)
+            headers.insert(
+                0, ("Contact", f"<sip:bridge@{local.sent_by};transport={call.transport.lower()}>")
+            )
+        return make_response(
+            call.invite, status, phrase, to_tag=call.to_tag, extra=headers, body=body
+        )
+
+    # -- timers and clean-up ----------------------------------------------------------------------
+    def _arm(self, call: _Call) -> None:
+        if call.timer is not None:
+            self._cancel_timer(call.timer)
+            call.timer = None
+        deadline = call.machine.next_deadline()
+        if deadline is not None and not call.machine.ended:
+            call.timer = self._schedule(deadline, lambda: self._timer(call))
+
+    def _timer(self, call: _Call) -> None:
+        call.timer = None
+        if call.call_id in self._calls:
+            with call_context(call.call_id):
+                self._run(call, call.machine.handle_timer(self._now()))
+
+    def _finish(self, call: _Call) -> None:
+        if self._calls.pop(call.call_id, None) is None:
+            return
+        if call.timer is not None:
+            self._cancel_timer(call.timer)
+        self._by_invite.pop(call.transaction_id, None)
+        for transaction_id in list(call.branches):
+            self._by_branch.pop(transaction_id, None)
+        for dialog in (call.caller_dialog, *(b.dialog for b in call.branches.values())):
+            if dialog is not None:
+                self._dialog_calls.pop(dialog.id, None)
+        self.calls.remove(call.call_id)
+
+    def _forget_dialog(self, dialog: Dialog) -> None:
+        self._dialogs.discard(dialog.id)
+
+    @staticmethod
+    def _branches(call: _Call, leg_id: str) -> list[_Branch]:
+        return [b for b in call.branches.values() if b.leg_id == leg_id]
+
+
+_REASON_PHRASES = {
+    403: "Forbidden",
+    404: "Not Found",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    487: "Request Terminated",
+    503: "Service Unavailable",
+    603: "Decline",
+}
+
+
+def _address_of(uri: str, fallback: Address) -> Address:
+    """Where to send an in-dialog request: the Request-URI's host and port when it is an IP
+    address (our peers' Contacts), else where the dialog's first request came from."""
+    try:
+        parsed = parse_uri(uri)
+        host = parsed.host.strip("[]")
+        ipaddress.ip_address(host)
+    except (SipSyntaxError, ValueError):
+        return fallback
+    return host, parsed.port or 5060
+
+
+def _reply(
+    request: SipRequest, status: int, phrase: str, extra: list[tuple[str, str]] | None = None
+) -> SipResponse:
+    return make_response(request, status, phrase, to_tag=secrets.token_hex(5), extra=extra or [])

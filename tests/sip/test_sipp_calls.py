@@ -1,0 +1,324 @@
+"""Calls through the B2BUA with real peers: SIPp as the trunk and as registered desk phones."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.sip.peers import SCENARIOS, SIPP, bridge_process, free_port, needs_sipp, run_sipp
+from tests.sip.test_sipp_register import ha1
+
+pytestmark = needs_sipp
+
+
+def directory(**layer: Any) -> dict[str, Any]:
+    def phone(uid: str, name: str, ext: str) -> dict[str, Any]:
+        return {
+            "id": uid,
+            "name": name,
+            "answer_by": "ip_phone",
+            "wrap_up_seconds": 30,
+            "sip": {"username": ext, "ha1_md5": ha1(ext, f"pw-{ext}")},
+        }
+
+    return {
+        "timezone": "UTC",
+        "users": [
+            {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
+            phone("anna", "Anna", "301"),
+            phone("ben", "Ben", "302"),
+            phone("cleo", "Cleo", "303"),
+        ],
+        "ring_groups": [
+            {
+                "id": "sales",
+                "name": "Sales",
+                "layers": [
+                    {"members": ["anna", "ben"], "timeout_seconds": layer.get("timeout", 20)},
+                    {"members": ["cleo"], "timeout_seconds": 20},
+                ],
+                "fallback": {"action": "hangup"},
+            }
+        ],
+        "lines": [{"number": "+15550100", "name": "Main", "route_to": {"ring_group": "sales"}}],
+    }
+
+
+def start_phone(
+    tmp_path: Path, scenario: str, user: str, bridge_port: int, *extra: str
+) -> subprocess.Popen[str]:
+    """A SIPp desk phone: registers from a port (and exits), then a second SIPp on that port
+    waits for our INVITE (SIPp maps messages to calls by Call-ID, so one run cannot do both)."""
+    assert SIPP is not None
+    port = free_port()
+    registered = run_sipp(
+        tmp_path,
+        "register_only.xml",
+        bridge_port,
+        "-s",
+        user,
+        "-au",
+        user,
+        "-ap",
+        f"pw-{user}",
+        port=port,
+    )
+    assert registered.returncode == 0, registered.errors + registered.output
+    name = f"{scenario}-{user}-{time.monotonic_ns()}"
+    return subprocess.Popen(
+        [
+            SIPP,
+            "-sf",
+            str(SCENARIOS / scenario),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "40s",
+            "-s",
+            user,
+            "-trace_msg",
+            "-message_file",
+            str(tmp_path / f"{name}.msg"),
+            "-trace_err",
+            "-error_file",
+            str(tmp_path / f"{name}.err"),
+            *extra,
+            f"127.0.0.1:{bridge_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+
+
+def wait_registered(bridge: Any, count: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if bridge.metric("bridge_sip_registrations") == count:
+            return
+        time.sleep(0.1)
+    raise AssertionError("phones did not register")
+
+
+def trace(tmp_path: Path, scenario: str, user: str) -> str:
+    [path] = list(tmp_path.glob(f"{scenario}-{user}-*.msg"))
+    return path.read_text(errors="replace")
+
+
+def run_trunk(tmp_path: Path, bridge: Any, *extra: str) -> subprocess.CompletedProcess[str]:
+    assert SIPP is not None
+    return subprocess.run(
+        [
+            SIPP,
+            "-sf",
+            str(SCENARIOS / "trunk_call.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "40s",
+            "-s",
+            "+15550100",
+            "-d",
+            "300",
+            "-trace_msg",
+            "-message_file",
+            str(tmp_path / "trunk.msg"),
+            "-trace_err",
+            "-error_file",
+            str(tmp_path / "trunk.err"),
+            *extra,
+            f"127.0.0.1:{bridge.sip}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+def test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason(
+    tmp_path: Path,
+) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
+        ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
+        wait_registered(bridge, 2)
+        trunk = run_trunk(tmp_path, bridge)
+        assert trunk.returncode == 0, trunk.stdout + (tmp_path / "trunk.err").read_text(
+            errors="replace"
+        )
+        assert anna.wait(timeout=30) == 0
+        assert ben.wait(timeout=30) == 0
+        ben_trace = trace(tmp_path, "phone_ring_cancelled.xml", "302")
+        assert 'Reason: SIP;cause=200;text="Call completed elsewhere"' in ben_trace
+        trunk_trace = (tmp_path / "trunk.msg").read_text(errors="replace")
+        assert "SIP/2.0 200 OK" in trunk_trace and "m=audio" in trunk_trace  # the phone's SDP
+        events = bridge.log_events()
+        answered = [e for e in events if e.get("event") == "sip_call_answered"]
+        assert [e["user_id"] for e in answered] == ["anna"]
+        ended = [e for e in events if e.get("event") == "sip_call_ended"]
+        assert ended and ended[0]["outcome"] == "answered"
+        assert bridge.metric('bridge_calls_total{outcome="answered",path="sip"}') == 1.0
+        # Anna is in wrap-up now: Test Routing says so.
+        plan = bridge.api("/api/v1/lines/+15550100/route")
+        reasons = {m["user_id"]: m["reason"] for m in plan["layers"][0]["members"]}
+        assert reasons["anna"] == "wrap_up"
+
+
+def test_trunk_from_a_foreign_address_is_refused(tmp_path: Path) -> None:
+    with bridge_process(tmp_path, directory()) as bridge:  # trunk_allow is empty
+        trunk = run_trunk(tmp_path, bridge)
+        assert trunk.returncode != 0
+        assert "SIP/2.0 403" in (tmp_path / "trunk.msg").read_text(errors="replace")
+
+
+def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
+        ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
+        wait_registered(bridge, 2)
+        trunk = subprocess.run(
+            [
+                SIPP,
+                "-sf",
+                str(SCENARIOS / "trunk_cancel.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30s",
+                "-s",
+                "+15550100",
+                "-d",
+                "500",
+                "-trace_err",
+                "-error_file",
+                str(tmp_path / "trunk.err"),
+                f"127.0.0.1:{bridge.sip}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0 and ben.wait(timeout=30) == 0
+        for user in ("301", "302"):
+            cancel = trace(tmp_path, "phone_ring_cancelled.xml", user)
+            assert "CANCEL sip:" in cancel
+            assert "Call completed elsewhere" not in cancel  # nobody answered
+        ended = [e for e in bridge.log_events() if e.get("event") == "sip_call_ended"]
+        assert ended and ended[0]["outcome"] == "caller_cancelled"
+        assert bridge.metric('bridge_calls_total{outcome="caller_cancelled",path="sip"}') == 1.0
+
+
+def test_layer_timeout_moves_to_layer_two(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path,
+        directory(timeout=2),
+        sip__trunk_allow='["127.0.0.0/8"]',
+        sip__keepalive_seconds="0",
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
+        cleo = start_phone(tmp_path, "phone_answer.xml", "303", bridge.sip, "-d", "100")
+        wait_registered(bridge, 2)
+        trunk = run_trunk(tmp_path, bridge)
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0 and cleo.wait(timeout=30) == 0
+        events = bridge.log_events()
+        ringing = [e for e in events if e.get("event") == "sip_call_ringing"]
+        assert [e["layer"] for e in ringing][:2] == [0, 1]
+        assert [e["user_id"] for e in events if e.get("event") == "sip_call_answered"] == ["cleo"]
+        dialed = {
+            e["user_id"]: e["timestamp"] for e in events if e.get("event") == "sip_leg_dialed"
+        }
+        assert set(dialed) == {"anna", "cleo"}
+
+
+def test_three_phones_race_to_answer(tmp_path: Path) -> None:
+    group = directory()
+    group["ring_groups"][0]["layers"][0]["members"] = ["anna", "ben", "cleo"]
+    with bridge_process(
+        tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        phones = [
+            start_phone(tmp_path, "phone_race.xml", u, bridge.sip) for u in ("301", "302", "303")
+        ]
+        wait_registered(bridge, 3)
+        trunk = run_trunk(tmp_path, bridge)
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        for phone in phones:
+            assert phone.wait(timeout=30) == 0  # every phone ends with a BYE: none left half-up
+        events = bridge.log_events()
+        answered = [e for e in events if e.get("event") == "sip_call_answered"]
+        assert len(answered) == 1
+        late = [e for e in events if e.get("event") == "sip_late_answer_hung_up"]
+        assert len(late) == 2  # both losers answered too: ACKed and hung up, never bridged
+        assert bridge.metric('bridge_calls_total{outcome="answered",path="sip"}') == 1.0
+
+
+def test_nobody_reachable_forwards_to_the_pstn_with_diversion(tmp_path: Path) -> None:
+    group = directory()
+    group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
+    pstn_port = free_port()
+    assert SIPP is not None
+    pstn = subprocess.Popen(
+        [
+            SIPP,
+            "-sf",
+            str(SCENARIOS / "pstn_answer.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(pstn_port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-trace_msg",
+            "-message_file",
+            str(tmp_path / "pstn.msg"),
+            "127.0.0.1:9",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    with bridge_process(
+        tmp_path,
+        group,
+        sip__trunk_allow='["127.0.0.0/8"]',
+        sip__keepalive_seconds="0",
+        sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}",
+    ) as bridge:
+        trunk = run_trunk(tmp_path, bridge)  # no phone registered: straight to the fallback
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert pstn.wait(timeout=30) == 0
+        invite = (tmp_path / "pstn.msg").read_text(errors="replace")
+        assert "INVITE sip:+15559990000@127.0.0.1 SIP/2.0" in invite
+        assert "Diversion: <sip:+15550100@bridge.test>;reason=" in invite
+        ended = [e for e in bridge.log_events() if e.get("event") == "sip_call_ended"]
+        assert ended and ended[0]["outcome"] == "forwarded"
