@@ -322,3 +322,66 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(tmp_path: Path) ->
         assert "Diversion: <sip:+15550100@bridge.test>;reason=" in invite
         ended = [e for e in bridge.log_events() if e.get("event") == "sip_call_ended"]
         assert ended and ended[0]["outcome"] == "forwarded"
+
+
+def test_two_phones_of_one_user_one_answers_the_other_gets_reason(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        desk = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
+        soft = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
+        wait_registered(bridge, 2)  # two contacts, both Anna's
+        trunk = run_trunk(tmp_path, bridge)
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert desk.wait(timeout=30) == 0 and soft.wait(timeout=30) == 0
+        cancel = trace(tmp_path, "phone_ring_cancelled.xml", "301")
+        assert 'Reason: SIP;cause=200;text="Call completed elsewhere"' in cancel
+        events = bridge.log_events()
+        dialed = [e for e in events if e.get("event") == "sip_leg_dialed"]
+        assert {e["user_id"] for e in dialed} == {"anna"} and len(dialed) == 2
+        assert [e["user_id"] for e in events if e.get("event") == "sip_call_answered"] == ["anna"]
+
+
+def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1500")
+        wait_registered(bridge, 1)
+        assert SIPP is not None
+        trunk = subprocess.Popen(
+            [
+                SIPP,
+                "-sf",
+                str(SCENARIOS / "trunk_call.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30s",
+                "-s",
+                "+15550100",
+                "-d",
+                "1000",
+                f"127.0.0.1:{bridge.sip}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(c["state"] == "answered" for c in seen):
+            seen = bridge.api("/api/v1/calls") or seen
+            time.sleep(0.05)
+        assert trunk.wait(timeout=30) == 0 and anna.wait(timeout=30) == 0
+        [call] = seen
+        assert call["path"] == "sip" and call["line"] == "+15550100"
+        assert call["caller"] == "+15551230000" and call["answered_by"] == "anna"
+        assert bridge.api("/api/v1/calls") == []  # gone once it ended
+        assert bridge.metric("bridge_live_calls") == 0.0
