@@ -57,6 +57,16 @@ class RunningBridge:
         lines = self.log_path.read_text(errors="replace").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{")]
 
+    def wait_events(self, name: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The log events called `name`, once at least `count` are there (the bridge may log
+        an event just after the message a peer reacted to)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.log_events() if e.get("event") == name]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
             return r.read().decode()

@@ -168,11 +168,10 @@ def test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason(
         assert 'Reason: SIP;cause=200;text="Call completed elsewhere"' in ben_trace
         trunk_trace = (tmp_path / "trunk.msg").read_text(errors="replace")
         assert "SIP/2.0 200 OK" in trunk_trace and "m=audio" in trunk_trace  # the phone's SDP
-        events = bridge.log_events()
-        answered = [e for e in events if e.get("event") == "sip_call_answered"]
-        assert [e["user_id"] for e in answered] == ["anna"]
-        ended = [e for e in events if e.get("event") == "sip_call_ended"]
+        ended = bridge.wait_events("sip_call_ended")
         assert ended and ended[0]["outcome"] == "answered"
+        answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]
+        assert [e["user_id"] for e in answered] == ["anna"]
         assert bridge.metric('bridge_calls_total{outcome="answered",path="sip"}') == 1.0
         # Anna is in wrap-up now: Test Routing says so.
         plan = bridge.api("/api/v1/lines/+15550100/route")
@@ -228,7 +227,7 @@ def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
             cancel = trace(tmp_path, "phone_ring_cancelled.xml", user)
             assert "CANCEL sip:" in cancel
             assert "Call completed elsewhere" not in cancel  # nobody answered
-        ended = [e for e in bridge.log_events() if e.get("event") == "sip_call_ended"]
+        ended = bridge.wait_events("sip_call_ended")
         assert ended and ended[0]["outcome"] == "caller_cancelled"
         assert bridge.metric('bridge_calls_total{outcome="caller_cancelled",path="sip"}') == 1.0
 
@@ -246,6 +245,7 @@ def test_layer_timeout_moves_to_layer_two(tmp_path: Path) -> None:
         trunk = run_trunk(tmp_path, bridge)
         assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
         assert anna.wait(timeout=30) == 0 and cleo.wait(timeout=30) == 0
+        bridge.wait_events("sip_call_ended")
         events = bridge.log_events()
         ringing = [e for e in events if e.get("event") == "sip_call_ringing"]
         assert [e["layer"] for e in ringing][:2] == [0, 1]
@@ -270,6 +270,7 @@ def test_three_phones_race_to_answer(tmp_path: Path) -> None:
         assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
         for phone in phones:
             assert phone.wait(timeout=30) == 0  # every phone ends with a BYE: none left half-up
+        bridge.wait_events("sip_call_ended")
         events = bridge.log_events()
         answered = [e for e in events if e.get("event") == "sip_call_answered"]
         assert len(answered) == 1
@@ -320,7 +321,7 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(tmp_path: Path) ->
         invite = (tmp_path / "pstn.msg").read_text(errors="replace")
         assert "INVITE sip:+15559990000@127.0.0.1 SIP/2.0" in invite
         assert "Diversion: <sip:+15550100@bridge.test>;reason=" in invite
-        ended = [e for e in bridge.log_events() if e.get("event") == "sip_call_ended"]
+        ended = bridge.wait_events("sip_call_ended")
         assert ended and ended[0]["outcome"] == "forwarded"
 
 
@@ -336,6 +337,7 @@ def test_two_phones_of_one_user_one_answers_the_other_gets_reason(tmp_path: Path
         assert desk.wait(timeout=30) == 0 and soft.wait(timeout=30) == 0
         cancel = trace(tmp_path, "phone_ring_cancelled.xml", "301")
         assert 'Reason: SIP;cause=200;text="Call completed elsewhere"' in cancel
+        bridge.wait_events("sip_call_ended")
         events = bridge.log_events()
         dialed = [e for e in events if e.get("event") == "sip_leg_dialed"]
         assert {e["user_id"] for e in dialed} == {"anna"} and len(dialed) == 2
@@ -385,3 +387,41 @@ def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
         assert call["caller"] == "+15551230000" and call["answered_by"] == "anna"
         assert bridge.api("/api/v1/calls") == []  # gone once it ended
         assert bridge.metric("bridge_live_calls") == 0.0
+
+
+def test_unknown_number_is_refused_404(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        assert SIPP is not None
+        result = subprocess.run(
+            [
+                SIPP,
+                "-sf",
+                str(SCENARIOS / "trunk_call.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "20s",
+                "-s",
+                "+19999999999",
+                "-trace_msg",
+                "-message_file",
+                str(tmp_path / "nr.msg"),
+                f"127.0.0.1:{bridge.sip}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=40,
+            cwd=tmp_path,
+        )
+        assert result.returncode != 0  # the scenario wanted a 200
+        assert "SIP/2.0 404 Not Found" in (tmp_path / "nr.msg").read_text(errors="replace")
+        ended = bridge.wait_events("sip_call_ended")
+        assert ended and ended[0]["outcome"] == "no_route"
+        assert bridge.api("/api/v1/calls") == []
