@@ -113,40 +113,32 @@ def trace(tmp_path: Path, scenario: str, user: str) -> str:
     return path.read_text(errors="replace")
 
 
-def run_trunk(tmp_path: Path, bridge: Any, *extra: str) -> subprocess.CompletedProcess[str]:
+def trunk_command(
+    tmp_path: Path,
+    bridge: Any,
+    *extra: str,
+    scenario: str = "trunk_call.xml",
+    number: str = "+15550100",
+    trace_name: str = "trunk",
+) -> list[str]:
+    """SIPp as the carrier's trunk calling `number` on the bridge (one call, bounded)."""
     assert SIPP is not None
+    return [
+        SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(free_port()),
+        "-m", "1", "-nostdin", "-timeout", "30s", "-s", number, "-d", "300",
+        "-trace_msg", "-message_file", str(tmp_path / f"{trace_name}.msg"),
+        "-trace_err", "-error_file", str(tmp_path / f"{trace_name}.err"),
+        *extra, f"127.0.0.1:{bridge.sip}",
+    ]  # fmt: skip
+
+
+def run_trunk(
+    tmp_path: Path, bridge: Any, *extra: str, **kw: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            SIPP,
-            "-sf",
-            str(SCENARIOS / "trunk_call.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "40s",
-            "-s",
-            "+15550100",
-            "-d",
-            "300",
-            "-trace_msg",
-            "-message_file",
-            str(tmp_path / "trunk.msg"),
-            "-trace_err",
-            "-error_file",
-            str(tmp_path / "trunk.err"),
-            *extra,
-            f"127.0.0.1:{bridge.sip}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+        trunk_command(tmp_path, bridge, *extra, **kw),
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
 
 
 def test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason(
@@ -193,34 +185,7 @@ def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
         anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
         ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
         wait_registered(bridge, 2)
-        trunk = subprocess.run(
-            [
-                SIPP,
-                "-sf",
-                str(SCENARIOS / "trunk_cancel.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(free_port()),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "30s",
-                "-s",
-                "+15550100",
-                "-d",
-                "500",
-                "-trace_err",
-                "-error_file",
-                str(tmp_path / "trunk.err"),
-                f"127.0.0.1:{bridge.sip}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
+        trunk = run_trunk(tmp_path, bridge, "-d", "500", scenario="trunk_cancel.xml")
         assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
         assert anna.wait(timeout=30) == 0 and ben.wait(timeout=30) == 0
         for user in ("301", "302"):
@@ -350,32 +315,10 @@ def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
     ) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1500")
         wait_registered(bridge, 1)
-        assert SIPP is not None
         trunk = subprocess.Popen(
-            [
-                SIPP,
-                "-sf",
-                str(SCENARIOS / "trunk_call.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(free_port()),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "30s",
-                "-s",
-                "+15550100",
-                "-d",
-                "1000",
-                f"127.0.0.1:{bridge.sip}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-        )
+            trunk_command(tmp_path, bridge, "-d", "1000"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        )  # fmt: skip
         seen: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(c["state"] == "answered" for c in seen):
@@ -393,33 +336,7 @@ def test_unknown_number_is_refused_404(tmp_path: Path) -> None:
     with bridge_process(
         tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
     ) as bridge:
-        assert SIPP is not None
-        result = subprocess.run(
-            [
-                SIPP,
-                "-sf",
-                str(SCENARIOS / "trunk_call.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(free_port()),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "20s",
-                "-s",
-                "+19999999999",
-                "-trace_msg",
-                "-message_file",
-                str(tmp_path / "nr.msg"),
-                f"127.0.0.1:{bridge.sip}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=40,
-            cwd=tmp_path,
-        )
+        result = run_trunk(tmp_path, bridge, number="+19999999999", trace_name="nr")
         assert result.returncode != 0  # the scenario wanted a 200
         assert "SIP/2.0 404 Not Found" in (tmp_path / "nr.msg").read_text(errors="replace")
         ended = bridge.wait_events("sip_call_ended")

@@ -195,29 +195,7 @@ def split_comma_values(line: str) -> list[str]:
         return [stripped] if stripped else []
     if '"' not in line and "<" not in line:
         return [part for part in (piece.strip() for piece in line.split(",")) if part]
-    parts: list[str] = []
-    depth = 0
-    quoted = False
-    escaped = False
-    start = 0
-    for index, char in enumerate(line):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
-        elif char == "<":
-            depth += 1
-        elif char == ">":
-            depth = max(0, depth - 1)
-        elif char == "," and depth == 0:
-            parts.append(line[start:index].strip())
-            start = index + 1
-    parts.append(line[start:].strip())
+    parts = [part.strip() for part in _split_top_level(line, ",")]
     return [part for part in parts if part]
 
 
@@ -290,19 +268,15 @@ def make_response(
     return SipResponse(status=status, reason=reason, headers=headers, body=body)
 
 
-def header_params(value: str) -> dict[str, str | None]:
-    """The ';name=value' parameters of a header value outside <...> and quotes, names
-    lower-cased: 'SIP/2.0/UDP h;branch=z9hG4bK1;rport' -> {'branch': 'z9hG4bK1', 'rport': None}.
-
-    Enough for transaction matching (Via branch, To tag); `bridge.sip.grammar` has the full
-    parsers."""
-    params: dict[str, str | None] = {}
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """`text` cut at every `separator` outside double quotes (with backslash escapes) and
+    outside <...>; the pieces are returned as they are (not stripped)."""
+    pieces: list[str] = []
     depth = 0
     quoted = False
     escaped = False
-    segments: list[str] = []
-    start = None
-    for index, char in enumerate(value):
+    start = 0
+    for index, char in enumerate(text):
         if escaped:
             escaped = False
         elif quoted:
@@ -316,12 +290,21 @@ def header_params(value: str) -> dict[str, str | None]:
             depth += 1
         elif char == ">":
             depth = max(0, depth - 1)
-        elif char == ";" and depth == 0:
-            if start is not None:
-                segments.append(value[start:index])
+        elif char == separator and depth == 0:
+            pieces.append(text[start:index])
             start = index + 1
-    if start is not None:
-        segments.append(value[start:])
+    pieces.append(text[start:])
+    return pieces
+
+
+def header_params(value: str) -> dict[str, str | None]:
+    """The ';name=value' parameters of a header value outside <...> and quotes, names
+    lower-cased: 'SIP/2.0/UDP h;branch=z9hG4bK1;rport' -> {'branch': 'z9hG4bK1', 'rport': None}.
+
+    Enough for transaction matching (Via branch, To tag); `bridge.sip.grammar` has the full
+    parsers."""
+    params: dict[str, str | None] = {}
+    segments = _split_top_level(value, ";")[1:]  # what precedes the first ';' is no parameter
     for segment in segments:
         name, sep, raw = segment.partition("=")
         key = name.strip().lower()
