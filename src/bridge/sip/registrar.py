@@ -210,5 +210,7 @@ class BindingStore:
         user = self._users.pop(user_id, None)
         return list(user.by_uri.values()) if user else []
 
-    def flows(self) -> set[Flow]:
-        return {b.flow for u in self._users.values() for b in u.by_uri.values()}
+    def flows(self) -> dict[Flow, str]:
+        """Every flow with a binding, and one contact URI registered on it (a keepalive
+        OPTIONS goes to that URI, so the phone sees a request for one of its own lines)."""
+        return {b.flow: b.uri for u in self._users.values() for b in u.by_uri.values()}

@@ -324,30 +324,29 @@ class SipService:
         if endpoint is None:
             return 0
         sent = 0
-        for flow in self.registrar.bindings.flows():
+        for flow, contact in self.registrar.bindings.flows().items():
             if flow.transport != "udp" or flow in self._keepalives.values():
                 continue
             transaction_id = endpoint.request(
-                self._keepalive_request(flow, endpoint), (flow.host, flow.port), "udp"
+                self._keepalive_request(flow, contact, endpoint), (flow.host, flow.port), "udp"
             )
             self._keepalives[transaction_id] = flow
             sent += 1
         return sent
 
-    def _keepalive_request(self, flow: Flow, endpoint: SipEndpoint) -> SipRequest:
+    def _keepalive_request(self, flow: Flow, contact: str, endpoint: SipEndpoint) -> SipRequest:
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        target = f"[{flow.host}]" if ":" in flow.host else flow.host
         headers = Headers(
             [
                 ("Via", f"SIP/2.0/UDP {host}:{endpoint.port};branch={new_branch()};rport"),
                 ("Max-Forwards", "70"),
                 ("From", f"<sip:keepalive@{self.settings.realm}>;tag={_tag()}"),
-                ("To", f"<sip:{target}:{flow.port}>"),
+                ("To", f"<{contact}>"),
                 ("Call-ID", f"ka-{secrets.token_hex(8)}"),
                 ("CSeq", "1 OPTIONS"),
             ]
         )
-        return SipRequest("OPTIONS", f"sip:{target}:{flow.port}", headers)
+        return SipRequest("OPTIONS", contact, headers)
 
     def _update_gauges(self) -> None:
         self.metrics.sip_registrations.set(len(self.registrar.bindings))
