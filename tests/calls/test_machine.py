@@ -223,6 +223,19 @@ def test_the_last_layer_timeout_cancels_with_timeout_and_goes_to_voicemail() -> 
     assert m.ended
 
 
+def test_voicemail_the_adapter_cannot_take_ends_as_refused() -> None:
+    call = two_layers()
+    m = call.machine
+    m.handle_timer(T0 + 15)
+    m.handle_timer(T0 + 40)
+    assert m.state is CallState.VOICEMAIL
+    assert m.voicemail_unavailable(T0 + 40) == [CallEnded(EndCause.REJECTED, CallOutcome.VOICEMAIL)]
+    assert m.ended and m.outcome is CallOutcome.VOICEMAIL
+    assert m.voicemail_unavailable(T0 + 41) == []  # only once, and only in voicemail
+    ringing = two_layers().machine
+    assert ringing.voicemail_unavailable(T0) == [] and not ringing.ended
+
+
 def test_a_late_timer_gives_the_next_layer_its_full_timeout() -> None:
     call = two_layers()
     m = call.machine

@@ -342,3 +342,19 @@ def test_unknown_number_is_refused_404(tmp_path: Path) -> None:
         ended = bridge.wait_events("sip_call_ended")
         assert ended and ended[0]["outcome"] == "no_route"
         assert bridge.api("/api/v1/calls") == []
+
+
+def test_voicemail_fallback_without_media_is_480_with_reason(tmp_path: Path) -> None:
+    group = directory()
+    group["ring_groups"][0]["fallback"] = {"action": "voicemail"}
+    with bridge_process(
+        tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        result = run_trunk(tmp_path, bridge)  # nobody registered: straight to voicemail
+        assert result.returncode != 0
+        messages = (tmp_path / "trunk.msg").read_text(errors="replace")
+        assert "SIP/2.0 480 Temporarily Unavailable" in messages
+        assert 'Reason: SIP;cause=480;text="voicemail"' in messages
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "voicemail" and ended["cause"] == "rejected"
+        assert bridge.metric('bridge_calls_total{outcome="voicemail",path="sip"}') == 1.0

@@ -424,6 +424,14 @@ class CallMachine:
             self._end(out, _cause_of(side), CallOutcome.VOICEMAIL)
         return out
 
+    def voicemail_unavailable(self, now: float) -> list[Output]:
+        """The adapter could not take the voicemail (no media on its path) and refused the
+        caller instead: the call ends as refused, its outcome still `voicemail`."""
+        out: list[Output] = []
+        if self._state is CallState.VOICEMAIL:
+            self._end(out, EndCause.REJECTED, CallOutcome.VOICEMAIL)
+        return out
+
     # -- internals -------------------------------------------------------------------------
     def _info(self, leg: _Leg) -> LegInfo:
         stage = self._stages[leg.stage] if leg.stage >= 0 else None

@@ -404,7 +404,7 @@ class SipCalls:
                     call.transaction_id,
                     self._caller_reply(call, 480, "Temporarily Unavailable", extra),
                 )
-                self._run_later(call, lambda: call.machine.hangup(Side.CALLER, self._now()))
+                self._run_later(call, lambda: call.machine.voicemail_unavailable(self._now()))
         elif isinstance(output, RingCaller):
             self._ring_caller(call, output)
         elif isinstance(output, MarkOnCall):
