@@ -358,3 +358,22 @@ def test_voicemail_fallback_without_media_is_480_with_reason(tmp_path: Path) -> 
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "voicemail" and ended["cause"] == "rejected"
         assert bridge.metric('bridge_calls_total{outcome="voicemail",path="sip"}') == 1.0
+
+
+def test_reinvite_passes_through_both_ways(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_hold.xml", "301", bridge.sip, "-d", "100")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_reinvite.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        phone = trace(tmp_path, "phone_hold.xml", "301")
+        assert "a=sendonly" in phone  # the caller's hold offer reached the phone unchanged
+        assert "a=recvonly" in (tmp_path / "trunk.msg").read_text(errors="replace")
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
+        assert [e["method"] for e in bridge.log_events() if e.get("event") == "sip_relayed"] == [
+            "INVITE"
+        ]

@@ -103,6 +103,23 @@ class _Branch:
     dialog: Dialog | None = None
 
 
+_RELAYED = frozenset({"INVITE", "UPDATE", "INFO"})
+
+
+@dataclass(eq=False)
+class _Relay:
+    """An in-dialog request passed to the other side, waiting for its final response."""
+
+    call: _Call
+    dialog: Dialog  # where it came from (the response goes back there)
+    transaction_id_in: str
+    request: SipRequest
+    other: Dialog  # where it went
+    destination: Address
+    transport: str
+    transaction_id_out: str = ""
+
+
 @dataclass(eq=False)
 class _Call:
     call_id: str
@@ -163,6 +180,7 @@ class SipCalls:
         self._by_branch: dict[str, tuple[_Call, _Branch]] = {}
         self._dialogs = DialogTable()
         self._dialog_calls: dict[object, _Call] = {}  # DialogId -> call
+        self._relays: dict[str, _Relay] = {}  # our relayed request's transaction -> relay
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -263,22 +281,82 @@ class SipCalls:
                 log.info("sip_call_bye", side=side.value)
                 self._forget_dialog(dialog)
                 self._run(call, call.machine.hangup(side, self._now()))
-            elif request.method == "INVITE":
-                # Re-INVITE pass-through comes with media handling; keep the session as is.
-                response = _reply(request, 488, "Not Acceptable Here")
-                dialog.response_sent(request, response)
-                self._respond(transaction_id, response)
+            elif request.method in _RELAYED and self._relay(call, dialog, transaction_id, request):
+                pass
             else:
                 response = _reply(request, 200, "OK")
                 dialog.response_sent(request, response)
                 self._respond(transaction_id, response)
         return True
 
+    def _relay(self, call: _Call, dialog: Dialog, transaction_id: str, request: SipRequest) -> bool:
+        """Pass a re-INVITE / UPDATE / INFO to the other side of a bridged call, unchanged in
+        its body; its final response comes back the same way (`_relayed_response`)."""
+        winner = call.winner
+        if winner is None or winner.dialog is None or call.caller_dialog is None:
+            return False
+        if dialog is call.caller_dialog:
+            other, destination, transport = winner.dialog, winner.destination, winner.transport
+        else:
+            other = call.caller_dialog
+            transport = call.transport
+            destination = _address_of(str(other.remote_target), call.source)
+        local = self._local(transport)
+        extra: list[tuple[str, str]] = []
+        for name in ("Session-Expires", "Min-SE", "Supported"):
+            value = request.headers.get(name)
+            if value is not None:
+                extra.append((name, value))
+        outgoing = other.create_request(
+            request.method,
+            via=local,
+            contact=f"sip:bridge@{local.sent_by};transport={transport.lower()}",
+            body=request.body,
+            content_type=request.headers.get("Content-Type"),
+            extra_headers=extra,
+        )
+        relayed = self._send_request(outgoing, destination, transport)
+        self._relays[relayed] = _Relay(
+            call, dialog, transaction_id, request, other, destination, transport, relayed
+        )
+        log.info("sip_relayed", method=request.method)
+        return True
+
+    def _relayed_response(self, relay: _Relay, response: SipResponse) -> None:
+        if response.status < 200:
+            return
+        self._relays.pop(relay.transaction_id_out, None)
+        try:
+            relay.other.receive_response(response)
+        except DialogError as exc:
+            log.info("sip_bad_response", error=str(exc), status=response.status)
+        if relay.request.method == "INVITE" and response.status < 300:
+            ack = relay.other.create_ack(relay.other.local_cseq, via=self._local(relay.transport))
+            self._send_stateless(ack, relay.destination, relay.transport)
+        extra: list[tuple[str, str]] = []
+        for name in ("Content-Type", "Session-Expires", "Require", "Min-SE", "Retry-After"):
+            value = response.headers.get(name)
+            if value is not None:
+                extra.append((name, value))
+        if response.status < 300 and relay.request.method in ("INVITE", "UPDATE"):
+            local = self._local(relay.transport)
+            extra.insert(0, ("Contact", f"<sip:bridge@{local.sent_by}>"))
+        answer = make_response(
+            relay.request, response.status, response.reason, extra=extra, body=response.body
+        )
+        relay.dialog.response_sent(relay.request, answer)
+        self._respond(relay.transaction_id_in, answer)
+
     # -- responses and timeouts of our INVITEs ------------------------------------------------
     def owns(self, transaction_id: str) -> bool:
-        return transaction_id in self._by_branch
+        return transaction_id in self._by_branch or transaction_id in self._relays
 
     def response(self, transaction_id: str, response: SipResponse) -> None:
+        relay = self._relays.get(transaction_id)
+        if relay is not None:
+            with call_context(relay.call.call_id):
+                self._relayed_response(relay, response)
+            return
         found = self._by_branch.get(transaction_id)
         if found is None:
             return
@@ -288,6 +366,12 @@ class SipCalls:
 
     def failed(self, transaction_id: str, reason: str) -> None:
         """Timer B or a transport error on one of our INVITEs: like a 408 from the phone."""
+        relay = self._relays.get(transaction_id)
+        if relay is not None:
+            timeout = SipResponse(408, "Request Timeout")
+            with call_context(relay.call.call_id):
+                self._relayed_response(relay, timeout)
+            return
         found = self._by_branch.pop(transaction_id, None)
         if found is None:
             return
