@@ -120,12 +120,13 @@ def trunk_command(
     scenario: str = "trunk_call.xml",
     number: str = "+15550100",
     trace_name: str = "trunk",
+    timeout: str = "30s",
 ) -> list[str]:
     """SIPp as the carrier's trunk calling `number` on the bridge (one call, bounded)."""
     assert SIPP is not None
     return [
         SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(free_port()),
-        "-m", "1", "-nostdin", "-timeout", "30s", "-s", number, "-d", "300",
+        "-m", "1", "-nostdin", "-timeout", timeout, "-s", number, "-d", "300",
         "-trace_msg", "-message_file", str(tmp_path / f"{trace_name}.msg"),
         "-trace_err", "-error_file", str(tmp_path / f"{trace_name}.err"),
         *extra, f"127.0.0.1:{bridge.sip}",
@@ -171,11 +172,15 @@ def test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason(
         assert reasons["anna"] == "wrap_up"
 
 
-def test_trunk_from_a_foreign_address_is_refused(tmp_path: Path) -> None:
+def test_unknown_address_without_credentials_is_challenged_407(tmp_path: Path) -> None:
+    # Not an allowed trunk: the INVITE must come from a desk phone that authenticates.
     with bridge_process(tmp_path, directory()) as bridge:  # trunk_allow is empty
-        trunk = run_trunk(tmp_path, bridge)
+        trunk = run_trunk(tmp_path, bridge, "-recv_timeout", "3000", timeout="3s")
         assert trunk.returncode != 0
-        assert "SIP/2.0 403" in (tmp_path / "trunk.msg").read_text(errors="replace")
+        messages = (tmp_path / "trunk.msg").read_text(errors="replace")
+        assert "SIP/2.0 407 Proxy Authentication Required" in messages
+        assert "Proxy-Authenticate: Digest" in messages
+        assert bridge.api("/api/v1/calls") == []
 
 
 def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
@@ -377,3 +382,75 @@ def test_reinvite_passes_through_both_ways(tmp_path: Path) -> None:
         assert [e["method"] for e in bridge.log_events() if e.get("event") == "sip_relayed"] == [
             "INVITE"
         ]
+
+
+def phone_call(
+    tmp_path: Path,
+    bridge: Any,
+    dialled: str,
+    me: str,
+    password: str,
+    timeout: str = "30s",
+    quick: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    # quick: the call is expected to fail; give up after 3 s instead of SIPp's 32 s timer B.
+    extra = ("-recv_timeout", "3000") if quick else ()
+    return run_trunk(
+        tmp_path, bridge, "-au", me, "-ap", password, "-set", "me", me, *extra,
+        scenario="phone_call.xml", number=dialled, trace_name=f"call-{me}", timeout=timeout,
+    )  # fmt: skip
+
+
+def test_desk_phone_calls_an_extension(tmp_path: Path) -> None:
+    with bridge_process(tmp_path, directory(), sip__keepalive_seconds="0") as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "100")
+        wait_registered(bridge, 1)
+        result = phone_call(tmp_path, bridge, "301", "302", "pw-302")  # Ben dials Anna's 301
+        assert result.returncode == 0, (tmp_path / "call-302.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
+        [call_in] = [e for e in bridge.log_events() if e.get("event") == "sip_call_in"]
+        assert call_in["caller"] == "ben" and call_in["line"] is None
+        answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]
+        assert [e["user_id"] for e in answered] == ["anna"]
+
+
+def test_desk_phone_wrong_password_gets_no_call(tmp_path: Path) -> None:
+    with bridge_process(tmp_path, directory(), sip__keepalive_seconds="0") as bridge:
+        result = phone_call(tmp_path, bridge, "301", "302", "wrong", timeout="3s", quick=True)
+        assert result.returncode != 0
+        messages = (tmp_path / "call-302.msg").read_text(errors="replace")
+        # Challenged, answered wrongly, challenged again (SIPp then retransmits into it).
+        assert messages.count("SIP/2.0 407") >= 2 and "SIP/2.0 200" not in messages
+        assert bridge.log_events() and not bridge.wait_events("sip_call_in", timeout=0.5)
+        assert bridge.metric('bridge_sip_auth_failures_total{reason="auth_failed"}') == 1.0
+
+
+def test_desk_phone_calls_a_number_through_the_trunk_with_its_own_caller_id(
+    tmp_path: Path,
+) -> None:
+    group = directory()
+    group["users"][2]["personal_line"] = "+15550102"  # Ben's own number
+    pstn_port = free_port()
+    assert SIPP is not None
+    pstn = subprocess.Popen(
+        [
+            SIPP, "-sf", str(SCENARIOS / "pstn_answer.xml"), "-i", "127.0.0.1", "-p",
+            str(pstn_port), "-m", "1", "-nostdin", "-timeout", "30s",
+            "-trace_msg", "-message_file", str(tmp_path / "pstn.msg"), "127.0.0.1:9",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    with bridge_process(
+        tmp_path, group, sip__keepalive_seconds="0", sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}"
+    ) as bridge:
+        result = phone_call(tmp_path, bridge, "15559990000", "302", "pw-302")
+        assert result.returncode == 0, (tmp_path / "call-302.err").read_text(errors="replace")
+        assert pstn.wait(timeout=30) == 0
+        invite = (tmp_path / "pstn.msg").read_text(errors="replace")
+        assert "INVITE sip:+15559990000@127.0.0.1 SIP/2.0" in invite
+        assert "From: <sip:+15550102@bridge.test>;tag=" in invite
+        assert "Diversion:" not in invite  # a call out is not a diverted call
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "forwarded"

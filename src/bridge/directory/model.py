@@ -280,6 +280,10 @@ class Directory(_Frozen):
         return {user.id: user for user in self.users}
 
     @cached_property
+    def users_by_extension(self) -> dict[str, User]:
+        return {user.extension: user for user in self.users if user.extension is not None}
+
+    @cached_property
     def users_by_sip_username(self) -> dict[str, User]:
         return {user.sip.username: user for user in self.users if user.sip is not None}
 

@@ -10,9 +10,10 @@ and is bridged: the caller gets a 200 with the winner's SDP, passed through unch
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -38,12 +39,12 @@ from bridge.calls.events import (
 )
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
-from bridge.directory.model import FallbackAction
+from bridge.directory.model import Directory, FallbackAction, normalize_number
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
 from bridge.presence.service import PresenceService
-from bridge.routing.model import CallRequest
+from bridge.routing.model import CallRequest, FallbackStep, Outcome, RoutePlan
 from bridge.routing.service import RoutingService
 from bridge.sip.dialog import (
     Dialog,
@@ -56,7 +57,7 @@ from bridge.sip.dialog import (
 )
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
-from bridge.sip.registrar import BindingStore
+from bridge.sip.register import RegisterOutcome, RegistrarService
 from bridge.sip.transaction import Address, new_branch
 
 log = structlog.get_logger("bridge.sip.calls")
@@ -137,6 +138,7 @@ class _Call:
     timer: object | None = None
     started: float = 0.0
     setup_measured: bool = False
+    caller_id: str | None = None  # E.164 shown on outbound legs (a phone's call out)
 
 
 class SipCalls:
@@ -147,7 +149,9 @@ class SipCalls:
         self,
         *,
         routing: RoutingService,
-        bindings: BindingStore,
+        registrar: RegistrarService,
+        directory: Callable[[], Directory],
+        wall_clock: Callable[[], float],
         presence: PresenceService,
         calls: CallRegistry,
         metrics: Metrics,
@@ -162,7 +166,10 @@ class SipCalls:
         local: Callable[[str], ViaSpec],
     ) -> None:
         self.routing = routing
-        self.bindings = bindings
+        self.registrar = registrar
+        self.bindings = registrar.bindings
+        self.directory = directory
+        self._wall = wall_clock
         self.presence = presence
         self.calls = calls
         self.metrics = metrics
@@ -189,10 +196,8 @@ class SipCalls:
     def new_invite(
         self, transaction_id: str, invite: SipRequest, source: Address, transport: str
     ) -> None:
-        """An INVITE that opens a call (no To tag)."""
-        if not self.trunk.allows(source[0]):
-            self._respond(transaction_id, _reply(invite, 403, "Forbidden (not an allowed trunk)"))
-            return
+        """An INVITE that opens a call (no To tag): from the trunk to a line, or from an
+        authenticated desk phone to an extension or a number."""
         try:
             dialled = parse_uri(invite.uri).user or ""
             caller = parse_name_addr(invite.headers.get("From") or "").uri.user
@@ -200,11 +205,51 @@ class SipCalls:
             self._respond(transaction_id, _reply(invite, 400, f"Bad Request ({exc})"))
             return
         call_id = f"sip-{secrets.token_hex(6)}"
+        caller_id: str | None = None
+        if self.trunk.allows(source[0]):
+            request = CallRequest(call_id=call_id, line=dialled, caller=caller)
+        else:
+            checked = self.registrar.authenticate_call(invite, source, self._wall(), self._now())
+            if isinstance(checked, RegisterOutcome):
+                if checked.outcome in ("auth_failed", "banned"):
+                    self.metrics.sip_auth_failures.labels(reason=checked.outcome).inc()
+                self._respond(transaction_id, checked.response)
+                return
+            caller = checked.id
+            directory = self.directory()
+            # Phones dial extensions; a SIP username (often the same digits) works too.
+            target = directory.users_by_extension.get(
+                dialled
+            ) or directory.users_by_sip_username.get(dialled)
+            if target is not None:
+                request = CallRequest(call_id=call_id, user=target.id, caller=caller)
+            elif _DIALLABLE.fullmatch(dialled):
+                request = CallRequest(call_id=call_id, caller=caller)
+                caller_id = checked.personal_line or checked.phone_number
+                dialled = normalize_number(dialled)
+            else:
+                self._respond(transaction_id, _reply(invite, 404, "Not Found"))
+                return
+        self._start_call(transaction_id, invite, source, transport, request, dialled, caller_id)
+
+    def _start_call(
+        self,
+        transaction_id: str,
+        invite: SipRequest,
+        source: Address,
+        transport: str,
+        request: CallRequest,
+        dialled: str,
+        caller_id: str | None,
+    ) -> None:
+        call_id = request.call_id
+        caller = request.caller
         now = self._now()
         with call_context(call_id):
-            plan = self.routing.route(
-                CallRequest(call_id=call_id, line=dialled, caller=caller, seed=secrets.randbits(32))
-            )
+            if request.line is None and request.user is None:
+                plan = _outbound_plan(request, dialled, now)
+            else:
+                plan = self.routing.route(replace(request, seed=secrets.randbits(32)))
             live = LiveCall(
                 call_id=call_id,
                 path="sip",
@@ -230,6 +275,7 @@ class SipCalls:
                 to_tag=secrets.token_hex(5),
                 live=live,
                 started=now,
+                caller_id=caller_id,
             )
             self._calls[call_id] = call
             self._by_invite[transaction_id] = call
@@ -575,6 +621,9 @@ class SipCalls:
             from_value = f"{display}<{caller_addr.uri}>"
         except SipSyntaxError:
             from_value = "<sip:anonymous@anonymous.invalid>"
+        if call.caller_id is not None and uri.startswith("sip:+"):
+            # A desk phone calling out: the provider sees the user's own number.
+            from_value = f"<sip:{call.caller_id}@{self.realm}>"
         headers = Headers(
             [
                 ("Via", f"SIP/2.0/{transport.upper()} {local.sent_by};branch={new_branch()};rport"),
@@ -744,6 +793,28 @@ _REASON_PHRASES = {
     503: "Service Unavailable",
     603: "Decline",
 }
+
+
+_DIALLABLE = re.compile(r"\+?[0-9]{3,15}")
+
+
+def _outbound_plan(request: CallRequest, number: str, now: float) -> RoutePlan:
+    """A desk phone dialling a number: no members to ring, straight out through the trunk
+    (the call core's forward leg)."""
+    return RoutePlan(
+        call_id=request.call_id,
+        at=datetime.fromtimestamp(now, UTC),
+        directory_version=0,
+        outcome=Outcome.FALLBACK,
+        line=None,
+        line_name=None,
+        open=True,
+        target_kind=None,
+        target_id=None,
+        target_name=None,
+        layers=(),
+        fallback=FallbackStep(action=FallbackAction.FORWARD, number=number, why="outbound_call"),
+    )
 
 
 def _address_of(uri: str, fallback: Address) -> Address:

@@ -43,6 +43,23 @@ log = structlog.get_logger("bridge.sip.registrar")
 
 
 @dataclass(frozen=True, slots=True)
+class _AuthKind:
+    """How to challenge: as a registrar / UAS (401) or as the proxy a phone calls through
+    (407), RFC 3261 §22.2 and §22.3."""
+
+    status: int
+    phrase: str
+    challenge: str
+    credentials: str
+
+
+_REGISTRAR = _AuthKind(401, "Unauthorized", "WWW-Authenticate", "Authorization")
+_PROXY = _AuthKind(
+    407, "Proxy Authentication Required", "Proxy-Authenticate", "Proxy-Authorization"
+)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthPolicy:
     realm: str
     nonce_lifetime: float = 300.0
@@ -89,29 +106,51 @@ class RegistrarService:
         wall_now: float,
         now: float,
     ) -> RegisterOutcome:
+        """A REGISTER: the AOR is the To user; answered 401 with `WWW-Authenticate`."""
+        checked = self._authenticate(request, source, wall_now, now, _REGISTRAR, "To")
+        if isinstance(checked, RegisterOutcome):
+            return checked
+        return self._apply(request, checked, source, transport, wall_now, now)
+
+    def authenticate_call(
+        self, request: SipRequest, source: tuple[str, int], wall_now: float, now: float
+    ) -> User | RegisterOutcome:
+        """An INVITE from a desk phone: the caller is the From user, challenged like a proxy
+        (407 with `Proxy-Authenticate`). Returns the user, or the response to send."""
+        return self._authenticate(request, source, wall_now, now, _PROXY, "From")
+
+    def _authenticate(
+        self,
+        request: SipRequest,
+        source: tuple[str, int],
+        wall_now: float,
+        now: float,
+        kind: _AuthKind,
+        identity_header: str,
+    ) -> User | RegisterOutcome:
         host = source[0]
         if self._failures.is_banned(host, now):
             until = self._failures.ban_expires_at(host, now)
             extra = [("Retry-After", str(max(1, int((until or now) - now))))]
             return RegisterOutcome(self._reply(request, 403, "Forbidden", extra), "banned")
         try:
-            aor = parse_name_addr(request.headers.get("To") or "")
+            aor = parse_name_addr(request.headers.get(identity_header) or "")
         except SipSyntaxError as exc:
-            return self._refuse(request, 400, f"Bad Request (To: {exc})")
+            return self._refuse(request, 400, f"Bad Request ({identity_header}: {exc})")
         username = aor.uri.user or ""
         user = self.directory().users_by_sip_username.get(username)
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get(kind.credentials)
         if authorization is None:
-            return self._challenge(request, user, wall_now, stale=False)
+            return self._challenge(request, user, wall_now, stale=False, kind=kind)
         try:
             credentials = parse_auth_header(authorization)
         except DigestError as exc:
-            return self._refuse(request, 400, f"Bad Request (Authorization: {exc.reason})")
+            return self._refuse(request, 400, f"Bad Request ({kind.credentials}: {exc.reason})")
         if credentials is None:  # a scheme we do not speak (RFC 4475 regaut01)
-            return self._challenge(request, user, wall_now, stale=False)
+            return self._challenge(request, user, wall_now, stale=False, kind=kind)
         if user is None or user.sip is None or credentials.username != username:
             # Unknown users fail exactly like a wrong password: no probing of usernames.
-            return self._failed(request, host, now, wall_now, user, reason="unknown_user")
+            return self._failed(request, host, now, wall_now, user, "unknown_user", kind)
         result = verify(
             credentials,
             request.method,
@@ -122,15 +161,15 @@ class RegistrarService:
             nonce_counts=self._counts,
         )
         if result in (AuthResult.STALE, AuthResult.REPLAY):
-            return self._challenge(request, user, wall_now, stale=True)
+            return self._challenge(request, user, wall_now, stale=True, kind=kind)
         if result is AuthResult.BAD_CREDENTIALS:
-            return self._failed(request, host, now, wall_now, user, reason="bad_credentials")
+            return self._failed(request, host, now, wall_now, user, "bad_credentials", kind)
         if result is not AuthResult.OK:
-            return self._challenge(request, user, wall_now, stale=False)
+            return self._challenge(request, user, wall_now, stale=False, kind=kind)
         self._failures.record_success(host, now)
         if user.status is AccountStatus.SUSPENDED:
             return self._refuse(request, 403, "Forbidden (account suspended)", user.id)
-        return self._apply(request, user, source, transport, wall_now, now)
+        return user
 
     def _apply(
         self,
@@ -250,7 +289,13 @@ class RegistrarService:
         return RegisterOutcome(self._reply(request, status, reason), "refused", user_id)
 
     def _challenge(
-        self, request: SipRequest, user: User | None, wall_now: float, *, stale: bool
+        self,
+        request: SipRequest,
+        user: User | None,
+        wall_now: float,
+        *,
+        stale: bool,
+        kind: _AuthKind = _REGISTRAR,
     ) -> RegisterOutcome:
         algorithms = list(self.policy.algorithms)
         if user is not None and user.sip is not None:
@@ -260,9 +305,9 @@ class RegistrarService:
         values = challenges(
             self.policy.realm, self._nonces.issue(wall_now), stale=stale, algorithms=algorithms
         )
-        extra = [("WWW-Authenticate", value) for value in values]
+        extra = [(kind.challenge, value) for value in values]
         return RegisterOutcome(
-            self._reply(request, 401, "Unauthorized", extra),
+            self._reply(request, kind.status, kind.phrase, extra),
             "challenged",
             user.id if user else None,
         )
@@ -274,8 +319,8 @@ class RegistrarService:
         now: float,
         wall_now: float,
         user: User | None,
-        *,
         reason: str,
+        kind: _AuthKind,
     ) -> RegisterOutcome:
         banned = self._failures.record_failure(host, now)
         log.warning(
@@ -285,5 +330,5 @@ class RegistrarService:
             reason=reason,
             banned=banned,
         )
-        challenge = self._challenge(request, user, wall_now, stale=False)
+        challenge = self._challenge(request, user, wall_now, stale=False, kind=kind)
         return RegisterOutcome(challenge.response, "auth_failed", challenge.user_id)

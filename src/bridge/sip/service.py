@@ -92,6 +92,7 @@ class SipService:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._directory = directory
         self._wall = wall_clock
         self.registrar = RegistrarService(
             directory=directory,
@@ -143,7 +144,9 @@ class SipService:
 
             self.calls = SipCalls(
                 **self._call_parts,
-                bindings=self.registrar.bindings,
+                registrar=self.registrar,
+                directory=self._directory,
+                wall_clock=self._wall,
                 metrics=self.metrics,
                 realm=self.settings.realm,
                 clock=endpoint.now,
