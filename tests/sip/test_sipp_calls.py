@@ -454,3 +454,20 @@ def test_desk_phone_calls_a_number_through_the_trunk_with_its_own_caller_id(
         assert "Diversion:" not in invite  # a call out is not a diverted call
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "forwarded"
+
+
+def test_answer_is_resent_until_the_caller_acks(tmp_path: Path) -> None:
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "0")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_late_ack.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        messages = (tmp_path / "trunk.msg").read_text(errors="replace")
+        oks = [m for m in messages.split("-----") if "SIP/2.0 200 OK" in m and "INVITE" in m]
+        assert len(oks) >= 2  # re-sent at 0.5 s (and 1.5 s) until the ACK came
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
+        assert not bridge.wait_events("sip_no_ack", timeout=0.1)

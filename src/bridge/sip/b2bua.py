@@ -63,6 +63,7 @@ from bridge.sip.transaction import Address, new_branch
 log = structlog.get_logger("bridge.sip.calls")
 
 ANSWERED_ELSEWHERE = format_reason(200, "Call completed elsewhere")
+T1, T2 = 0.5, 4.0  # RFC 3261 timer values for the 2xx retransmissions of the UAS core
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,11 @@ class _Call:
     started: float = 0.0
     setup_measured: bool = False
     caller_id: str | None = None  # E.164 shown on outbound legs (a phone's call out)
+    # Our 2xx to the caller, re-sent until the ACK arrives (RFC 3261 §13.3.1.4).
+    ok: SipResponse | None = None
+    ok_sent_at: float = 0.0
+    ok_interval: float = T1
+    ok_timer: object | None = None
 
 
 class SipCalls:
@@ -162,7 +168,7 @@ class SipCalls:
         cancel_timer: Callable[[object], None],
         send_request: Callable[[SipRequest, Address, str], str],
         respond: Callable[[str, SipResponse], None],
-        send_stateless: Callable[[SipRequest, Address, str], None],
+        send_stateless: Callable[[SipRequest | SipResponse, Address, str], None],
         local: Callable[[str], ViaSpec],
     ) -> None:
         self.routing = routing
@@ -683,6 +689,8 @@ class SipCalls:
         call.answered = True
         self._setup_done(call)
         self._respond(call.transaction_id, response)
+        call.ok, call.ok_sent_at, call.ok_interval = response, self._now(), T1
+        call.ok_timer = self._schedule(self._now() + T1, lambda: self._resend_ok(call))
         try:
             dialog = Dialog.from_uas(call.invite, response, tls=False)
             dialog.response_sent(call.invite, response)
@@ -691,6 +699,39 @@ class SipCalls:
             self._dialog_calls[dialog.id] = call
         except DialogError as exc:
             log.warning("sip_caller_dialog_failed", error=str(exc))
+
+    def ack(self, ack: SipRequest) -> None:
+        """An ACK for a 2xx (end to end): stops our 2xx retransmissions to the caller."""
+        dialog = self._dialogs.find_for_request(ack)
+        call = self._dialog_calls.get(dialog.id) if dialog is not None else None
+        if dialog is None or call is None:
+            return
+        dialog.receive_request(ack)
+        if dialog is call.caller_dialog and call.ok is not None:
+            call.ok = None
+            if call.ok_timer is not None:
+                self._cancel_timer(call.ok_timer)
+                call.ok_timer = None
+
+    def _resend_ok(self, call: _Call) -> None:
+        call.ok_timer = None
+        if call.ok is None or call.call_id not in self._calls:
+            return
+        now = self._now()
+        with call_context(call.call_id):
+            if now - call.ok_sent_at >= 64 * T1:
+                # No ACK: the caller never got our answer. End the call (§13.3.1.4).
+                log.warning("sip_no_ack", waited_seconds=round(now - call.ok_sent_at, 1))
+                call.ok = None
+                self._hangup_caller(call)
+                self._run(call, call.machine.hangup(Side.CALLER, now))
+                return
+            try:
+                self._respond(call.transaction_id, call.ok)
+            except Exception:  # the INVITE transaction is gone: re-send outside it
+                self._send_stateless(call.ok, call.source, call.transport)
+            call.ok_interval = min(call.ok_interval * 2, T2)
+            call.ok_timer = self._schedule(now + call.ok_interval, lambda: self._resend_ok(call))
 
     def _ring_caller(self, call: _Call, command: RingCaller) -> None:
         if call.answered:
@@ -768,6 +809,9 @@ class SipCalls:
             return
         if call.timer is not None:
             self._cancel_timer(call.timer)
+        if call.ok_timer is not None:
+            self._cancel_timer(call.ok_timer)
+            call.ok_timer = None
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id in list(call.branches):
             self._by_branch.pop(transaction_id, None)

@@ -33,6 +33,7 @@ from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_reque
 from bridge.sip.register import AuthPolicy, RegistrarService
 from bridge.sip.registrar import BindingStore, Flow, RegistrarSettings
 from bridge.sip.transaction import (
+    AckFor2xx,
     Address,
     Event,
     NewRequest,
@@ -180,6 +181,9 @@ class SipService:
         calls = self.calls
         if isinstance(event, NewRequest):
             self._request(event, endpoint)
+        elif isinstance(event, AckFor2xx):
+            if calls is not None:
+                calls.ack(event.request)
         elif calls is not None and isinstance(event, Response) and calls.owns(event.transaction_id):
             calls.response(event.transaction_id, event.response)
         elif (
