@@ -156,6 +156,8 @@ class LogSettings(_Section):
 class DaemonSettings(_Section):
     # SIGTERM: how long live calls may go on before the daemon exits anyway.
     drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # auto: uvloop when it is installed (it comes with uvicorn[standard]), else asyncio's.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class Settings(BaseSettings):

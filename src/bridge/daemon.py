@@ -139,4 +139,16 @@ class Daemon:
 
 
 def run_daemon(settings: Settings, directory: Directory) -> int:
-    return asyncio.run(Daemon(settings, directory).run())
+    loop_factory = None
+    if settings.daemon.event_loop != "asyncio":
+        try:
+            import uvloop  # installed with uvicorn[standard]; faster sockets and timers
+        except ImportError:
+            if settings.daemon.event_loop == "uvloop":
+                log.error("uvloop_missing")
+                return 1
+        else:
+            loop_factory = uvloop.new_event_loop
+    log.info("event_loop", implementation="uvloop" if loop_factory else "asyncio")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(Daemon(settings, directory).run())
