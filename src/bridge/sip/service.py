@@ -49,15 +49,10 @@ log = structlog.get_logger("bridge.sip")
 
 @dataclass(frozen=True, slots=True)
 class SipServiceSettings:
-    realm: str
+    auth: AuthPolicy  # realm, nonce lifetime, bans, digest algorithms
     nonce_secret: bytes
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     keepalive_seconds: float = 30.0  # OPTIONS to every UDP flow this often; 0 = never
-    nonce_lifetime: float = 300.0
-    max_failures: int = 5
-    failure_window: float = 60.0
-    ban_seconds: float = 600.0
-    algorithms: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5)
 
 
 class MetricsCounters:
@@ -97,14 +92,7 @@ class SipService:
         self._wall = wall_clock
         self.registrar = RegistrarService(
             directory=directory,
-            policy=AuthPolicy(
-                realm=settings.realm,
-                nonce_lifetime=settings.nonce_lifetime,
-                max_failures=settings.max_failures,
-                failure_window=settings.failure_window,
-                ban_seconds=settings.ban_seconds,
-                algorithms=settings.algorithms,
-            ),
+            policy=settings.auth,
             nonce_secret=settings.nonce_secret,
             bindings=BindingStore(settings.registrar),
             reachability=reachability,
@@ -149,7 +137,7 @@ class SipService:
                 directory=self._directory,
                 wall_clock=self._wall,
                 metrics=self.metrics,
-                realm=self.settings.realm,
+                realm=self.settings.auth.realm,
                 clock=endpoint.now,
                 schedule=lambda at, fn: loop.call_at(at, fn),
                 cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]
@@ -290,7 +278,14 @@ class SipService:
         return cls(
             directory,
             SipServiceSettings(
-                realm=sip.realm,
+                auth=AuthPolicy(
+                    realm=sip.realm,
+                    nonce_lifetime=sip.nonce_lifetime_seconds,
+                    max_failures=sip.auth_max_failures,
+                    failure_window=sip.auth_window_seconds,
+                    ban_seconds=sip.ban_seconds,
+                    algorithms=tuple(Algorithm(name) for name in sip.digest_algorithms),
+                ),
                 nonce_secret=secret,
                 registrar=RegistrarSettings(
                     min_expires=sip.min_expires,
@@ -298,11 +293,6 @@ class SipService:
                     default_expires=sip.default_expires,
                 ),
                 keepalive_seconds=sip.keepalive_seconds,
-                nonce_lifetime=sip.nonce_lifetime_seconds,
-                max_failures=sip.auth_max_failures,
-                failure_window=sip.auth_window_seconds,
-                ban_seconds=sip.ban_seconds,
-                algorithms=tuple(Algorithm(name) for name in sip.digest_algorithms),
             ),
             reachability,
             metrics,
@@ -347,7 +337,7 @@ class SipService:
             [
                 ("Via", f"SIP/2.0/UDP {host}:{endpoint.port};branch={new_branch()};rport"),
                 ("Max-Forwards", "70"),
-                ("From", f"<sip:keepalive@{self.settings.realm}>;tag={_tag()}"),
+                ("From", f"<sip:keepalive@{self.settings.auth.realm}>;tag={_tag()}"),
                 ("To", f"<{contact}>"),
                 ("Call-ID", f"ka-{secrets.token_hex(8)}"),
                 ("CSeq", "1 OPTIONS"),
