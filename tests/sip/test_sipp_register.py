@@ -238,3 +238,27 @@ def test_torture_messages_over_the_wire(tmp_path: Path, name: str, expected: byt
         ping = _udp_exchange(bridge.sip, _sha256_register(bridge.sip, "5998"))
         assert ping is not None and ping.startswith(b"SIP/2.0 401")
         assert bridge.process.poll() is None
+
+
+def test_ipv6_listener_registers_and_answers_over_udp_and_tcp(tmp_path: Path) -> None:
+    with bridge_process(tmp_path, directory(), sip__host="::1") as bridge:
+        register = (
+            "REGISTER sip:bridge.test SIP/2.0\r\n"
+            "Via: SIP/2.0/{t} [::1]:5999;branch=z9hG4bK{b};rport\r\n"
+            "From: <sip:201@bridge.test>;tag=v6\r\nTo: <sip:201@bridge.test>\r\n"
+            "Call-ID: v6-{b}\r\nCSeq: 1 REGISTER\r\nContact: <sip:201@[::1]:5999>\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(3)
+            udp.sendto(register.format(t="UDP", b="u6").encode(), ("::1", bridge.sip))
+            answer = udp.recvfrom(65535)[0]
+            port = udp.getsockname()[1]
+        assert answer.startswith(b"SIP/2.0 401"), answer
+        # RFC 3581 over IPv6: the answer came back to our real port, stamped in the Via.
+        assert f";rport={port};received=::1".encode() in answer
+        with socket.create_connection(("::1", bridge.sip), timeout=3) as tcp:
+            tcp.sendall(register.format(t="TCP", b="t6").encode())
+            answer = tcp.recv(65535)
+        assert answer.startswith(b"SIP/2.0 401"), answer
+        assert bridge.process.poll() is None
