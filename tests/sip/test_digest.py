@@ -21,6 +21,7 @@ from bridge.sip.digest import (
     NonceCounts,
     NonceIssuer,
     NonceStatus,
+    answer_challenge,
     challenges,
     parse_auth_header,
     verify,
@@ -659,3 +660,63 @@ def test_quoted_values_round_trip(
     )
     creds = parsed(value)
     assert (creds.username, creds.realm, creds.nonce, creds.uri) == (username, realm, nonce, uri)
+
+
+# -- the client side: answering a provider's challenge ---------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
+def test_our_answer_verifies_against_our_own_challenge(algorithm: str) -> None:
+    issuer = NonceIssuer(b"0123456789abcdef", 300)
+    nonce = issuer.issue(1000.0)
+    [offer] = [c for c in challenges("pstn.example", nonce, opaque="op1") if algorithm in c]
+    answer = answer_challenge(
+        offer, method="INVITE", uri="sip:+15559990000@pstn.example", username="acct",
+        password="s3cret", cnonce="abc123",
+    )  # fmt: skip
+    assert answer is not None and 'opaque="op1"' in answer
+    credentials = parse_auth_header(answer)
+    assert credentials is not None and credentials.algorithm == algorithm
+    sha = algorithm == "SHA-256"
+    ha1 = hashlib.new("sha256" if sha else "md5", b"acct:pstn.example:s3cret").hexdigest()
+    result = verify(
+        credentials, "INVITE", None if sha else ha1, ha1 if sha else None, "pstn.example",
+        issuer.check(nonce, 1001.0),
+    )  # fmt: skip
+    assert result is AuthResult.OK
+    wrong = answer_challenge(
+        offer, method="INVITE", uri="sip:+15559990000@pstn.example", username="acct",
+        password="nope", cnonce="abc123",
+    )  # fmt: skip
+    assert wrong is not None
+    result = verify(
+        parse_auth_header(wrong), "INVITE", None if sha else ha1, ha1 if sha else None,  # type: ignore[arg-type]
+        "pstn.example", issuer.check(nonce, 1001.0),
+    )  # fmt: skip
+    assert result is AuthResult.BAD_CREDENTIALS
+
+
+def test_answer_matches_the_rfc_2617_example() -> None:
+    answer = answer_challenge(
+        'Digest realm="testrealm@host.com", qop="auth,auth-int", '
+        'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41"',
+        method="GET", uri="/dir/index.html", username="Mufasa", password="Circle Of Life",
+        cnonce="0a4f113b",
+    )  # fmt: skip
+    assert answer is not None
+    assert 'response="6629fae49393a05397450978507c4ef1"' in answer
+    assert "nc=00000001" in answer and 'cnonce="0a4f113b"' in answer
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    ["Basic realm=x", 'Digest realm="r", nonce="n", algorithm=SHA-512-256', 'Digest nonce="n"',
+     'Digest realm="r", nonce="n", qop="auth-int"', "Digest realm=", ""],
+)  # fmt: skip
+def test_challenges_we_cannot_answer_give_none(challenge: str) -> None:
+    assert (
+        answer_challenge(
+            challenge, method="INVITE", uri="sip:x@y", username="u", password="p", cnonce="c"
+        )
+        is None
+    )

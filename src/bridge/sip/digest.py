@@ -553,3 +553,55 @@ def verify(
         if not nonce_counts.accept(nonce, 1 if nc is None else nc):
             return AuthResult.REPLAY
     return AuthResult.OK
+
+
+def answer_challenge(
+    challenge: str,
+    *,
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+    cnonce: str,
+    nc: int = 1,
+) -> str | None:
+    """What a UAC sends back for one `WWW-Authenticate` / `Proxy-Authenticate` value (the
+    bridge toward a provider that challenges its INVITEs): an Authorization value, or None
+    when the scheme or algorithm is not one we can answer (the caller tries the next one)."""
+    try:
+        text = _FOLD.sub(" ", challenge.strip(" \t\r\n"))
+        scan = _Scanner(text)
+        if scan.token().lower() != "digest":
+            return None
+        params = _params(scan)
+    except DigestError:
+        return None
+    realm, nonce = params.get("realm"), params.get("nonce")
+    algorithm = _BY_LOWER.get(params.get("algorithm", "MD5").lower())
+    if realm is None or nonce is None or algorithm is None:
+        return None
+    h = _HASHES[algorithm]
+    ha1 = h(_utf8(f"{username}:{realm}:{password}"))
+    if algorithm in _SESS:
+        ha1 = h(_utf8(f"{ha1}:{nonce}:{cnonce}"))
+    ha2 = h(_utf8(f"{method}:{uri}"))
+    offered = {q.strip().lower() for q in params.get("qop", "").split(",") if q.strip()}
+    fields = [
+        f"username={_quote(username)}",
+        f"realm={_quote(realm)}",
+        f"nonce={_quote(nonce)}",
+        f"uri={_quote(uri)}",
+    ]
+    if "auth" in offered:
+        count = f"{nc:08x}"
+        response = h(_utf8(f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}"))
+        fields += [f"response={_quote(response)}", f"algorithm={algorithm.value}", "qop=auth"]
+        fields += [f"nc={count}", f"cnonce={_quote(cnonce)}"]
+    elif offered:
+        return None  # only auth-int offered: we do not hash bodies toward providers
+    else:
+        response = h(_utf8(f"{ha1}:{nonce}:{ha2}"))
+        fields += [f"response={_quote(response)}", f"algorithm={algorithm.value}"]
+    if "opaque" in params:
+        fields.append(f"opaque={_quote(params['opaque'])}")
+    return "Digest " + ", ".join(fields)
