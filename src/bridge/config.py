@@ -83,6 +83,9 @@ class SipSettings(_Section):
     # Sources allowed to send trunk INVITEs without credentials (CIDRs, IPv4 or IPv6).
     trunk_allow: list[str] = Field(default_factory=list)
     trunk_uri: str | None = None
+    # Credentials for a provider that challenges our INVITEs (401/407) on trunk_uri.
+    trunk_username: str | None = None
+    trunk_password: str | None = Field(default=None, repr=False)
 
     @field_validator("trunk_allow")
     @classmethod

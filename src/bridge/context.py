@@ -90,6 +90,8 @@ def build_context(
                     ipaddress.ip_network(n, strict=False) for n in settings.sip.trunk_allow
                 ),
                 uri=settings.sip.trunk_uri,
+                username=settings.sip.trunk_username,
+                password=settings.sip.trunk_password,
             ),
         )
 

@@ -471,3 +471,32 @@ def test_answer_is_resent_until_the_caller_acks(tmp_path: Path) -> None:
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "answered"
         assert not bridge.wait_events("sip_no_ack", timeout=0.1)
+
+
+def test_forward_answers_the_providers_digest_challenge(tmp_path: Path) -> None:
+    group = directory()
+    group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
+    pstn_port = free_port()
+    assert SIPP is not None
+    pstn = subprocess.Popen(
+        [
+            SIPP, "-sf", str(SCENARIOS / "pstn_auth.xml"), "-i", "127.0.0.1", "-p",
+            str(pstn_port), "-m", "1", "-nostdin", "-timeout", "30s",
+            "-trace_msg", "-message_file", str(tmp_path / "pstn.msg"), "127.0.0.1:9",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    with bridge_process(
+        tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0",
+        sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}", sip__trunk_username="bridge-acct",
+        sip__trunk_password="trunk-secret",
+    ) as bridge:  # fmt: skip
+        trunk = run_trunk(tmp_path, bridge)
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert pstn.wait(timeout=30) == 0
+        messages = (tmp_path / "pstn.msg").read_text(errors="replace")
+        assert '\nAuthorization: Digest username="bridge-acct"' in messages
+        assert "SIP/2.0 403" not in messages  # the provider accepted our answer
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "forwarded"
+        assert bridge.wait_events("sip_trunk_challenge_answered")

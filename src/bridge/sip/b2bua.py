@@ -55,6 +55,7 @@ from bridge.sip.dialog import (
     build_cancel,
     format_reason,
 )
+from bridge.sip.digest import answer_challenge
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
 from bridge.sip.register import RegisterOutcome, RegistrarService
@@ -70,6 +71,8 @@ T1, T2 = 0.5, 4.0  # RFC 3261 timer values for the 2xx retransmissions of the UA
 class TrunkSettings:
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     uri: str | None = None  # sip:host[:port] of the provider, for forwarded legs
+    username: str | None = None  # digest credentials, when the provider challenges INVITEs
+    password: str | None = None
 
     def allows(self, host: str) -> bool:
         try:
@@ -100,6 +103,8 @@ class _Branch:
     provisional: bool = False  # a 1xx arrived: a CANCEL may now be sent (§9.1)
     cancel_reason: str | None = None  # a CANCEL is wanted (sent once provisional is True)
     cancelled: bool = False
+    trunk: bool = False  # sent to the provider (may be challenged)
+    authenticated: bool = False  # our INVITE already answered a challenge
     final: int | None = None
     answer: SipResponse | None = None
     dialog: Dialog | None = None
@@ -472,9 +477,59 @@ class SipCalls:
                 return
             self._run(call, call.machine.leg_answered(branch.leg_id, self._now()))
             return
+        if status in (401, 407) and self._answer_challenge(call, branch, response):
+            return
         branch.final = status
         self._by_branch.pop(branch.transaction_id, None)
         self._leg_maybe_failed(call, branch, status)
+
+    def _answer_challenge(self, call: _Call, branch: _Branch, response: SipResponse) -> bool:
+        """The provider challenged our INVITE: send it again with credentials, once."""
+        trunk = self.trunk
+        if not branch.trunk or branch.authenticated or not trunk.username or branch.cancelled:
+            return False
+        proxy = response.status == 407
+        offers = response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
+        invite = branch.invite
+        answer = next(
+            (
+                a
+                for a in (
+                    answer_challenge(
+                        offer,
+                        method="INVITE",
+                        uri=invite.uri,
+                        username=trunk.username,
+                        password=trunk.password or "",
+                        cnonce=secrets.token_hex(8),
+                    )
+                    for offer in offers
+                )
+                if a is not None
+            ),
+            None,
+        )
+        if answer is None:
+            log.warning("sip_trunk_challenge_unanswerable", status=response.status)
+            return False
+        headers = invite.headers.copy()
+        local = self._local(branch.transport)
+        headers.set(
+            "Via", f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
+        )
+        number, _, _ = (headers.get("CSeq") or "1 INVITE").partition(" ")
+        headers.set("CSeq", f"{int(number) + 1} INVITE")
+        headers.set("Proxy-Authorization" if proxy else "Authorization", answer)
+        again = SipRequest("INVITE", invite.uri, headers, invite.body)
+        self._by_branch.pop(branch.transaction_id, None)
+        del call.branches[branch.transaction_id]
+        transaction_id = self._send_request(again, branch.destination, branch.transport)
+        branch.invite, branch.transaction_id, branch.authenticated = again, transaction_id, True
+        branch.dialogs = DialogSet(again, tls=False)
+        call.branches[transaction_id] = branch
+        self._by_branch[transaction_id] = (call, branch)
+        log.info("sip_trunk_challenge_answered", status=response.status)
+        return True
 
     def _leg_maybe_failed(self, call: _Call, branch: _Branch, status: int) -> None:
         siblings = [b for b in call.branches.values() if b.leg_id == branch.leg_id]
@@ -611,6 +666,7 @@ class SipCalls:
                 destination=destination,
                 transport=transport,
                 dialogs=DialogSet(invite, tls=False),
+                trunk=command.via is Channel.PHONE_NUMBER,
             )
             call.branches[transaction_id] = branch
             self._by_branch[transaction_id] = (call, branch)
