@@ -84,6 +84,9 @@ class SipSettings(_Section):
     trunk_allow: list[str] = Field(default_factory=list)
     trunk_uri: str | None = None
     # Credentials for a provider that challenges our INVITEs (401/407) on trunk_uri.
+    # Register that account at the provider (refreshed before expiry, shown in /readyz).
+    trunk_register: bool = False
+    trunk_register_expires: Annotated[int, Field(ge=60, le=86400)] = 600
     trunk_username: str | None = None
     trunk_password: str | None = Field(default=None, repr=False)
 
@@ -101,6 +104,8 @@ class SipSettings(_Section):
     def _expires_order(self) -> SipSettings:
         if not self.min_expires <= self.default_expires <= self.max_expires:
             raise ValueError("need min_expires <= default_expires <= max_expires")
+        if self.trunk_register and not (self.trunk_uri and self.trunk_username):
+            raise ValueError("trunk_register needs trunk_uri and trunk_username")
         return self
 
     @field_validator("trunk_uri")

@@ -50,7 +50,12 @@ class AppContext:
         missing = self.listeners_expected - self.listeners_up
         if missing:
             checks["missing_listeners"] = sorted(missing)
-        return (not missing and not self.draining), checks
+        trunk = self.sip.trunk_registration if self.sip is not None else None
+        trunk_failed = False
+        if trunk is not None:
+            checks["trunk_registration"] = trunk.status()
+            trunk_failed = trunk.state == "failed"
+        return (not missing and not self.draining and not trunk_failed), checks
 
     def reload_directory(self) -> Directory:
         """Re-read the directory file; a bad file is refused and logged, the old one kept."""

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.sip.peers import REALM, bridge_process, needs_sipp, run_sipp
+from tests.sip.peers import (
+    REALM,
+    SCENARIOS,
+    SIPP,
+    bridge_process,
+    free_port,
+    needs_sipp,
+    run_sipp,
+)
 
 pytestmark = needs_sipp
 
@@ -262,3 +274,51 @@ def test_ipv6_listener_registers_and_answers_over_udp_and_tcp(tmp_path: Path) ->
             answer = tcp.recv(65535)
         assert answer.startswith(b"SIP/2.0 401"), answer
         assert bridge.process.poll() is None
+
+
+def _provider(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    assert SIPP is not None
+    return subprocess.Popen(
+        [
+            SIPP, "-sf", str(SCENARIOS / "provider_registrar.xml"), "-i", "127.0.0.1", "-p",
+            str(port), "-m", "1", "-nostdin", "-timeout", "20s",
+            "-trace_msg", "-message_file", str(tmp_path / "provider.msg"), "127.0.0.1:9",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def _readyz(bridge: Any) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{bridge.http}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(("password", "state"), [("trunk-secret", "registered"), ("bad", "failed")])
+def test_bridge_registers_to_the_provider(tmp_path: Path, password: str, state: str) -> None:
+    port = free_port()
+    provider = _provider(tmp_path, port)
+    env = {
+        "sip__trunk_uri": f"sip:127.0.0.1:{port}", "sip__trunk_register": "true",
+        "sip__trunk_username": "bridge-acct", "sip__trunk_password": password,
+    }  # fmt: skip
+    # readyz is not 200 while the registration failed, so start without waiting for it.
+    with bridge_process(tmp_path, directory(), wait_ready=False, **env) as bridge:
+        assert provider.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status, body = _readyz(bridge)
+            if body.get("trunk_registration", {}).get("state") == state:
+                break
+            time.sleep(0.1)
+        assert body["trunk_registration"]["state"] == state
+        messages = (tmp_path / "provider.msg").read_text(errors="replace")
+        assert '\nAuthorization: Digest username="bridge-acct"' in messages
+        if state == "registered":
+            assert status == 200
+            assert bridge.wait_events("sip_trunk_registered")[0]["expires"] == 60
+        else:
+            assert status == 503 and body["trunk_registration"]["error"].startswith("403")
+            assert bridge.wait_events("sip_trunk_registration_failed")

@@ -21,6 +21,7 @@ import structlog
 
 from bridge.calls.registry import CallRegistry
 from bridge.config import Settings
+from bridge.config import SipSettings as SipSettingsModel
 from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, ReachabilityPort
@@ -43,6 +44,7 @@ from bridge.sip.transaction import (
     new_branch,
 )
 from bridge.sip.transport import SipEndpoint
+from bridge.sip.trunk import TrunkAccount, TrunkRegistration
 
 log = structlog.get_logger("bridge.sip")
 
@@ -53,6 +55,7 @@ class SipServiceSettings:
     nonce_secret: bytes
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     keepalive_seconds: float = 30.0  # OPTIONS to every UDP flow this often; 0 = never
+    trunk_account: TrunkAccount | None = None  # register the bridge at the provider
 
 
 class MetricsCounters:
@@ -100,6 +103,7 @@ class SipService:
         )
         self._keepalives: dict[str, Flow] = {}  # OPTIONS transaction id -> flow probed
         self.calls: SipCalls | None = None
+        self.trunk_registration: TrunkRegistration | None = None
         self._call_parts: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
@@ -124,13 +128,22 @@ class SipService:
     async def start(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
         await endpoint.start()
+        loop = asyncio.get_running_loop()
+
+        def local(transport: str) -> ViaSpec:
+            host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+            return ViaSpec(f"{host}:{endpoint.port}", transport.upper())
+
+        if self.settings.trunk_account is not None:
+            self.trunk_registration = TrunkRegistration(
+                self.settings.trunk_account,
+                send_request=endpoint.request,
+                local=local,
+                schedule=lambda at, fn: loop.call_at(at, fn),
+                clock=endpoint.now,
+            )
+            self.trunk_registration.start()
         if self._call_parts is not None:
-            loop = asyncio.get_running_loop()
-
-            def local(transport: str) -> ViaSpec:
-                host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-                return ViaSpec(f"{host}:{endpoint.port}", transport.upper())
-
             self.calls = SipCalls(
                 **self._call_parts,
                 registrar=self.registrar,
@@ -167,6 +180,17 @@ class SipService:
     # -- events from the transaction layer ---------------------------------------------------
     def on_event(self, event: Event, endpoint: SipEndpoint) -> None:
         calls = self.calls
+        trunk = self.trunk_registration
+        if (
+            trunk is not None
+            and isinstance(event, Response | Timeout | TransportError)
+            and trunk.owns(event.transaction_id)
+        ):
+            if isinstance(event, Response):
+                trunk.response(event.response)
+            else:
+                trunk.failed(type(event).__name__)
+            return
         if isinstance(event, NewRequest):
             self._request(event, endpoint)
         elif isinstance(event, AckFor2xx):
@@ -293,6 +317,7 @@ class SipService:
                     default_expires=sip.default_expires,
                 ),
                 keepalive_seconds=sip.keepalive_seconds,
+                trunk_account=_trunk_account(sip),
             ),
             reachability,
             metrics,
@@ -350,6 +375,22 @@ class SipService:
         if self.endpoint is not None:
             banned = self.registrar.banned_sources(self.endpoint.now())
             self.metrics.sip_banned_sources.set(len(banned))
+
+
+def _trunk_account(sip: SipSettingsModel) -> TrunkAccount | None:
+    if not (sip.trunk_register and sip.trunk_uri and sip.trunk_username):
+        return None
+    destination = TrunkSettings(uri=sip.trunk_uri).destination()
+    assert destination is not None
+    host, address, transport = destination
+    return TrunkAccount(
+        host=host,
+        destination=address,
+        transport=transport,
+        username=sip.trunk_username,
+        password=sip.trunk_password or "",
+        expires=sip.trunk_register_expires,
+    )
 
 
 def _tag() -> str:
