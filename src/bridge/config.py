@@ -84,6 +84,8 @@ class SipSettings(_Section):
     trunk_allow: list[str] = Field(default_factory=list)
     trunk_uri: str | None = None
     # Credentials for a provider that challenges our INVITEs (401/407) on trunk_uri.
+    # Caller id on calls forwarded through the trunk: the original caller, or the line dialled.
+    trunk_caller_id: Literal["caller", "line"] = "caller"
     # Register that account at the provider (refreshed before expiry, shown in /readyz).
     trunk_register: bool = False
     trunk_register_expires: Annotated[int, Field(ge=60, le=86400)] = 600

@@ -95,6 +95,7 @@ def build_context(
                     ipaddress.ip_network(n, strict=False) for n in settings.sip.trunk_allow
                 ),
                 uri=settings.sip.trunk_uri,
+                caller_id=settings.sip.trunk_caller_id,
                 username=settings.sip.trunk_username,
                 password=settings.sip.trunk_password,
             ),

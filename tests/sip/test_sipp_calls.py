@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.sip.peers import SCENARIOS, SIPP, bridge_process, free_port, needs_sipp, run_sipp
 from tests.sip.test_sipp_register import ha1
 
@@ -249,7 +251,10 @@ def test_three_phones_race_to_answer(tmp_path: Path) -> None:
         assert bridge.metric('bridge_calls_total{outcome="answered",path="sip"}') == 1.0
 
 
-def test_nobody_reachable_forwards_to_the_pstn_with_diversion(tmp_path: Path) -> None:
+@pytest.mark.parametrize("caller_id", ["caller", "line"])
+def test_nobody_reachable_forwards_to_the_pstn_with_diversion(
+    tmp_path: Path, caller_id: str
+) -> None:
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
     pstn_port = free_port()
@@ -284,6 +289,7 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(tmp_path: Path) ->
         sip__trunk_allow='["127.0.0.0/8"]',
         sip__keepalive_seconds="0",
         sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}",
+        sip__trunk_caller_id=caller_id,
     ) as bridge:
         trunk = run_trunk(tmp_path, bridge)  # no phone registered: straight to the fallback
         assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
@@ -291,6 +297,8 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(tmp_path: Path) ->
         invite = (tmp_path / "pstn.msg").read_text(errors="replace")
         assert "INVITE sip:+15559990000@127.0.0.1 SIP/2.0" in invite
         assert "Diversion: <sip:+15550100@bridge.test>;reason=" in invite
+        shown = "+15551230000@127.0.0.1" if caller_id == "caller" else "+15550100@bridge.test"
+        assert f'From: "Caller" <sip:{shown}' in invite or f"From: <sip:{shown}>" in invite
         ended = bridge.wait_events("sip_call_ended")
         assert ended and ended[0]["outcome"] == "forwarded"
 

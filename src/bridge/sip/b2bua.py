@@ -71,6 +71,9 @@ T1, T2 = 0.5, 4.0  # RFC 3261 timer values for the 2xx retransmissions of the UA
 class TrunkSettings:
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     uri: str | None = None  # sip:host[:port] of the provider, for forwarded legs
+    # Caller id on forwarded legs: the original caller, or the dialled line (providers that
+    # refuse numbers they do not own).
+    caller_id: str = "caller"
     username: str | None = None  # digest credentials, when the provider challenges INVITEs
     password: str | None = None
 
@@ -657,7 +660,8 @@ class SipCalls:
             )
             return
         for uri, destination, transport, extra in targets:
-            invite = self._leg_invite(call, uri, transport, extra)
+            trunk_leg = command.via is Channel.PHONE_NUMBER
+            invite = self._leg_invite(call, uri, transport, extra, trunk_leg=trunk_leg)
             transaction_id = self._send_request(invite, destination, transport)
             branch = _Branch(
                 leg_id=command.leg_id,
@@ -673,7 +677,13 @@ class SipCalls:
             log.info("sip_leg_dialed", leg_id=command.leg_id, user_id=command.user_id, uri=uri)
 
     def _leg_invite(
-        self, call: _Call, uri: str, transport: str, extra: list[tuple[str, str]]
+        self,
+        call: _Call,
+        uri: str,
+        transport: str,
+        extra: list[tuple[str, str]],
+        *,
+        trunk_leg: bool = False,
     ) -> SipRequest:
         local = self._local(transport)
         caller = call.invite.headers.get("From") or "<sip:anonymous@anonymous.invalid>"
@@ -683,9 +693,12 @@ class SipCalls:
             from_value = f"{display}<{caller_addr.uri}>"
         except SipSyntaxError:
             from_value = "<sip:anonymous@anonymous.invalid>"
-        if call.caller_id is not None and uri.startswith("sip:+"):
+        if trunk_leg and call.caller_id is not None:
             # A desk phone calling out: the provider sees the user's own number.
             from_value = f"<sip:{call.caller_id}@{self.realm}>"
+        elif trunk_leg and self.trunk.caller_id == "line" and call.machine.plan.line:
+            # Providers that only accept their own numbers as caller id: show the line.
+            from_value = f"<sip:{call.machine.plan.line}@{self.realm}>"
         headers = Headers(
             [
                 ("Via", f"SIP/2.0/{transport.upper()} {local.sent_by};branch={new_branch()};rport"),
