@@ -55,7 +55,7 @@ from bridge.sip.dialog import (
     build_cancel,
     format_reason,
 )
-from bridge.sip.digest import answer_challenge
+from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
 from bridge.sip.register import RegisterOutcome, RegistrarService
@@ -491,26 +491,14 @@ class SipCalls:
         trunk = self.trunk
         if not branch.trunk or branch.authenticated or not trunk.username or branch.cancelled:
             return False
-        proxy = response.status == 407
-        offers = response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
         invite = branch.invite
-        answer = next(
-            (
-                a
-                for a in (
-                    answer_challenge(
-                        offer,
-                        method="INVITE",
-                        uri=invite.uri,
-                        username=trunk.username,
-                        password=trunk.password or "",
-                        cnonce=secrets.token_hex(8),
-                    )
-                    for offer in offers
-                )
-                if a is not None
-            ),
-            None,
+        answer = authorize(
+            response.status,
+            response.headers.get_all(challenge_header(response.status)),
+            method="INVITE",
+            uri=invite.uri,
+            username=trunk.username,
+            password=trunk.password or "",
         )
         if answer is None:
             log.warning("sip_trunk_challenge_unanswerable", status=response.status)
@@ -522,7 +510,7 @@ class SipCalls:
         )
         number, _, _ = (headers.get("CSeq") or "1 INVITE").partition(" ")
         headers.set("CSeq", f"{int(number) + 1} INVITE")
-        headers.set("Proxy-Authorization" if proxy else "Authorization", answer)
+        headers.set(*answer)
         again = SipRequest("INVITE", invite.uri, headers, invite.body)
         self._by_branch.pop(branch.transaction_id, None)
         del call.branches[branch.transaction_id]

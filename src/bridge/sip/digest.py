@@ -605,3 +605,35 @@ def answer_challenge(
     if "opaque" in params:
         fields.append(f"opaque={_quote(params['opaque'])}")
     return "Digest " + ", ".join(fields)
+
+
+def authorize(
+    status: int,
+    offers: Sequence[str],
+    *,
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+) -> tuple[str, str] | None:
+    """Answer a 401 (`WWW-Authenticate` offers) or 407 (`Proxy-Authenticate` offers): the
+    header to add to the retried request and its value, from the first offer we can answer;
+    None when none can be."""
+    name = "Proxy-Authorization" if status == 407 else "Authorization"
+    for offer in offers:
+        value = answer_challenge(
+            offer,
+            method=method,
+            uri=uri,
+            username=username,
+            password=password,
+            cnonce=secrets.token_hex(8),
+        )
+        if value is not None:
+            return name, value
+    return None
+
+
+def challenge_header(status: int) -> str:
+    """Where a 401 or 407 carries its challenges."""
+    return "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from bridge.sip.dialog import ViaSpec
-from bridge.sip.digest import answer_challenge
+from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_expires
 from bridge.sip.model import Headers, SipRequest, SipResponse, header_params
 from bridge.sip.transaction import Address, new_branch
@@ -60,6 +60,7 @@ class TrunkRegistration:
         self._cseq = 0
         self._pending: str | None = None  # transaction id of the REGISTER in flight
         self._answered = False  # this attempt already answered a challenge
+        self._last_request: SipRequest | None = None
 
     def owns(self, transaction_id: str) -> bool:
         return transaction_id == self._pending
@@ -97,21 +98,18 @@ class TrunkRegistration:
             return
         self._pending = None
         if response.status in (401, 407) and not self._answered:
-            proxy = response.status == 407
-            name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-            for offer in response.headers.get_all(name):
-                answer = answer_challenge(
-                    offer,
-                    method="REGISTER",
-                    uri=self._last_request.uri,
-                    username=self.account.username,
-                    password=self.account.password,
-                    cnonce=secrets.token_hex(8),
-                )
-                if answer is not None:
-                    self._answered = True
-                    self._register(("Proxy-Authorization" if proxy else "Authorization", answer))
-                    return
+            answer = authorize(
+                response.status,
+                response.headers.get_all(challenge_header(response.status)),
+                method="REGISTER",
+                uri=self._last_request.uri if self._last_request else f"sip:{self.account.host}",
+                username=self.account.username,
+                password=self.account.password,
+            )
+            if answer is not None:
+                self._answered = True
+                self._register(answer)
+                return
         if 200 <= response.status < 300:
             granted = self._granted(response)
             now = self._clock()
