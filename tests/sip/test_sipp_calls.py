@@ -101,6 +101,21 @@ def start_phone(
     )
 
 
+def start_pstn(tmp_path: Path, scenario: str) -> tuple[subprocess.Popen[str], int]:
+    """SIPp as the provider behind `sip.trunk_uri`, taking one call; its trace is pstn.msg."""
+    assert SIPP is not None
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
+            "-m", "1", "-nostdin", "-timeout", "30s",
+            "-trace_msg", "-message_file", str(tmp_path / "pstn.msg"), "127.0.0.1:9",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    return process, port
+
+
 def wait_registered(bridge: Any, count: int) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -257,32 +272,7 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(
 ) -> None:
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
-    pstn_port = free_port()
-    assert SIPP is not None
-    pstn = subprocess.Popen(
-        [
-            SIPP,
-            "-sf",
-            str(SCENARIOS / "pstn_answer.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(pstn_port),
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-trace_msg",
-            "-message_file",
-            str(tmp_path / "pstn.msg"),
-            "127.0.0.1:9",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
+    pstn, pstn_port = start_pstn(tmp_path, "pstn_answer.xml")
     with bridge_process(
         tmp_path,
         group,
@@ -442,16 +432,7 @@ def test_desk_phone_calls_a_number_through_the_trunk_with_its_own_caller_id(
 ) -> None:
     group = directory()
     group["users"][2]["personal_line"] = "+15550102"  # Ben's own number
-    pstn_port = free_port()
-    assert SIPP is not None
-    pstn = subprocess.Popen(
-        [
-            SIPP, "-sf", str(SCENARIOS / "pstn_answer.xml"), "-i", "127.0.0.1", "-p",
-            str(pstn_port), "-m", "1", "-nostdin", "-timeout", "30s",
-            "-trace_msg", "-message_file", str(tmp_path / "pstn.msg"), "127.0.0.1:9",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    pstn, pstn_port = start_pstn(tmp_path, "pstn_answer.xml")
     with bridge_process(
         tmp_path, group, sip__keepalive_seconds="0", sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}"
     ) as bridge:
@@ -486,16 +467,7 @@ def test_answer_is_resent_until_the_caller_acks(tmp_path: Path) -> None:
 def test_forward_answers_the_providers_digest_challenge(tmp_path: Path) -> None:
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
-    pstn_port = free_port()
-    assert SIPP is not None
-    pstn = subprocess.Popen(
-        [
-            SIPP, "-sf", str(SCENARIOS / "pstn_auth.xml"), "-i", "127.0.0.1", "-p",
-            str(pstn_port), "-m", "1", "-nostdin", "-timeout", "30s",
-            "-trace_msg", "-message_file", str(tmp_path / "pstn.msg"), "127.0.0.1:9",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    pstn, pstn_port = start_pstn(tmp_path, "pstn_auth.xml")
     with bridge_process(
         tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0",
         sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}", sip__trunk_username="bridge-acct",
