@@ -29,7 +29,14 @@ from bridge.routing.service import RoutingService
 from bridge.sip.b2bua import SipCalls, TrunkSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
-from bridge.sip.model import Headers, SipMessage, SipRequest, make_response, param_of
+from bridge.sip.model import (
+    Headers,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    make_response,
+    param_of,
+)
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
 from bridge.sip.register import AuthPolicy, RegistrarService
 from bridge.sip.registrar import BindingStore, Flow, RegistrarSettings
@@ -274,7 +281,7 @@ class SipService:
                 make_response(request, 405, "Method Not Allowed", to_tag=_tag(), extra=[allow]),
             )
 
-    def _options_ok(self, request: SipRequest):  # type: ignore[no-untyped-def]
+    def _options_ok(self, request: SipRequest) -> SipResponse:
         return make_response(
             request,
             200,
