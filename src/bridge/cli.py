@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.daemon import run_daemon  # uvicorn & co. only for `run`
     from bridge.observability.logging import configure_logging
 
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, cache=True)
     return run_daemon(settings, directory)
 
 

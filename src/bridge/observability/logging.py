@@ -22,8 +22,14 @@ def _stderr_logger(*args: object) -> structlog.PrintLogger:
 
 
 def configure_logging(
-    level: str = "info", fmt: Literal["json", "console", "auto"] = "auto"
+    level: str = "info",
+    fmt: Literal["json", "console", "auto"] = "auto",
+    *,
+    cache: bool = False,
 ) -> None:
+    """`cache=True` (the daemon) binds each logger once, on first use: a call dropped by the
+    level filter then costs one method call instead of a bind per call, which matters on the
+    SIP hot path. Tests keep it off so they can re-configure and capture per test."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     numeric = logging.getLevelName(level.upper())
     shared = [
@@ -46,7 +52,7 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_stderr_logger,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     # Route the stdlib loggers of uvicorn & co. through the same renderer.
     handler = logging.StreamHandler(sys.stderr)

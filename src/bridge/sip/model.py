@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 SIP_VERSION = "SIP/2.0"
 
@@ -72,12 +73,32 @@ _CANONICAL: dict[str, str] = {
 }
 
 
-def canonical_name(name: str) -> str:
-    """'v' -> 'Via', 'call-id' -> 'Call-ID', 'X-Custom' stays 'X-Custom'."""
+def _canonical(name: str) -> str:
     lowered = name.lower()
     if len(lowered) == 1 and lowered in COMPACT_FORMS:
         return COMPACT_FORMS[lowered]
     return _CANONICAL.get(lowered, name)
+
+
+# Every spelling seen so far -> its canonical name. Header lookups by name are the commonest
+# operation of the stack; the names asked for are a small set of literals, so this stays
+# small (bounded anyway: a peer sending endless new names only fills it up to the cap).
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX = 4096
+
+
+def canonical_name(name: str) -> str:
+    """'v' -> 'Via', 'call-id' -> 'Call-ID', 'X-Custom' stays 'X-Custom'."""
+    canonical = _NAME_CACHE.get(name)
+    if canonical is None:
+        canonical = _canonical(name)
+        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+            _NAME_CACHE[name] = canonical
+    return canonical
+
+
+# Names with one canonical spelling: every stored line of such a header is spelled exactly so.
+_KNOWN = frozenset(_CANONICAL.values())
 
 
 class Headers:
@@ -121,16 +142,27 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """The first line's value for `name`, or None."""
-        wanted = canonical_name(name).lower()
+        wanted = canonical_name(name)
+        # Stored names are canonical (every way in canonicalizes), so a known name compares
+        # exactly; only other names need the case-insensitive pass.
         for key, value in self._items:
-            if key.lower() == wanted:
+            if key == wanted:
+                return value
+        if wanted in _KNOWN:
+            return None
+        lowered = wanted.lower()
+        for key, value in self._items:
+            if key.lower() == lowered:
                 return value
         return None
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value for `name`, in order (not split on commas)."""
-        wanted = canonical_name(name).lower()
-        return [value for key, value in self._items if key.lower() == wanted]
+        wanted = canonical_name(name)
+        if wanted in _KNOWN:
+            return [value for key, value in self._items if key == wanted]
+        lowered = wanted.lower()
+        return [value for key, value in self._items if key.lower() == lowered]
 
     def values(self, name: str) -> list[str]:
         """Every value for `name`, comma-separated lines split (quotes and <> respected)."""
@@ -260,7 +292,7 @@ def make_response(
     headers = Headers()
     for name in _COPIED_TO_RESPONSE:
         for value in request.headers.get_all(name):
-            if name == "To" and to_tag and status > 100 and "tag" not in header_params(value):
+            if name == "To" and to_tag and status > 100 and "tag" not in _params(value):
                 value = f"{value};tag={to_tag}"
             headers.add(name, value)
     for name, value in extra:
@@ -303,8 +335,25 @@ def header_params(value: str) -> dict[str, str | None]:
 
     Enough for transaction matching (Via branch, To tag); `bridge.sip.grammar` has the full
     parsers."""
+    return dict(_params(value))
+
+
+@lru_cache(maxsize=4096)
+def _params(value: str) -> dict[str, str | None]:
+    # Cached: every layer asks for the same top Via's branch and the same tags of a message
+    # (transaction, dialog, B2BUA), several times each. Callers must not change the result.
     params: dict[str, str | None] = {}
-    segments = _split_top_level(value, ";")[1:]  # what precedes the first ';' is no parameter
+    # What precedes the first ';' is no parameter. Fast paths, same result as the scan for a
+    # single well-formed value: nothing quoted or bracketed (a Via), or one name-addr with
+    # nothing quoted after its '>' (From, To, Contact; a quoted display name is fine).
+    if "<" not in value:
+        segments = value.split(";")[1:] if '"' not in value else _split_top_level(value, ";")[1:]
+    else:
+        closing = value.rfind(">")
+        if closing > value.find("<") and '"' not in value[closing:] and value.count("<") == 1:
+            segments = value[closing + 1 :].split(";")[1:]
+        else:
+            segments = _split_top_level(value, ";")[1:]
     for segment in segments:
         name, sep, raw = segment.partition("=")
         key = name.strip().lower()
@@ -315,4 +364,4 @@ def header_params(value: str) -> dict[str, str | None]:
 
 def param_of(value: str | None, name: str) -> str | None:
     """One parameter of a header value (None when absent or valueless)."""
-    return None if value is None else header_params(value).get(name.lower())
+    return None if value is None else _params(value).get(name.lower())

@@ -70,17 +70,27 @@ class MetricsCounters:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # The labelled children, looked up once: `labels()` costs more than `inc()` itself,
+        # and this runs for every message in and out.
+        self._children: dict[tuple[str, str], Any] = {}
 
     def message(self, direction: str, message: SipMessage) -> None:
         if isinstance(message, SipRequest):
             method = message.method if message.method in _COUNTED_METHODS else "other"
         else:
-            method = f"{message.status // 100}xx"
-        self._metrics.sip_messages.labels(direction=direction, method=method).inc()
+            method = _STATUS_CLASSES[message.status // 100]
+        key = (direction, method)
+        child = self._children.get(key)
+        if child is None:
+            child = self._metrics.sip_messages.labels(direction=direction, method=method)
+            self._children[key] = child
+        child.inc()
 
     def parse_error(self, transport: str) -> None:
         self._metrics.sip_malformed.labels(transport=transport).inc()
 
+
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
 
 _COUNTED_METHODS = frozenset(
     {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK"}

@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import ClassVar, NamedTuple
 
 from bridge.sip.model import (
@@ -293,11 +294,21 @@ def _top_via(message: SipMessage) -> str | None:
     return vias[0] if vias else None
 
 
+@lru_cache(maxsize=4096)
 def _split_via(via: str) -> tuple[str, str, str] | None:
     """'SIP/2.0/UDP h:5060;branch=x' -> ('SIP/2.0/UDP', 'h:5060', 'branch=x') (LWS removed
-    around '/' and ':', which §20.42 allows)."""
+    around '/' and ':', which §20.42 allows). Cached: matching, stamping and routing the
+    response each need the same top Via."""
     head, _, params = via.partition(";")
-    parts = _LWS_IN_VIA_HEAD.sub(r"\1", head.strip()).split(None, 1)
+    parts = head.split(None, 1)
+    if (
+        len(parts) != 2
+        or parts[0].endswith(("/", ":"))
+        or parts[1].startswith(("/", ":"))
+        or len(parts[1].split()) != 1
+    ):
+        # LWS inside the protocol or sent-by (rare): the slow, general way.
+        parts = _LWS_IN_VIA_HEAD.sub(r"\1", head.strip()).split(None, 1)
     if len(parts) != 2 or not parts[1]:
         return None
     return parts[0], parts[1].strip(), params
