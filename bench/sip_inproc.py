@@ -123,9 +123,9 @@ class Meter:
             profiler = self.profiler
             if profiler is not None:
                 profiler.enable()
-            started = time.perf_counter()
+            started = time.process_time()
             fn(*args)
-            self.seconds += time.perf_counter() - started
+            self.seconds += time.process_time() - started
             if profiler is not None:
                 profiler.disable()
 
@@ -289,6 +289,14 @@ def profile_report(profiler: cProfile.Profile, top: int = 30) -> str:
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
+    by_file: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        name = filename.split("/src/")[-1] if "/src/" in filename else Path(filename).name
+        by_file[name] = by_file.get(name, 0.0) + tottime
+    total = sum(by_file.values()) or 1.0
+    out.write("self time by file:\n")
+    for name, seconds in sorted(by_file.items(), key=lambda item: -item[1])[:25]:
+        out.write(f"  {100 * seconds / total:5.1f}%  {name}\n")
     return out.getvalue()
 
 

@@ -2,7 +2,10 @@
 
 Sans-I/O: text in, immutable values (NamedTuples: cheap to build, hashable) or
 `SipSyntaxError` out. The message parser keeps header values as text; the layers that need a
-URI, a Via or a name-addr call these functions.
+URI, a Via or a name-addr call these functions. The parsers of URIs, name-addrs, Vias and
+CSeqs are memoized (bounded LRU): validation, the transaction layer, dialogs and the B2BUA
+each look at the same From, To, Contact and top Via of a message, and the values are
+immutable, so the second look is a dictionary hit.
 
 Liberal where RFC 4475 says a parser must accept (folded and padded values, token display
 names without LWS before `<`, `%00` in a user part, odd but legal characters), strict where it
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from bridge.sip.model import Headers, split_comma_values
@@ -330,6 +334,7 @@ def _parse_uri_headers(text: str) -> Params:
     return Params(pairs)
 
 
+@lru_cache(maxsize=4096)
 def parse_uri(text: str) -> SipUri:
     """Parse a URI (RFC 3261 §19.1 for sip/sips, RFC 3966 loosely for tel, opaque otherwise)."""
     plain = _PLAIN_URI_RE.fullmatch(text)
@@ -398,6 +403,7 @@ class NameAddr(NamedTuple):
         return f"{display}<{self.uri}>{_format_params(self.params)}"
 
 
+@lru_cache(maxsize=4096)
 def parse_name_addr(value: str) -> NameAddr:
     """`"Alice" <sip:a@x>;tag=1`, `Bob<sip:b@y>`, `<sip:c@z>` or `sip:d@w;tag=2`."""
     match = _NAME_ADDR_RE.match(value)
@@ -490,6 +496,7 @@ def _small_int(value: str | None, limit: int) -> bool:
     return value is not None and value.isdigit() and len(value) <= 5 and int(value) <= limit
 
 
+@lru_cache(maxsize=4096)
 def parse_via(value: str) -> Via:
     """One Via value (a header line may hold several: split it with `Headers.values`)."""
     match = _VIA_RE.fullmatch(value)
@@ -536,6 +543,7 @@ def _digits(value: str, what: str) -> str:
     return text.lstrip("0") or "0"
 
 
+@lru_cache(maxsize=4096)
 def parse_cseq(value: str) -> CSeq:
     """`0009 INVITE` -> CSeq(9, "INVITE"); the number must fit in 32 bits (RFC 3261 §8.1.1.5)."""
     match = _CSEQ_RE.fullmatch(value)

@@ -142,7 +142,7 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """The first line's value for `name`, or None."""
-        wanted = canonical_name(name)
+        wanted = _NAME_CACHE.get(name) or canonical_name(name)
         # Stored names are canonical (every way in canonicalizes), so a known name compares
         # exactly; only other names need the case-insensitive pass.
         for key, value in self._items:
@@ -158,7 +158,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value for `name`, in order (not split on commas)."""
-        wanted = canonical_name(name)
+        wanted = _NAME_CACHE.get(name) or canonical_name(name)
         if wanted in _KNOWN:
             return [value for key, value in self._items if key == wanted]
         lowered = wanted.lower()
