@@ -131,6 +131,19 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 _NC = re.compile(r"[0-9a-fA-F]{8}")
 
 
+# The common, well-formed case in one regex per parameter: `name = "quoted"` or `name = token`,
+# then a comma or the end. Anything else (empty list elements, controls, bad escapes...) falls
+# back to the character scanner, which also names the fault.
+_TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_PARAM_RE = re.compile(
+    r"[ \t]*(" + _TOKEN_RE + r")[ \t]*=[ \t]*"
+    r'(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|(' + _TOKEN_RE + r"))"
+    r"[ \t]*(?:,|$)"
+)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _is_control(ch: str) -> bool:
     # Tabs are ordinary whitespace; other C0 controls and DEL never belong in a value we
     # hash or log (RFC 3261 qdtext excludes them; we also refuse them as quoted-pairs).
@@ -203,7 +216,29 @@ def parse_auth_header(value: str) -> DigestCredentials | None:
         return None
     if not scan.at_end() and scan.peek() not in " \t":
         raise DigestError("no space after Digest")
-    return _credentials(_params(scan))
+    params = _params_fast(text, scan.pos)
+    return _credentials(params if params is not None else _params(scan))
+
+
+def _params_fast(text: str, pos: int) -> dict[str, str] | None:
+    """The parameters when every one is well formed (the regex path), else None."""
+    params: dict[str, str] = {}
+    end = len(text)
+    match_at = _PARAM_RE.match
+    while pos < end:
+        match = match_at(text, pos)
+        if match is None:
+            return None
+        name, quoted, token = match.groups()
+        name = name.lower()
+        if name in params or len(params) >= _MAX_PARAMS:
+            return None
+        if quoted is None:
+            params[name] = token
+        else:
+            params[name] = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
+        pos = match.end()
+    return params or None
 
 
 def _params(scan: _Scanner) -> dict[str, str]:
@@ -341,7 +376,7 @@ def _credentials(params: dict[str, str]) -> DigestCredentials:
 
 
 def _quote(value: str) -> str:
-    if any(_is_control(ch) for ch in value):
+    if _CONTROL.search(value):
         raise ValueError("control character in a challenge parameter")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -94,9 +94,10 @@ class BindingStore:
     def __init__(self, settings: RegistrarSettings | None = None) -> None:
         self.settings = settings or RegistrarSettings()
         self._users: dict[str, _UserBindings] = {}
+        self._count = 0  # bindings stored, kept as they change: the gauge reads it per REGISTER
 
     def __len__(self) -> int:
-        return sum(len(u.by_uri) for u in self._users.values())
+        return self._count
 
     def bindings(self, user_id: str, now: float) -> tuple[Binding, ...]:
         """The live bindings of a user (expired ones are not returned)."""
@@ -131,6 +132,7 @@ class BindingStore:
                     return RegisterResult(error=RegisterError.OUT_OF_ORDER)
                 removed.append(binding)
             user.by_uri.clear()
+            self._count -= len(removed)
             return RegisterResult(bindings=(), removed=tuple(removed))
         assert not isinstance(contacts, str)
         # Work out every change first: a REGISTER applies whole or not at all.
@@ -162,6 +164,7 @@ class BindingStore:
                 changes.append((key, existing, new))
         added: list[Binding] = []
         removed: list[Binding] = []
+        before = len(user.by_uri)
         for key, old, new in changes:
             if new is None:
                 if old is not None:
@@ -171,6 +174,7 @@ class BindingStore:
             user.by_uri[key] = new
             if old is None or not old.reachable:
                 added.append(new)
+        self._count += len(user.by_uri) - before
         if not user.by_uri:
             del self._users[user_id]
         return RegisterResult(
@@ -186,6 +190,7 @@ class BindingStore:
                 if binding.expires_at <= now:
                     del user.by_uri[key]
                     gone.append(binding)
+                    self._count -= 1
             if not user.by_uri:
                 del self._users[user_id]
         return gone
@@ -208,7 +213,10 @@ class BindingStore:
     def remove_user(self, user_id: str) -> list[Binding]:
         """A deleted or suspended user: their phones stop ringing at once."""
         user = self._users.pop(user_id, None)
-        return list(user.by_uri.values()) if user else []
+        if user is None:
+            return []
+        self._count -= len(user.by_uri)
+        return list(user.by_uri.values())
 
     def flows(self) -> dict[Flow, str]:
         """Every flow with a binding, and one contact URI registered on it (a keepalive

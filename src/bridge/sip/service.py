@@ -263,10 +263,12 @@ class SipService:
             outcome = self.registrar.handle(
                 request, event.source, event.transport, self._wall(), endpoint.now()
             )
-            if outcome.outcome in ("auth_failed", "banned"):
+            failed = outcome.outcome in ("auth_failed", "banned")
+            if failed:
                 self.metrics.sip_auth_failures.labels(reason=outcome.outcome).inc()
             endpoint.respond(event.transaction_id, outcome.response)
-            self._update_gauges()
+            # Bans only start on a failure (and end with time: the expiry loop recounts).
+            self._update_gauges(bans=failed)
         elif method == "OPTIONS":
             endpoint.respond(event.transaction_id, self._options_ok(request))
         elif method == "INVITE":
@@ -349,7 +351,7 @@ class SipService:
             gone = self.registrar.expire(self.endpoint.now())
             if gone:
                 log.info("sip_bindings_expired", count=len(gone))
-                self._update_gauges()
+            self._update_gauges()
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -387,9 +389,9 @@ class SipService:
         )
         return SipRequest("OPTIONS", contact, headers)
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, *, bans: bool = True) -> None:
         self.metrics.sip_registrations.set(len(self.registrar.bindings))
-        if self.endpoint is not None:
+        if bans and self.endpoint is not None:
             banned = self.registrar.banned_sources(self.endpoint.now())
             self.metrics.sip_banned_sources.set(len(banned))
 

@@ -30,6 +30,7 @@ from bridge.sip.model import (
     header_params,
     make_response,
     param_of,
+    split_comma_values,
 )
 
 __all__ = [
@@ -290,8 +291,21 @@ _LWS_IN_VIA_HEAD = re.compile(r"\s*([/:])\s*")
 
 
 def _top_via(message: SipMessage) -> str | None:
-    vias = message.headers.values("Via")
+    line = message.headers.get("Via")
+    if line is None:
+        return None
+    first = _first_value(line)
+    if first is not None:
+        return first
+    vias = message.headers.values("Via")  # an empty first line: the next one's first value
     return vias[0] if vias else None
+
+
+@lru_cache(maxsize=4096)
+def _first_value(line: str) -> str | None:
+    # Cached: matching, stamping and routing each ask for the same message's top Via.
+    values = split_comma_values(line)
+    return values[0] if values else None
 
 
 @lru_cache(maxsize=4096)
@@ -418,7 +432,13 @@ def stamp_received(request: SipRequest, source: Address) -> None:
         return
     host, port = source
     sent_host, _ = _host_port(split[1])
-    segments = _split_params(split[2])
+    params = split[2]
+    if params.endswith(";rport") and "received" not in params and '"' not in params:
+        # The common RFC 3581 client (`...;branch=z9hG4bK..;rport`): fill the port in.
+        request.headers.pop_first_value("Via")
+        request.headers.prepend("Via", f"{via.rstrip()[:-6]};rport={port};received={host}")
+        return
+    segments = _split_params(params)
     names = [segment.partition("=")[0].strip().lower() for segment in segments]
     wants_rport = "rport" in names
     if not wants_rport and sent_host == host.lower():
@@ -875,17 +895,19 @@ class TransactionLayer:
     def _receive_request(
         self, request: SipRequest, source: Address, transport: str, now: float
     ) -> list[Event]:
-        txn = self._match_server(request)
+        method = request.method
+        # §17.2.3: an ACK matches the INVITE transaction it acknowledges.
+        key = _server_key(request, "INVITE" if method == "ACK" else method)
+        txn = self._match_server(request, key)
         if txn is not None:
             return txn.on_request(request, source, transport, now)
-        if request.method == "ACK":
+        if method == "ACK":
             # §17.2.3: an ACK for a 2xx has its own branch and matches no transaction.
             if _top_via(request) is None:
                 self.stats.malformed += 1
                 return []
             stamp_received(request, source)
             return [AckFor2xx(request, source, transport)]
-        key = _server_key(request, request.method)
         if key is None:
             # Without a Via there is nowhere to send even a 400 (§18.2.2).
             self.stats.malformed += 1
@@ -900,10 +922,7 @@ class TransactionLayer:
         server.start(now)
         return [NewRequest(server.id, request, source, transport)]
 
-    def _match_server(self, request: SipRequest) -> _ServerTransaction | None:
-        # §17.2.3: an ACK matches the INVITE transaction it acknowledges.
-        method = "INVITE" if request.method == "ACK" else request.method
-        key = _server_key(request, method)
+    def _match_server(self, request: SipRequest, key: _Key | None) -> _ServerTransaction | None:
         tid = self._server_index.get(key) if key is not None else None
         txn = self._transactions.get(tid) if tid is not None else None
         if not isinstance(txn, _ServerTransaction) or key is None:
