@@ -153,6 +153,9 @@ class User(_Frozen):
     extension: Annotated[str, Field(pattern=r"^[0-9]{2,8}$")] | None = None
     answer_by: AnswerBy = AnswerBy.APPS
     phone_number: E164 | None = None
+    # Carrier path: a call forwarded to `phone_number` connects only once the callee presses 1,
+    # so a voicemail box or a carrier announcement that picks up does not count as an answer.
+    confirm_answer: bool = False
     sip: SipCredentials | None = None
     working_hours: WeeklyHours | None = None
     timezone: TimeZoneName | None = None
@@ -243,6 +246,9 @@ class Line(_Frozen):
     timezone: TimeZoneName | None = None
     closed_action: Fallback = VOICEMAIL
     voicemail_prompt: Annotated[str, Field(max_length=1000)] | None = None
+    # Carrier path: every leg to a number on this line (members' phone numbers, forward
+    # fallbacks, Backup Routing) asks the callee to press 1 before it connects.
+    confirm_answer: bool = False
 
     @cached_property
     def business_week(self) -> WeekRanges | None:
