@@ -1,0 +1,1 @@
+"""Carrier adapters: the dial paths that reach the bridge through a carrier's API."""

@@ -1,0 +1,1 @@
+"""The carrier path over Twilio: signed voice webhooks in, TwiML out (see `service.py`)."""
