@@ -130,6 +130,9 @@ class AuthSettings(_Section):
     token_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 3600
 
 
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
 class TwilioSettings(_Section):
     account_sid: str | None = None
     auth_token: str | None = Field(default=None, repr=False)
@@ -138,6 +141,18 @@ class TwilioSettings(_Section):
     api_key_sid: str | None = None
     api_key_secret: str | None = Field(default=None, repr=False)
     twiml_app_sid: str | None = None
+    # Where the carrier sends `<Sip>` legs for desk phones (host[:port] of our SIP listener as
+    # the carrier reaches it); default [sip] host:port.
+    sip_target: str | None = None
+    # How long a forwarded callee has to press 1 (confirm_answer) before the leg is dropped.
+    confirm_timeout_seconds: Annotated[int, Field(ge=1, le=60)] = 5
+
+    @field_validator("sip_target")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_PORT.fullmatch(value):
+            raise ValueError("must be host or host:port (like sip.example.com:5060)")
+        return value
 
 
 class StateSettings(_Section):

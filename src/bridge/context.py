@@ -11,6 +11,7 @@ from datetime import datetime
 import structlog
 
 from bridge.calls.registry import CallRegistry
+from bridge.carriers.twilio.service import TwilioCalls
 from bridge.config import Settings
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import AccountStatus, Directory
@@ -40,6 +41,8 @@ class AppContext:
     listeners_expected: set[str] = field(default_factory=lambda: {"http"})
     listeners_up: set[str] = field(default_factory=set)
     draining: bool = False
+    # The carrier path (Twilio webhooks); always built, it answers 503 until configured.
+    carrier: TwilioCalls | None = None
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         checks: dict[str, object] = {
@@ -119,6 +122,15 @@ def build_context(
                         sip.forget_user(user.id)  # a suspended user's phones stop at once
 
     store.subscribe(on_change)
+    carrier = TwilioCalls.from_settings(
+        settings,
+        routing=routing,
+        presence=presence,
+        registry=calls,
+        metrics=metrics,
+        directory=lambda: store.current,
+        clock=clock,
+    )
     return AppContext(
         settings=settings,
         store=store,
@@ -129,4 +141,5 @@ def build_context(
         metrics=metrics,
         tokens=TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds),
         clock=clock,
+        carrier=carrier,
     )

@@ -14,6 +14,7 @@ from bridge import __version__
 from bridge.api import directory_routes, users
 from bridge.api.auth import Grant, current_user, require
 from bridge.api.common import ctx_of
+from bridge.carriers.twilio import http as twilio_http
 from bridge.context import AppContext
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
@@ -32,6 +33,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(users.router)
     app.include_router(directory_routes.router)
+    app.include_router(twilio_http.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:

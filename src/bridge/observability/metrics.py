@@ -99,6 +99,26 @@ class Metrics:
         self.draining = Gauge(
             "bridge_draining", "1 while the daemon drains for shutdown", registry=r
         )
+        # Carrier path (Twilio webhooks). Calls themselves count in `calls` with path="carrier".
+        self.webhook_requests = Counter(
+            "bridge_webhook_requests_total",
+            "Carrier webhook requests, by endpoint and HTTP status (403: bad signature)",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.webhook_seconds = Histogram(
+            "bridge_webhook_seconds",
+            "Time to answer one carrier webhook (signature check, routing, TwiML)",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.carrier_api_errors = Counter(
+            "bridge_carrier_api_errors_total",
+            "Failed REST requests to the carrier, by operation and HTTP status ('error': none)",
+            ["operation", "status"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

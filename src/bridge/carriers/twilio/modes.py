@@ -1,0 +1,46 @@
+"""Bridging modes: how the carrier connects the caller to the legs the call core dials.
+
+The service (`TwilioCalls`) is the same for every mode: signatures, routing, the call record,
+presence, idempotent status callbacks, events and metrics. A mode only decides what the call
+core's commands become at the carrier:
+
+- `dial` (`DialMode`, this build): the carrier pulls TwiML. Each layer (each turn, for the
+  one-at-a-time strategies) is a `<Dial>` whose `action` comes back to us when it ends; the
+  carrier runs the ring race itself.
+- `conference` (a later piece): the caller waits in a conference named after the call, and
+  `DialLeg`/`CancelLeg` become Participants API requests through the REST client. It plugs in
+  by implementing `BridgingMode` and registering in `MODES`; its participant and conference
+  callbacks feed the same `TwilioCalls.run` the dial mode uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from bridge.calls.events import Output
+from bridge.carriers.twilio.dial import DialMode
+from bridge.carriers.twilio.state import CarrierCall
+
+if TYPE_CHECKING:
+    from bridge.carriers.twilio.service import TwilioCalls
+
+
+class BridgingMode(Protocol):
+    name: str
+
+    def respond(self, call: CarrierCall, outputs: Sequence[Output]) -> VoiceResponse:
+        """Carry out `outputs` (already run through `TwilioCalls.run`) while answering a
+        webhook of the caller's own call: the TwiML that answers it."""
+        ...
+
+    def carry_out(self, call: CarrierCall, outputs: Sequence[Output]) -> None:
+        """Carry out `outputs` that arose outside a TwiML answer (a leg's status callback,
+        the caller hanging up): in dial mode the carrier's `<Dial>` has already done it."""
+        ...
+
+
+# `[twilio] mode` -> the mode's factory. A mode missing here answers 503 (not configured).
+MODES: dict[str, Callable[[TwilioCalls], BridgingMode]] = {"dial": DialMode}

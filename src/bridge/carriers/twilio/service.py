@@ -1,0 +1,473 @@
+"""Carrier calls: signed webhooks in, the call core (`CallMachine`) in the middle, TwiML out.
+
+`TwilioCalls` is the mode-independent part of the carrier path. For each inbound call it
+routes the dialled line (the same `RoutingService.route` the SIP path and Test Routing use),
+keeps one `LiveCall` in the shared `CallRegistry` (path "carrier"), runs the call core, and
+hands the core's commands to the bridging mode (`modes.py`), which turns them into TwiML or
+REST requests. Everything the carrier reports comes back through here:
+
+- the caller's status callbacks (hang-up, the end of the call) and each leg's (ringing,
+  answered) are applied at most once per CallSid and status, and never backwards: a `ringing`
+  after `completed` changes nothing, and no callback but the voice webhook creates a call;
+- answered -> the user is `on_call`; ended -> `wrap_up`, as on the SIP path;
+- each step's events are published (`subscribe`) and logged with the call id bound.
+
+Nothing here blocks or awaits: each webhook is handled in one synchronous step, so two
+callbacks of the same call never interleave.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlencode
+
+import structlog
+
+from bridge.calls.events import (
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    CallState,
+    DialLeg,
+    Event,
+    FallbackStarted,
+    LayerExhausted,
+    LegRinging,
+    MarkCallEnded,
+    MarkOnCall,
+    Output,
+    Side,
+    StartFallback,
+)
+from bridge.calls.machine import CallMachine
+from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
+from bridge.carriers.twilio import twiml
+from bridge.carriers.twilio.dial import DialMode
+from bridge.carriers.twilio.errors import BadSignature, NotConfigured
+from bridge.carriers.twilio.events import (
+    CarrierCallEvent,
+    EventListener,
+    LegDeclined,
+    VoicemailRecorded,
+)
+from bridge.carriers.twilio.modes import MODES, BridgingMode
+from bridge.carriers.twilio.schemas import (
+    FINAL_CALL_STATUSES,
+    ConfirmRequest,
+    DialAction,
+    RecordingCallback,
+    StatusCallback,
+    VoicemailDone,
+    VoiceRequest,
+)
+from bridge.carriers.twilio.signature import WebhookValidator
+from bridge.carriers.twilio.state import STATUS_RANK, CarrierCall, LegMeta
+from bridge.config import Settings
+from bridge.directory.model import Directory, FallbackAction, normalize_number
+from bridge.observability.logging import call_context
+from bridge.observability.metrics import Metrics
+from bridge.presence.model import Channel
+from bridge.presence.service import PresenceService
+from bridge.routing.model import CallRequest
+from bridge.routing.service import RoutingService
+
+log = structlog.get_logger("bridge.carrier")
+
+# Ended calls are remembered this long (by count) so that retried and late callbacks find
+# their call and change nothing, instead of being mistaken for new calls.
+ENDED_CALLS_KEPT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierSettings:
+    """What the carrier path needs from `[twilio]`, `[http]` and `[sip]`."""
+
+    auth_token: str | None
+    account_sid: str | None
+    mode: str
+    public_url: str  # webhook signatures are computed on it; our callback URLs start with it
+    sip_target: str  # host:port the carrier sends <Sip> legs to
+    confirm_timeout_seconds: int = 5
+    voicemail_max_seconds: int = twiml.VOICEMAIL_MAX_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CarrierSettings:
+        twilio = settings.twilio
+        return cls(
+            auth_token=twilio.auth_token,
+            account_sid=twilio.account_sid,
+            mode=twilio.mode,
+            public_url=settings.http.base_url(),
+            sip_target=twilio.sip_target or _sip_address(settings.sip.host, settings.sip.port),
+            confirm_timeout_seconds=twilio.confirm_timeout_seconds,
+        )
+
+
+def _sip_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TwilioCalls:
+    """The carrier's inbound calls. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: CarrierSettings,
+        *,
+        routing: RoutingService,
+        presence: PresenceService,
+        registry: CallRegistry,
+        metrics: Metrics,
+        directory: Callable[[], Directory],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.presence = presence
+        self.registry = registry
+        self.metrics = metrics
+        self._directory = directory
+        self._clock = clock
+        self.validator = WebhookValidator(settings.auth_token) if settings.auth_token else None
+        factory = MODES.get(settings.mode)
+        self.mode: BridgingMode | None = factory(self) if factory is not None else None
+        self._live: dict[str, CarrierCall] = {}
+        self._ended: OrderedDict[str, CarrierCall] = OrderedDict()
+        self._listeners: list[EventListener] = []
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        routing: RoutingService,
+        presence: PresenceService,
+        registry: CallRegistry,
+        metrics: Metrics,
+        directory: Callable[[], Directory],
+        clock: Callable[[], datetime],
+    ) -> TwilioCalls:
+        return cls(
+            CarrierSettings.from_settings(settings),
+            routing=routing,
+            presence=presence,
+            registry=registry,
+            metrics=metrics,
+            directory=directory,
+            clock=clock,
+        )
+
+    # -- configuration -----------------------------------------------------------------------
+    def refusal(self) -> NotConfigured | None:
+        """Why webhooks cannot be taken now (503), or None."""
+        if self.validator is None:
+            return NotConfigured(
+                "carrier webhooks are not configured: set [twilio] auth_token "
+                "(BRIDGE_TWILIO__AUTH_TOKEN)"
+            )
+        if self.mode is None:
+            return NotConfigured(
+                f"[twilio] mode {self.settings.mode!r} is not available in this build; use 'dial'"
+            )
+        return None
+
+    def url(self, path: str, **params: object) -> str:
+        """An absolute callback URL under `public_url` (the carrier signs exactly this)."""
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        return f"{self.settings.public_url}{path}" + (f"?{query}" if query else "")
+
+    # -- reading -------------------------------------------------------------------------------
+    def subscribe(self, listener: EventListener) -> None:
+        """Receive every event of every carrier call (the live feed and outbox plug in here)."""
+        self._listeners.append(listener)
+
+    def find(self, call_id: str) -> CarrierCall | None:
+        """A live call, or one that ended recently (for retried and late callbacks)."""
+        return self._live.get(call_id) or self._ended.get(call_id)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    # -- webhooks of the caller's call ---------------------------------------------------------
+    def inbound(self, request: VoiceRequest) -> str:
+        """`POST /twilio/voice`: route the call and answer with the mode's TwiML.
+
+        A retried webhook (same CallSid) gets the same answer and starts nothing."""
+        with call_context(request.call_sid):
+            known = self.find(request.call_sid)
+            if known is not None:
+                log.info("carrier_voice_retry")
+                return known.answer or twiml.render(twiml.hangup())
+            account = self.settings.account_sid
+            if account and request.account_sid and request.account_sid != account:
+                raise BadSignature(f"AccountSid {request.account_sid} is not this account")
+            if not self.registry.accepting:
+                log.info("carrier_call_refused_draining", to=request.to)
+                return twiml.render(twiml.reject_busy())
+            return self._start(request)
+
+    def _start(self, request: VoiceRequest) -> str:
+        assert self.mode is not None
+        call_id = request.call_sid
+        dialled = normalize_number(request.to)
+        plan = self.routing.route(
+            CallRequest(
+                call_id=call_id, line=dialled, caller=request.caller, seed=secrets.randbits(32)
+            )
+        )
+        live = LiveCall(
+            call_id=call_id,
+            path="carrier",
+            line=plan.line,
+            caller=request.caller,
+            started_at=self._clock(),
+        )
+        try:
+            self.registry.add(live)
+        except NotAcceptingCalls:
+            return twiml.render(twiml.reject_busy())
+        directory = self._directory()
+        call = CarrierCall(
+            call_id=call_id,
+            machine=CallMachine(call_id, plan, 0.0),
+            live=live,
+            directory=directory,
+            line=directory.line(plan.line) if plan.line else None,
+            caller=request.caller,
+        )
+        self._live[call_id] = call
+        if plan.line is None:
+            log.warning("carrier_call_no_route", to=request.to, caller=request.caller)
+        else:
+            log.info(
+                "carrier_call_in", line=plan.line, caller=request.caller, outcome=plan.outcome.value
+            )
+        outputs = call.machine.start(call.now)
+        self.run(call, outputs)
+        call.answer = twiml.render(self.mode.respond(call, outputs))
+        return call.answer
+
+    def call_status(self, callback: StatusCallback) -> None:
+        """`POST /twilio/status`: the caller's call, or one leg (`?call=&leg=`)."""
+        if callback.leg_id is not None and callback.call_id is not None:
+            self._leg_status(callback, callback.call_id, callback.leg_id)
+            return
+        with call_context(callback.call_sid):
+            call = self.find(callback.call_sid)
+            if call is None:
+                # Never create a call from a callback: a late one for a forgotten call.
+                log.info("carrier_status_unknown_call", status=callback.status)
+                return
+            rank = STATUS_RANK[callback.status]
+            if rank <= call.caller_rank:
+                log.info(
+                    "carrier_status_ignored",
+                    status=callback.status,
+                    sequence=callback.sequence,
+                    why="retry or out of order",
+                )
+                return
+            call.caller_rank = rank
+            log.info("carrier_status", status=callback.status, sequence=callback.sequence)
+            if callback.status in FINAL_CALL_STATUSES:
+                self._caller_gone(call)
+
+    def _caller_gone(self, call: CarrierCall) -> None:
+        machine = call.machine
+        if machine.state in (CallState.ANSWERED, CallState.VOICEMAIL):
+            outputs = machine.hangup(Side.CALLER, call.now)
+        else:
+            outputs = machine.caller_hangup(call.now)
+        self.run(call, outputs)
+        assert self.mode is not None
+        self.mode.carry_out(call, outputs)
+
+    def _leg_status(self, callback: StatusCallback, call_id: str, leg_id: str) -> None:
+        with call_context(call_id, leg_id=leg_id, leg_sid=callback.call_sid):
+            call = self.find(call_id)
+            meta = call.legs.get(leg_id) if call is not None else None
+            if call is None or meta is None:
+                log.info("carrier_leg_status_unknown", status=callback.status)
+                return
+            rank = STATUS_RANK[callback.status]
+            if rank <= call.sid_rank.get(callback.call_sid, -1):
+                log.info(
+                    "carrier_leg_status_ignored",
+                    status=callback.status,
+                    sequence=callback.sequence,
+                    why="retry or out of order",
+                )
+                return
+            call.sid_rank[callback.call_sid] = rank
+            call.leg_by_sid[callback.call_sid] = leg_id
+            meta.sid = callback.call_sid
+            log.info("carrier_leg_status", status=callback.status, user_id=meta.user_id)
+            outputs: list[Output] = []
+            if callback.status == "ringing":
+                outputs = call.machine.leg_ringing(leg_id, call.now)
+            elif callback.status == "in-progress":
+                meta.answered = True
+                if meta.confirm:
+                    # Picked up, but maybe by a voicemail box: the key press decides.
+                    log.info("carrier_leg_awaiting_confirmation")
+                else:
+                    outputs = call.machine.leg_answered(leg_id, call.now)
+            # A leg that ends unanswered changes nothing yet: its <Dial>'s action request
+            # moves the plan on, once, for all the legs of that <Dial>.
+            self.run(call, outputs)
+            assert self.mode is not None
+            self.mode.carry_out(call, outputs)
+
+    # -- webhooks of dial mode ------------------------------------------------------------------
+    def _dial_mode(self) -> DialMode:
+        if not isinstance(self.mode, DialMode):
+            raise NotConfigured(f"this endpoint is only used in dial mode, not {self.mode!r}")
+        return self.mode
+
+    def dial_action(self, request: DialAction) -> str:
+        """`POST /twilio/dial-action`: a `<Dial>` ended (see `DialMode.dial_action`)."""
+        return self._dial_mode().dial_action(request)
+
+    def confirm(self, request: ConfirmRequest) -> str:
+        """`POST /twilio/confirm`: the press-1 check of a forwarded leg."""
+        return self._dial_mode().confirm(request)
+
+    # -- voicemail -----------------------------------------------------------------------------
+    def voicemail_greeting(self, call: CarrierCall) -> str:
+        """The greeting: the fallback's prompt (for a line to a user, the user's), else the
+        line's voicemail prompt, else a default."""
+        step = call.voicemail
+        if step is not None and step.prompt:
+            return step.prompt
+        if call.line is not None and call.line.voicemail_prompt:
+            return call.line.voicemail_prompt
+        return twiml.DEFAULT_GREETING
+
+    def voicemail_done(self, request: VoicemailDone) -> str:
+        """`POST /twilio/voicemail`: the `<Record>` finished; thank the caller, hang up."""
+        with call_context(request.call_sid):
+            log.info(
+                "carrier_voicemail_done",
+                recording_sid=request.recording_sid,
+                duration_seconds=request.duration_seconds,
+            )
+            return twiml.render(twiml.hangup())
+
+    def recording_status(self, callback: RecordingCallback) -> None:
+        """`POST /twilio/recording`: a voicemail recording is ready (or absent, or failed)."""
+        with call_context(callback.call_sid, recording_sid=callback.recording_sid):
+            call = self.find(callback.call_sid)
+            if call is None:
+                log.info("carrier_recording_unknown_call", status=callback.status)
+                return
+            if call.recordings.get(callback.recording_sid) == callback.status:
+                log.info("carrier_recording_ignored", status=callback.status, why="retry")
+                return
+            if call.recordings.get(callback.recording_sid) == "completed":
+                log.info("carrier_recording_ignored", status=callback.status, why="out of order")
+                return
+            call.recordings[callback.recording_sid] = callback.status
+            log.info("carrier_recording", status=callback.status, url=callback.recording_url)
+            if callback.status == "completed":
+                self._publish(
+                    call,
+                    VoicemailRecorded(
+                        callback.recording_sid, callback.recording_url, callback.duration_seconds
+                    ),
+                )
+
+    # -- the call core's outputs ----------------------------------------------------------------
+    def run(self, call: CarrierCall, outputs: Sequence[Output]) -> None:
+        """What every mode does with the core's outputs: leg records, presence, events, the
+        registry entry, metrics. The mode then turns the commands into carrier actions."""
+        for output in outputs:
+            if isinstance(output, DialLeg):
+                call.legs[output.leg_id] = self._leg_meta(call, output)
+            elif isinstance(output, MarkOnCall):
+                self.presence.call_started(output.user_id)
+            elif isinstance(output, MarkCallEnded):
+                self.presence.call_ended(output.user_id)
+            elif (
+                isinstance(output, StartFallback) and output.step.action is FallbackAction.VOICEMAIL
+            ):
+                call.voicemail = output.step
+            if isinstance(output, Event):
+                self._publish(call, output)
+        call.machine.apply_to(call.live)
+        if call.machine.ended:
+            self._finish(call)
+
+    def declined(self, call: CarrierCall, meta: LegMeta, digits: str) -> None:
+        self._publish(call, LegDeclined(meta.leg_id, meta.user_id, digits))
+
+    def _leg_meta(self, call: CarrierCall, command: DialLeg) -> LegMeta:
+        confirm = False
+        if command.via is Channel.PHONE_NUMBER:
+            user = call.directory.user(command.user_id) if command.user_id else None
+            confirm = bool(
+                (call.line is not None and call.line.confirm_answer)
+                or (user is not None and user.confirm_answer)
+            )
+        return LegMeta(
+            leg_id=command.leg_id,
+            user_id=command.user_id,
+            via=command.via,
+            number=command.number,
+            confirm=confirm,
+        )
+
+    def _publish(self, call: CarrierCall, event: Event) -> None:
+        leg_sid = None
+        if isinstance(event, CallAnswered | LegRinging):
+            leg_sid = call.leg_sid(event.leg_id)
+        record = CarrierCallEvent(call.call_id, self._clock(), event, leg_sid)
+        call.events.append(record)
+        _log_event(event, leg_sid)
+        if isinstance(event, CallEnded):
+            self.metrics.calls.labels(path="carrier", outcome=event.outcome.value).inc()
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # a subscriber's bug must not break the call
+                log.exception("carrier_event_listener_failed", event=type(event).__name__)
+
+    def _finish(self, call: CarrierCall) -> None:
+        if self._live.pop(call.call_id, None) is None:
+            return
+        self.registry.remove(call.call_id)
+        self._ended[call.call_id] = call
+        while len(self._ended) > ENDED_CALLS_KEPT:
+            self._ended.popitem(last=False)
+
+
+def _log_event(event: Event, leg_sid: str | None) -> None:
+    if isinstance(event, CallRinging):
+        log.info(
+            "carrier_call_ringing",
+            layer=event.layer_index,
+            fallback_depth=event.fallback_depth,
+            users=list(event.user_ids),
+        )
+    elif isinstance(event, CallAnswered):
+        log.info(
+            "carrier_call_answered",
+            user_id=event.user_id,
+            leg_id=event.leg_id,
+            via=event.via.value,
+            leg_sid=leg_sid,
+        )
+    elif isinstance(event, LayerExhausted):
+        log.info("carrier_layer_exhausted", layer=event.index, timed_out=event.timed_out)
+    elif isinstance(event, FallbackStarted):
+        log.info("carrier_call_fallback", action=event.action.value, why=event.why)
+    elif isinstance(event, CallEnded):
+        log.info("carrier_call_ended", cause=event.cause.value, outcome=event.outcome.value)
+    elif isinstance(event, LegDeclined):
+        log.info("carrier_leg_declined", leg_id=event.leg_id, user_id=event.user_id)
+    elif isinstance(event, VoicemailRecorded):
+        log.info("carrier_voicemail_recorded", recording_sid=event.recording_sid)
