@@ -8,8 +8,9 @@ figures move with whatever else runs on the two shared cores. This one is for it
 the hot path: `sim.phones.inproc.InprocBridge` builds the same application the daemon
 builds (`build_context`, the `SipService`, a `SipEndpoint` with its metrics counters; here
 with logging at warning and the daemon's garbage-collector tuning) and feeds datagrams
-straight into `SipEndpoint._datagram`, with the UDP socket's `sendto` replaced by a list. The peers (the trunk, 100 desk phones, one registering user) are scripted here
-and their work is not counted: only the time spent inside the endpoint (parsing,
+straight into `SipEndpoint._datagram`, with the UDP socket's `sendto` replaced by a list.
+The peers (the trunk, 100 desk phones, one registering user) are scripted here and their
+work is not counted: only the time spent inside the endpoint (parsing,
 transactions, dialogs, the B2BUA, routing, presence, metrics, logging, serializing; timers
 that fire) is, so the figures are CPU per call of the bridge minus the `sendto` syscalls
 (7-10% of the daemon's time in the py-spy profile). Same call as sip_cps.py: trunk INVITE

@@ -149,6 +149,8 @@ def trunk_in_dialog(
 ) -> bytes:
     """An in-dialog request of the trunk's call `n` (`to`: the To of the bridge's 2xx)."""
     extra_lines = "".join(f"{h}\r\n" for h in extra.split("\n") if h)
+    if method in ("INVITE", "UPDATE"):  # target refresh requests carry a Contact
+        extra_lines += f"Contact: <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]};transport=udp>\r\n"
     if body:
         extra_lines += "Content-Type: application/sdp\r\n"
     branch = f"z9hG4bK-t{n}-{method.lower()}{cseq}"

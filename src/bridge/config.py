@@ -91,6 +91,10 @@ class SipSettings(_Section):
     trunk_register_expires: Annotated[int, Field(ge=60, le=86400)] = 600
     trunk_username: str | None = None
     trunk_password: str | None = Field(default=None, repr=False)
+    # RFC 4028 session timers on calls: the interval asked of and granted to peers (0: none of
+    # our own; a peer's request is still honoured), and the shortest interval accepted (422).
+    session_expires: Annotated[int, Field(ge=0, le=86400)] = 1800
+    min_se: Annotated[int, Field(ge=90, le=86400)] = 90
 
     @field_validator("trunk_allow")
     @classmethod
@@ -108,6 +112,8 @@ class SipSettings(_Section):
             raise ValueError("need min_expires <= default_expires <= max_expires")
         if self.trunk_register and not (self.trunk_uri and self.trunk_username):
             raise ValueError("trunk_register needs trunk_uri and trunk_username")
+        if 0 < self.session_expires < self.min_se:
+            raise ValueError("session_expires must be 0 or at least min_se")
         return self
 
     @field_validator("trunk_uri")

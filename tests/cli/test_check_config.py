@@ -57,6 +57,12 @@ def test_demo_config_is_valid(demo_dir: Path, capsys: pytest.CaptureFixture[str]
             "http.bogus: unknown setting",
         ),
         ("[daemon]", "[nonsense]\nx = 1\n[daemon]", "nonsense: unknown setting"),
+        ("port = 5060", "port = 5060\nmin_se = 60", "sip.min_se: Input should be greater"),
+        (
+            "port = 5060",
+            "port = 5060\nsession_expires = 100\nmin_se = 120",
+            "sip: session_expires must be 0 or at least min_se",
+        ),
         (
             'trunk_allow = ["127.0.0.0/8", "::1/128"]',
             'trunk_allow = ["10.0.0.0/33"]',

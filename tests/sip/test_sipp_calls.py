@@ -482,3 +482,25 @@ def test_forward_answers_the_providers_digest_challenge(tmp_path: Path) -> None:
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "forwarded"
         assert bridge.wait_events("sip_trunk_challenge_answered")
+
+
+def test_session_timer_negotiated_and_refreshed_by_the_trunk(tmp_path: Path) -> None:
+    # RFC 4028 with a real peer: the trunk asks for a 1800 s timer it refreshes itself; the
+    # bridge grants it (checked inside the scenario), asks the phone for the same interval,
+    # and answers the trunk's UPDATE refresh itself (the phone never sees it).
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1000")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_session_timer.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        phone = trace(tmp_path, "phone_answer.xml", "301")
+        assert "Session-Expires: 1800\r\n" in phone.replace("\n", "\r\n").replace("\r\r", "\r")
+        assert "Supported: timer" in phone
+        assert "UPDATE sip:" not in phone
+        refreshed = [e for e in bridge.log_events() if e.get("event") == "sip_session_refreshed"]
+        assert [(e["side"], e["by"]) for e in refreshed] == [("caller", "peer")]
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"

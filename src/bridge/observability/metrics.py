@@ -82,6 +82,12 @@ class Metrics:
         self.sip_transactions = Gauge(
             "bridge_sip_transactions", "Live SIP transactions", registry=r
         )
+        self.sip_session_timeouts = Counter(
+            "bridge_sip_session_timeouts_total",
+            "Calls ended by an RFC 4028 session timer: no refresh came (expired) or ours failed",
+            ["reason"],
+            registry=r,
+        )
         self.calls = Counter(
             "bridge_calls_total",
             "Calls by dial path and outcome (answered, caller_cancelled, voicemail, ...)",

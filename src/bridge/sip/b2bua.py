@@ -9,6 +9,7 @@ and is bridged: the caller gets a 200 with the winner's SDP, passed through unch
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import secrets
@@ -47,17 +48,24 @@ from bridge.presence.service import PresenceService
 from bridge.routing.model import CallRequest, FallbackStep, Outcome, RoutePlan
 from bridge.routing.service import RoutingService
 from bridge.sip.dialog import (
+    MIN_SE_FLOOR,
     Dialog,
     DialogError,
     DialogSet,
+    DialogState,
     DialogTable,
+    Role,
     ViaSpec,
     build_cancel,
+    check_session_expires,
     format_reason,
+    parse_session_expires,
+    retry_after_422,
+    session_timer_answer,
 )
 from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
-from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
+from bridge.sip.model import Headers, SipRequest, SipResponse, make_response, split_comma_values
 from bridge.sip.register import RegisterOutcome, RegistrarService
 from bridge.sip.transaction import Address, new_branch
 
@@ -93,6 +101,28 @@ class TrunkSettings:
         return uri.host, (uri.host.strip("[]"), uri.port or 5060), transport
 
 
+@dataclass(frozen=True, slots=True)
+class SessionTimerSettings:
+    """RFC 4028 on our calls. `expires`: the interval we ask of the phones we ring and grant
+    to a caller that supports timers but asked for none (0: no timer of our own; a caller's
+    own Session-Expires is still honoured). `min_se`: shorter intervals get a 422."""
+
+    expires: int = 1800
+    min_se: int = MIN_SE_FLOOR
+
+
+@dataclass(eq=False)
+class _Refresh:
+    """A session refresh we sent on one side of a bridged call (RFC 4028 §7.4)."""
+
+    call: _Call
+    side: Side
+    request: SipRequest
+    destination: Address
+    transport: str
+    attempts: int = 1
+
+
 @dataclass(eq=False)
 class _Branch:
     """One INVITE we sent for a leg: to one registered contact, or through the trunk."""
@@ -108,6 +138,7 @@ class _Branch:
     cancelled: bool = False
     trunk: bool = False  # sent to the provider (may be challenged)
     authenticated: bool = False  # our INVITE already answered a challenge
+    interval_raised: bool = False  # our INVITE was retried after a 422 (RFC 4028 §6)
     final: int | None = None
     answer: SipResponse | None = None
     dialog: Dialog | None = None
@@ -153,6 +184,12 @@ class _Call:
     ok_sent_at: float = 0.0
     ok_interval: float = T1
     ok_timer: object | None = None
+    # Session timers, per side of the bridged call: the pending timer (our refresh, or the
+    # expiry if the peer refreshes), when the session was last refreshed, and the session
+    # description we last sent on that side (a re-INVITE refresh repeats it).
+    session_timers: dict[Side, object] = field(default_factory=dict)
+    session_since: dict[Side, float] = field(default_factory=dict)
+    sdp_out: dict[Side, bytes] = field(default_factory=dict)
 
 
 class SipCalls:
@@ -178,6 +215,7 @@ class SipCalls:
         respond: Callable[[str, SipResponse], None],
         send_stateless: Callable[[SipRequest | SipResponse, Address, str], None],
         local: Callable[[str], ViaSpec],
+        session: SessionTimerSettings | None = None,
     ) -> None:
         self.routing = routing
         self.registrar = registrar
@@ -196,12 +234,14 @@ class SipCalls:
         self._respond = respond
         self._send_stateless = send_stateless
         self._local = local
+        self.session = session or SessionTimerSettings()
         self._calls: dict[str, _Call] = {}
         self._by_invite: dict[str, _Call] = {}  # caller INVITE transaction id -> call
         self._by_branch: dict[str, tuple[_Call, _Branch]] = {}
         self._dialogs = DialogTable()
         self._dialog_calls: dict[object, _Call] = {}  # DialogId -> call
         self._relays: dict[str, _Relay] = {}  # our relayed request's transaction -> relay
+        self._refreshes: dict[str, _Refresh] = {}  # our session refresh's transaction -> it
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -217,6 +257,11 @@ class SipCalls:
             caller = parse_name_addr(invite.headers.get("From") or "").uri.user
         except SipSyntaxError as exc:
             self._respond(transaction_id, _reply(invite, 400, f"Bad Request ({exc})"))
+            return
+        refused = check_session_expires(invite, min_se=self.session.min_se)
+        if refused is not None:  # RFC 4028 §8.1: 422 with our Min-SE (or 400 if malformed)
+            min_se = [(n, v) for n, v in refused.headers if n == "Min-SE"]
+            self._respond(transaction_id, _reply(invite, refused.status, refused.reason, min_se))
             return
         call_id = f"sip-{secrets.token_hex(6)}"
         caller_id: str | None = None
@@ -341,6 +386,12 @@ class SipCalls:
                 log.info("sip_call_bye", side=side.value)
                 self._forget_dialog(dialog)
                 self._run(call, call.machine.hangup(side, self._now()))
+            elif request.method in ("INVITE", "UPDATE") and self._refuse_interval(
+                dialog, transaction_id, request
+            ):
+                pass
+            elif request.method == "UPDATE" and not request.body:
+                self._answer_refresh(call, dialog, transaction_id, request)
             elif request.method in _RELAYED and self._relay(call, dialog, transaction_id, request):
                 pass
             else:
@@ -362,18 +413,14 @@ class SipCalls:
             transport = call.transport
             destination = _address_of(str(other.remote_target), call.source)
         local = self._local(transport)
-        extra: list[tuple[str, str]] = []
-        for name in ("Session-Expires", "Min-SE", "Supported"):
-            value = request.headers.get(name)
-            if value is not None:
-                extra.append((name, value))
+        # Session-Expires is not copied: each side has its own session timer (the dialog
+        # puts the other side's own on the relayed request).
         outgoing = other.create_request(
             request.method,
             via=local,
             contact=f"sip:bridge@{local.sent_by};transport={transport.lower()}",
             body=request.body,
             content_type=request.headers.get("Content-Type"),
-            extra_headers=extra,
         )
         relayed = self._send_request(outgoing, destination, transport)
         self._relays[relayed] = _Relay(
@@ -394,24 +441,47 @@ class SipCalls:
             ack = relay.other.create_ack(relay.other.local_cseq, via=self._local(relay.transport))
             self._send_stateless(ack, relay.destination, relay.transport)
         extra: list[tuple[str, str]] = []
-        for name in ("Content-Type", "Session-Expires", "Require", "Min-SE", "Retry-After"):
+        for name in ("Content-Type", "Retry-After"):
             value = response.headers.get(name)
             if value is not None:
                 extra.append((name, value))
-        if response.status < 300 and relay.request.method in ("INVITE", "UPDATE"):
+        ok = response.status < 300
+        refreshing = relay.request.method in ("INVITE", "UPDATE")
+        if ok and refreshing:
             local = self._local(relay.transport)
             extra.insert(0, ("Contact", f"<sip:bridge@{local.sent_by}>"))
+            extra += self._session_answer(relay.request)
         answer = make_response(
             relay.request, response.status, response.reason, extra=extra, body=response.body
         )
         relay.dialog.response_sent(relay.request, answer)
         self._respond(relay.transaction_id_in, answer)
+        if ok and refreshing:
+            # A successful re-INVITE/UPDATE refreshed the session on both sides (RFC 4028 §7.4).
+            origin = self._side_of(relay.call, relay.dialog)
+            if relay.request.body:
+                relay.call.sdp_out[_other_side(origin)] = relay.request.body
+            if response.body:
+                relay.call.sdp_out[origin] = response.body
+            self._session_arm(relay.call, Side.CALLER)
+            self._session_arm(relay.call, Side.CALLEE)
 
     # -- responses and timeouts of our INVITEs ------------------------------------------------
     def owns(self, transaction_id: str) -> bool:
-        return transaction_id in self._by_branch or transaction_id in self._relays
+        return (
+            transaction_id in self._by_branch
+            or transaction_id in self._relays
+            or transaction_id in self._refreshes
+        )
 
     def response(self, transaction_id: str, response: SipResponse) -> None:
+        refresh = self._refreshes.get(transaction_id)
+        if refresh is not None:
+            if response.status >= 200:
+                del self._refreshes[transaction_id]
+                with call_context(refresh.call.call_id):
+                    self._refresh_answered(refresh, response)
+            return
         relay = self._relays.get(transaction_id)
         if relay is not None:
             with call_context(relay.call.call_id):
@@ -426,6 +496,11 @@ class SipCalls:
 
     def failed(self, transaction_id: str, reason: str) -> None:
         """Timer B or a transport error on one of our INVITEs: like a 408 from the phone."""
+        refresh = self._refreshes.pop(transaction_id, None)
+        if refresh is not None:
+            with call_context(refresh.call.call_id):
+                self._refresh_answered(refresh, SipResponse(408, "Request Timeout"))
+            return
         relay = self._relays.get(transaction_id)
         if relay is not None:
             timeout = SipResponse(408, "Request Timeout")
@@ -482,6 +557,8 @@ class SipCalls:
             return
         if status in (401, 407) and self._answer_challenge(call, branch, response):
             return
+        if status == 422 and self._raise_interval(call, branch, response):
+            return
         branch.final = status
         self._by_branch.pop(branch.transaction_id, None)
         self._leg_maybe_failed(call, branch, status)
@@ -511,16 +588,37 @@ class SipCalls:
         number, _, _ = (headers.get("CSeq") or "1 INVITE").partition(" ")
         headers.set("CSeq", f"{int(number) + 1} INVITE")
         headers.set(*answer)
-        again = SipRequest("INVITE", invite.uri, headers, invite.body)
+        branch.authenticated = True
+        self._resend_branch(call, branch, SipRequest("INVITE", invite.uri, headers, invite.body))
+        log.info("sip_trunk_challenge_answered", status=response.status)
+        return True
+
+    def _raise_interval(self, call: _Call, branch: _Branch, response: SipResponse) -> bool:
+        """The phone wants a longer session interval (422, RFC 4028 §6): ask again, once."""
+        if branch.interval_raised or branch.cancelled or branch.cancel_reason is not None:
+            return False
+        try:
+            again = retry_after_422(branch.invite, response)
+        except DialogError:
+            return False
+        local = self._local(branch.transport)
+        again.headers.set(
+            "Via", f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
+        )
+        branch.interval_raised = True
+        self._resend_branch(call, branch, again)
+        log.info("sip_leg_interval_raised", leg_id=branch.leg_id)
+        return True
+
+    def _resend_branch(self, call: _Call, branch: _Branch, again: SipRequest) -> None:
+        """Send a branch's INVITE again (after a challenge or a 422), in its place."""
         self._by_branch.pop(branch.transaction_id, None)
         del call.branches[branch.transaction_id]
         transaction_id = self._send_request(again, branch.destination, branch.transport)
-        branch.invite, branch.transaction_id, branch.authenticated = again, transaction_id, True
+        branch.invite, branch.transaction_id = again, transaction_id
         branch.dialogs = DialogSet(again, tls=False)
         call.branches[transaction_id] = branch
         self._by_branch[transaction_id] = (call, branch)
-        log.info("sip_trunk_challenge_answered", status=response.status)
-        return True
 
     def _leg_maybe_failed(self, call: _Call, branch: _Branch, status: int) -> None:
         siblings = [b for b in call.branches.values() if b.leg_id == branch.leg_id]
@@ -696,7 +794,8 @@ class SipCalls:
                 ("Call-ID", f"{secrets.token_hex(10)}@{self.realm}"),
                 ("CSeq", "1 INVITE"),
                 ("Contact", f"<sip:bridge@{local.sent_by};transport={transport.lower()}>"),
-                ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS"),
+                ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"),
+                *self._leg_session_headers(call.invite),
                 *extra,
             ]
         )
@@ -742,6 +841,7 @@ class SipCalls:
         content_type = winner.answer.headers.get("Content-Type")
         if content_type:
             extra.append(("Content-Type", content_type))
+        extra += self._caller_session_headers(call.invite)
         response = self._caller_reply(call, 200, "OK", extra, body=winner.answer.body)
         call.answered = True
         self._setup_done(call)
@@ -756,6 +856,10 @@ class SipCalls:
             self._dialog_calls[dialog.id] = call
         except DialogError as exc:
             log.warning("sip_caller_dialog_failed", error=str(exc))
+        call.sdp_out[Side.CALLER] = winner.answer.body
+        call.sdp_out[Side.CALLEE] = winner.invite.body
+        self._session_arm(call, Side.CALLER)
+        self._session_arm(call, Side.CALLEE)
 
     def ack(self, ack: SipRequest) -> None:
         """An ACK for a 2xx (end to end): stops our 2xx retransmissions to the caller."""
@@ -846,6 +950,221 @@ class SipCalls:
             call.invite, status, phrase, to_tag=call.to_tag, extra=headers, body=body
         )
 
+    # -- session timers (RFC 4028) ---------------------------------------------------------------
+    # Each side of a bridged call has its own session timer, as each is its own dialog: the
+    # caller's (we are its UAS) and the answering phone's (we are its UAC). Where the peer
+    # refreshes, we answer its refreshes (a body-less UPDATE here, a re-INVITE relayed) and
+    # end the call if none comes in time (§10); where we refresh, we send an UPDATE (or a
+    # re-INVITE repeating our session description, to a peer that does not allow UPDATE)
+    # at half the interval. A session that expires or cannot be refreshed ends the whole
+    # call: a BYE to both sides, so no call is left "live" behind a dead peer.
+
+    def _caller_session_headers(self, invite: SipRequest) -> list[tuple[str, str]]:
+        """Session-Expires (+ Require) for our 2xx to the caller."""
+        if invite.headers.get("Session-Expires") is not None:
+            return session_timer_answer(invite, prefer=Role.UAC)  # the caller's own interval
+        expires = self.session.expires
+        if expires <= 0:
+            return []
+        if _supports_timer(invite):
+            return [("Session-Expires", f"{expires};refresher=uac"), ("Require", "timer")]
+        # §9: a UAC without timer support is refreshed by us (it just sees re-INVITEs).
+        return [("Session-Expires", f"{expires};refresher=uas")]
+
+    def _leg_session_headers(self, invite: SipRequest) -> list[tuple[str, str]]:
+        """What our INVITE to a phone asks: the caller's interval, else ours (§7.1: no
+        refresher, the phone chooses)."""
+        interval = self.session.expires
+        asked = invite.headers.get("Session-Expires")
+        if asked is not None:
+            with contextlib.suppress(DialogError):
+                interval = parse_session_expires(asked)[0]
+        if interval <= 0:
+            return [("Supported", "timer")]
+        return [
+            ("Supported", "timer"),
+            ("Session-Expires", str(interval)),
+            ("Min-SE", str(self.session.min_se)),
+        ]
+
+    def _session_answer(self, request: SipRequest) -> list[tuple[str, str]]:
+        try:
+            return session_timer_answer(request, prefer=Role.UAC)
+        except DialogError:
+            return []
+
+    def _refuse_interval(self, dialog: Dialog, transaction_id: str, request: SipRequest) -> bool:
+        """A refresh asking for less than our Min-SE gets a 422 (RFC 4028 §8.1)."""
+        refused = check_session_expires(request, min_se=self.session.min_se)
+        if refused is None:
+            return False
+        extra = [(n, v) for n, v in refused.headers if n == "Min-SE"]
+        response = make_response(request, refused.status, refused.reason, extra=extra)
+        dialog.response_sent(request, response)
+        self._respond(transaction_id, response)
+        return True
+
+    def _answer_refresh(
+        self, call: _Call, dialog: Dialog, transaction_id: str, request: SipRequest
+    ) -> None:
+        """A body-less UPDATE only refreshes the session: answered here, not relayed (the
+        other side has its own timer, and may not even allow UPDATE)."""
+        side = self._side_of(call, dialog)
+        local = self._local(call.transport if side is Side.CALLER else self._transport(call))
+        extra = [("Contact", f"<sip:bridge@{local.sent_by}>"), *self._session_answer(request)]
+        response = make_response(request, 200, "OK", extra=extra)
+        dialog.response_sent(request, response)
+        self._respond(transaction_id, response)
+        log.info("sip_session_refreshed", side=side.value, by="peer")
+        self._session_arm(call, side)
+
+    def _side_of(self, call: _Call, dialog: Dialog) -> Side:
+        return Side.CALLER if dialog is call.caller_dialog else Side.CALLEE
+
+    @staticmethod
+    def _transport(call: _Call) -> str:
+        return call.winner.transport if call.winner is not None else call.transport
+
+    def _side_dialog(self, call: _Call, side: Side) -> tuple[Dialog, Address, str] | None:
+        if side is Side.CALLER:
+            dialog = call.caller_dialog
+            if dialog is None:
+                return None
+            return dialog, _address_of(str(dialog.remote_target), call.source), call.transport
+        winner = call.winner
+        if winner is None or winner.dialog is None:
+            return None
+        return winner.dialog, winner.destination, winner.transport
+
+    def _session_arm(self, call: _Call, side: Side) -> None:
+        """(Re)start one side's session timer from now, after the dialog's latest
+        negotiation; nothing when that side has none."""
+        pending = call.session_timers.pop(side, None)
+        if pending is not None:
+            self._cancel_timer(pending)
+        found = self._side_dialog(call, side)
+        if found is None or call.call_id not in self._calls:
+            return
+        dialog = found[0]
+        timer = dialog.session_timer
+        if timer is None or dialog.state is DialogState.TERMINATED:
+            return
+        now = self._now()
+        call.session_since[side] = now
+        due = timer.refresh_due_at(now)
+        if due is not None:
+            call.session_timers[side] = self._schedule(
+                due, lambda: self._session_refresh(call, side)
+            )
+        else:
+            call.session_timers[side] = self._schedule(
+                timer.bye_due_at(now), lambda: self._session_expired(call, side, "expired")
+            )
+
+    def _session_refresh(
+        self, call: _Call, side: Side, method: str | None = None, attempts: int = 1
+    ) -> None:
+        call.session_timers.pop(side, None)
+        found = self._side_dialog(call, side)
+        if found is None or call.call_id not in self._calls:
+            return
+        dialog, destination, transport = found
+        with call_context(call.call_id):
+            if dialog.invite_in_progress:
+                # A re-INVITE is under way on this side; it refreshes the session too.
+                call.session_timers[side] = self._schedule(
+                    self._now() + 2.0, lambda: self._session_refresh(call, side)
+                )
+                return
+            if method is None:
+                method = "UPDATE" if self._peer_allows(call, side, "UPDATE") else "INVITE"
+            body = call.sdp_out.get(side, b"") if method == "INVITE" else b""
+            local = self._local(transport)
+            try:
+                request = dialog.create_refresh(
+                    method,
+                    via=local,
+                    contact=f"sip:bridge@{local.sent_by};transport={transport.lower()}",
+                    body=body,
+                    content_type="application/sdp" if body else None,
+                )
+            except DialogError as exc:
+                log.warning("sip_session_refresh_impossible", side=side.value, error=str(exc))
+                return
+            transaction_id = self._send_request(request, destination, transport)
+            self._refreshes[transaction_id] = _Refresh(
+                call, side, request, destination, transport, attempts
+            )
+            log.info("sip_session_refresh_sent", side=side.value, method=method)
+
+    def _refresh_answered(self, refresh: _Refresh, response: SipResponse) -> None:
+        call, side, request = refresh.call, refresh.side, refresh.request
+        found = self._side_dialog(call, side)
+        if found is None or call.call_id not in self._calls:
+            return
+        dialog = found[0]
+        status = response.status
+        if status != 408:  # a timeout is no response the dialog should see
+            try:
+                dialog.receive_response(response)
+            except DialogError as exc:
+                log.info("sip_bad_response", error=str(exc), status=status)
+        if request.method == "INVITE" and 200 <= status < 300:
+            number = int((request.headers.get("CSeq") or "1").split()[0])
+            ack = dialog.create_ack(number, via=self._local(refresh.transport))
+            self._send_stateless(ack, refresh.destination, refresh.transport)
+        if 200 <= status < 300:
+            log.info("sip_session_refreshed", side=side.value, by="bridge")
+            self._session_arm(call, side)
+        elif status == 422 and refresh.attempts < 2:
+            # The dialog raised the interval to the 422's Min-SE: ask again, once.
+            self._session_refresh(call, side, request.method, refresh.attempts + 1)
+        elif status in (405, 501) and request.method == "UPDATE":
+            self._session_refresh(call, side, "INVITE")  # UPDATE refused after all
+        elif status == 491:
+            low, high = dialog.reinvite_retry_window()
+            call.session_timers[side] = self._schedule(
+                self._now() + (low + high) / 2, lambda: self._session_refresh(call, side)
+            )
+        elif status in (408, 481) or dialog.state is DialogState.TERMINATED:
+            self._session_expired(call, side, "refresh_failed")  # §10: BYE at once
+        else:
+            # Any other refusal: the session lasts until it expires (§10), unless refreshed.
+            timer = dialog.session_timer
+            since = call.session_since.get(side, self._now())
+            deadline = timer.expires_at(since) if timer is not None else self._now()
+            call.session_timers[side] = self._schedule(
+                deadline, lambda: self._session_expired(call, side, "refresh_failed")
+            )
+            log.warning("sip_session_refresh_refused", side=side.value, status=status)
+
+    def _session_expired(self, call: _Call, side: Side, reason: str) -> None:
+        """No refresh in time (or one failed): BYE to both sides (RFC 4028 §10)."""
+        call.session_timers.pop(side, None)
+        if call.call_id not in self._calls:
+            return
+        with call_context(call.call_id):
+            log.warning("sip_session_timeout", side=side.value, reason=reason)
+            self.metrics.sip_session_timeouts.labels(reason=reason).inc()
+            try:  # the silent side gets a BYE too, unless its dialog is gone already
+                if side is Side.CALLER:
+                    self._hangup_caller(call)
+                elif call.winner is not None:
+                    self._bye(call.winner)
+            except DialogError as exc:
+                log.info("sip_session_bye_skipped", side=side.value, error=str(exc))
+            self._run(call, call.machine.hangup(side, self._now()))
+
+    def _peer_allows(self, call: _Call, side: Side, method: str) -> bool:
+        if side is Side.CALLER:
+            message: SipRequest | SipResponse | None = call.invite
+        else:
+            message = call.winner.answer if call.winner is not None else None
+        if message is None:
+            return False
+        allowed = {m.strip().upper() for m in split_comma_values_all(message, "Allow")}
+        return method in allowed
+
     # -- timers and clean-up ----------------------------------------------------------------------
     def _arm(self, call: _Call) -> None:
         if call.timer is not None:
@@ -869,6 +1188,9 @@ class SipCalls:
         if call.ok_timer is not None:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None
+        for handle in call.session_timers.values():
+            self._cancel_timer(handle)
+        call.session_timers.clear()
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id in list(call.branches):
             self._by_branch.pop(transaction_id, None)
@@ -934,3 +1256,17 @@ def _reply(
     request: SipRequest, status: int, phrase: str, extra: list[tuple[str, str]] | None = None
 ) -> SipResponse:
     return make_response(request, status, phrase, to_tag=secrets.token_hex(5), extra=extra or [])
+
+
+def _other_side(side: Side) -> Side:
+    return Side.CALLEE if side is Side.CALLER else Side.CALLER
+
+
+def _supports_timer(message: SipRequest) -> bool:
+    # (`k`, the compact form, was expanded to Supported by the parser.)
+    return any(tag.lower() == "timer" for tag in split_comma_values_all(message, "Supported"))
+
+
+def split_comma_values_all(message: SipRequest | SipResponse, name: str) -> list[str]:
+    """Every comma-separated value of every `name` line."""
+    return [v for line in message.headers.get_all(name) for v in split_comma_values(line)]

@@ -49,10 +49,13 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
 # Methods we answer (the registrar and the B2BUA's dialog handling). Conservative on purpose:
-# a method listed in Allow is a promise to handle it. INFO, UPDATE, PRACK, REFER, NOTIFY,
-# SUBSCRIBE, MESSAGE and PUBLISH are known, so they get 405 with this list, not 501.
-ALLOWED_METHODS: tuple[str, ...] = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
-_OTHER_KNOWN = ("PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
+# a method listed in Allow is a promise to handle it: UPDATE (session refreshes, RFC 3311 /
+# 4028) and INFO are handled inside calls. PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE and
+# PUBLISH are known, so they get 405 with this list, not 501.
+ALLOWED_METHODS: tuple[str, ...] = (
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "UPDATE", "INFO"
+)
+_OTHER_KNOWN = ("PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 KNOWN_METHODS: frozenset[str] = frozenset((*ALLOWED_METHODS, *_OTHER_KNOWN))
 # Option tags we honour in Require. No `100rel`: we do not send reliable provisionals (PRACK
 # is not in ALLOWED_METHODS), so a Require: 100rel gets 420.

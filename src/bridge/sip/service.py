@@ -26,7 +26,7 @@ from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, ReachabilityPort
 from bridge.routing.service import RoutingService
-from bridge.sip.b2bua import SipCalls, TrunkSettings
+from bridge.sip.b2bua import SessionTimerSettings, SipCalls, TrunkSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
 from bridge.sip.model import (
@@ -63,6 +63,7 @@ class SipServiceSettings:
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     keepalive_seconds: float = 30.0  # OPTIONS to every UDP flow this often; 0 = never
     trunk_account: TrunkAccount | None = None  # register the bridge at the provider
+    session: SessionTimerSettings = field(default_factory=SessionTimerSettings)
 
 
 class MetricsCounters:
@@ -175,6 +176,7 @@ class SipService:
                 respond=endpoint.respond,
                 send_stateless=endpoint.send_stateless,
                 local=local,
+                session=self.settings.session,
             )
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="sip-expiry"))
         if self.settings.keepalive_seconds > 0:
@@ -280,7 +282,7 @@ class SipService:
                 extra=[("Reason", 'SIP;cause=480;text="calls are not routed over SIP yet"')],
             )
             endpoint.respond(event.transaction_id, response)
-        elif method in ("BYE", "CANCEL"):
+        elif method in ("BYE", "CANCEL", "UPDATE", "INFO"):
             # No dialog or transaction of ours matches (calls are not handled yet).
             endpoint.respond(
                 event.transaction_id,
@@ -337,6 +339,7 @@ class SipService:
                 ),
                 keepalive_seconds=sip.keepalive_seconds,
                 trunk_account=_trunk_account(sip),
+                session=SessionTimerSettings(expires=sip.session_expires, min_se=sip.min_se),
             ),
             reachability,
             metrics,
