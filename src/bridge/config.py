@@ -152,6 +152,13 @@ class TwilioSettings(_Section):
     sip_target: str | None = None
     # How long a forwarded callee has to press 1 (confirm_answer) before the leg is dropped.
     confirm_timeout_seconds: Annotated[int, Field(ge=1, le=60)] = 5
+    # REST requests: tries per request (5xx, 429 and no answer are retried, 4xx never), the
+    # time one try may take, and the first backoff (doubled per retry, with jitter).
+    api_attempts: Annotated[int, Field(ge=1, le=10)] = 4
+    api_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    api_backoff_seconds: Annotated[float, Field(ge=0, le=10)] = 0.25
+    # Lifetime of the app voice tokens (GET /api/v1/voice-token); the carrier caps it at 24 h.
+    voice_token_ttl_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
 
     @field_validator("sip_target")
     @classmethod
@@ -159,6 +166,13 @@ class TwilioSettings(_Section):
         if value is not None and not _HOST_PORT.fullmatch(value):
             raise ValueError("must be host or host:port (like sip.example.com:5060)")
         return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
 
 
 class StateSettings(_Section):

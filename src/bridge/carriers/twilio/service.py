@@ -55,6 +55,7 @@ from bridge.carriers.twilio.events import (
     VoicemailRecorded,
 )
 from bridge.carriers.twilio.modes import MODES, BridgingMode
+from bridge.carriers.twilio.rest import CarrierRest, RestSettings
 from bridge.carriers.twilio.schemas import (
     FINAL_CALL_STATUSES,
     ConfirmRequest,
@@ -124,12 +125,16 @@ class TwilioCalls:
         metrics: Metrics,
         directory: Callable[[], Directory],
         clock: Callable[[], datetime],
+        rest: CarrierRest | None = None,
     ) -> None:
         self.settings = settings
         self.routing = routing
         self.presence = presence
         self.registry = registry
         self.metrics = metrics
+        # The carrier's REST API (None without an account sid and credentials): conference
+        # mode, listen / whisper / barge and recording controls need it; dial mode does not.
+        self.rest = rest
         self._directory = directory
         self._clock = clock
         self.validator = WebhookValidator(settings.auth_token) if settings.auth_token else None
@@ -151,6 +156,7 @@ class TwilioCalls:
         directory: Callable[[], Directory],
         clock: Callable[[], datetime],
     ) -> TwilioCalls:
+        rest_settings = RestSettings.from_settings(settings)
         return cls(
             CarrierSettings.from_settings(settings),
             routing=routing,
@@ -159,7 +165,13 @@ class TwilioCalls:
             metrics=metrics,
             directory=directory,
             clock=clock,
+            rest=CarrierRest(rest_settings, metrics) if rest_settings is not None else None,
         )
+
+    async def aclose(self) -> None:
+        """Close the REST client's connections (at shutdown)."""
+        if self.rest is not None:
+            await self.rest.aclose()
 
     # -- configuration -----------------------------------------------------------------------
     def refusal(self) -> NotConfigured | None:
