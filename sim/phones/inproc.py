@@ -265,6 +265,12 @@ class InprocBridge:
                 await asyncio.sleep(0)  # due call_at handles run on the next loop pass
         return self.take()
 
+    async def settle(self) -> list[tuple[bytes, Address]]:
+        """Let work the bridge scheduled for "now" run (a few loop passes); what it sent."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return self.take()
+
     def register_phone(self, username: str, password: str, port: int, n: int = 0) -> bool:
         """REGISTER, 401, REGISTER with MD5 digest, 200: True when the 200 came."""
         self.feed(register(username, port, n, self.address), ("127.0.0.1", port))

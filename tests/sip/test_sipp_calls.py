@@ -504,3 +504,19 @@ def test_session_timer_negotiated_and_refreshed_by_the_trunk(tmp_path: Path) -> 
         assert [(e["side"], e["by"]) for e in refreshed] == [("caller", "peer")]
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "answered"
+
+
+def test_trunk_call_to_a_sip_username_rings_that_users_phone(tmp_path: Path) -> None:
+    # What a carrier's <Dial><Sip>sip:301@bridge</Sip> sends: the user, not a line.
+    with bridge_process(
+        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
+    ) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, number="301")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
+        answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]
+        assert [e["user_id"] for e in answered] == ["anna"]

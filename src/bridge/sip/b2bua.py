@@ -40,12 +40,19 @@ from bridge.calls.events import (
 )
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
-from bridge.directory.model import Directory, FallbackAction, normalize_number
+from bridge.directory.model import Directory, FallbackAction, Strategy, normalize_number
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
 from bridge.presence.service import PresenceService
-from bridge.routing.model import CallRequest, FallbackStep, Outcome, RoutePlan
+from bridge.routing.model import (
+    CallRequest,
+    FallbackStep,
+    Outcome,
+    PlannedLayer,
+    RingTarget,
+    RoutePlan,
+)
 from bridge.routing.service import RoutingService
 from bridge.sip.dialog import (
     MIN_SE_FLOOR,
@@ -265,8 +272,21 @@ class SipCalls:
             return
         call_id = f"sip-{secrets.token_hex(6)}"
         caller_id: str | None = None
+        desk_leg: str | None = None
         if self.trunk.allows(source[0]):
-            request = CallRequest(call_id=call_id, line=dialled, caller=caller)
+            directory = self.directory()
+            user = None
+            if directory.line(dialled) is None:
+                # Not a line: the SIP username or extension of a user is a leg the sender has
+                # already routed (a carrier's <Dial><Sip>): ring that user's phones, no more.
+                user = directory.users_by_sip_username.get(
+                    dialled
+                ) or directory.users_by_extension.get(dialled)
+            if user is not None:
+                request = CallRequest(call_id=call_id, user=user.id, caller=caller)
+                desk_leg = user.id
+            else:
+                request = CallRequest(call_id=call_id, line=dialled, caller=caller)
         else:
             checked = self.registrar.authenticate_call(invite, source, self._wall(), self._now())
             if isinstance(checked, RegisterOutcome):
@@ -289,7 +309,9 @@ class SipCalls:
             else:
                 self._respond(transaction_id, _reply(invite, 404, "Not Found"))
                 return
-        self._start_call(transaction_id, invite, source, transport, request, dialled, caller_id)
+        self._start_call(
+            transaction_id, invite, source, transport, request, dialled, caller_id, desk_leg
+        )
 
     def _start_call(
         self,
@@ -300,6 +322,7 @@ class SipCalls:
         request: CallRequest,
         dialled: str,
         caller_id: str | None,
+        desk_leg: str | None = None,
     ) -> None:
         call_id = request.call_id
         caller = request.caller
@@ -307,6 +330,8 @@ class SipCalls:
         with call_context(call_id):
             if request.line is None and request.user is None:
                 plan = _outbound_plan(request, dialled, now)
+            elif desk_leg is not None:
+                plan = _desk_leg_plan(request, desk_leg, now)
             else:
                 plan = self.routing.route(replace(request, seed=secrets.randbits(32)))
             live = LiveCall(
@@ -1237,6 +1262,39 @@ def _outbound_plan(request: CallRequest, number: str, now: float) -> RoutePlan:
         target_name=None,
         layers=(),
         fallback=FallbackStep(action=FallbackAction.FORWARD, number=number, why="outbound_call"),
+    )
+
+
+# How long a desk-phone leg asked for by the trunk may ring: the sender's own timer (a
+# carrier's <Dial timeout>) normally ends it first with a CANCEL.
+DESK_LEG_RING_SECONDS = 300
+
+
+def _desk_leg_plan(request: CallRequest, user_id: str, now: float) -> RoutePlan:
+    """The trunk asked for one user's desk phones (e.g. a carrier's <Dial><Sip>): ring them,
+    and if nobody answers refuse (the sender runs the rest of its plan)."""
+    return RoutePlan(
+        call_id=request.call_id,
+        at=datetime.fromtimestamp(now, UTC),
+        directory_version=0,
+        outcome=Outcome.RING,
+        line=None,
+        line_name=None,
+        open=True,
+        target_kind="user",
+        target_id=user_id,
+        target_name=None,
+        layers=(
+            PlannedLayer(
+                index=0,
+                strategy=Strategy.ALL,
+                timeout_seconds=DESK_LEG_RING_SECONDS,
+                ring_each_seconds=None,
+                members=(),
+                ring=(RingTarget(user_id=user_id, via=Channel.IP_PHONE),),
+            ),
+        ),
+        fallback=FallbackStep(action=FallbackAction.HANGUP, why="desk_leg_not_answered"),
     )
 
 
