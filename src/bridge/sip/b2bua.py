@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -72,6 +71,7 @@ from bridge.sip.dialog import (
 )
 from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
+from bridge.sip.ids import random_hex
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response, split_comma_values
 from bridge.sip.register import RegisterOutcome, RegistrarService
 from bridge.sip.transaction import Address, new_branch
@@ -270,7 +270,7 @@ class SipCalls:
             min_se = [(n, v) for n, v in refused.headers if n == "Min-SE"]
             self._respond(transaction_id, _reply(invite, refused.status, refused.reason, min_se))
             return
-        call_id = f"sip-{secrets.token_hex(6)}"
+        call_id = f"sip-{random_hex(6)}"
         caller_id: str | None = None
         desk_leg: str | None = None
         if self.trunk.allows(source[0]):
@@ -333,7 +333,7 @@ class SipCalls:
             elif desk_leg is not None:
                 plan = _desk_leg_plan(request, desk_leg, now)
             else:
-                plan = self.routing.route(replace(request, seed=secrets.randbits(32)))
+                plan = self.routing.route(replace(request, seed=int(random_hex(4), 16)))
             live = LiveCall(
                 call_id=call_id,
                 path="sip",
@@ -356,7 +356,7 @@ class SipCalls:
                 transaction_id=transaction_id,
                 source=source,
                 transport=transport,
-                to_tag=secrets.token_hex(5),
+                to_tag=random_hex(5),
                 live=live,
                 started=now,
                 caller_id=caller_id,
@@ -814,9 +814,9 @@ class SipCalls:
             [
                 ("Via", f"SIP/2.0/{transport.upper()} {local.sent_by};branch={new_branch()};rport"),
                 ("Max-Forwards", "70"),
-                ("From", f"{from_value};tag={secrets.token_hex(5)}"),
+                ("From", f"{from_value};tag={random_hex(5)}"),
                 ("To", f"<{uri}>"),
-                ("Call-ID", f"{secrets.token_hex(10)}@{self.realm}"),
+                ("Call-ID", f"{random_hex(10)}@{self.realm}"),
                 ("CSeq", "1 INVITE"),
                 ("Contact", f"<sip:bridge@{local.sent_by};transport={transport.lower()}>"),
                 ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"),
@@ -1313,7 +1313,7 @@ def _address_of(uri: str, fallback: Address) -> Address:
 def _reply(
     request: SipRequest, status: int, phrase: str, extra: list[tuple[str, str]] | None = None
 ) -> SipResponse:
-    return make_response(request, status, phrase, to_tag=secrets.token_hex(5), extra=extra or [])
+    return make_response(request, status, phrase, to_tag=random_hex(5), extra=extra or [])
 
 
 def _other_side(side: Side) -> Side:

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import NamedTuple
 
 from bridge.sip.grammar import (
@@ -50,7 +51,7 @@ from bridge.sip.model import (
     make_response,
     param_of,
 )
-from bridge.sip.transaction import new_branch
+from bridge.sip.transaction import MAGIC_COOKIE, new_branch
 
 __all__ = [
     "MAX_FORWARDS",
@@ -275,12 +276,19 @@ def _check_header_text(name: str, value: str) -> None:
 def _via_line(via: ViaSpec | tuple[str, str]) -> str:
     """Our Via with a fresh branch (§8.1.1.7) and rport (RFC 3581 §3)."""
     sent_by, transport = via
-    line = f"SIP/2.0/{transport.upper()} {sent_by};branch={new_branch()};rport"
+    head = _via_head(sent_by, transport)
+    return f"{head};branch={new_branch()};rport"
+
+
+@lru_cache(maxsize=64)
+def _via_head(sent_by: str, transport: str) -> str:
+    """'SIP/2.0/UDP host:port', checked once per (sent-by, transport): a few per process."""
+    head = f"SIP/2.0/{transport.upper()} {sent_by}"
     try:
-        parse_via(line)
+        parse_via(f"{head};branch={MAGIC_COOKIE}check;rport")
     except SipSyntaxError:
         raise DialogError(f"bad Via sent-by or transport: {sent_by!r} {transport!r}") from None
-    return line
+    return head
 
 
 def _refuse(

@@ -100,10 +100,11 @@ class Params(Mapping[str, str | None]):
     see the first one and `pairs` keeps them all for re-serialization. Lookups scan the pairs:
     a header has a handful of parameters, and a scan beats building an index per value."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_hash", "_pairs")
 
     def __init__(self, pairs: Iterable[tuple[str, str | None]] = ()) -> None:
         self._pairs: tuple[tuple[str, str | None], ...] = tuple(pairs)
+        self._hash: int | None = None
 
     @property
     def pairs(self) -> tuple[tuple[str, str | None], ...]:
@@ -154,7 +155,10 @@ class Params(Mapping[str, str | None]):
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._first().items()))
+        # Immutable, so computed once (URIs holding Params are memo keys of the parsers).
+        if self._hash is None:
+            self._hash = hash(frozenset(self._first().items()))
+        return self._hash
 
     def __repr__(self) -> str:
         return f"Params({list(self._pairs)!r})"
@@ -254,32 +258,51 @@ class SipUri(NamedTuple):
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
     def __str__(self) -> str:
-        if self.scheme in ("sip", "sips"):
-            out = [self.scheme, ":"]
-            if self.user is not None:
-                out.append(_escape(self.user, _USER_SAFE))
-                if self.password is not None:
-                    out += (":", _escape(self.password, _PASSWORD_SAFE))
-                out.append("@")
-            out.append(self.hostport)
-        elif self.scheme == "tel":
-            out = ["tel:", _escape(self.user or "", _TEL_SAFE)]
-        else:
-            return f"{self.scheme}:{self.opaque or ''}"
-        for name, value in _pairs_of(self.params):
-            out += (";", _escape(name, _PARAM_SAFE))
-            if value is not None:
-                out += ("=", _escape(value, _PARAM_SAFE))
-        headers = list(_pairs_of(self.headers))
-        if headers:
-            out.append("?")
-            out.append(
-                "&".join(
-                    f"{_escape(n, _HEADER_SAFE)}={_escape(v or '', _HEADER_SAFE)}"
-                    for n, v in headers
-                )
+        # Memoized on the exact parts (not on equality: URIs that compare equal may be
+        # written differently): the dialogs write the same URIs into every request.
+        key = (
+            self.scheme, self.user, self.password, self.host, self.port, self.opaque,
+            tuple(_pairs_of(self.params)), tuple(_pairs_of(self.headers)),
+        )  # fmt: skip
+        text = _URI_TEXT.get(key)
+        if text is None:
+            if len(_URI_TEXT) >= _URI_TEXT_MAX:
+                _URI_TEXT.clear()
+            text = _URI_TEXT[key] = _format_uri(self)
+        return text
+
+
+_URI_TEXT: dict[tuple[object, ...], str] = {}
+_URI_TEXT_MAX = 4096
+
+
+def _format_uri(uri: SipUri) -> str:
+    if uri.scheme in ("sip", "sips"):
+        out = [uri.scheme, ":"]
+        if uri.user is not None:
+            out.append(_escape(uri.user, _USER_SAFE))
+            if uri.password is not None:
+                out += (":", _escape(uri.password, _PASSWORD_SAFE))
+            out.append("@")
+        out.append(uri.hostport)
+    elif uri.scheme == "tel":
+        out = ["tel:", _escape(uri.user or "", _TEL_SAFE)]
+    else:
+        return f"{uri.scheme}:{uri.opaque or ''}"
+    for name, value in _pairs_of(uri.params):
+        out += (";", _escape(name, _PARAM_SAFE))
+        if value is not None:
+            out += ("=", _escape(value, _PARAM_SAFE))
+    headers = list(_pairs_of(uri.headers))
+    if headers:
+        out.append("?")
+        out.append(
+            "&".join(
+                f"{_escape(n, _HEADER_SAFE)}={_escape(v or '', _HEADER_SAFE)}"
+                for n, v in headers
             )
-        return "".join(out)
+        )
+    return "".join(out)
 
 
 def _parse_host(text: str) -> tuple[str, int | None]:

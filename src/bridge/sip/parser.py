@@ -506,20 +506,19 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
     except SipSyntaxError as exc:
         fault = "CSeq number too large" if "too large" in str(exc) else "malformed CSeq"
         return 400, f"Bad Request ({fault})", ()
-    contacts = [value for name, value in items if name == "Contact"]
-    for name, check in (
-        ("Via", lambda: parse_via(split_comma_values(first["Via"])[0])),
-        ("From", lambda: parse_name_addr(first["From"])),
-        ("To", lambda: parse_name_addr(first["To"])),
-        (
-            "Contact",
-            lambda: parse_contacts(Headers.from_canonical([("Contact", c) for c in contacts])),
-        ),
-    ):
-        try:
-            check()
-        except (SipSyntaxError, IndexError):
-            return 400, f"Bad Request (malformed {name})", ()
+    checking = "Via"
+    try:
+        parse_via(split_comma_values(first["Via"])[0])
+        checking = "From"
+        parse_name_addr(first["From"])
+        checking = "To"
+        parse_name_addr(first["To"])
+        checking = "Contact"
+        if "Contact" in first:
+            contacts = [("Contact", value) for name, value in items if name == "Contact"]
+            parse_contacts(Headers.from_canonical(contacts))
+    except (SipSyntaxError, IndexError):
+        return 400, f"Bad Request (malformed {checking})", ()
     call_id = first["Call-ID"]
     if not call_id or " " in call_id or "\t" in call_id:
         return 400, "Bad Request (malformed Call-ID)", ()

@@ -6,7 +6,6 @@ process must agree on; monotonic time for expiries and bans), a response out.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -28,6 +27,7 @@ from bridge.sip.digest import (
     verify,
 )
 from bridge.sip.grammar import SipSyntaxError, parse_contacts, parse_expires, parse_name_addr
+from bridge.sip.ids import random_hex
 from bridge.sip.model import SipRequest, SipResponse, make_response
 from bridge.sip.registrar import (
     Binding,
@@ -281,7 +281,7 @@ class RegistrarService:
     def _reply(
         self, request: SipRequest, status: int, reason: str, extra: list[tuple[str, str]] = ()
     ) -> SipResponse:
-        return make_response(request, status, reason, to_tag=secrets.token_hex(5), extra=extra)
+        return make_response(request, status, reason, to_tag=random_hex(5), extra=extra)
 
     def _refuse(
         self, request: SipRequest, status: int, reason: str, user_id: str | None = None

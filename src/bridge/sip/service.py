@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from bridge.routing.service import RoutingService
 from bridge.sip.b2bua import SessionTimerSettings, SipCalls, TrunkSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
+from bridge.sip.ids import random_hex
 from bridge.sip.model import (
     Headers,
     SipMessage,
@@ -386,7 +386,7 @@ class SipService:
                 ("Max-Forwards", "70"),
                 ("From", f"<sip:keepalive@{self.settings.auth.realm}>;tag={_tag()}"),
                 ("To", f"<{contact}>"),
-                ("Call-ID", f"ka-{secrets.token_hex(8)}"),
+                ("Call-ID", f"ka-{random_hex(8)}"),
                 ("CSeq", "1 OPTIONS"),
             ]
         )
@@ -416,4 +416,4 @@ def _trunk_account(sip: SipSettingsModel) -> TrunkAccount | None:
 
 
 def _tag() -> str:
-    return secrets.token_hex(5)
+    return random_hex(5)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from typing import ClassVar, NamedTuple
 
+from bridge.sip.ids import random_hex
 from bridge.sip.model import (
     Headers,
     SipMessage,
@@ -75,7 +75,7 @@ def is_reliable(transport: str) -> bool:
 
 def new_branch() -> str:
     """A fresh Via branch: the magic cookie and 96 random bits (§8.1.1.7)."""
-    return MAGIC_COOKIE + secrets.token_hex(12)
+    return MAGIC_COOKIE + random_hex(12)
 
 
 # --- settings -------------------------------------------------------------------------------
