@@ -28,7 +28,8 @@ stopped at the end, by its process group id:
    before/after). A step passes with zero failed calls at >= 95% of the asked rate; the
    steps stop after the first clearly overloaded one.
    After the call steps the bridge and its phones are started anew: calls an overloaded
-   step leaves live keep their users "on a call" (the count is printed).
+   step leaves live keep their users "on a call" (the count is printed, then watched for
+   --linger seconds, 45 by default, to tell calls still finishing from stuck ones).
 4. REGISTER with digest: a SIPp UAC loop (register.xml: REGISTER, 401, REGISTER with
    credentials, 200) at each rate of --reg-rates, then one flat-out run (-r 100000 -l 64, a
    closed loop): registrations/s, failures, p50/p99, CPU ms per registration.
@@ -1153,6 +1154,10 @@ def main() -> int:
         help="run the bridge from this folder (one holding the `bridge` package, e.g. a "
         "`git archive` export of another commit's src/) instead of the installed one",
     )
+    parser.add_argument(
+        "--linger", type=float, default=45.0,
+        help="seconds to watch calls left live after the call steps (0: do not wait)",
+    )
     args = parser.parse_args()
 
     if shutil.which("sipp") is None:
@@ -1196,6 +1201,16 @@ def main() -> int:
         # on a new bridge (and phones), so the profile and the registrations start clean.
         stuck = bridge.metric("bridge_live_calls") or 0.0
         print(f"calls still live in the bridge after the steps: {stuck:.0f}")
+        if stuck and args.linger > 0:
+            # Are they stuck, or still finishing (ringing legs waiting for Timer B or the
+            # layer timeout, 2xx re-sent until 64*T1)? Watch them for a while.
+            counts = []
+            started = time.monotonic()
+            while time.monotonic() - started < args.linger and stuck:
+                time.sleep(5.0)
+                stuck = bridge.metric("bridge_live_calls") or 0.0
+                counts.append(f"{time.monotonic() - started:.0f}s: {stuck:.0f}")
+            print(f"  live calls afterwards: {', '.join(counts)}")
         for uas, _, _ in phones:
             procs.stop(uas)
         procs.stop(bridge.process)
