@@ -162,3 +162,37 @@ def test_reachable_endpoint_count_matches_the_store(steps: list[tuple]) -> None:
         for name in ("bob", "erin"):
             stored = sum(1 for b in s.bindings(name, -1) if b.reachable)
             assert counts.get(name, 0) == stored
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "unregister", "wildcard", "expire", "remove"]),
+        st.sampled_from(["ann", "bob"]),
+        st.sampled_from([DESK, SOFT]),
+        st.integers(min_value=0, max_value=2000),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200)
+@given(_OPS)
+def test_binding_count_follows_every_change(ops: list[tuple[str, str, str, int]]) -> None:
+    # len() is a running count (the gauge reads it on every REGISTER): it must always equal
+    # the bindings actually stored, whatever sequence of changes ran.
+    s = store()
+    now = 0
+    for cseq, (op, user, uri, step) in enumerate(ops, start=1):
+        now += step
+        if op == "register":
+            s.register(user, [ContactRequest(uri)], 600, f"c-{user}", cseq, UDP, now)
+        elif op == "unregister":
+            s.register(user, [ContactRequest(uri)], 0, f"c-{user}", cseq, UDP, now)
+        elif op == "wildcard":
+            s.register(user, "*", 0, f"c-{user}", cseq, UDP, now)
+        elif op == "expire":
+            s.expire(now)
+        else:
+            s.remove_user(user)
+        stored = sum(len(u.by_uri) for u in s._users.values())
+        assert len(s) == stored
