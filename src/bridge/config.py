@@ -205,6 +205,34 @@ class DaemonSettings(_Section):
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
+class WsSettings(_Section):
+    """The app-client WebSocket gateway (`/ws`, docs/ws-protocol.md)."""
+
+    # A connection that has not authenticated by then is closed (4001).
+    auth_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # After a user's last session drops they stay reachable this long, so a reconnect (a page
+    # reload, a network change) keeps a ringing offer. 0: unreachable at once.
+    grace_seconds: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # Heartbeat: a `ping` frame to every session silent for this long; a session silent for
+    # ping_interval_seconds + ping_timeout_seconds is dead and closed (4008).
+    ping_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    ping_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    # Bigger frames close the connection with 1009 (also the listener's own limit).
+    max_frame_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
+    # Token bucket per connection: frames per second and burst. Frames over it get an error
+    # frame; rate_flood_frames refused frames (refilled at the same rate) close it with 1008.
+    rate_per_second: Annotated[float, Field(gt=0, le=10000)] = 20.0
+    rate_burst: Annotated[int, Field(ge=1, le=100000)] = 40
+    rate_flood_frames: Annotated[int, Field(ge=1, le=100000)] = 100
+    max_sessions_per_user: Annotated[int, Field(ge=1, le=1000)] = 10
+    # How often presence changes made elsewhere (the HTTP API, the call engine) and the live
+    # board reach the sessions.
+    refresh_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # POST /api/v1/ws/test-offers (admin): ring app sessions with a synthetic call, for load
+    # runs (bench/ws_fanout.py) and for checking a client. Off in production.
+    test_offers: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BRIDGE_",
@@ -222,6 +250,7 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     log: LogSettings = LogSettings()
     daemon: DaemonSettings = DaemonSettings()
+    ws: WsSettings = WsSettings()
 
     # Where the file was read from (not a setting): relative paths resolve against it.
     config_dir: Path = Field(default=Path("."), exclude=True)

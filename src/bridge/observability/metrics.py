@@ -125,6 +125,28 @@ class Metrics:
             ["operation", "status"],
             registry=r,
         )
+        # App-client WebSocket gateway (bridge.ws).
+        self.ws_connections = Gauge(
+            "bridge_ws_connections", "Open WebSocket connections on /ws", registry=r
+        )
+        self.ws_messages = Counter(
+            "bridge_ws_messages_total",
+            "WebSocket frames by direction (in, out) and frame type ('invalid': unparsable)",
+            ["direction", "type"],
+            registry=r,
+        )
+        self.offers = Counter(
+            "bridge_offers_total",
+            "Call offers to app users, by how each ended (answered, answered_elsewhere, ...)",
+            ["result"],
+            registry=r,
+        )
+        self.offer_to_answer_seconds = Histogram(
+            "bridge_offer_to_answer_seconds",
+            "From a call offer to the app user's winning accept",
+            buckets=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
