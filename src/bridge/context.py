@@ -22,6 +22,8 @@ from bridge.routing.service import RoutingService
 from bridge.sip.b2bua import TrunkSettings
 from bridge.sip.service import SipService
 from bridge.tokens import TokenService
+from bridge.ws.plugin import build_gateway
+from bridge.ws.services import Gateway
 
 log = structlog.get_logger("bridge")
 
@@ -43,6 +45,8 @@ class AppContext:
     draining: bool = False
     # The carrier path (Twilio webhooks); always built, it answers 503 until configured.
     carrier: TwilioCalls | None = None
+    # The app-client WebSocket gateway (`/ws`); its offer service is `ws.offers`.
+    ws: Gateway | None = None
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         checks: dict[str, object] = {
@@ -131,6 +135,16 @@ def build_context(
         directory=lambda: store.current,
         clock=clock,
     )
+    tokens = TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds)
+    ws = build_gateway(
+        settings,
+        store=store,
+        presence=presence,
+        calls=calls,
+        tokens=tokens,
+        metrics=metrics,
+        clock=clock,
+    )
     return AppContext(
         settings=settings,
         store=store,
@@ -139,7 +153,8 @@ def build_context(
         calls=calls,
         sip=sip,
         metrics=metrics,
-        tokens=TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds),
+        tokens=tokens,
         clock=clock,
         carrier=carrier,
+        ws=ws,
     )

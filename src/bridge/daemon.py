@@ -78,6 +78,7 @@ class Daemon:
             host=self.settings.http.host,
             port=self.settings.http.port,
             ws="websockets-sansio",
+            ws_max_size=self.settings.ws.max_frame_bytes,  # bigger frames: close 1009
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -146,6 +147,8 @@ class Daemon:
         self.ctx.draining = True
         self.ctx.metrics.draining.set(1)
         self.ctx.calls.stop_accepting()
+        if self.ctx.ws is not None:  # app sessions hear of it now, and close (1001) below
+            self.ctx.ws.begin_drain()
         timeout = self.settings.daemon.drain_timeout_seconds
         live = len(self.ctx.calls)
         if live:
@@ -153,6 +156,8 @@ class Daemon:
             finished = await self.ctx.calls.wait_empty(timeout)
             if not finished:
                 log.warning("drain_timeout", live_calls=len(self.ctx.calls))
+        if self.ctx.ws is not None:
+            await self.ctx.ws.close_all()
 
 
 def run_daemon(settings: Settings, directory: Directory) -> int:

@@ -18,6 +18,7 @@ from bridge.carriers.twilio import http as twilio_http
 from bridge.context import AppContext
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
+from bridge.ws.plugin import include_routes as include_ws_routes
 
 log = structlog.get_logger("bridge.api")
 
@@ -34,6 +35,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(users.router)
     app.include_router(directory_routes.router)
     app.include_router(twilio_http.router)
+    include_ws_routes(app, ctx.settings)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:

@@ -1,0 +1,65 @@
+"""The gateway's endpoints: `/ws` itself, and the admin-only test offers.
+
+Thin on purpose: the connection is the gateway's (services.py), the offers the offer
+service's (offers.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.api.auth import Grant, audit, require
+from bridge.directory.roles import Action
+
+router = APIRouter()
+
+
+@router.websocket("/ws")
+async def websocket(websocket: WebSocket) -> None:
+    """App clients: the JSON protocol of docs/ws-protocol.md."""
+    await websocket.app.state.ctx.ws.serve(websocket)
+
+
+# -- POST /api/v1/ws/test-offers ([ws] test_offers = true only) ----------------------------------
+test_router = APIRouter(prefix="/api/v1/ws", tags=["ws"])
+
+
+class TestOffersBody(BaseModel):
+    __test__ = False  # not a pytest class
+    model_config = ConfigDict(extra="forbid")
+
+    users: Annotated[list[str], Field(min_length=1, max_length=20_000)]
+    # One call offered to every user (they race for it), or one call per user (the default).
+    one_call: bool = False
+    ring_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # After the winning accept, the call ends (`call.state ended`) this much later; 0: never.
+    hold_seconds: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    caller: Annotated[str, Field(min_length=1, max_length=64)] = "+15550000000"
+    line: Annotated[str, Field(max_length=32)] | None = None
+
+
+@test_router.post("/test-offers", summary="Admin: ring app sessions with synthetic calls")
+async def test_offers(
+    body: TestOffersBody,
+    request: Request,
+    # An admin-only tool: the matrix's admin-only row for changing the system guards it.
+    grant: Grant = Depends(require(Action.CHANGE_DIRECTORY)),
+) -> dict[str, Any]:
+    ctx = request.app.state.ctx  # (not api.common.ctx_of: bridge.context imports this module)
+    directory = ctx.store.current
+    unknown = [u for u in body.users if directory.user(u) is None]
+    if unknown:
+        raise HTTPException(status_code=404, detail=f"no user {unknown[0]!r}")
+    result = ctx.ws.test_calls.start(
+        body.users,
+        one_call=body.one_call,
+        ring_seconds=body.ring_seconds,
+        hold_seconds=body.hold_seconds,
+        caller=body.caller,
+        line=body.line,
+    )
+    audit(request, grant.user, "ws_test_offers", allowed=True, users=len(body.users))
+    return result

@@ -1,0 +1,618 @@
+"""The gateway: authenticates connections, keeps sessions and presence, dispatches frames.
+
+One `Gateway` per daemon (built in plugin.py). Each connection runs `serve()` in the task
+uvicorn gives it; everything else — heartbeat, token expiry, presence pushes, the live board,
+grace periods — runs from one sweeper task and a timer per user in grace, so an idle session
+costs no task and no timer.
+
+Presence: a user is reachable on `apps` (`PresenceService.endpoint_up(user, Channel.APPS)`)
+from their first session until `[ws] grace_seconds` after their last one closed; a session
+that connects within the grace keeps the user reachable and receives the offers still
+ringing. A suspended or deleted user is disconnected at once, without grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from starlette.websockets import WebSocket
+
+from bridge.api.auth import audit
+from bridge.calls.registry import CallRegistry
+from bridge.config import WsSettings
+from bridge.directory.model import AccountStatus, Directory, User
+from bridge.directory.roles import Action, Scope, allowed
+from bridge.observability.metrics import Metrics
+from bridge.presence.model import Channel, UserPresence
+from bridge.presence.service import PresenceService
+from bridge.tokens import TokenError, TokenService
+from bridge.ws.board import Board
+from bridge.ws.exceptions import CloseCode, CloseConnection, ErrorCode, FrameError
+from bridge.ws.offers import OfferService
+from bridge.ws.schemas import (
+    CLIENT_FRAME,
+    CLIENT_TYPES,
+    Ack,
+    Auth,
+    AuthOk,
+    CallAccept,
+    CallMonitor,
+    CallRecording,
+    CallReject,
+    CallsSubscribe,
+    CallsUnsubscribe,
+    ErrorFrame,
+    FrameId,
+    Heartbeat,
+    Limits,
+    Ping,
+    Pong,
+    PresenceFrame,
+    PresenceInfo,
+    PresenceSet,
+    ServerDraining,
+    SessionUser,
+)
+from bridge.ws.sessions import Session, TokenBucket
+from bridge.ws.testcalls import TestCalls
+
+log = structlog.get_logger("bridge.ws")
+
+SUBPROTOCOL = "bridge.v1"
+BEARER_PREFIX = "bearer."
+PING_TEXT = Ping().text()
+DRAINING_TEXT = ServerDraining().text()
+# How long a closing handler waits for its close frame to be written.
+CLOSE_FLUSH_SECONDS = 2.0
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: WsSettings,
+        *,
+        directory: Callable[[], Directory],
+        presence: PresenceService,
+        calls: CallRegistry,
+        tokens: TokenService,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.settings = settings
+        self._directory = directory
+        self._presence = presence
+        self._tokens = tokens
+        self._metrics = metrics
+        self._sessions: dict[str, Session] = {}
+        self._by_user: dict[str, dict[str, Session]] = {}
+        self._up: set[str] = set()  # users we reported reachable (sessions or grace)
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._presence_sent: dict[str, UserPresence] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._next_heartbeat = 0.0
+        self.draining = False
+        self.offers = OfferService(self, metrics, clock)
+        self.test_calls = TestCalls(self.offers, clock)
+        self.board = Board(calls, presence, directory, self.session_count)
+        self._out: dict[str, Any] = {}
+        self._in: dict[str, Any] = {}
+
+    # -- SessionHub (for the offer service) and introspection ------------------------------
+    def sessions_of(self, user_id: str) -> Collection[Session]:
+        sessions = self._by_user.get(user_id)
+        return sessions.values() if sessions else ()
+
+    def session_count(self, user_id: str | None = None) -> int:
+        if user_id is None:
+            return len(self._sessions)
+        return len(self._by_user.get(user_id, ()))
+
+    def reachable(self, user_id: str) -> bool:
+        return user_id in self._up
+
+    def user_name(self, user_id: str) -> str | None:
+        user = self._directory().user(user_id)
+        return user.name if user is not None else None
+
+    # -- the connection --------------------------------------------------------------------
+    async def serve(self, ws: WebSocket) -> None:
+        """Run one connection from handshake to close. Nothing a client sends escapes."""
+        self._bind_loop()
+        token, device, subprotocol = _handshake_credentials(ws)
+        try:
+            await ws.accept(subprotocol=subprotocol)
+        except Exception:  # the client left during the handshake
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        s = self.settings
+        session = Session(
+            ws,
+            secrets.token_urlsafe(9),
+            now,
+            bucket=TokenBucket(s.rate_per_second, s.rate_burst, now),
+            strikes=TokenBucket(s.rate_per_second, s.rate_flood_frames, now),
+            on_out=self._count_out,
+        )
+        self._metrics.ws_connections.inc()
+        try:
+            await self._run(session, token, device)
+        except CloseConnection as exc:
+            session.close(exc.code, exc.reason)
+            if exc.code not in (CloseCode.GOING_AWAY, CloseCode.UNAUTHORIZED):
+                log.info("ws_closed", session_id=session.session_id, user_id=session.user_id,
+                         code=int(exc.code), reason=exc.reason)  # fmt: skip
+        except Exception:
+            log.exception("ws_error", session_id=session.session_id, user_id=session.user_id)
+            session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._unregister(session)
+            self._metrics.ws_connections.dec()
+            await session.flushed(CLOSE_FLUSH_SECONDS)
+
+    async def _run(self, session: Session, token: str | None, device: str | None) -> None:
+        ws = session.ws
+        if self.draining:
+            session.send(DRAINING_TEXT, "server.draining")
+            raise CloseConnection(CloseCode.GOING_AWAY, "server draining")
+        auth_id: FrameId | None = None
+        if token is None:
+            frame = await self._first_frame(session)
+            if frame is None:
+                return
+            token, device, auth_id = frame.token, frame.device or device, frame.id
+        user, expires = self._authenticate(token)
+        session.device = device
+        session.token_expires = expires
+        self._register(session, user)
+        session.send(self._auth_ok(session, user, auth_id), "auth.ok")
+        self.offers.session_joined(session)
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await self._on_message(session, message)
+
+    async def _first_frame(self, session: Session) -> Auth | None:
+        timeout = self.settings.auth_timeout_seconds
+        try:
+            message = await asyncio.wait_for(session.ws.receive(), timeout)
+        except TimeoutError:
+            raise CloseConnection(
+                CloseCode.UNAUTHORIZED, f"no auth frame within {timeout:g} s"
+            ) from None
+        if message["type"] == "websocket.disconnect":
+            return None
+        self._check_size(message)
+        try:
+            frame = CLIENT_FRAME.validate_json(message.get("text") or message.get("bytes") or b"")
+        except ValidationError:
+            frame = None
+        if not isinstance(frame, Auth):
+            self._count_in("invalid")
+            raise CloseConnection(CloseCode.UNAUTHORIZED, "the first frame must be a valid auth")
+        self._count_in("auth")
+        return frame
+
+    def _authenticate(self, token: str) -> tuple[User, float]:
+        """The user behind `token` now, and the token's expiry (epoch seconds)."""
+        try:
+            claims = self._tokens.verify(token)
+        except TokenError as exc:
+            reason = str(exc)
+            self._refuse(reason)
+            code = CloseCode.TOKEN_EXPIRED if reason == "token expired" else CloseCode.UNAUTHORIZED
+            raise CloseConnection(code, reason) from None
+        user = self._directory().user(str(claims["sub"]))
+        if user is None:
+            self._refuse("unknown user")
+            raise CloseConnection(CloseCode.FORBIDDEN, "unknown user")
+        if user.status is AccountStatus.SUSPENDED:
+            self._refuse("account suspended")
+            raise CloseConnection(CloseCode.FORBIDDEN, "account suspended")
+        return user, float(claims["exp"])
+
+    def _refuse(self, reason: str) -> None:
+        self._metrics.auth_failures.labels(reason=reason.split(":")[0]).inc()
+        log.info("auth_refused", reason=reason, path="/ws")
+
+    def _auth_ok(self, session: Session, user: User, frame_id: FrameId | None) -> str:
+        s = self.settings
+        return AuthOk(
+            id=frame_id,
+            session_id=session.session_id,
+            user=SessionUser(
+                id=user.id, name=user.name, role=user.role.value, answer_by=user.answer_by.value
+            ),
+            expires_at=datetime.fromtimestamp(session.token_expires, UTC),
+            heartbeat=Heartbeat(
+                interval_seconds=s.ping_interval_seconds, timeout_seconds=s.ping_timeout_seconds
+            ),
+            limits=Limits(
+                max_frame_bytes=s.max_frame_bytes,
+                rate_per_second=s.rate_per_second,
+                rate_burst=s.rate_burst,
+            ),
+            presence=self._presence_info(user.id, self._presence.presence_of(user.id)),
+        ).text()
+
+    # -- frames ----------------------------------------------------------------------------
+    async def _on_message(self, session: Session, message: dict[str, Any]) -> None:
+        now = asyncio.get_running_loop().time()
+        session.last_seen = now
+        self._check_size(message)
+        if not session.bucket.take(now):
+            self._count_in("rate_limited")
+            if not session.strikes.take(now):
+                raise CloseConnection(CloseCode.POLICY_VIOLATION, "flood: over the rate limit")
+            self._error(session, None, FrameError(ErrorCode.RATE_LIMITED, "over the rate limit"))
+            return
+        text = message.get("text")
+        if text is None:
+            self._count_in("invalid")
+            error = FrameError(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames")
+            self._error(session, None, error)
+            return
+        frame_id: FrameId | None = None
+        try:
+            raw = _parse(text)
+            frame_id = _frame_id(raw)
+            frame = _validate(raw)
+        except FrameError as exc:
+            self._count_in("invalid")
+            self._error(session, frame_id, exc)
+            return
+        self._count_in(frame.type)
+        try:
+            await self._dispatch(session, frame)
+        except FrameError as exc:
+            self._error(session, frame.id, exc)
+
+    def _check_size(self, message: dict[str, Any]) -> None:
+        limit = self.settings.max_frame_bytes
+        text, data = message.get("text"), message.get("bytes")
+        # A str has at most 4 UTF-8 bytes per character: encode only when it could be over.
+        size = (
+            len(data or b"")
+            if text is None
+            else (len(text) if len(text) * 4 <= limit else len(text.encode()))
+        )
+        if size > limit:
+            raise CloseConnection(CloseCode.MESSAGE_TOO_BIG, f"frame over {limit} bytes")
+
+    async def _dispatch(self, session: Session, frame: Any) -> None:
+        if isinstance(frame, Pong):
+            return
+        user = self._directory().user(session.user_id or "")
+        if user is None:  # deleted a moment ago; the directory listener closes it
+            raise FrameError(ErrorCode.FORBIDDEN, "unknown user")
+        if isinstance(frame, CallAccept):
+            await self.offers.accept(session, frame)
+        elif isinstance(frame, CallReject):
+            self.offers.reject(session, frame)
+        elif isinstance(frame, PresenceSet):
+            self._set_presence(session, user, frame)
+        elif isinstance(frame, CallsSubscribe):
+            self.board.subscribe(session, user, frame.id)
+        elif isinstance(frame, CallsUnsubscribe):
+            self.board.unsubscribe(session)
+            session.send(Ack(id=frame.id).text(), "ack")
+        elif isinstance(frame, CallMonitor | CallRecording):
+            self.board.check_control(user, frame)
+        elif isinstance(frame, Auth):
+            self._reauth(session, frame)
+
+    def _reauth(self, session: Session, frame: Auth) -> None:
+        """A fresh token for the same user extends the session."""
+        try:
+            user, expires = self._authenticate(frame.token)
+        except CloseConnection as exc:
+            if exc.code is CloseCode.FORBIDDEN:
+                raise
+            raise FrameError(ErrorCode.INVALID_FRAME, exc.reason, "token") from None
+        if user.id != session.user_id:
+            raise FrameError(ErrorCode.AUTH_MISMATCH, "the token is for another user", "token")
+        session.token_expires = max(session.token_expires, expires)
+        session.send(self._auth_ok(session, user, frame.id), "auth.ok")
+
+    def _set_presence(self, session: Session, user: User, frame: PresenceSet) -> None:
+        scope, reason = allowed(user, Action.SET_OWN_AVAILABILITY)
+        target = f"user:{user.id}"
+        if scope is Scope.NONE:
+            audit(None, user, Action.SET_OWN_AVAILABILITY, allowed=False, target=target,
+                  reason=reason, channel="ws")  # fmt: skip
+            raise FrameError(ErrorCode.FORBIDDEN, reason or "not allowed")
+        presence = self._presence.set_availability(user.id, frame.availability)
+        audit(None, user, "set_availability", allowed=True, target=target,
+              status=frame.availability.value, channel="ws")  # fmt: skip
+        self._push_presence(user.id, presence, reply=(session, frame.id))
+        self.board.refresh()
+
+    def _error(self, session: Session, frame_id: FrameId | None, exc: FrameError) -> None:
+        frame = ErrorFrame(id=frame_id, code=exc.code, message=exc.message, field=exc.field)
+        session.send(frame.text(), "error")
+
+    # -- presence --------------------------------------------------------------------------
+    @staticmethod
+    def _presence_info(user_id: str, presence: UserPresence) -> PresenceInfo:
+        return PresenceInfo(
+            user_id=user_id,
+            availability=presence.availability,
+            on_call=presence.on_call,
+            wrap_up_until=presence.wrap_up_until,
+            reachable=sorted(c.value for c in presence.reachable),
+        )
+
+    def _push_presence(
+        self,
+        user_id: str,
+        presence: UserPresence,
+        reply: tuple[Session, FrameId | None] | None = None,
+    ) -> None:
+        self._presence_sent[user_id] = presence
+        frame = PresenceFrame(**self._presence_info(user_id, presence).model_dump())
+        text = frame.text()
+        for session in self.sessions_of(user_id):
+            if reply is not None and session is reply[0] and reply[1] is not None:
+                session.send(frame.model_copy(update={"id": reply[1]}).text(), "presence")
+            else:
+                session.send(text, "presence")
+
+    def _refresh_presence(self) -> None:
+        """Presence changed elsewhere (HTTP API, the call engine's on-call / wrap-up)."""
+        for user_id in list(self._by_user):
+            presence = self._presence.presence_of(user_id)
+            sent = self._presence_sent.get(user_id)
+            if presence is not sent and presence != sent:
+                self._push_presence(user_id, presence)
+            elif presence is not sent:
+                self._presence_sent[user_id] = presence
+
+    # -- sessions and reachability ---------------------------------------------------------
+    def _register(self, session: Session, user: User) -> None:
+        sessions = self._by_user.get(user.id)
+        if sessions is not None and len(sessions) >= self.settings.max_sessions_per_user:
+            raise CloseConnection(
+                CloseCode.TOO_MANY_SESSIONS,
+                f"already {len(sessions)} sessions (max_sessions_per_user)",
+            )
+        session.user_id = user.id
+        self._sessions[session.session_id] = session
+        self._by_user.setdefault(user.id, {})[session.session_id] = session
+        timer = self._grace.pop(user.id, None)
+        if timer is not None:
+            timer.cancel()  # back within the grace period: still reachable
+        if user.id not in self._up:
+            self._up.add(user.id)
+            self._presence.endpoint_up(user.id, Channel.APPS)
+        self._presence_sent[user.id] = self._presence.presence_of(user.id)
+        log.debug("ws_session_opened", session_id=session.session_id, user_id=user.id)
+
+    def _unregister(self, session: Session, *, grace: bool = True) -> None:
+        user_id = session.user_id
+        if user_id is None or self._sessions.pop(session.session_id, None) is None:
+            return
+        self.board.unsubscribe(session)
+        sessions = self._by_user.get(user_id, {})
+        sessions.pop(session.session_id, None)
+        log.debug("ws_session_closed", session_id=session.session_id, user_id=user_id)
+        if sessions:
+            return
+        self._by_user.pop(user_id, None)
+        self._presence_sent.pop(user_id, None)
+        wait = self.settings.grace_seconds
+        if grace and wait > 0 and self._loop is not None:
+            self._grace[user_id] = self._loop.call_later(wait, self._gone, user_id)
+        else:
+            self._gone(user_id)
+
+    def _gone(self, user_id: str) -> None:
+        """The user's last session is closed and the grace period (if any) is over."""
+        self._grace.pop(user_id, None)
+        if user_id in self._by_user or user_id not in self._up:
+            return
+        self._up.discard(user_id)
+        self._presence.endpoint_down(user_id, Channel.APPS)
+        self.offers.user_unreachable(user_id)
+
+    def kick_user(self, user_id: str, code: CloseCode, reason: str) -> int:
+        """Close every session of a user now, without grace. Returns how many."""
+        sessions = list(self.sessions_of(user_id))
+        for session in sessions:
+            session.close(code, reason)
+            self._unregister(session, grace=False)
+        timer = self._grace.pop(user_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._gone(user_id)
+        if sessions:
+            log.info("ws_user_disconnected", user_id=user_id, sessions=len(sessions), reason=reason)
+        return len(sessions)
+
+    # -- directory changes -----------------------------------------------------------------
+    def on_directory_change(self, new: Directory, old: Directory | None) -> None:
+        """DirectoryStore listener. It runs in whichever thread changed the directory (the
+        API's sync routes run in a worker thread), so the work is handed to the loop."""
+        loop = self._loop
+        if old is None or loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._apply_directory(new)
+        else:
+            loop.call_soon_threadsafe(self._apply_directory, new)
+
+    def _apply_directory(self, directory: Directory) -> None:
+        for user_id in list(self._by_user) + list(self._grace):
+            user = directory.user(user_id)
+            if user is None:
+                self.kick_user(user_id, CloseCode.FORBIDDEN, "user deleted")
+            elif user.status is AccountStatus.SUSPENDED:
+                self.kick_user(user_id, CloseCode.FORBIDDEN, "account suspended")
+
+    # -- the sweeper: heartbeat, token expiry, presence, board, offers ---------------------
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first connection (or tests running a new loop)
+            self._loop = loop
+            self._sweeper = loop.create_task(self._sweep(), name="ws-sweeper")
+
+    def _tick(self) -> float:
+        s = self.settings
+        return max(
+            0.02, min(s.refresh_seconds, s.ping_interval_seconds / 4, s.ping_timeout_seconds / 4)
+        )
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick())
+            try:
+                self.sweep_once()
+            except Exception:
+                log.exception("ws_sweep_failed")
+
+    def sweep_once(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if now >= self._next_heartbeat:
+            s = self.settings
+            self._next_heartbeat = now + min(s.ping_interval_seconds, s.ping_timeout_seconds) / 4
+            self._heartbeat(now, time.time())
+        self._refresh_presence()
+        self.board.refresh()
+        self.offers.expire()
+
+    def _heartbeat(self, now: float, wall: float) -> None:
+        interval = self.settings.ping_interval_seconds
+        dead_after = interval + self.settings.ping_timeout_seconds
+        for session in list(self._sessions.values()):
+            silent = now - session.last_seen
+            if session.dead or silent >= dead_after:
+                session.close(CloseCode.HEARTBEAT_TIMEOUT, f"no frame for {silent:.0f} s")
+                self._unregister(session)
+                log.info("ws_peer_dead", session_id=session.session_id, user_id=session.user_id)
+            elif session.token_expires <= wall:
+                session.close(CloseCode.TOKEN_EXPIRED, "token expired")
+                self._unregister(session)
+            elif silent >= interval and session.last_ping <= session.last_seen:
+                session.last_ping = now
+                session.send(PING_TEXT, "ping")
+
+    # -- shutdown --------------------------------------------------------------------------
+    def begin_drain(self) -> int:
+        """Tell every session the server is going away (`server.draining`); new connections
+        get the same and are closed with 1001. Returns how many sessions were told."""
+        self.draining = True
+        for session in self._sessions.values():
+            session.send(DRAINING_TEXT, "server.draining")
+        log.info("ws_draining", sessions=len(self._sessions))
+        return len(self._sessions)
+
+    async def close_all(self, timeout: float = CLOSE_FLUSH_SECONDS) -> int:
+        """Close every session with 1001 (after `server.draining`) and wait, bounded, for the
+        close frames to be written. Call it before the HTTP listener stops."""
+        if not self.draining:
+            self.begin_drain()
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close(CloseCode.GOING_AWAY, "server draining")
+        if sessions:
+            await asyncio.wait(
+                [asyncio.ensure_future(s.flushed(timeout)) for s in sessions], timeout=timeout
+            )
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sweeper
+            self._sweeper = None
+        return len(sessions)
+
+    async def drain(self) -> int:
+        """`begin_drain()` then `close_all()`, for a caller with nothing to wait for between."""
+        self.begin_drain()
+        return await self.close_all()
+
+    # -- metrics ---------------------------------------------------------------------------
+    def _count_out(self, kind: str) -> None:
+        child = self._out.get(kind)
+        if child is None:
+            child = self._out[kind] = self._metrics.ws_messages.labels(direction="out", type=kind)
+        child.inc()
+
+    def _count_in(self, kind: str) -> None:
+        child = self._in.get(kind)
+        if child is None:
+            child = self._in[kind] = self._metrics.ws_messages.labels(direction="in", type=kind)
+        child.inc()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _handshake_credentials(ws: WebSocket) -> tuple[str | None, str | None, str | None]:
+    """(token, device, subprotocol to select) from `Sec-WebSocket-Protocol` or the query."""
+    offered: list[str] = list(ws.scope.get("subprotocols") or [])
+    token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), None)
+    if token is None:
+        token = ws.query_params.get("token") or None
+    # A browser fails the handshake unless we select one of the protocols it offered.
+    if SUBPROTOCOL in offered:
+        selected: str | None = SUBPROTOCOL
+    else:
+        selected = next((p for p in offered if p.startswith(BEARER_PREFIX)), None)
+    device = ws.query_params.get("device") or None
+    return token, device[:40] if device else None, selected
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise FrameError(ErrorCode.NOT_JSON, "not JSON") from None
+    if not isinstance(raw, dict):
+        raise FrameError(ErrorCode.NOT_JSON, "a frame is a JSON object")
+    return raw
+
+
+def _frame_id(raw: dict[str, Any]) -> FrameId | None:
+    """The frame's id when it is a usable one, so even a refused frame's error echoes it."""
+    value = raw.get("id")
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _validate(raw: dict[str, Any]) -> Any:
+    if "v" not in raw:
+        raise FrameError(
+            ErrorCode.INVALID_FRAME, "v: field required (the protocol version, 1)", "v"
+        )
+    if raw["v"] != 1 or isinstance(raw["v"], bool):
+        raise FrameError(
+            ErrorCode.UNSUPPORTED_VERSION, f"protocol version {raw['v']!r} is not supported", "v"
+        )
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise FrameError(ErrorCode.INVALID_FRAME, "type: field required (a string)", "type")
+    if kind not in CLIENT_TYPES:
+        raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}", "type")
+    try:
+        return CLIENT_FRAME.validate_python(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        # loc is (type tag, field, ...): name the field.
+        where = ".".join(str(part) for part in error["loc"][1:]) or "frame"
+        raise FrameError(ErrorCode.INVALID_FRAME, f"{where}: {error['msg']}", where) from None
