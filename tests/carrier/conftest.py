@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -12,6 +13,9 @@ from bridge.api.app import create_app
 from bridge.presence.model import Channel
 from tests.carrier.helpers import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, Carrier
 from tests.conftest import Bridge
+
+if TYPE_CHECKING:
+    from tests.carrier.live import World
 
 BEN_HA1 = "f7916c987550c27f650447b90bdda47d"
 
@@ -165,3 +169,12 @@ async def unconfigured(make_bridge: Callable[..., Bridge]) -> AsyncIterator[Carr
     bridge = make_bridge()
     async with client_for(bridge) as client:
         yield Carrier(bridge, client)
+
+
+@pytest.fixture
+async def world(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    """Conference mode end to end: the fake carrier and the bridge over real loopback HTTP."""
+    from tests.carrier.live import running_world  # it builds on DIRECTORY above
+
+    async with running_world(demo_dir, monkeypatch) as live:
+        yield live

@@ -110,11 +110,13 @@ async def test_not_configured_is_503_for_every_endpoint(unconfigured: Carrier) -
     assert sample == 1
 
 
-async def test_conference_mode_is_not_in_this_build(
+async def test_conference_mode_needs_the_rest_api(
     make_bridge: Any, carrier_settings: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BRIDGE_TWILIO__MODE", "conference")
-    bridge = make_bridge()
-    refusal = bridge.ctx.carrier.refusal()
+    assert make_bridge().ctx.carrier.refusal() is None  # account sid + auth token: REST works
+
+    monkeypatch.delenv("BRIDGE_TWILIO__ACCOUNT_SID")
+    refusal = make_bridge().ctx.carrier.refusal()
     assert refusal is not None and refusal.status == 503
-    assert "conference" in refusal.reason
+    assert "conference" in refusal.reason and "account_sid" in refusal.reason

@@ -18,7 +18,6 @@ callee hears "press 1" (`/twilio/confirm`) and only the key press counts as the 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,7 +36,7 @@ from bridge.calls.events import (
 from bridge.calls.machine import LegInfo
 from bridge.carriers.twilio import twiml
 from bridge.carriers.twilio.schemas import FINAL_CALL_STATUSES, ConfirmRequest, DialAction
-from bridge.carriers.twilio.state import CarrierCall, DialRecord
+from bridge.carriers.twilio.state import CarrierCall, DialRecord, LegMeta
 from bridge.directory.model import FallbackAction
 from bridge.observability.logging import call_context
 from bridge.presence.model import Channel
@@ -51,7 +50,6 @@ log = structlog.get_logger("bridge.carrier")
 # The carrier rings at most ten nouns in one <Dial>; further legs of a layer count as failed.
 MAX_NOUNS = 10
 LEG_EVENTS = "initiated ringing answered completed"
-_PHONE_LIKE = re.compile(r"\+?[0-9]{3,15}")
 
 
 class DialMode:
@@ -92,6 +90,17 @@ class DialMode:
         for output in outputs:
             if isinstance(output, HangupLeg) and output.leg_id != call.machine.caller_leg_id:
                 log.info("carrier_late_answer", leg_id=output.leg_id, reason=output.reason.value)
+
+    def tick(self, call: CarrierCall) -> None:
+        """The ring clock moves only when a `<Dial>` rang out (see `_not_answered`)."""
+
+    def leg_final(self, call: CarrierCall, meta: LegMeta, status: str) -> list[Output]:
+        """A leg that ends changes nothing yet: its `<Dial>`'s action request moves the plan
+        on, once, for all the legs of that `<Dial>`."""
+        return []
+
+    async def aclose(self) -> None:
+        """Nothing of its own runs in the background."""
 
     # -- /twilio/dial-action ---------------------------------------------------------------------
     def dial_action(self, request: DialAction) -> str:
@@ -215,7 +224,7 @@ class DialMode:
             if not still_ringing:
                 response = twiml.hangup()
             elif not request.digits_step:
-                response = self._ask(call, meta.leg_id, dial)
+                response = self.service.ask_to_confirm(call, meta.leg_id, dial=dial)
             elif request.digits == "1":
                 meta.confirmed = True
                 step = call.machine.leg_answered(meta.leg_id, call.now)
@@ -229,21 +238,6 @@ class DialMode:
                 response = twiml.hangup()
             call.replies[key] = twiml.render(response)
             return call.replies[key]
-
-    def _ask(self, call: CarrierCall, leg_id: str, dial: int | None) -> VoiceResponse:
-        name = call.line.name if call.line is not None else "the contact center"
-        response = VoiceResponse()
-        gather = response.gather(
-            num_digits=1,
-            timeout=self.service.settings.confirm_timeout_seconds,
-            action=self.service.url(
-                "/twilio/confirm", call=call.call_id, leg=leg_id, dial=dial, step="digits"
-            ),
-            action_on_empty_result=True,  # no key must come back to us too (a voicemail box)
-        )
-        gather.say(f"You have a call for {name}. Press 1 to accept it.")
-        response.hangup()  # only if the carrier did not follow the Gather action
-        return response
 
     # -- TwiML ---------------------------------------------------------------------------------
     def _settle(self, call: CarrierCall) -> list[Output]:
@@ -306,7 +300,7 @@ class DialMode:
             ),
             timeout=timeout,
             answer_on_bridge=True,
-            caller_id=_caller_id(call.caller),
+            caller_id=twiml.caller_id(call.caller),
         )
         for leg in legs:
             self._noun(call, dial, leg, seq)
@@ -363,12 +357,4 @@ def _dial_of(call: CarrierCall, leg_id: str) -> int | None:
     for seq in sorted(call.dials, reverse=True):
         if leg_id in call.dials[seq].leg_ids:
             return seq
-    return None
-
-
-def _caller_id(caller: str | None) -> str | None:
-    """The original caller, shown to the people we ring. The carrier refuses a caller id that
-    is not a number (or a client identity), so `anonymous` and the like are left out."""
-    if caller and (_PHONE_LIKE.fullmatch(caller) or caller.startswith("client:")):
-        return caller
     return None

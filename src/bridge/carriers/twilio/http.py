@@ -26,6 +26,7 @@ from bridge.carriers.twilio.errors import (
     WebhookError,
 )
 from bridge.carriers.twilio.schemas import (
+    ConferenceCallback,
     ConfirmRequest,
     DialAction,
     RecordingCallback,
@@ -167,3 +168,12 @@ async def recording(request: Request) -> Response:
         return _accepted()
 
     return await _webhook(request, "recording", handle)
+
+
+@router.post("/conference", summary="Conference status callback (conference mode)")
+async def conference(request: Request) -> Response:
+    def handle(service: TwilioCalls, form: WebhookForm) -> Response:
+        service.conference_status(ConferenceCallback.parse(form))
+        return _accepted()
+
+    return await _webhook(request, "conference", handle)

@@ -131,16 +131,18 @@ class StatusCallback:
 
     call_sid: str
     status: str
-    call_id: str | None  # the caller's CallSid, for a leg's callback
+    call_id: str | None  # the caller's CallSid, for a leg's or a supervisor's callback
     leg_id: str | None
     sequence: int | None
+    monitor: str | None = None  # a supervisor's call into the conference (`?monitor=<user>`)
 
     @classmethod
     def parse(cls, form: WebhookForm) -> StatusCallback:
         call_sid = form.required("CallSid", _SID)
         leg_id = form.param("leg") if "leg" in form.query else None
+        monitor = form.param("monitor") if "monitor" in form.query else None
         call_id = None
-        if leg_id is not None:
+        if leg_id is not None or monitor is not None:
             call_id = form.query.get("call") or form.optional("ParentCallSid", _SID)
             if not call_id or not _SID.fullmatch(call_id):
                 raise MalformedWebhook("missing query parameter call", "call")
@@ -150,6 +152,7 @@ class StatusCallback:
             call_id=call_id,
             leg_id=leg_id,
             sequence=form.integer("SequenceNumber"),
+            monitor=monitor,
         )
 
 
@@ -221,25 +224,94 @@ class VoicemailDone:
         )
 
 
-RECORDING_STATUSES = frozenset({"in-progress", "completed", "absent", "failed"})
+RECORDING_STATUSES = frozenset(
+    {"in-progress", "paused", "stopped", "processing", "completed", "absent", "failed"}
+)
 
 
 @dataclass(frozen=True, slots=True)
 class RecordingCallback:
-    """A recording status callback (`POST /twilio/recording`)."""
+    """A recording status callback (`POST /twilio/recording`): of a voicemail `<Record>`, or
+    with `?kind=call` of a call recording started through the Recordings API."""
 
     call_sid: str
     recording_sid: str
     status: str
     recording_url: str | None
     duration_seconds: int | None
+    call_recording: bool = False
 
     @classmethod
     def parse(cls, form: WebhookForm) -> RecordingCallback:
+        kind = form.query.get("kind", "voicemail")
+        if kind not in ("voicemail", "call"):
+            raise MalformedWebhook(f"invalid query parameter kind: {kind[:20]!r}", "kind")
         return cls(
             call_sid=form.required("CallSid", _SID),
             recording_sid=form.required("RecordingSid", _SID),
             status=form.one_of("RecordingStatus", RECORDING_STATUSES) or "",
             recording_url=form.optional("RecordingUrl"),
             duration_seconds=form.integer("RecordingDuration"),
+            call_recording=kind == "call",
         )
+
+
+# Conference status callback events (`StatusCallbackEvent`) the bridge acts on; the others
+# (speaker, announcement, ...) are accepted and ignored.
+CONFERENCE_EVENTS = frozenset(
+    {
+        "conference-start",
+        "conference-end",
+        "participant-join",
+        "participant-leave",
+        "participant-mute",
+        "participant-unmute",
+        "participant-hold",
+        "participant-unhold",
+        "participant-modify",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceCallback:
+    """A conference status callback (`POST /twilio/conference?call=<the caller's CallSid>`)."""
+
+    call_id: str  # the call the conference belongs to (its friendly name)
+    conference_sid: str
+    event: str
+    call_sid: str | None  # the participant concerned (participant-* events)
+    label: str | None
+    muted: bool | None
+    coaching: bool | None
+    sequence: int | None
+
+    @classmethod
+    def parse(cls, form: WebhookForm) -> ConferenceCallback:
+        call_id = form.query.get("call") or form.optional("FriendlyName", _SID)
+        if not call_id or not _SID.fullmatch(call_id):
+            raise MalformedWebhook("missing query parameter call", "call")
+        event = form.required("StatusCallbackEvent")
+        if len(event) > 64:
+            raise MalformedWebhook(
+                "invalid field StatusCallbackEvent: too long", "StatusCallbackEvent"
+            )
+        return cls(
+            call_id=call_id,
+            conference_sid=form.required("ConferenceSid", _SID),
+            event=event,
+            call_sid=form.optional("CallSid", _SID),
+            label=(form.optional("ParticipantLabel") or "")[:128] or None,
+            muted=_flag(form, "Muted"),
+            coaching=_flag(form, "Coaching"),
+            sequence=form.integer("SequenceNumber"),
+        )
+
+
+def _flag(form: WebhookForm, name: str) -> bool | None:
+    value = form.fields.get(name)
+    if not value:
+        return None
+    if value not in ("true", "false"):
+        raise MalformedWebhook(f"invalid field {name}: {value[:20]!r}", name)
+    return value == "true"

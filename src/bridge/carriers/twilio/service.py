@@ -26,6 +26,7 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 import structlog
+from twilio.twiml.voice_response import VoiceResponse
 
 from bridge.calls.events import (
     CallAnswered,
@@ -46,6 +47,7 @@ from bridge.calls.events import (
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
 from bridge.carriers.twilio import twiml
+from bridge.carriers.twilio.conference import ConferenceMode
 from bridge.carriers.twilio.dial import DialMode
 from bridge.carriers.twilio.errors import BadSignature, NotConfigured
 from bridge.carriers.twilio.events import (
@@ -58,6 +60,7 @@ from bridge.carriers.twilio.modes import MODES, BridgingMode
 from bridge.carriers.twilio.rest import CarrierRest, RestSettings
 from bridge.carriers.twilio.schemas import (
     FINAL_CALL_STATUSES,
+    ConferenceCallback,
     ConfirmRequest,
     DialAction,
     RecordingCallback,
@@ -66,7 +69,7 @@ from bridge.carriers.twilio.schemas import (
     VoiceRequest,
 )
 from bridge.carriers.twilio.signature import WebhookValidator
-from bridge.carriers.twilio.state import STATUS_RANK, CarrierCall, LegMeta
+from bridge.carriers.twilio.state import STATUS_RANK, CallRecording, CarrierCall, LegMeta
 from bridge.config import Settings
 from bridge.directory.model import Directory, FallbackAction, normalize_number
 from bridge.observability.logging import call_context
@@ -169,7 +172,9 @@ class TwilioCalls:
         )
 
     async def aclose(self) -> None:
-        """Close the REST client's connections (at shutdown)."""
+        """Stop the mode's timers and requests, close the REST client (at shutdown)."""
+        if self.mode is not None:
+            await self.mode.aclose()
         if self.rest is not None:
             await self.rest.aclose()
 
@@ -184,6 +189,11 @@ class TwilioCalls:
         if self.mode is None:
             return NotConfigured(
                 f"[twilio] mode {self.settings.mode!r} is not available in this build; use 'dial'"
+            )
+        if self.settings.mode == "conference" and self.rest is None:
+            return NotConfigured(
+                "[twilio] mode 'conference' drives calls through the REST API: set "
+                "[twilio] account_sid (BRIDGE_TWILIO__ACCOUNT_SID)"
             )
         return None
 
@@ -204,6 +214,9 @@ class TwilioCalls:
     @property
     def live_count(self) -> int:
         return len(self._live)
+
+    def live_calls(self) -> list[CarrierCall]:
+        return list(self._live.values())
 
     # -- webhooks of the caller's call ---------------------------------------------------------
     def inbound(self, request: VoiceRequest) -> str:
@@ -265,7 +278,11 @@ class TwilioCalls:
         return call.answer
 
     def call_status(self, callback: StatusCallback) -> None:
-        """`POST /twilio/status`: the caller's call, or one leg (`?call=&leg=`)."""
+        """`POST /twilio/status`: the caller's call, one leg (`?call=&leg=`), or a
+        supervisor's call into the conference (`?call=&monitor=`)."""
+        if callback.monitor is not None and callback.call_id is not None:
+            self._monitor_status(callback, callback.call_id)
+            return
         if callback.leg_id is not None and callback.call_id is not None:
             self._leg_status(callback, callback.call_id, callback.leg_id)
             return
@@ -291,6 +308,8 @@ class TwilioCalls:
 
     def _caller_gone(self, call: CarrierCall) -> None:
         machine = call.machine
+        assert self.mode is not None
+        self.mode.tick(call)
         if machine.state in (CallState.ANSWERED, CallState.VOICEMAIL):
             outputs = machine.hangup(Side.CALLER, call.now)
         else:
@@ -319,6 +338,8 @@ class TwilioCalls:
             call.leg_by_sid[callback.call_sid] = leg_id
             meta.sid = callback.call_sid
             log.info("carrier_leg_status", status=callback.status, user_id=meta.user_id)
+            assert self.mode is not None
+            self.mode.tick(call)
             outputs: list[Output] = []
             if callback.status == "ringing":
                 outputs = call.machine.leg_ringing(leg_id, call.now)
@@ -329,16 +350,34 @@ class TwilioCalls:
                     log.info("carrier_leg_awaiting_confirmation")
                 else:
                     outputs = call.machine.leg_answered(leg_id, call.now)
-            # A leg that ends unanswered changes nothing yet: its <Dial>'s action request
-            # moves the plan on, once, for all the legs of that <Dial>.
+            elif callback.status in FINAL_CALL_STATUSES:
+                outputs = self.mode.leg_final(call, meta, callback.status)
             self.run(call, outputs)
-            assert self.mode is not None
             self.mode.carry_out(call, outputs)
 
-    # -- webhooks of dial mode ------------------------------------------------------------------
+    def _monitor_status(self, callback: StatusCallback, call_id: str) -> None:
+        with call_context(call_id, monitor=callback.monitor, leg_sid=callback.call_sid):
+            call = self.find(call_id)
+            if call is None:
+                log.info("carrier_monitor_status_unknown", status=callback.status)
+                return
+            rank = STATUS_RANK[callback.status]
+            if rank <= call.sid_rank.get(callback.call_sid, -1):
+                log.info("carrier_monitor_status_ignored", status=callback.status)
+                return
+            call.sid_rank[callback.call_sid] = rank
+            self._conference_mode().monitor_status(call, callback)
+
+    # -- webhooks of one mode -------------------------------------------------------------------
     def _dial_mode(self) -> DialMode:
         if not isinstance(self.mode, DialMode):
-            raise NotConfigured(f"this endpoint is only used in dial mode, not {self.mode!r}")
+            raise NotConfigured(f"this endpoint is only used in dial mode, not {self.mode.name!r}")
+        return self.mode
+
+    def _conference_mode(self) -> ConferenceMode:
+        if not isinstance(self.mode, ConferenceMode):
+            name = self.mode.name if self.mode is not None else None
+            raise NotConfigured(f"this endpoint is only used in conference mode, not {name!r}")
         return self.mode
 
     def dial_action(self, request: DialAction) -> str:
@@ -347,7 +386,31 @@ class TwilioCalls:
 
     def confirm(self, request: ConfirmRequest) -> str:
         """`POST /twilio/confirm`: the press-1 check of a forwarded leg."""
-        return self._dial_mode().confirm(request)
+        assert self.mode is not None
+        return self.mode.confirm(request)
+
+    def conference_status(self, callback: ConferenceCallback) -> None:
+        """`POST /twilio/conference`: who joined, left, is muted or coaching."""
+        self._conference_mode().conference_event(callback)
+
+    def ask_to_confirm(
+        self, call: CarrierCall, leg_id: str, *, dial: int | None = None
+    ) -> VoiceResponse:
+        """ "Press 1 to accept": a `<Gather>` whose action (also on no key, a voicemail box)
+        comes back to `/twilio/confirm` with the digits."""
+        name = call.line.name if call.line is not None else "the contact center"
+        response = VoiceResponse()
+        gather = response.gather(
+            num_digits=1,
+            timeout=self.settings.confirm_timeout_seconds,
+            action=self.url(
+                "/twilio/confirm", call=call.call_id, leg=leg_id, dial=dial, step="digits"
+            ),
+            action_on_empty_result=True,  # no key must come back to us too (a voicemail box)
+        )
+        gather.say(f"You have a call for {name}. Press 1 to accept it.")
+        response.hangup()  # only if the carrier did not follow the Gather action
+        return response
 
     # -- voicemail -----------------------------------------------------------------------------
     def voicemail_greeting(self, call: CarrierCall) -> str:
@@ -371,11 +434,15 @@ class TwilioCalls:
             return twiml.render(twiml.hangup())
 
     def recording_status(self, callback: RecordingCallback) -> None:
-        """`POST /twilio/recording`: a voicemail recording is ready (or absent, or failed)."""
+        """`POST /twilio/recording`: a voicemail recording is ready (or absent, or failed); or
+        (`?kind=call`) the call recording's progress."""
         with call_context(callback.call_sid, recording_sid=callback.recording_sid):
             call = self.find(callback.call_sid)
             if call is None:
                 log.info("carrier_recording_unknown_call", status=callback.status)
+                return
+            if callback.call_recording:
+                self._call_recording_status(call, callback)
                 return
             if call.recordings.get(callback.recording_sid) == callback.status:
                 log.info("carrier_recording_ignored", status=callback.status, why="retry")
@@ -392,6 +459,30 @@ class TwilioCalls:
                         callback.recording_sid, callback.recording_url, callback.duration_seconds
                     ),
                 )
+
+    def _call_recording_status(self, call: CarrierCall, callback: RecordingCallback) -> None:
+        """The carrier's word on the call recording. Its final statuses (`completed`,
+        `absent`, `failed`) are kept whatever comes after; before them, our own requests'
+        answers (pause, resume) are as recent as the callbacks, so a callback only fills in
+        what we do not know yet and never moves a final status back."""
+        recording = call.recording
+        if recording is None:
+            recording = call.recording = CallRecording(sid=callback.recording_sid)
+        if recording.sid is None:
+            recording.sid = callback.recording_sid
+        if recording.sid != callback.recording_sid:
+            log.info("carrier_recording_ignored", status=callback.status, why="another recording")
+            return
+        if recording.status in RECORDING_FINAL:
+            log.info("carrier_recording_ignored", status=callback.status, why="already final")
+            return
+        if callback.status in RECORDING_FINAL or recording.status == "starting":
+            recording.status = callback.status
+            recording.history.append(callback.status)
+        recording.url = callback.recording_url or recording.url
+        if callback.duration_seconds is not None:
+            recording.duration_seconds = callback.duration_seconds
+        log.info("carrier_call_recording", status=callback.status, url=callback.recording_url)
 
     # -- the call core's outputs ----------------------------------------------------------------
     def run(self, call: CarrierCall, outputs: Sequence[Output]) -> None:
@@ -455,6 +546,9 @@ class TwilioCalls:
         self._ended[call.call_id] = call
         while len(self._ended) > ENDED_CALLS_KEPT:
             self._ended.popitem(last=False)
+
+
+RECORDING_FINAL = frozenset({"completed", "absent", "failed"})
 
 
 def _log_event(event: Event, leg_sid: str | None) -> None:

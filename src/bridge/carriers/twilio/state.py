@@ -7,7 +7,9 @@ callback cannot move a call anywhere its record does not allow.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import LiveCall
@@ -44,6 +46,9 @@ class LegMeta:
     answered: bool = False  # the carrier reported it in progress (picked up)
     confirmed: bool = False  # pressed 1
     declined_in: int | None = None  # the <Dial> in which it was picked up but not confirmed
+    # Conference mode: the REST request that rings it (a participant, or for press-1 legs a
+    # call of its own); ending the leg waits for it, to know the CallSid to end.
+    request: asyncio.Task[Any] | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -57,6 +62,76 @@ class DialRecord:
     layer_index: int | None  # None: the forward leg
     fallback_depth: int | None
     twiml: str | None = None  # our answer to its action request, replayed on retries
+
+
+@dataclass(slots=True)
+class ConferenceMember:
+    """One participant of the call's conference, as the conference callbacks report it."""
+
+    call_sid: str
+    label: str | None = None
+    present: bool = False  # joined and not left yet
+    muted: bool = False
+    coaching: bool = False
+    sequence: int = -1  # the last conference SequenceNumber applied to it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call_sid": self.call_sid,
+            "label": self.label,
+            "present": self.present,
+            "muted": self.muted,
+            "coaching": self.coaching,
+        }
+
+
+@dataclass(slots=True)
+class MonitorSession:
+    """A supervisor listening, whispering or barging into the call's conference."""
+
+    user_id: str
+    mode: str  # listen | whisper | barge
+    via: str  # client | phone_number
+    to: str  # what the carrier dialled: client:<id> or the number
+    call_sid: str | None = None  # the supervisor's participant call (known once created)
+    status: str = "dialing"  # dialing | in-progress | ended
+    started_at: float = 0.0  # the call's ring clock
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "mode": self.mode,
+            "via": self.via,
+            "to": self.to,
+            "call_sid": self.call_sid,
+            "status": self.status,
+        }
+
+
+@dataclass(slots=True)
+class CallRecording:
+    """The recording of the call started through the Recordings API (not a voicemail)."""
+
+    sid: str | None = None  # RE..., once the carrier created it
+    status: str = "starting"  # starting | in-progress | paused | stopped | completed | ...
+    pause_behavior: str | None = None  # skip | silence, while paused
+    url: str | None = None
+    duration_seconds: int | None = None
+    history: list[str] = field(default_factory=list)  # every status applied, in order
+
+    @property
+    def active(self) -> bool:
+        """Recording or paused: it can still be paused, resumed or stopped."""
+        return self.status in ("starting", "in-progress", "paused")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recording_sid": self.sid,
+            "status": self.status,
+            "pause_behavior": self.pause_behavior,
+            "url": self.url,
+            "duration_seconds": self.duration_seconds,
+        }
 
 
 @dataclass(eq=False, slots=True)
@@ -83,7 +158,55 @@ class CarrierCall:
     voicemail: FallbackStep | None = None
     recordings: dict[str, str] = field(default_factory=dict)  # RecordingSid -> status
     events: list[CarrierCallEvent] = field(default_factory=list)
+    # -- conference mode --
+    mode: str = "dial"  # the bridging mode the call was answered in
+    conference_sid: str | None = None  # CF...: participant updates and deletions need it
+    conference_ended: bool = False
+    started: float = 0.0  # monotonic time of the voice webhook: the ring clock's zero
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    members: dict[str, ConferenceMember] = field(default_factory=dict)  # by CallSid
+    monitors: dict[str, MonitorSession] = field(default_factory=dict)  # by supervisor id
+    recording: CallRecording | None = None  # the Recordings API one (not voicemail)
+    caller_redirected: bool = False  # sent to voicemail / hang-up TwiML through the REST API
 
     def leg_sid(self, leg_id: str | None) -> str | None:
         meta = self.legs.get(leg_id) if leg_id is not None else None
         return meta.sid if meta is not None else None
+
+    @property
+    def caller_gone(self) -> bool:
+        """The carrier reported the caller's own call over."""
+        return self.caller_rank >= STATUS_RANK["completed"]
+
+    def sid_over(self, sid: str | None) -> bool:
+        """The carrier reported this call (a leg, a supervisor) over."""
+        return sid is not None and self.sid_rank.get(sid, -1) >= STATUS_RANK["completed"]
+
+    def answered_sid(self) -> str | None:
+        """The CallSid of the leg that answered (the agent's, for whisper)."""
+        return self.leg_sid(self.machine.answered_leg)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The carrier's view of the call, for the control API and the live feed."""
+        return {
+            "call_id": self.call_id,
+            "mode": self.mode,
+            "state": self.machine.state.value,
+            "answered_by": self.machine.answered_by,
+            "answered_leg": self.machine.answered_leg,
+            "answered_call_sid": self.answered_sid(),
+            "conference_sid": self.conference_sid,
+            "legs": [
+                {**info.to_dict(), **_leg_extra(self.legs.get(info.leg_id))}
+                for info in self.machine.legs()
+            ],
+            "participants": [m.to_dict() for m in self.members.values() if m.present],
+            "monitors": [s.to_dict() for s in self.monitors.values()],
+            "recording": self.recording.to_dict() if self.recording is not None else None,
+        }
+
+
+def _leg_extra(meta: LegMeta | None) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    return {"call_sid": meta.sid, "confirm": meta.confirm}

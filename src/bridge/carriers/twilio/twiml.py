@@ -3,12 +3,23 @@ it escapes text and attribute values and names the attributes the way the carrie
 
 from __future__ import annotations
 
+import re
+
 from twilio.twiml.voice_response import VoiceResponse
 
 XML_MEDIA_TYPE = "application/xml"
 NOT_IN_SERVICE = "Sorry, the number you have dialled is not in service. Goodbye."
 DEFAULT_GREETING = "Nobody can take your call right now. Please leave a message after the tone."
 VOICEMAIL_MAX_SECONDS = 120
+_PHONE_LIKE = re.compile(r"\+?[0-9]{3,15}")
+
+
+def caller_id(caller: str | None) -> str | None:
+    """The original caller, shown to the people we ring. The carrier refuses a caller id that
+    is not a number (or a client identity), so `anonymous` and the like are left out."""
+    if caller and (_PHONE_LIKE.fullmatch(caller) or caller.startswith("client:")):
+        return caller
+    return None
 
 
 def announce(response: VoiceResponse, prompt: str) -> None:
