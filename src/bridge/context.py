@@ -13,6 +13,7 @@ import structlog
 from bridge.calls.registry import CallRegistry
 from bridge.carriers.twilio.service import TwilioCalls
 from bridge.config import Settings
+from bridge.control.service import ControlService
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import AccountStatus, Directory
 from bridge.directory.store import DirectoryStore
@@ -47,6 +48,8 @@ class AppContext:
     carrier: TwilioCalls | None = None
     # The app-client WebSocket gateway (`/ws`); its offer service is `ws.offers`.
     ws: Gateway | None = None
+    # Listen / whisper / barge and recording controls (HTTP routes and WebSocket frames).
+    control: ControlService | None = None
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         checks: dict[str, object] = {
@@ -157,4 +160,5 @@ def build_context(
         clock=clock,
         carrier=carrier,
         ws=ws,
+        control=ControlService(carrier, metrics=metrics),
     )

@@ -53,7 +53,7 @@ CONFERENCE_DIRECTORY["users"] += [
         "name": "Abe Agent",
         "role": "agent",
         "answer_by": "will_not_answer",
-        "permissions": ["barge_whisper"],
+        "permissions": ["barge_whisper", "recording_control"],
     },
     {"id": "rex", "name": "Rex Rep", "role": "rep", "answer_by": "will_not_answer"},
 ]

@@ -16,6 +16,7 @@ from bridge.api.auth import Grant, current_user, require
 from bridge.api.common import ctx_of
 from bridge.carriers.twilio import http as twilio_http
 from bridge.context import AppContext
+from bridge.control import http as control_http
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
 from bridge.ws.plugin import include_routes as include_ws_routes
@@ -35,6 +36,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(users.router)
     app.include_router(directory_routes.router)
     app.include_router(twilio_http.router)
+    app.include_router(control_http.router)
     include_ws_routes(app, ctx.settings)
 
     @app.middleware("http")

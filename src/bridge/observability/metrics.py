@@ -147,6 +147,21 @@ class Metrics:
             buckets=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0),
             registry=r,
         )
+        # Carrier conference mode and call controls (bridge.carriers.twilio, bridge.control).
+        self.carrier_participants = Counter(
+            "bridge_carrier_participants_total",
+            "Conference-mode legs the bridge asked the carrier to dial, by kind (participant, "
+            "confirm_call: a press-1 leg, monitor: a supervisor) and result (placed, failed)",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.control_attempts = Counter(
+            "bridge_control_attempts_total",
+            "Listen/whisper/barge and recording control attempts, by control (monitor, "
+            "monitor_change, monitor_stop, recording) and outcome (done, refused, failed)",
+            ["control", "outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

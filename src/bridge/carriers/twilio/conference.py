@@ -373,17 +373,21 @@ class ConferenceMode:
     async def _placed(
         self, call: CarrierCall, meta: LegMeta, request: Coroutine[Any, Any, Any]
     ) -> None:
+        kind = "confirm_call" if meta.confirm else "participant"
+        placed = self.service.metrics.carrier_participants
         with call_context(call.call_id, leg_id=meta.leg_id):
             try:
                 made = await request
             except CarrierApiError as exc:
                 # Logged and counted by the client; for the call it is a leg that failed.
+                placed.labels(kind=kind, result="failed").inc()
                 log.warning("carrier_leg_not_placed", status=exc.status, code=exc.code)
                 self.step(
                     call,
                     lambda now: call.machine.leg_failed(meta.leg_id, LegFailure.UNREACHABLE, now),
                 )
                 return
+            placed.labels(kind=kind, result="placed").inc()
             sid = getattr(made, "call_sid", None) or getattr(made, "sid", None)
             if sid:
                 meta.sid = meta.sid or sid

@@ -524,6 +524,12 @@ class TwilioCalls:
             confirm=confirm,
         )
 
+    def publish(self, call: CarrierCall, event: Event) -> None:
+        """Publish an event of the call that the call core did not make (a control attempt):
+        it joins the call's events and goes to every subscriber."""
+        with call_context(call.call_id):
+            self._publish(call, event)
+
     def _publish(self, call: CarrierCall, event: Event) -> None:
         leg_sid = None
         if isinstance(event, CallAnswered | LegRinging):
