@@ -15,6 +15,7 @@ from bridge.api import directory_routes, users
 from bridge.api.auth import Grant, current_user, require
 from bridge.api.common import ctx_of
 from bridge.carriers.twilio import http as twilio_http
+from bridge.carriers.twilio import voice_token
 from bridge.context import AppContext
 from bridge.control import http as control_http
 from bridge.directory.model import User
@@ -37,6 +38,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(directory_routes.router)
     app.include_router(twilio_http.router)
     app.include_router(control_http.router)
+    app.include_router(voice_token.router)
     include_ws_routes(app, ctx.settings)
 
     @app.middleware("http")
