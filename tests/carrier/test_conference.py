@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from bridge.calls.events import CallAnswered, CallEnded, CallOutcome, CallRinging, LegState
 from bridge.calls.events import LegReason as Reason
-from tests.carrier.helpers import BEN_SIP, DIRECT, FRONT, HANGUP
+from tests.carrier.helpers import BEN_SIP, DIRECT, FRONT, HANGUP, TURNS
 from tests.carrier.live import CALLER, QUICK, World, eventually
 
 ANA, EVE, CID = "client:ana", "client:eve", "+15550003001"
@@ -335,5 +335,36 @@ async def test_conference_callbacks_apply_once_and_never_backwards(world: World)
     await send("participant-leave", 103)
     await send("participant-join", 100)  # very late
     assert call.members[member].present is False
+    world.carrier.hangup(inbound.sid)
+    await world.ended(inbound.sid)
+
+
+async def test_the_caller_hanging_up_ends_every_ringing_leg(world: World) -> None:
+    for target in (ANA, BEN_SIP, CID):
+        world.carrier.set_target(target, no_answer())
+    inbound = await world.carrier.place_inbound_call(CALLER, FRONT, follow=True)
+    call = await eventually(lambda: world.service.find(inbound.sid))
+    await eventually(lambda: len(call.legs) == 3 and all(m.sid for m in call.legs.values()))
+    world.carrier.hangup(inbound.sid)
+    ended = await world.ended(inbound.sid)
+    assert ended.machine.outcome is CallOutcome.CALLER_CANCELLED
+    assert {leg.reason for leg in ended.machine.legs()} == {Reason.CALLER_HANGUP}
+    sids = [meta.sid for meta in ended.legs.values()]
+    await eventually(lambda: all(world.carrier.calls[sid].is_final for sid in sids))
+    assert {world.carrier.calls[sid].status for sid in sids} == {"canceled"}
+    # The conference ending under the ringing legs is not a reason to ring the next layer.
+    assert [p["Label"] for p in world.requests("CreateParticipant")].count(["eve"]) == 0
+
+
+async def test_one_at_a_time_turns_ring_each_member_for_their_turn(world: World) -> None:
+    world.carrier.set_target(ANA, no_answer())
+    world.carrier.set_target(EVE, answer(after=2))
+    inbound = await world.carrier.place_inbound_call(CALLER, TURNS, follow=True)
+    call = await eventually(lambda: world.service.find(inbound.sid))
+    await eventually(lambda: call.machine.answered_by is not None)
+    created = world.requests("CreateParticipant")
+    # Round robin: who starts depends on the group's pointer; each turn is 10 s of the 30.
+    assert [p["Timeout"] for p in created] in ([["10"]], [["10"], ["10"]])
+    assert call.machine.answered_by == "eve"
     world.carrier.hangup(inbound.sid)
     await world.ended(inbound.sid)

@@ -108,3 +108,21 @@ async def test_recording_actions_out_of_turn_are_conflicts(world: World) -> None
     assert bad.status_code == 422
     world.carrier.hangup(call.call_id)
     await world.ended(call.call_id)
+
+
+async def test_a_carrier_503_on_pause_is_retried_and_the_pause_happens(world: World) -> None:
+    call = await answered_by_ana(world)
+    path = f"/api/v1/calls/{call.call_id}/recording"
+    assert (await api(world, "sam", "POST", path, {"action": "start"})).status_code == 200
+    fault = world.carrier.inject_fault(1, 503, operation="UpdateCallRecording")
+    with capture_logs() as logs:
+        paused = await api(
+            world, "sam", "POST", path, {"action": "pause", "pause_behavior": "skip"}
+        )
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert fault.hits == 1 and world.errors("UpdateCallRecording", "503") == 1
+    [failure] = [e for e in logs if e["event"] == "carrier_api_error"]
+    assert (failure["status"], failure["attempt"], failure["call_sid"]) == ("503", 1, call.call_id)
+    assert failure["retry_in"] is not None
+    world.carrier.hangup(call.call_id)
+    await world.ended(call.call_id)

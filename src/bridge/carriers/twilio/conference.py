@@ -133,6 +133,12 @@ class ConferenceMode:
         if leg.state is LegState.BRIDGED:
             return call.machine.hangup(Side.CALLEE, call.now)
         if leg.state.live:
+            if status == "canceled":
+                # Not by us (we end legs with `completed`): the conference ended under it,
+                # which is the caller leaving. The caller's own status callback (often a
+                # moment later) ends the call; failing the leg now would ring the next layer.
+                log.info("carrier_leg_canceled_by_carrier", leg_id=meta.leg_id)
+                return []
             failure = LegFailure.BUSY if status == "busy" else LegFailure.UNREACHABLE
             return call.machine.leg_failed(meta.leg_id, failure, call.now)
         return []
