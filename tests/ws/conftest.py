@@ -121,6 +121,8 @@ async def make_live(demo_dir: Path) -> AsyncIterator[LiveFactory]:
             create_app(ctx),
             ws="websockets-sansio",
             ws_max_size=settings.ws.max_frame_bytes,
+            ws_ping_interval=None,
+            ws_per_message_deflate=False,
             lifespan="off",
             log_config=None,
             access_log=False,

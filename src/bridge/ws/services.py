@@ -73,6 +73,11 @@ PING_TEXT = Ping().text()
 DRAINING_TEXT = ServerDraining().text()
 # How long a closing handler waits for its close frame to be written.
 CLOSE_FLUSH_SECONDS = 2.0
+# The heartbeat pass yields to the loop after this many sessions.
+HEARTBEAT_SLICE = 256
+# The exact pong sim/apps and the console send: handled without JSON parsing or validation
+# (it is most of what 10,000 idle sessions send).
+PONG_TEXT = '{"v":1,"type":"pong"}'
 
 
 class Gateway:
@@ -99,7 +104,6 @@ class Gateway:
         self._presence_sent: dict[str, UserPresence] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._next_heartbeat = 0.0
         self.draining = False
         self.offers = OfferService(self, metrics, clock)
         self.test_calls = TestCalls(self.offers, clock)
@@ -258,6 +262,9 @@ class Gateway:
             self._error(session, None, FrameError(ErrorCode.RATE_LIMITED, "over the rate limit"))
             return
         text = message.get("text")
+        if text == PONG_TEXT:
+            self._count_in("pong")
+            return
         if text is None:
             self._count_in("invalid")
             error = FrameError(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames")
@@ -480,25 +487,30 @@ class Gateway:
         while True:
             await asyncio.sleep(self._tick())
             try:
-                self.sweep_once()
+                await self.sweep_once()
             except Exception:
                 log.exception("ws_sweep_failed")
 
-    def sweep_once(self) -> None:
+    async def sweep_once(self) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        if now >= self._next_heartbeat:
-            s = self.settings
-            self._next_heartbeat = now + min(s.ping_interval_seconds, s.ping_timeout_seconds) / 4
-            self._heartbeat(now, time.time())
+        # Every tick (not every few seconds): the pings due are then few per pass, and a
+        # fan-out never waits behind thousands of them.
+        await self._heartbeat(now, time.time())
         self._refresh_presence()
         self.board.refresh()
         self.offers.expire()
 
-    def _heartbeat(self, now: float, wall: float) -> None:
+    async def _heartbeat(self, now: float, wall: float) -> None:
         interval = self.settings.ping_interval_seconds
         dead_after = interval + self.settings.ping_timeout_seconds
-        for session in list(self._sessions.values()):
+        for index, session in enumerate(list(self._sessions.values())):
+            if index and not index % HEARTBEAT_SLICE:
+                # Tens of thousands of sessions: let offers and frames through between slices.
+                await asyncio.sleep(0)
+                now = self._loop.time() if self._loop is not None else now
+            if self._sessions.get(session.session_id) is not session:  # closed meanwhile
+                continue
             silent = now - session.last_seen
             if session.dead or silent >= dead_after:
                 session.close(CloseCode.HEARTBEAT_TIMEOUT, f"no frame for {silent:.0f} s")
@@ -507,7 +519,7 @@ class Gateway:
             elif session.token_expires <= wall:
                 session.close(CloseCode.TOKEN_EXPIRED, "token expired")
                 self._unregister(session)
-            elif silent >= interval and session.last_ping <= session.last_seen:
+            elif silent >= interval * session.jitter and session.last_ping <= session.last_seen:
                 session.last_ping = now
                 session.send(PING_TEXT, "ping")
 

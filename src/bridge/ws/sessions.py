@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Session:
         "closing",
         "dead",
         "device",
+        "jitter",
         "last_ping",
         "last_seen",
         "opened",
@@ -86,6 +88,9 @@ class Session:
         self.opened = now
         self.last_seen = now  # loop time of the last frame from the client
         self.last_ping = 0.0  # loop time of our last ping
+        # Pinged after ping_interval x jitter of silence: sessions that connected together
+        # (a reconnect storm, a load run) do not all get their pings in the same pass.
+        self.jitter = 0.75 + random.random() / 4
         self.bucket = bucket  # frames allowed
         self.strikes = strikes  # frames refused before the connection is closed as a flood
         self.closing = False  # a close is queued: nothing more is sent
@@ -113,6 +118,10 @@ class Session:
         self._queue(_Close(code, reason))
 
     def _queue(self, item: str | _Close) -> None:
+        # A task per burst, not a write in the caller's stack: measured on a fan-out to 1,000
+        # sessions, writing each frame inline (stepping the ASGI send by hand) was slower than
+        # queueing and letting one task per session write its queue (about 70 vs 40 us per
+        # send), and it keeps the caller (an offer, a webhook) independent of slow sockets.
         if self._outbox is None:
             self._outbox = deque()
         self._outbox.append(item)
