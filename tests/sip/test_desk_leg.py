@@ -46,9 +46,16 @@ async def test_sip_username_rings_only_that_users_phones() -> None:
             invites = [(d, a) for d, a in bridge.take() if is_request(d, "INVITE")]
             assert [a for _, a in invites] == [PHONE]  # ana's phone only, not bo's
             invite = invites[0][0]
-            bridge.feed(respond(invite, "200 OK", b"ana%d" % n,
-                                b"Contact: <sip:201@127.0.0.1:20001>\r\n"
-                                b"Content-Type: application/sdp", SDP), PHONE)
+            bridge.feed(
+                respond(
+                    invite,
+                    "200 OK",
+                    b"ana%d" % n,
+                    b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: application/sdp",
+                    SDP,
+                ),
+                PHONE,
+            )
             ok = [d for d, a in bridge.take() if is_response(d, 200, "INVITE") and a == TRUNK]
             assert len(ok) == 1
             [call] = bridge.ctx.calls.all()

@@ -68,15 +68,20 @@ class Call:
         self.phone_invite = b""
         self.ok = b""  # the bridge's 200 to the trunk
 
-    def place(self, trunk_headers: str = "", phone_headers: str = "",
-              phone_allow: str = "INVITE, ACK, CANCEL, BYE") -> None:
+    def place(
+        self,
+        trunk_headers: str = "",
+        phone_headers: str = "",
+        phone_allow: str = "INVITE, ACK, CANCEL, BYE",
+    ) -> None:
         bridge = self.bridge
         bridge.feed(trunk_invite(self.n, LINE, bridge.address, trunk_headers), TRUNK)
         self.phone_invite = only(bridge.take(), lambda d, a: is_request(d, "INVITE"), PHONE)
         self.answer_phone(self.phone_invite, phone_headers, phone_allow)
 
-    def answer_phone(self, invite: bytes, phone_headers: str = "",
-                     allow: str = "INVITE, ACK, CANCEL, BYE") -> None:
+    def answer_phone(
+        self, invite: bytes, phone_headers: str = "", allow: str = "INVITE, ACK, CANCEL, BYE"
+    ) -> None:
         bridge = self.bridge
         extra = f"Contact: <sip:201@{PHONE[0]}:{PHONE[1]}>\r\nAllow: {allow}\r\n"
         extra += "".join(f"{h}\r\n" for h in phone_headers.split("\n") if h)
@@ -179,8 +184,9 @@ async def test_caller_without_timer_support_is_refreshed_by_the_bridge(bridge) -
     sent = await bridge.advance(2)
     reinvite = only(sent, lambda d, a: is_request(d, "INVITE") and a == TRUNK, TRUNK)
     assert body_of(reinvite) == SDP, "the caller gets the SDP it was answered with"
-    bridge.feed(respond(reinvite, "200 OK", None, b"Content-Type: application/sdp",
-                        TRUNK_SDP), TRUNK)
+    bridge.feed(
+        respond(reinvite, "200 OK", None, b"Content-Type: application/sdp", TRUNK_SDP), TRUNK
+    )
     assert [a for d, a in bridge.take() if is_request(d, "ACK")] == [TRUNK]
     assert len(bridge.ctx.calls) == 1
 
@@ -223,9 +229,15 @@ async def test_phone_that_refreshes_itself_is_answered_and_watched(bridge) -> No
     bridge.feed(
         b"UPDATE sip:bridge@" + bridge.address.encode() + b" SIP/2.0\r\n"
         b"Via: SIP/2.0/UDP 127.0.0.1:20001;branch=z9hG4bK-ph-up1\r\n"
-        + b"From: " + (header(call.phone_invite, "To") or "").encode() + b";tag=ph1\r\n"
-        + b"To: " + (header(call.phone_invite, "From") or "").encode() + b"\r\n"
-        + b"Call-ID: " + (header(call.phone_invite, "Call-ID") or "").encode() + b"\r\n"
+        + b"From: "
+        + (header(call.phone_invite, "To") or "").encode()
+        + b";tag=ph1\r\n"
+        + b"To: "
+        + (header(call.phone_invite, "From") or "").encode()
+        + b"\r\n"
+        + b"Call-ID: "
+        + (header(call.phone_invite, "Call-ID") or "").encode()
+        + b"\r\n"
         b"CSeq: 10 UPDATE\r\nContact: <sip:201@127.0.0.1:20001>\r\n"
         # The phone sends it, as the UAC of the UPDATE: it stays the refresher (§7.4).
         b"Session-Expires: 1800;refresher=uac\r\nContent-Length: 0\r\n\r\n",
@@ -255,8 +267,7 @@ async def test_too_short_an_interval_gets_422_with_our_min_se(bridge) -> None:
 async def test_a_phone_asking_for_a_longer_interval_is_asked_again(bridge) -> None:
     bridge.feed(trunk_invite(8, LINE, bridge.address), TRUNK)
     invite = only(bridge.take(), lambda d, a: is_request(d, "INVITE"), PHONE)
-    bridge.feed(respond(invite, "422 Session Interval Too Small", b"ph8", b"Min-SE: 3600"),
-                PHONE)
+    bridge.feed(respond(invite, "422 Session Interval Too Small", b"ph8", b"Min-SE: 3600"), PHONE)
     sent = bridge.take()
     again = only(sent, lambda d, a: is_request(d, "INVITE"), PHONE)
     assert header(again, "Session-Expires") == "3600"
@@ -277,9 +288,17 @@ async def test_relayed_reinvite_carries_each_sides_own_timer(bridge) -> None:
     assert body_of(relayed) == hold
     # The phone refreshes its side: the relayed request keeps it the refresher (§7.4).
     assert header(relayed, "Session-Expires") == "120;refresher=uas"
-    bridge.feed(respond(relayed, "200 OK", None,
-                        b"Session-Expires: 120;refresher=uas\r\nRequire: timer\r\n"
-                        b"Content-Type: application/sdp", SDP), PHONE)
+    bridge.feed(
+        respond(
+            relayed,
+            "200 OK",
+            None,
+            b"Session-Expires: 120;refresher=uas\r\nRequire: timer\r\n"
+            b"Content-Type: application/sdp",
+            SDP,
+        ),
+        PHONE,
+    )
     sent = bridge.take()
     ok = only(sent, lambda d, a: is_response(d, 200, "INVITE"), TRUNK)
     assert header(ok, "Session-Expires") == "120;refresher=uac"

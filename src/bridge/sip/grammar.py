@@ -298,8 +298,7 @@ def _format_uri(uri: SipUri) -> str:
         out.append("?")
         out.append(
             "&".join(
-                f"{_escape(n, _HEADER_SAFE)}={_escape(v or '', _HEADER_SAFE)}"
-                for n, v in headers
+                f"{_escape(n, _HEADER_SAFE)}={_escape(v or '', _HEADER_SAFE)}" for n, v in headers
             )
         )
     return "".join(out)

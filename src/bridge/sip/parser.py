@@ -53,7 +53,14 @@ MAX_BODY_BYTES = 1024 * 1024
 # 4028) and INFO are handled inside calls. PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE and
 # PUBLISH are known, so they get 405 with this list, not 501.
 ALLOWED_METHODS: tuple[str, ...] = (
-    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "UPDATE", "INFO"
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "REGISTER",
+    "UPDATE",
+    "INFO",
 )
 _OTHER_KNOWN = ("PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 KNOWN_METHODS: frozenset[str] = frozenset((*ALLOWED_METHODS, *_OTHER_KNOWN))
