@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from bridge.calls.events import CallAnswered, CallEnded, CallOutcome, CallRinging, LegState
 from bridge.calls.events import LegReason as Reason
-from tests.carrier.helpers import BEN_SIP, DIRECT, FRONT, HANGUP, TURNS
+from tests.carrier.helpers import BEN_SIP, CHAIN, DIRECT, FRONT, HANGUP, TURNS
 from tests.carrier.live import CALLER, QUICK, World, eventually
 
 ANA, EVE, CID = "client:ana", "client:eve", "+15550003001"
@@ -368,3 +368,18 @@ async def test_one_at_a_time_turns_ring_each_member_for_their_turn(world: World)
     assert call.machine.answered_by == "eve"
     world.carrier.hangup(inbound.sid)
     await world.ended(inbound.sid)
+
+
+async def test_a_fallback_group_rings_next_then_its_own_fallback(world: World) -> None:
+    world.carrier.set_target(ANA, no_answer())
+    world.carrier.set_target(EVE, no_answer())
+    with capture_logs() as logs:
+        inbound = await world.carrier.place_inbound_call(CALLER, CHAIN, follow=True)
+        ended = await world.ended(inbound.sid)
+    assert ended.machine.outcome is CallOutcome.HANGUP
+    assert [p["Label"] for p in world.requests("CreateParticipant")] == [["ana"], ["eve"]]
+    assert [e["action"] for e in logs if e["event"] == "carrier_prompt_not_played"] == [
+        "ring_group"
+    ]
+    [redirect] = await eventually(lambda: world.requests("UpdateCall") or None)
+    assert "Nobody is here. Goodbye." in redirect["Twiml"][0]

@@ -287,6 +287,15 @@ class ConferenceMode:
                     self._end_leg(call, output.leg_id, output.reason.value)
             elif isinstance(output, BridgeTo):
                 log.info("carrier_conference_bridged", leg_id=output.leg_id)
+            elif (
+                not answering
+                and isinstance(output, StartFallback)
+                and output.step.action in (FallbackAction.RING_GROUP, FallbackAction.FORWARD)
+                and output.step.prompt
+            ):
+                # The caller is in the conference: saying it would mean taking them out of it
+                # (a redirect) and back. They keep hearing the hold music instead.
+                log.info("carrier_prompt_not_played", action=output.step.action.value)
         if answering or call.caller_redirected:
             return
         state = call.machine.state
