@@ -97,7 +97,8 @@ class _Attempt:
         elif exc is not None:
             return  # a bug of ours (or a cancellation): not an attempt's outcome
         if failure is None:
-            self._record("done", 200, None)
+            # The status the HTTP routes answer on success (the gateway maps it its own way).
+            self._record("done", {"monitor": 201, "monitor_stop": 204}.get(self.control, 200), None)
             return
         outcome = "failed" if isinstance(failure, CarrierFailed) else "refused"
         self._record(outcome, failure.status, failure.reason)
