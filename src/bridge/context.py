@@ -148,6 +148,8 @@ def build_context(
         metrics=metrics,
         clock=clock,
     )
+    if sip is not None:
+        sip.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
     return AppContext(
         settings=settings,
         store=store,

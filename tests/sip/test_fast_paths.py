@@ -34,7 +34,7 @@ def name_addrs(draw: st.DrawFn) -> str:
     return f"{display}<{uri}>{tail}"
 
 
-@settings(max_examples=400)
+@settings(max_examples=1500)
 @given(st.one_of(_TEXT, name_addrs()))
 def test_header_params_fast_path_matches_the_scan(value: str) -> None:
     # For one value (no top-level comma) the shortcut must equal the character scan.

@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -38,6 +38,7 @@ from bridge.calls.events import (
     StartFallback,
 )
 from bridge.calls.machine import CallMachine
+from bridge.calls.ports import AppOffers
 from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
 from bridge.directory.model import Directory, FallbackAction, Strategy, normalize_number
 from bridge.observability.logging import call_context
@@ -197,6 +198,11 @@ class _Call:
     session_timers: dict[Side, object] = field(default_factory=dict)
     session_since: dict[Side, float] = field(default_factory=dict)
     sdp_out: dict[Side, bytes] = field(default_factory=dict)
+    # Users offered the call on their apps (user id -> leg id), the accept being decided
+    # (user id, SDP answer) and the user whose app won.
+    app_legs: dict[str, str] = field(default_factory=dict)
+    app_answer: tuple[str, str | None] | None = None
+    app_winner: str | None = None
 
 
 class SipCalls:
@@ -223,6 +229,7 @@ class SipCalls:
         send_stateless: Callable[[SipRequest | SipResponse, Address, str], None],
         local: Callable[[str], ViaSpec],
         session: SessionTimerSettings | None = None,
+        offers: AppOffers | None = None,
     ) -> None:
         self.routing = routing
         self.registrar = registrar
@@ -242,6 +249,7 @@ class SipCalls:
         self._send_stateless = send_stateless
         self._local = local
         self.session = session or SessionTimerSettings()
+        self.offers = offers  # app users are rung over the WebSocket gateway (None: not)
         self._calls: dict[str, _Call] = {}
         self._by_invite: dict[str, _Call] = {}  # caller INVITE transaction id -> call
         self._by_branch: dict[str, tuple[_Call, _Branch]] = {}
@@ -419,6 +427,15 @@ class SipCalls:
                 self._answer_refresh(call, dialog, transaction_id, request)
             elif request.method in _RELAYED and self._relay(call, dialog, transaction_id, request):
                 pass
+            elif request.method == "INVITE" and call.app_winner is not None:
+                # No SIP far side to relay to (an app answered): repeat our answer.
+                body = call.sdp_out.get(Side.CALLER, b"")
+                extra = [("Content-Type", "application/sdp")] if body else []
+                extra += self._session_answer(request)
+                response = make_response(request, 200, "OK", extra=extra, body=body)
+                dialog.response_sent(request, response)
+                self._respond(transaction_id, response)
+                self._session_arm(call, Side.CALLER)
             else:
                 response = _reply(request, 200, "OK")
                 dialog.response_sent(request, response)
@@ -672,6 +689,7 @@ class SipCalls:
         if isinstance(output, DialLeg):
             self._dial(call, output)
         elif isinstance(output, CancelLeg):
+            self._end_app_offer(call, output.leg_id, output.reason)
             reason = ANSWERED_ELSEWHERE if output.reason is LegReason.ANSWERED_ELSEWHERE else None
             for branch in self._branches(call, output.leg_id):
                 if branch.final is None and branch.cancel_reason is None:
@@ -683,6 +701,11 @@ class SipCalls:
         elif isinstance(output, HangupLeg):
             if output.leg_id == call.machine.caller_leg_id:
                 self._hangup_caller(call)
+            elif call.app_winner is not None and self.offers is not None:
+                if call.app_legs.get(call.app_winner) == output.leg_id:
+                    self.offers.push_call_state(
+                        call.call_id, call.app_winner, "ended", reason=output.reason
+                    )
             else:
                 for branch in self._branches(call, output.leg_id):
                     if branch.dialog is not None and branch.final and branch.final < 300:
@@ -735,6 +758,9 @@ class SipCalls:
         self._schedule(self._now(), lambda: self._run(call, step()))
 
     def _dial(self, call: _Call, command: DialLeg) -> None:
+        if command.via is Channel.APPS and command.user_id is not None and self.offers:
+            self._offer_app(call, command, command.user_id)
+            return
         now = self._now()
         targets: list[tuple[str, Address, str, list[tuple[str, str]]]] = []
         if command.via is Channel.IP_PHONE and command.user_id is not None:
@@ -846,6 +872,10 @@ class SipCalls:
         self._send_request(bye, branch.destination, branch.transport)
 
     def _bridge(self, call: _Call, leg_id: str) -> None:
+        app_user = next((u for u, leg in call.app_legs.items() if leg == leg_id), None)
+        if app_user is not None:
+            self._bridge_app(call, app_user)
+            return
         winner = next(
             (
                 b
@@ -862,12 +892,27 @@ class SipCalls:
                 branch.cancel_reason = ANSWERED_ELSEWHERE
                 if branch.provisional:
                     self._send_cancel(branch)
+        self._answer_caller(call, winner.answer.body, winner.answer.headers.get("Content-Type"))
+        call.sdp_out[Side.CALLEE] = winner.invite.body
+        self._session_arm(call, Side.CALLEE)
+
+    def _bridge_app(self, call: _Call, user_id: str) -> None:
+        """An app session's accept won: the caller gets the app's SDP answer (media goes
+        end to end until the bridge anchors it)."""
+        answer = call.app_answer
+        if answer is None or answer[0] != user_id:
+            return
+        call.app_winner = user_id
+        body = (answer[1] or "").encode()
+        self._answer_caller(call, body, "application/sdp" if body else None)
+
+    def _answer_caller(self, call: _Call, body: bytes, content_type: str | None) -> None:
+        """Our 200 to the caller (re-sent until its ACK), the caller's dialog, its timer."""
         extra: list[tuple[str, str]] = []
-        content_type = winner.answer.headers.get("Content-Type")
         if content_type:
             extra.append(("Content-Type", content_type))
         extra += self._caller_session_headers(call.invite)
-        response = self._caller_reply(call, 200, "OK", extra, body=winner.answer.body)
+        response = self._caller_reply(call, 200, "OK", extra, body=body)
         call.answered = True
         self._setup_done(call)
         self._respond(call.transaction_id, response)
@@ -881,10 +926,8 @@ class SipCalls:
             self._dialog_calls[dialog.id] = call
         except DialogError as exc:
             log.warning("sip_caller_dialog_failed", error=str(exc))
-        call.sdp_out[Side.CALLER] = winner.answer.body
-        call.sdp_out[Side.CALLEE] = winner.invite.body
+        call.sdp_out[Side.CALLER] = body
         self._session_arm(call, Side.CALLER)
-        self._session_arm(call, Side.CALLEE)
 
     def ack(self, ack: SipRequest) -> None:
         """An ACK for a 2xx (end to end): stops our 2xx retransmissions to the caller."""
@@ -974,6 +1017,83 @@ class SipCalls:
         return make_response(
             call.invite, status, phrase, to_tag=call.to_tag, extra=headers, body=body
         )
+
+    # -- app users (the WebSocket gateway's offers) ---------------------------------------------
+    def _offer_app(self, call: _Call, command: DialLeg, user_id: str) -> None:
+        assert self.offers is not None
+        plan = call.machine.plan
+        seconds = max(1.0, command.timeout_at - self._now())
+        status = self.offers.offer(
+            call.call_id,
+            user_id,
+            caller=call.live.caller,
+            line=plan.line,
+            ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
+            expires_at=datetime.now(UTC) + timedelta(seconds=seconds),
+            sdp=call.invite.body.decode("utf-8", "replace") if call.invite.body else None,
+            listener=self,
+        )
+        log.info("sip_leg_offered", leg_id=command.leg_id, user_id=user_id, status=str(status))
+        if status == "unreachable":
+            self._run_later(
+                call,
+                lambda: call.machine.leg_failed(
+                    command.leg_id, LegFailure.UNREACHABLE, self._now()
+                ),
+            )
+            return
+        call.app_legs[user_id] = command.leg_id
+
+    def _end_app_offer(self, call: _Call, leg_id: str, reason: LegReason) -> None:
+        if self.offers is None:
+            return
+        for user_id, leg in call.app_legs.items():
+            if leg == leg_id and user_id != call.app_winner:
+                answered_by = None
+                if reason is LegReason.ANSWERED_ELSEWHERE:
+                    answered_by = self.offers.answered_by(
+                        call.machine.answered_by, self._answered_via(call)
+                    )
+                self.offers.end_offer(call.call_id, user_id, reason, answered_by=answered_by)
+
+    @staticmethod
+    def _answered_via(call: _Call) -> str:
+        if call.app_winner is not None:
+            return Channel.APPS.value
+        if call.winner is not None and call.winner.trunk:
+            return Channel.PHONE_NUMBER.value
+        return Channel.IP_PHONE.value
+
+    # OfferListener: what the gateway tells us about our offers.
+    def on_accept(self, call_id: str, user_id: str, session_id: str, sdp: str | None) -> bool:
+        call = self._calls.get(call_id)
+        leg = call.app_legs.get(user_id) if call is not None else None
+        if call is None or leg is None or call.answered or call.winner or call.app_winner:
+            return False
+        with call_context(call_id):
+            if call.invite.body and not sdp:
+                # The caller made an SDP offer: an answer without SDP cannot be bridged.
+                log.warning("sip_app_accept_without_sdp", user_id=user_id)
+                return False
+            call.app_answer = (user_id, sdp)
+            self._run(call, call.machine.leg_answered(leg, self._now()))
+            won = call.app_winner == user_id
+            log.info("sip_app_accept", user_id=user_id, session_id=session_id, won=won)
+        return won
+
+    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
+        self._app_leg_failed(call_id, user_id, LegFailure.REJECTED)
+
+    def on_unreachable(self, call_id: str, user_id: str) -> None:
+        self._app_leg_failed(call_id, user_id, LegFailure.UNREACHABLE)
+
+    def _app_leg_failed(self, call_id: str, user_id: str, failure: LegFailure) -> None:
+        call = self._calls.get(call_id)
+        leg = call.app_legs.get(user_id) if call is not None else None
+        if call is None or leg is None:
+            return
+        with call_context(call_id):
+            self._run(call, call.machine.leg_failed(leg, failure, self._now()))
 
     # -- session timers (RFC 4028) ---------------------------------------------------------------
     # Each side of a bridged call has its own session timer, as each is its own dialog: the

@@ -349,8 +349,16 @@ def _params(value: str) -> dict[str, str | None]:
     if "<" not in value:
         segments = value.split(";")[1:] if '"' not in value else _split_top_level(value, ";")[1:]
     else:
-        closing = value.rfind(">")
-        if closing > value.find("<") and '"' not in value[closing:] and value.count("<") == 1:
+        opening, closing = value.find("<"), value.rfind(">")
+        semicolon = value.find(";")
+        quotes = value.count('"')
+        if (
+            closing > opening
+            and value.count("<") == 1
+            and not 0 <= semicolon < opening  # a ';' before the name-addr: the scan decides
+            # No quotes, or one plain quoted display name before the '<'.
+            and (quotes == 0 or (quotes == 2 and "\\" not in value and value.rfind('"') < opening))
+        ):
             segments = value[closing + 1 :].split(";")[1:]
         else:
             segments = _split_top_level(value, ";")[1:]

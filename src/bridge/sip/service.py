@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from bridge.calls.ports import AppOffers
 from bridge.calls.registry import CallRegistry
 from bridge.config import Settings
 from bridge.config import SipSettings as SipSettingsModel
@@ -133,6 +134,7 @@ class SipService:
         presence: PresenceService,
         registry: CallRegistry,
         trunk: TrunkSettings,
+        offers: AppOffers | None = None,
     ) -> None:
         """Route INVITEs from the trunk (the B2BUA is built when the endpoint starts)."""
         self._call_parts = {
@@ -140,7 +142,13 @@ class SipService:
             "presence": presence,
             "calls": registry,
             "trunk": trunk,
+            "offers": offers,
         }
+
+    def use_offers(self, offers: AppOffers) -> None:
+        """Ring app users through the WebSocket gateway's offers (before `start`)."""
+        if self._call_parts is not None:
+            self._call_parts["offers"] = offers
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, endpoint: SipEndpoint) -> None:

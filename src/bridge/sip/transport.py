@@ -135,16 +135,31 @@ class SipEndpoint:
         loop = asyncio.get_running_loop()
         self._loop = loop
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        _, udp = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, self.port), family=family
-        )
-        self._udp = udp
-        if self.port == 0:  # tests: take the port the OS gave UDP for TCP too
-            assert udp.transport is not None
-            self.port = udp.transport.get_extra_info("sockname")[1]
-        self._tcp_server = await loop.create_server(
-            lambda: _Tcp(self), host=self.host, port=self.port, family=family, reuse_address=True
-        )
+        any_port = self.port == 0
+        for attempt in range(5 if any_port else 1):
+            _, udp = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self.host, self.port), family=family
+            )
+            self._udp = udp
+            if any_port:  # tests: take the port the OS gave UDP for TCP too
+                assert udp.transport is not None
+                self.port = udp.transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp_server = await loop.create_server(
+                    lambda: _Tcp(self),
+                    host=self.host,
+                    port=self.port,
+                    family=family,
+                    reuse_address=True,
+                )
+                break
+            except OSError:
+                # That port's TCP side is taken (another process): try another free port.
+                assert udp.transport is not None
+                udp.transport.close()
+                if not any_port or attempt == 4:
+                    raise
+                self.port = 0
         log.info("sip_listening", host=self.host, port=self.port, transports=["udp", "tcp"])
 
     async def stop(self) -> None:
