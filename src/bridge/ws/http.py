@@ -6,6 +6,7 @@ service's (offers.py).
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
@@ -53,6 +54,7 @@ async def test_offers(
     unknown = [u for u in body.users if directory.user(u) is None]
     if unknown:
         raise HTTPException(status_code=404, detail=f"no user {unknown[0]!r}")
+    started = time.perf_counter()
     result = ctx.ws.test_calls.start(
         body.users,
         one_call=body.one_call,
@@ -61,5 +63,9 @@ async def test_offers(
         caller=body.caller,
         line=body.line,
     )
+    # Answer once every offer is written: the answer then says how long the fan-out took on
+    # the bridge's side (bench/ws_fanout.py reports it next to what the clients saw).
+    result["written"] = await ctx.ws.written(body.users, timeout=10)
+    result["written_ms"] = round((time.perf_counter() - started) * 1000, 3)
     audit(request, grant.user, "ws_test_offers", allowed=True, users=len(body.users))
     return result

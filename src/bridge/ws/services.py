@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import secrets
 import time
@@ -73,8 +75,7 @@ PING_TEXT = Ping().text()
 DRAINING_TEXT = ServerDraining().text()
 # How long a closing handler waits for its close frame to be written.
 CLOSE_FLUSH_SECONDS = 2.0
-# The heartbeat pass yields to the loop after this many sessions.
-HEARTBEAT_SLICE = 256
+HEARTBEAT_BATCH = 0.05  # seconds of due heartbeat work handled per pass
 # The exact pong sim/apps and the console send: handled without JSON parsing or validation
 # (it is most of what 10,000 idle sessions send).
 PONG_TEXT = '{"v":1,"type":"pong"}'
@@ -104,6 +105,10 @@ class Gateway:
         self._presence_sent: dict[str, UserPresence] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._due: list[tuple[float, int, Session]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
         self.draining = False
         self.offers = OfferService(self, metrics, clock)
         self.test_calls = TestCalls(self.offers, clock)
@@ -127,6 +132,20 @@ class Gateway:
     def user_name(self, user_id: str) -> str | None:
         user = self._directory().user(user_id)
         return user.name if user is not None else None
+
+    async def written(self, user_ids: Collection[str], timeout: float) -> bool:
+        """Wait (bounded) until every frame queued for these users' sessions has been handed
+        to the transport. True when it was; for measurements (test offers)."""
+        sessions = [s for user in user_ids for s in self.sessions_of(user)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Polling (not a waiter per session): the writes of a fan-out all run within a loop
+        # iteration or two, and a thousand waiters would cost more than the check.
+        while any(s.writing for s in sessions):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0 if loop.time() + 0.05 > deadline else 0.001)
+        return True
 
     # -- the connection --------------------------------------------------------------------
     async def serve(self, ws: WebSocket) -> None:
@@ -403,6 +422,9 @@ class Gateway:
             self._up.add(user.id)
             self._presence.endpoint_up(user.id, Channel.APPS)
         self._presence_sent[user.id] = self._presence.presence_of(user.id)
+        now, wall = asyncio.get_running_loop().time(), time.time()
+        first = now + self.settings.ping_interval_seconds * session.jitter
+        self._schedule(session, min(first, now + (session.token_expires - wall)))
         log.debug("ws_session_opened", session_id=session.session_id, user_id=user.id)
 
     def _unregister(self, session: Session, *, grace: bool = True) -> None:
@@ -470,58 +492,89 @@ class Gateway:
             elif user.status is AccountStatus.SUSPENDED:
                 self.kick_user(user_id, CloseCode.FORBIDDEN, "account suspended")
 
-    # -- the sweeper: heartbeat, token expiry, presence, board, offers ---------------------
+    # -- background work: the heartbeat, and the sweeper (presence, board, offers) --------
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first connection (or tests running a new loop)
             self._loop = loop
+            self._due.clear()
+            self._wake = asyncio.Event()  # an Event belongs to the loop that first waits on it
+            self._sweeper = self._heartbeat_task = None
+        if self._sweeper is None:  # (again after close_all)
             self._sweeper = loop.create_task(self._sweep(), name="ws-sweeper")
-
-    def _tick(self) -> float:
-        s = self.settings
-        return max(
-            0.02, min(s.refresh_seconds, s.ping_interval_seconds / 4, s.ping_timeout_seconds / 4)
-        )
+            self._heartbeat_task = loop.create_task(self._heartbeats(), name="ws-heartbeat")
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(self._tick())
+            await asyncio.sleep(self.settings.refresh_seconds)
             try:
-                await self.sweep_once()
+                self.sweep_once()
             except Exception:
                 log.exception("ws_sweep_failed")
 
-    async def sweep_once(self) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        # Every tick (not every few seconds): the pings due are then few per pass, and a
-        # fan-out never waits behind thousands of them.
-        await self._heartbeat(now, time.time())
+    def sweep_once(self) -> None:
         self._refresh_presence()
         self.board.refresh()
         self.offers.expire()
 
-    async def _heartbeat(self, now: float, wall: float) -> None:
+    # The heartbeat is a heap of (when to look at a session again, seq, session), not a scan
+    # of every session: with 10,000 sessions a scan every second cost more than the pings,
+    # and sending a second's worth of pings in one go delayed any fan-out caught behind it.
+    # Each pass handles what is due in the last HEARTBEAT_BATCH seconds. One entry per session;
+    # a frame from the client only moves `last_seen`, and the entry, when it comes up,
+    # reschedules from there.
+    def _schedule(self, session: Session, when: float) -> None:
+        session.next_check = when
+        heapq.heappush(self._due, (when, next(self._seq), session))
+        if self._due[0][2] is session:
+            self._wake.set()  # sooner than the heartbeat task planned to look
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = self._due[0][0] - loop.time() if self._due else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
+            await asyncio.sleep(HEARTBEAT_BATCH)  # gather what falls due meanwhile
+            try:
+                self._heartbeat(loop.time(), time.time())
+            except Exception:
+                log.exception("ws_heartbeat_failed")
+
+    def _heartbeat(self, now: float, wall: float) -> None:
+        due = self._due
+        while due and due[0][0] <= now:
+            when, _, session = heapq.heappop(due)
+            if when != session.next_check or self._sessions.get(session.session_id) is not session:
+                continue  # stale entry, or the session is gone
+            self._check(session, now, wall)
+
+    def _check(self, session: Session, now: float, wall: float) -> None:
         interval = self.settings.ping_interval_seconds
         dead_after = interval + self.settings.ping_timeout_seconds
-        for index, session in enumerate(list(self._sessions.values())):
-            if index and not index % HEARTBEAT_SLICE:
-                # Tens of thousands of sessions: let offers and frames through between slices.
-                await asyncio.sleep(0)
-                now = self._loop.time() if self._loop is not None else now
-            if self._sessions.get(session.session_id) is not session:  # closed meanwhile
-                continue
-            silent = now - session.last_seen
-            if session.dead or silent >= dead_after:
-                session.close(CloseCode.HEARTBEAT_TIMEOUT, f"no frame for {silent:.0f} s")
-                self._unregister(session)
-                log.info("ws_peer_dead", session_id=session.session_id, user_id=session.user_id)
-            elif session.token_expires <= wall:
-                session.close(CloseCode.TOKEN_EXPIRED, "token expired")
-                self._unregister(session)
-            elif silent >= interval * session.jitter and session.last_ping <= session.last_seen:
+        silent = now - session.last_seen
+        if session.dead or silent >= dead_after:
+            session.close(CloseCode.HEARTBEAT_TIMEOUT, f"no frame for {silent:.0f} s")
+            self._unregister(session)
+            log.info("ws_peer_dead", session_id=session.session_id, user_id=session.user_id)
+            return
+        if session.token_expires <= wall:
+            session.close(CloseCode.TOKEN_EXPIRED, "token expired")
+            self._unregister(session)
+            return
+        if silent >= interval * session.jitter:
+            if session.last_ping <= session.last_seen:
                 session.last_ping = now
                 session.send(PING_TEXT, "ping")
+                # Look again before the next ping would be due: answered by then, it is
+                # rescheduled an interval after the pong (pings stay spread over sessions).
+                later = now + min(self.settings.ping_timeout_seconds, interval * session.jitter)
+            else:
+                later = session.last_seen + dead_after  # dead then, unless it answers
+        else:
+            later = session.last_seen + interval * session.jitter
+        self._schedule(session, min(later, now + (session.token_expires - wall)))
 
     # -- shutdown --------------------------------------------------------------------------
     def begin_drain(self) -> int:
@@ -545,11 +598,12 @@ class Gateway:
             await asyncio.wait(
                 [asyncio.ensure_future(s.flushed(timeout)) for s in sessions], timeout=timeout
             )
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._sweeper = self._heartbeat_task = None
         return len(sessions)
 
     async def drain(self) -> int:

@@ -63,6 +63,7 @@ class Session:
         "jitter",
         "last_ping",
         "last_seen",
+        "next_check",
         "opened",
         "session_id",
         "strikes",
@@ -88,6 +89,7 @@ class Session:
         self.opened = now
         self.last_seen = now  # loop time of the last frame from the client
         self.last_ping = 0.0  # loop time of our last ping
+        self.next_check = 0.0  # loop time the heartbeat looks at it next (its heap entry)
         # Pinged after ping_interval x jitter of silence: sessions that connected together
         # (a reconnect storm, a load run) do not all get their pings in the same pass.
         self.jitter = 0.75 + random.random() / 4
@@ -147,6 +149,11 @@ class Session:
             self._flusher = None
             if not outbox:
                 self._outbox = None  # idle sessions keep no deque
+
+    @property
+    def writing(self) -> bool:
+        """Frames queued and not yet handed to the transport."""
+        return self._flusher is not None
 
     async def flushed(self, timeout: float) -> None:
         """Wait (bounded) until everything queued, the close included, has been written."""
