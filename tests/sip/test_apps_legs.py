@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from sim.apps.client import AppClient
+
 from tests.sip.peers import bridge_process, needs_sipp
 from tests.sip.test_sipp_calls import start_phone, trunk_command, wait_registered
 from tests.sip.test_sipp_register import ha1
