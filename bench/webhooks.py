@@ -20,8 +20,8 @@ group id:
    not counted.
 
 `--gc-gen0 N` starts the bridge with the daemon's young-generation GC threshold replaced by N
-(the daemon sets 50,000 once started, for the SIP path's throughput): the collections of that
-generation are the pauses behind this path's tail latency (see docs/PERFORMANCE.md).
+(the daemon sets `bridge.daemon.GC_THRESHOLDS` once started, 5,000 today): the collections
+of that generation are the pauses behind this path's tail latency (see docs/PERFORMANCE.md).
 
 It prints the achieved rate, latency p50 / p99 / max (sent -> answer read, and also from the
 scheduled send time so a generator that fell behind cannot hide the server's queueing), errors

@@ -26,10 +26,12 @@ from bridge.sip.transport import SipEndpoint
 log = structlog.get_logger("bridge")
 
 
-# Young-generation threshold: the SIP path allocates many short-lived containers per message,
-# and at the default (700) the collector ran every few messages (about 7% of the CPU per call
-# in bench/sip_inproc.py, and the occasional multi-millisecond pause in set-up times).
-GC_THRESHOLDS = (50_000, 20, 20)
+# The SIP path allocates many short-lived containers per message. At the default (700, 10,
+# 10) the collector ran every few messages and full collections came often (9 in 7,000 calls
+# of bench/sip_inproc.py, up to 180 ms each); at 50,000 young collections paused up to 110 ms
+# (and set the carrier webhooks' p99). 5,000 keeps both pauses and CPU lower (see
+# docs/PERFORMANCE.md, "Garbage collector").
+GC_THRESHOLDS = (5_000, 10, 10)
 
 
 def tune_garbage_collector() -> None:
@@ -108,6 +110,9 @@ class Daemon:
         await serve
         if self.ctx.sip is not None:
             await self.ctx.sip.stop()
+        if self.ctx.carrier is not None:
+            # Conference timers, REST calls in flight and the REST HTTP session.
+            await self.ctx.carrier.aclose()
         log.info("stopped")
         return 0
 

@@ -303,6 +303,10 @@ class SipEndpoint:
         deadline = self.layer.next_deadline()
         if deadline == self._timer_at:
             return
+        if self._timer is not None and (deadline is None or deadline >= self._timer_at):
+            # Armed earlier than needed: let it fire and re-arm then (it finds nothing due).
+            # Re-arming on every message made a timer handle per message, cancelled at once.
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
