@@ -85,26 +85,27 @@ async def test_updates_follow_calls_and_presence(board: Live) -> None:
     assert board.gateway.board.subscribers == 1  # only alice now
 
 
+# The demo bridge has no carrier REST API: allowed controls get that far and stop there (the
+# controls on real carrier calls are in test_controls.py).
+NO_CARRIER = (
+    "call controls need the carrier's REST API: set [twilio] account_sid and auth_token "
+    "(or an API key)"
+)
 CONTROLS = [
     # (user, frame, fields, code, message)
-    ("sam", "call.monitor", {"call_id": "call-a", "mode": "barge"}, "not_available",
-     "supervisor controls come with the carrier path"),
-    ("olivia", "call.monitor", {"call_id": "call-d", "mode": "whisper"}, "not_available",
-     "supervisor controls come with the carrier path"),
+    ("sam", "call.monitor", {"call_id": "call-a", "mode": "barge"}, "unavailable", NO_CARRIER),
+    ("olivia", "call.monitor", {"call_id": "call-d", "mode": "whisper"}, "unavailable",
+     NO_CARRIER),
     ("alice", "call.monitor", {"call_id": "call-a", "mode": "listen"}, "forbidden",
      "user 'alice' lacks the 'barge_whisper' permission"),
     ("frank", "call.monitor", {"call_id": "call-c", "mode": "listen"}, "forbidden",
      "role 'rep' may not monitor calls"),
     ("rita", "call.monitor", {"call_id": "call-a", "mode": "listen"}, "forbidden",
      "role 'reporter' may not monitor calls"),
-    ("sam", "call.monitor", {"call_id": "nope", "mode": "listen"}, "not_found",
-     "no live call 'nope'"),
-    ("sam", "call.recording", {"call_id": "call-b", "action": "pause"}, "not_available",
-     "supervisor controls come with the carrier path"),
-    ("alice", "call.recording", {"call_id": "call-a", "action": "pause"}, "not_available",
-     "supervisor controls come with the carrier path"),  # her own call, with the flag
-    ("alice", "call.recording", {"call_id": "call-b", "action": "pause"}, "not_found",
-     "no live call 'call-b'"),  # not hers, and not visible to her
+    ("sam", "call.recording", {"call_id": "call-b", "action": "pause"}, "unavailable",
+     NO_CARRIER),
+    ("alice", "call.recording", {"call_id": "call-a", "action": "pause"}, "unavailable",
+     NO_CARRIER),  # her own call, with the flag
     ("erin", "call.recording", {"call_id": "call-b", "action": "resume"}, "forbidden",
      "user 'erin' lacks the 'recording_control' permission"),
     ("cleo", "call.recording", {"call_id": "call-c", "action": "stop"}, "forbidden",
@@ -117,25 +118,10 @@ CONTROLS = [
     CONTROLS,
     ids=[f"{u}-{k}-{f['call_id']}" for u, k, f, _, _ in CONTROLS],
 )
-async def test_supervisor_controls_are_checked_then_not_available(
+async def test_supervisor_controls_go_through_the_control_service(
     board: Live, user: str, kind: str, fields: dict[str, str], code: str, message: str
 ) -> None:
     client = await board.connect(user)
     reply = await client.request(kind, **fields)
     assert (reply["type"], reply["code"], reply["message"]) == ("error", code, message)
     assert client.is_open
-
-
-async def test_a_recording_control_on_someone_elses_visible_call_is_refused(
-    board: Live,
-) -> None:
-    # erin sees every call (visibility "everything"); with the flag she may still only
-    # control her own calls.
-    document = demo_with_end_client()
-    erin = next(u for u in document["users"] if u["id"] == "erin")
-    erin["permissions"] = ["recording_control"]
-    response = await board.http("PUT", "/api/v1/users/erin", "olivia", json=erin)
-    assert response.status_code == 200, response.text
-    client = await board.connect("erin")
-    reply = await client.request("call.recording", call_id="call-b", action="pause")
-    assert (reply["code"], reply["message"]) == ("forbidden", "only your own calls")

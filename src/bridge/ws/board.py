@@ -1,4 +1,5 @@
-"""The live board (`calls.subscribe`) and the supervisor controls' permission checks.
+"""The live board (`calls.subscribe`) and the supervisor controls (`call.monitor`,
+`call.recording`), which go through the same control service as the HTTP API.
 
 What a subscriber sees follows the role matrix (docs/ROLES.md, bridge.directory.roles), looked
 up again on every refresh so a role or flag change applies at once:
@@ -18,17 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from bridge.api.auth import audit
 from bridge.calls.registry import CallRegistry, LiveCall
+from bridge.control.errors import ControlError
+from bridge.control.service import ControlService
 from bridge.directory.model import AccountStatus, Directory, User
 from bridge.directory.roles import ROLES_THAT_RECEIVE_CALLS, Action, Scope, allowed
 from bridge.presence.model import UserPresence
 from bridge.presence.service import PresenceService
 from bridge.ws.exceptions import ErrorCode, FrameError
 from bridge.ws.schemas import (
+    Ack,
     BoardAgent,
     BoardCall,
     CallMonitor,
@@ -37,12 +42,11 @@ from bridge.ws.schemas import (
     CallsUpdate,
     ErrorFrame,
     FrameId,
+    MonitorMode,
 )
 from bridge.ws.sessions import Session
 
 log = structlog.get_logger("bridge.ws")
-
-NOT_AVAILABLE = "supervisor controls come with the carrier path"
 
 
 def call_visible(user: User, scope: Scope, call: LiveCall) -> bool:
@@ -126,28 +130,35 @@ class Board:
                 session.send(update.text(), "calls.update")
 
     # -- supervisor controls ---------------------------------------------------------------
-    def check_control(self, user: User, frame: CallMonitor | CallRecording) -> None:
-        """The permission checks of listen / whisper / barge and recording control. Allowed
-        ones are answered `not_available` until the control service is wired in."""
-        action = (
-            Action.MONITOR_CALLS if isinstance(frame, CallMonitor) else Action.CONTROL_RECORDING
-        )
-        target = f"call:{frame.call_id}"
-        scope, reason = allowed(user, action)
-        if scope is Scope.NONE:
-            audit(None, user, action, allowed=False, target=target, reason=reason, channel="ws")
-            raise FrameError(ErrorCode.FORBIDDEN, reason or "not allowed")
-        see = allowed(user, Action.SEE_LIVE_CALLS)[0]
-        call = self._calls.get(frame.call_id)
-        # A call the user may not see is answered like a call that does not exist.
-        if call is None or not call_visible(user, see, call):
-            raise FrameError(ErrorCode.NOT_FOUND, f"no live call {frame.call_id!r}", "call_id")
-        if scope is Scope.OWN_FLAG and not call.involves(user.id):
-            reason = "only your own calls"
-            audit(None, user, action, allowed=False, target=target, reason=reason, channel="ws")
-            raise FrameError(ErrorCode.FORBIDDEN, reason)
-        log.info("ws_control_not_available", actor=user.id, action=str(action), target=target)
-        raise FrameError(ErrorCode.NOT_AVAILABLE, NOT_AVAILABLE)
+    async def control(
+        self, user: User, frame: CallMonitor | CallRecording, service: ControlService | None
+    ) -> Ack:
+        """`call.monitor` / `call.recording` through the control service the HTTP API uses: the
+        same permission checks, call checks, audit (`origin="ws"`) and carrier commands. The
+        answer is an `ack` with what the HTTP route would answer; a refusal raises the
+        `ControlError`'s code and reason as an `error` frame."""
+        if service is None:
+            raise FrameError(ErrorCode.UNAVAILABLE, "call controls are not part of this daemon")
+        try:
+            if isinstance(frame, CallRecording):
+                result: dict[str, Any] | None = await service.recording(
+                    user, frame.call_id, frame.action.value, frame.pause_behavior, origin="ws"
+                )
+            elif frame.mode is MonitorMode.STOP:
+                await service.stop_monitor(user, frame.call_id, origin="ws")
+                result = None
+            elif _monitors(service, user, frame.call_id):
+                # A frame per button: the same frame with another mode switches live (PATCH).
+                result = await service.change_monitor(
+                    user, frame.call_id, frame.mode.value, frame.via, origin="ws"
+                )
+            else:
+                result = await service.monitor(
+                    user, frame.call_id, frame.mode.value, frame.via, origin="ws"
+                )
+        except ControlError as exc:
+            raise FrameError(_error_code(exc), exc.reason) from None
+        return Ack(id=frame.id, result=result)
 
     # -- views -----------------------------------------------------------------------------
     def snapshot(self, user: User) -> tuple[list[BoardCall], list[BoardAgent]]:
@@ -227,3 +238,17 @@ class Board:
         for gone in self._agent_cache.keys() - entries.keys():
             del self._agent_cache[gone]
         return entries
+
+
+def _monitors(service: ControlService, user: User, call_id: str) -> bool:
+    """The user already has a monitoring session on the call."""
+    call = service.find(call_id)
+    return call is not None and user.id in call.monitors
+
+
+def _error_code(error: ControlError) -> ErrorCode:
+    """The error-frame code of a control refusal: the same word as the `ControlError`'s."""
+    try:
+        return ErrorCode(error.code)
+    except ValueError:
+        return ErrorCode.INVALID

@@ -35,8 +35,12 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"  # over the per-connection rate: the frame was dropped
     FORBIDDEN = "forbidden"  # the user's role or flags do not allow it (ROLES.md)
     NOT_FOUND = "not_found"  # no such call (or not one this user may see)
-    NOT_AVAILABLE = "not_available"  # valid and allowed, but not in this build
     AUTH_MISMATCH = "auth_mismatch"  # a second `auth` for another user
+    # The call controls' refusals (bridge.control.errors, the HTTP API's 409/422/502/503):
+    CONFLICT = "conflict"  # the call cannot take this control now (not answered, ...)
+    INVALID = "invalid"  # e.g. via phone_number for a user without one
+    CARRIER_FAILED = "carrier_failed"  # the carrier refused or did not answer
+    UNAVAILABLE = "unavailable"  # no carrier REST API configured
 
 
 class CloseConnection(Exception):

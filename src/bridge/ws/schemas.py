@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from bridge.calls.events import LegReason
+from bridge.control.schemas import MonitorVia, PauseBehavior
 from bridge.presence.model import Availability
 from bridge.ws.exceptions import ErrorCode
 
@@ -86,9 +87,14 @@ class MonitorMode(StrEnum):
 
 
 class CallMonitor(_ClientFrame):
+    """Listen, whisper or barge (`POST /api/v1/calls/{id}/monitor`); the same frame again with
+    another mode switches live (`PATCH`); `stop` leaves (`DELETE`)."""
+
     type: Literal["call.monitor"]
     call_id: CallId
     mode: MonitorMode
+    # Where the supervisor is called: their apps (`client:<id>`) or their phone_number.
+    via: MonitorVia = "client"
 
 
 class RecordingAction(StrEnum):
@@ -99,9 +105,13 @@ class RecordingAction(StrEnum):
 
 
 class CallRecording(_ClientFrame):
+    """`POST /api/v1/calls/{id}/recording`."""
+
     type: Literal["call.recording"]
     call_id: CallId
     action: RecordingAction
+    # For `pause`: `skip` leaves the paused stretch out of the file, `silence` (default) keeps it.
+    pause_behavior: PauseBehavior | None = None
 
 
 ClientFrame = Annotated[
@@ -271,6 +281,8 @@ class CallsUpdate(_ServerFrame):
 
 class Ack(_ServerFrame):
     type: Literal["ack"] = "ack"
+    # A control's outcome, as the HTTP API answers it: the monitoring session or the recording.
+    result: dict[str, Any] | None = None
 
 
 class ErrorFrame(_ServerFrame):

@@ -334,7 +334,11 @@ class Gateway:
             self.board.unsubscribe(session)
             session.send(Ack(id=frame.id).text(), "ack")
         elif isinstance(frame, CallMonitor | CallRecording):
-            self.board.check_control(user, frame)
+            # The control service is the daemon's (`ctx.control`, as the HTTP routes find it).
+            # Awaited here: the session's next frames wait for the carrier's answer, bounded
+            # by the REST client's retry budget.
+            control = getattr(session.ws.app.state.ctx, "control", None)
+            session.send((await self.board.control(user, frame, control)).text(), "ack")
         elif isinstance(frame, Auth):
             self._reauth(session, frame)
 
