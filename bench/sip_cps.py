@@ -82,6 +82,9 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # `sim` lives at the repository root
+from sim.local import MetricsScrape, free_port  # noqa: E402
+
 SIPP_DIR = HERE / "sipp"
 KAMAILIO_CFG = HERE / "kamailio" / "kamailio.cfg"
 REALM = "bench.test"
@@ -98,21 +101,6 @@ PASS_RATE_SHARE = 0.95  # a step passes at >= 95% of the asked rate, with zero f
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def ha1(user: str, password: str) -> str:
     return hashlib.md5(f"{user}:{REALM}:{password}".encode()).hexdigest()
 
@@ -362,21 +350,11 @@ def sipp_uac(
 
 # -- the bridge ------------------------------------------------------------------------------
 @dataclass
-class Bridge:
+class Bridge(MetricsScrape):
     process: subprocess.Popen[bytes]
     http: int
     sip: int
     folder: Path
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def metric(self, sample: str) -> float | None:
-        for line in self.metrics().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return None
 
     def setup_histogram(self) -> dict[str, float]:
         """bridge_call_setup_seconds{path="sip"}: cumulative bucket counts by `le`, sum, count."""

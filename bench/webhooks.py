@@ -42,7 +42,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,16 +56,13 @@ import yaml
 from twilio.request_validator import RequestValidator
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `sim` lives at the repository root
+from sim.local import free_port  # noqa: E402
+
 BRIDGE = REPO / ".venv" / "bin" / "bridge"
 AUTH_TOKEN = "bench-webhooks-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "b" * 32
 LINE = "+15550100"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sim.local import free_port
 
 from bridge.calls.registry import LiveCall, NotAcceptingCalls
 from bridge.cli import main
@@ -26,12 +27,6 @@ from bridge.config import load_all
 from bridge.daemon import Daemon
 
 STARTUP_SECONDS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(url: str, token: str | None = None) -> tuple[int, Any]:

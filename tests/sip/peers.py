@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sim.local import MetricsScrape, free_port
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = shutil.which("sipp")
@@ -30,24 +30,8 @@ needs_sipp = pytest.mark.skipif(
 )
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
-            with socket.socket(socket.AF_INET, other) as second:
-                try:
-                    second.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
 @dataclass
-class RunningBridge:
+class RunningBridge(MetricsScrape):
     process: subprocess.Popen[str]
     http: int
     sip: int
@@ -67,16 +51,6 @@ class RunningBridge:
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def metric(self, sample: str) -> float | None:
-        for line in self.metrics().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return None
 
     def api(self, path: str, user: str = "admin") -> Any:
         token = subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sim.apps import AppClient, Closed
+from sim.local import free_port
 
 from bridge.calls.registry import LiveCall
 from bridge.tokens import TokenService
@@ -45,12 +45,6 @@ async def test_a_connection_during_the_drain_is_told_and_closed(live: Live) -> N
     assert await late.wait_closed(WAIT) == (1001, "server draining")
     assert late.received("server.draining")
     assert live.gateway.session_count() == 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_sigterm_on_the_daemon_drains_app_sessions(demo_dir: Path) -> None:
