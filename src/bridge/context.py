@@ -150,6 +150,7 @@ def build_context(
     )
     if sip is not None:
         sip.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
+    carrier.use_offers(ws.offers)  # ... and told of carrier calls ringing their voice SDK
     return AppContext(
         settings=settings,
         store=store,

@@ -19,8 +19,9 @@ class OfferListener(Protocol):
 
     def on_accept(
         self, call_id: str, user_id: str, session_id: str, sdp: str | None
-    ) -> bool | Awaitable[bool]:
-        """The user accepted (its first session to do so): True if that won the call."""
+    ) -> bool | Awaitable[bool | None] | None:
+        """The user accepted (its first session to do so): True if that won the call; None
+        if an accept there cannot answer it (it is answered in the carrier's voice SDK)."""
         ...
 
     def on_reject(self, call_id: str, user_id: str, session_id: str) -> None: ...
@@ -52,5 +53,9 @@ class AppOffers(Protocol):
         self, call_id: str, user_id: str, state: Any, *, reason: LegReason | None = None,
         wrap_up_until: datetime | None = None,
     ) -> int: ...
+
+    def answered(self, call_id: str, user_id: str) -> bool:
+        """The user answered some other way (the carrier's voice SDK): offer over."""
+        ...
 
     def answered_by(self, user_id: str | None, via: str, device: str | None = None) -> Any: ...

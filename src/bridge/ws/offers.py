@@ -72,9 +72,11 @@ class OfferListener(Protocol):
 
     def on_accept(
         self, call_id: str, user_id: str, session_id: str, sdp: str | None
-    ) -> bool | Awaitable[bool]:
+    ) -> bool | Awaitable[bool | None] | None:
         """This user accepted (first session to do so). Return True if the accept won the
-        call (the caller is bridged to this user), False otherwise."""
+        call (the caller is bridged to this user), False otherwise. None: an accept here
+        cannot answer this call (on the carrier path the app answers in the carrier's voice
+        SDK, where it rings too): the offer keeps ringing and the session gets an error."""
         ...
 
     def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
@@ -230,6 +232,18 @@ class OfferService:
             session.send(text, "call.state")
         return len(sessions)
 
+    def answered(self, call_id: str, user_id: str) -> bool:
+        """The user answered this call some other way than an accept here (the carrier's
+        voice SDK): the offer ends as answered and the user's sessions get `call.state
+        answered`. False when there was no such offer."""
+        offer = self._offers.get((call_id, user_id))
+        if offer is None:
+            return False
+        self._drop(offer, OfferResult.ANSWERED)
+        self._metrics.offer_to_answer_seconds.observe(time.perf_counter() - offer.started)
+        self.push_call_state(call_id, user_id, CallStateName.ANSWERED)
+        return True
+
     def answered_by(self, user_id: str | None, via: str, device: str | None = None) -> AnsweredBy:
         """Who answered, for `end_offer(..., answered_by=...)` ("answered by Bob on desk
         phone")."""
@@ -273,6 +287,13 @@ class OfferService:
         if self._offers.get(key) is not offer:  # replaced by a new offer meanwhile
             self._late(session, key, frame.id)
             return
+        if verdict is None:
+            offer.replies.pop(session.session_id, None)
+            if offer.deferred is not None:  # ended while we asked: settle it now
+                self._finish(offer, *offer.deferred)
+            raise FrameError(
+                ErrorCode.CONFLICT, "this call is answered in the voice SDK, where it rings"
+            )
         if verdict:
             self._won(offer, session)
             return

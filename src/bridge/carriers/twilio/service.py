@@ -22,7 +22,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 import structlog
@@ -33,10 +33,12 @@ from bridge.calls.events import (
     CallEnded,
     CallRinging,
     CallState,
+    CancelLeg,
     DialLeg,
     Event,
     FallbackStarted,
     LayerExhausted,
+    LegReason,
     LegRinging,
     MarkCallEnded,
     MarkOnCall,
@@ -45,6 +47,7 @@ from bridge.calls.events import (
     StartFallback,
 )
 from bridge.calls.machine import CallMachine
+from bridge.calls.ports import AppOffers
 from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
 from bridge.carriers.twilio import twiml
 from bridge.carriers.twilio.conference import ConferenceMode
@@ -146,6 +149,12 @@ class TwilioCalls:
         self._live: dict[str, CarrierCall] = {}
         self._ended: OrderedDict[str, CarrierCall] = OrderedDict()
         self._listeners: list[EventListener] = []
+        # App users also get the offer on their WebSocket sessions (context, typed reasons);
+        # their audio rings and is answered in the carrier's voice SDK (<Client>).
+        self.offers: AppOffers | None = None
+
+    def use_offers(self, offers: AppOffers) -> None:
+        self.offers = offers
 
     @classmethod
     def from_settings(
@@ -489,6 +498,8 @@ class TwilioCalls:
         """What every mode does with the core's outputs: leg records, presence, events, the
         registry entry, metrics. The mode then turns the commands into carrier actions."""
         for output in outputs:
+            if self.offers is not None:
+                self._app_offer(call, output, self.offers)
             if isinstance(output, DialLeg):
                 call.legs[output.leg_id] = self._leg_meta(call, output)
             elif isinstance(output, MarkOnCall):
@@ -504,6 +515,34 @@ class TwilioCalls:
         call.machine.apply_to(call.live)
         if call.machine.ended:
             self._finish(call)
+
+    def _app_offer(self, call: CarrierCall, output: Output, offers: AppOffers) -> None:
+        """The WebSocket side of app legs: offer, end with the typed reason, answered."""
+        if isinstance(output, DialLeg) and output.via is Channel.APPS and output.user_id:
+            plan = call.machine.plan
+            rings_for = max(1.0, output.timeout_at - call.now)  # on the call's ring clock
+            offers.offer(
+                call.call_id,
+                output.user_id,
+                caller=call.caller,
+                line=plan.line,
+                ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
+                expires_at=self._clock() + timedelta(seconds=rings_for),
+                listener=_SdkAnswers(),
+            )
+        elif isinstance(output, CancelLeg):
+            meta = call.legs.get(output.leg_id)
+            if meta is not None and meta.via is Channel.APPS and meta.user_id:
+                answered_by = None
+                if output.reason is LegReason.ANSWERED_ELSEWHERE:
+                    winner = call.legs.get(call.machine.answered_leg or "")
+                    via = winner.via.value if winner is not None else Channel.APPS.value
+                    answered_by = offers.answered_by(call.machine.answered_by, via)
+                offers.end_offer(
+                    call.call_id, meta.user_id, output.reason, answered_by=answered_by
+                )
+        elif isinstance(output, CallAnswered) and output.via is Channel.APPS and output.user_id:
+            offers.answered(call.call_id, output.user_id)
 
     def declined(self, call: CarrierCall, meta: LegMeta, digits: str) -> None:
         self._publish(call, LegDeclined(meta.leg_id, meta.user_id, digits))
@@ -583,3 +622,18 @@ def _log_event(event: Event, leg_sid: str | None) -> None:
         log.info("carrier_leg_declined", leg_id=event.leg_id, user_id=event.user_id)
     elif isinstance(event, VoicemailRecorded):
         log.info("carrier_voicemail_recorded", recording_sid=event.recording_sid)
+
+
+class _SdkAnswers:
+    """The listener of carrier-path offers: an app answers these in the voice SDK, so a
+    WebSocket accept cannot answer (None: the gateway tells the session so), and a reject
+    only stops the offer there (the SDK keeps ringing until the leg's own end)."""
+
+    def on_accept(self, call_id: str, user_id: str, session_id: str, sdp: str | None) -> None:
+        return None
+
+    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
+        log.info("carrier_app_offer_declined", call_id=call_id, user_id=user_id)
+
+    def on_unreachable(self, call_id: str, user_id: str) -> None:
+        pass
