@@ -886,3 +886,27 @@ def test_random_interleavings_never_fail_and_leave_nothing(
     # Everything sent went to the peer (or its NAT-less Via address) over the transport used.
     assert all(out.destination == PEER and out.transport == transport for _, out in d.sent)
     assert all(isinstance(e, Event) for _, e in d.events)
+
+
+def test_transactions_waiting_out_their_timers_let_go_of_the_request() -> None:
+    # A busy endpoint holds tens of thousands of transactions in Completed/Accepted for up to
+    # 32 s: they keep what they still need (keys, the final to re-send), not the request.
+    d = Driver()
+    bye = request("BYE")
+    client = d.send_request(bye)
+    d.receive(answer(bye, 200, "OK"))
+    options = request("OPTIONS")
+    server = new_request_id(d.receive(options))
+    ok = answer(options, 200, "OK")
+    d.respond(server, ok)
+    invite = request("INVITE")
+    accepted = new_request_id(d.receive(invite))
+    d.respond(accepted, answer(invite, 200, "OK"))
+    for tid in (client, server, accepted):
+        txn = d.layer._transactions[tid]
+        assert txn.state in (TransactionState.COMPLETED, TransactionState.ACCEPTED)
+        assert txn.request is None
+    # ... and still do their job: the retransmitted OPTIONS gets the same 200.
+    d.sent.clear()
+    assert d.receive(options) == []
+    assert [o.message for _, o in d.sent] == [ok]

@@ -520,7 +520,12 @@ class _Transaction:
     ) -> None:
         self.layer = layer
         self.id = transaction_id
-        self.request = request
+        # The request while the machine may still send or answer it; released (None) once
+        # only absorbing retransmissions is left, so the tens of thousands of transactions
+        # waiting out Timers D/I/J/K/L/M do not keep whole messages alive (memory, and the
+        # garbage collector's work: see docs/PERFORMANCE.md).
+        self.request: SipRequest | None = request
+        self.request_to_tag: str | None = _tag(request, "To")  # RFC 2543 matching (§17.2.3)
         self.peer = peer  # client: where requests go; server: where responses go
         self.transport = transport
         self.reliable = is_reliable(transport)
@@ -546,6 +551,8 @@ class _Transaction:
         if state not in TRANSITIONS[self.kind].get(self.state, frozenset()):
             raise AssertionError(f"{self.kind} cannot go from {self.state} to {state}")
         self.state = state
+        if state in _RELEASING:
+            self.request = None
         if state is _S.TERMINATED:
             self.layer._retire(self)
 
@@ -570,6 +577,11 @@ class _Transaction:
         raise NotImplementedError
 
 
+# States in which a machine never sends or answers its request again: only absorbing
+# retransmissions (and, for a server INVITE, matching the ACK by the keys) is left.
+_RELEASING = frozenset({_S.ACCEPTED, _S.COMPLETED, _S.CONFIRMED})
+
+
 class _ClientInvite(_Transaction):
     """§17.1.1, figure 5 (RFC 6026 figure 5)."""
 
@@ -578,6 +590,7 @@ class _ClientInvite(_Transaction):
     ack: SipRequest | None = None  # built once, re-sent for each retransmitted final
 
     def start(self, now: float) -> None:
+        assert self.request is not None
         self.send(self.request)
         if not self.reliable:
             self.arm("A", self.interval, now)
@@ -603,6 +616,7 @@ class _ClientInvite(_Transaction):
                 self.enter(_S.ACCEPTED)
                 self.arm("M", self.settings.duration("M", reliable=self.reliable), now)
                 return [Response(self.id, response)]
+            assert self.request is not None
             self.ack = build_ack(self.request, response)
             self.send(self.ack)
             self.enter(_S.COMPLETED)
@@ -620,7 +634,7 @@ class _ClientInvite(_Transaction):
         return self.absorbed()
 
     def fire(self, timer: str, now: float) -> list[Event]:
-        if timer == "A" and self.state is _S.CALLING:
+        if timer == "A" and self.state is _S.CALLING and self.request is not None:
             self.layer.stats.retransmissions += 1
             self.send(self.request)
             self.interval *= 2  # §17.1.1.2: doubles each time, no cap for INVITE
@@ -642,6 +656,7 @@ class _ClientNonInvite(_Transaction):
     initial = _S.TRYING
 
     def start(self, now: float) -> None:
+        assert self.request is not None
         self.send(self.request)
         if not self.reliable:
             self.arm("E", self.interval, now)
@@ -659,7 +674,7 @@ class _ClientNonInvite(_Transaction):
         return [Response(self.id, response)]
 
     def fire(self, timer: str, now: float) -> list[Event]:
-        if timer == "E" and self.state in (_S.TRYING, _S.PROCEEDING):
+        if timer == "E" and self.state in (_S.TRYING, _S.PROCEEDING) and self.request:
             self.layer.stats.retransmissions += 1
             self.send(self.request)
             # §17.1.2.2: doubling capped at T2 while Trying; every T2 once Proceeding.
@@ -683,11 +698,8 @@ class _ServerTransaction(_Transaction):
     final: SipResponse | None = None  # the non-2xx final sent
 
     # RFC 2543 matching also compares To tags (§17.2.3): the request's for
-    # retransmissions, that of our final response for the ACK.
-    @property
-    def request_to_tag(self) -> str | None:
-        return _tag(self.request, "To")
-
+    # retransmissions (`request_to_tag`, kept from the start), that of our final response for
+    # the ACK.
     @property
     def response_to_tag(self) -> str | None:
         return _tag(self.final, "To") if self.final is not None else None
@@ -760,7 +772,12 @@ class _ServerInvite(_ServerTransaction):
             self.arm("H", self.settings.duration("H", reliable=self.reliable), now)
 
     def fire(self, timer: str, now: float) -> list[Event]:
-        if timer == "trying" and self.state is _S.PROCEEDING and self.provisional is None:
+        if (
+            timer == "trying"
+            and self.state is _S.PROCEEDING
+            and self.provisional is None
+            and self.request is not None
+        ):
             # §8.2.6.1: a Timestamp in the request is copied into the 100 Trying.
             stamp = self.request.headers.get("Timestamp")
             extra = [("Timestamp", stamp)] if stamp is not None else []
