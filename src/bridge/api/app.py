@@ -16,6 +16,7 @@ from bridge.api.auth import Grant, current_user, require
 from bridge.api.common import ctx_of
 from bridge.carriers.twilio import http as twilio_http
 from bridge.carriers.twilio import voice_token
+from bridge.console import http as console_http
 from bridge.context import AppContext
 from bridge.control import http as control_http
 from bridge.directory.model import User
@@ -40,6 +41,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(control_http.router)
     app.include_router(voice_token.router)
     include_ws_routes(app, ctx.settings)
+    app.include_router(console_http.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:

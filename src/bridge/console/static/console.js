@@ -1,0 +1,689 @@
+// The bridge console: an agent's and supervisor's page on the bridge's WebSocket (/ws, the
+// protocol of docs/ws-protocol.md). No framework and no build step: the bridge serves this file
+// as it is. Every string that comes from the network is put in the page as text (never as
+// HTML): callers' numbers and names come from outside.
+//
+// What the buttons allow mirrors docs/ROLES.md (bridge.directory.roles) so that a user sees
+// *why* a control is not offered; the server checks every frame again and its refusal is shown.
+
+const TOKEN_KEY = "bridge.console.token";
+const DEVICE = "web console"; // what other sessions read as "answered by ... on web console"
+const PONG = '{"v":1,"type":"pong"}'; // the exact text the gateway handles without parsing
+const REQUEST_TIMEOUT_MS = 20000; // a control waits for the carrier (retries included: 15 s)
+const ENDINGS_KEPT = 6;
+
+// -- ROLES.md, as far as the buttons are concerned ------------------------------------------
+const SEE_LIVE_CALLS = new Set(["admin", "supervisor", "agent", "rep", "reporter", "end_client"]);
+const SET_OWN_AVAILABILITY = new Set(["admin", "supervisor", "agent", "rep"]);
+const MONITOR_ROLES = new Set(["admin", "supervisor", "agent"]); // each only with barge_whisper
+const RECORD_ANY_CALL = new Set(["admin", "supervisor"]);
+const RECORD_OWN_CALLS = new Set(["agent", "rep"]); // only with recording_control
+
+const VIA = { apps: "in the app", ip_phone: "on desk phone", phone_number: "on their phone" };
+const ENDED = {
+  caller_hangup: "Caller hung up",
+  timeout: "Nobody answered in time",
+  rejected: "You declined the call",
+  layer_moved_on: "Moved on to the next layer",
+  callee_hangup: "The other side hung up",
+};
+const MONITOR_LABELS = { listen: "Listen", whisper: "Whisper", barge: "Barge" };
+const MONITOR_DOING = { listen: "listening", whisper: "whispering", barge: "barging" };
+
+const state = {
+  token: null,
+  me: null, // GET /api/v1/me, then the user of auth.ok
+  ws: null,
+  nextId: 1,
+  pending: new Map(), // frame id -> {resolve, timer}
+  retry: 0,
+  retryTimer: null,
+  presence: null,
+  offers: new Map(), // call id -> call.offer frame (+ answering flag)
+  current: null, // the call this user answered: {call_id, caller, line, state}
+  wrapUntil: null, // Date
+  endings: [],
+  calls: new Map(), // the board: call id -> BoardCall
+  agents: new Map(), // user id -> BoardAgent
+  names: new Map(), // user id -> name
+  lines: new Map(), // number -> line name
+  monitoring: new Map(), // call id -> our monitoring session (from acks)
+  recording: new Map(), // call id -> the recording as we last heard of it (from acks)
+  busy: new Set(), // call ids with a control request in flight
+};
+
+const $ = (id) => document.getElementById(id);
+
+// A small element builder; children are nodes or text.
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+// -- words -------------------------------------------------------------------------------------
+function userName(id) {
+  if (!id) return "";
+  if (state.me && id === state.me.id) return "you";
+  return state.names.get(id) || id;
+}
+
+function lineLabel(number) {
+  if (!number) return "unknown line";
+  const name = state.lines.get(number);
+  return name ? `${name} (${number})` : number;
+}
+
+function answeredBy(by) {
+  if (!by) return "Answered elsewhere";
+  const where = by.device ? `on ${by.device}` : VIA[by.via] || "";
+  if (!by.user_id) return by.via === "phone_number" ? "Answered on a forwarding number" : "Answered elsewhere";
+  const who = state.me && by.user_id === state.me.id ? "you" : by.name || userName(by.user_id);
+  return `Answered by ${who} ${where}`.trim();
+}
+
+function whyEnded(frame) {
+  if (frame.reason === "answered_elsewhere") return answeredBy(frame.answered_by);
+  return ENDED[frame.reason] || `Ended (${frame.reason})`;
+}
+
+function clock(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function since(iso) {
+  return clock((Date.now() - Date.parse(iso)) / 1000);
+}
+
+// -- log in / out ------------------------------------------------------------------------------
+async function login(token) {
+  $("login-error").textContent = "";
+  let response;
+  try {
+    response = await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${token}` } });
+  } catch (error) {
+    $("login-error").textContent = `The bridge cannot be reached: ${error.message}`;
+    return false;
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    $("login-error").textContent = `Token refused: ${body.detail || response.status}`;
+    sessionStorage.removeItem(TOKEN_KEY);
+    return false;
+  }
+  state.token = token;
+  state.me = await response.json();
+  state.names.set(state.me.id, state.me.name);
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("whoami").hidden = false;
+  $("me-name").textContent = state.me.name;
+  $("me-role").textContent = state.me.role;
+  loadLines(token);
+  connect();
+  return true;
+}
+
+async function loadLines(token) {
+  // Line names are a nicety: a role that may not read them just sees numbers.
+  try {
+    const response = await fetch("/api/v1/lines", { headers: { Authorization: `Bearer ${token}` } });
+    if (!response.ok) return;
+    for (const line of await response.json()) state.lines.set(line.number, line.name);
+    render();
+  } catch {
+    // numbers only
+  }
+}
+
+function logout(message = "") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(state.retryTimer);
+  const ws = state.ws;
+  state.ws = null;
+  if (ws) ws.close(1000, "logged out");
+  state.token = state.me = state.presence = state.current = state.wrapUntil = null;
+  for (const map of [state.offers, state.calls, state.agents, state.monitoring, state.recording]) map.clear();
+  state.endings = [];
+  state.busy.clear();
+  $("app").hidden = true;
+  $("whoami").hidden = true;
+  $("login").hidden = false;
+  $("token").value = "";
+  $("login-error").textContent = message;
+  setConnection("offline", "Not connected");
+}
+
+// -- the WebSocket -----------------------------------------------------------------------------
+function setConnection(kind, text) {
+  const el = $("connection");
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  // The token goes in the first frame, not the URL (URLs end up in proxies' logs).
+  const ws = new WebSocket(`${scheme}://${location.host}/ws`, ["bridge.v1"]);
+  state.ws = ws;
+  setConnection("connecting", "Connecting…");
+  ws.addEventListener("open", () => {
+    ws.send(JSON.stringify({ v: 1, type: "auth", id: "auth", token: state.token, device: DEVICE }));
+  });
+  ws.addEventListener("message", (event) => {
+    if (state.ws !== ws) return;
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    handle(frame);
+  });
+  ws.addEventListener("close", (event) => {
+    if (state.ws !== ws) return; // logged out, or replaced
+    closed(event.code, event.reason);
+  });
+}
+
+function closed(code, reason) {
+  state.ws = null;
+  for (const { resolve, timer } of state.pending.values()) {
+    clearTimeout(timer);
+    resolve({ type: "error", code: "disconnected", message: "the connection closed" });
+  }
+  state.pending.clear();
+  // docs/ws-protocol.md "Close codes": a bad, expired or revoked token is not retried.
+  if (code === 4001 || code === 4002 || code === 4003) {
+    const why = { 4001: "Token refused", 4002: "Your token expired", 4003: "Access revoked" }[code];
+    logout(`${why}${reason ? `: ${reason}` : ""}. Paste a new token.`);
+    return;
+  }
+  if (code === 4009 || code === 1008 || code === 1009) {
+    showBanner(`Disconnected: ${reason || code}. Reload the page to try again.`);
+    setConnection("offline", "Disconnected");
+    return;
+  }
+  // 1001 (the bridge restarts), 1006, 1011, 4008: reconnect with backoff and jitter.
+  const delay = Math.min(30, 2 ** state.retry) * (0.5 + Math.random() / 2);
+  state.retry += 1;
+  setConnection("connecting", `Connection lost; reconnecting in ${Math.ceil(delay)} s`);
+  state.retryTimer = setTimeout(connect, delay * 1000);
+}
+
+function send(type, fields = {}) {
+  const id = state.nextId++;
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify({ v: 1, type, id, ...fields }));
+  }
+  return id;
+}
+
+// Send a frame and resolve with the frame that answers it (same id), or a local error.
+function request(type, fields = {}) {
+  return new Promise((resolve) => {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+      resolve({ type: "error", code: "disconnected", message: "not connected" });
+      return;
+    }
+    const id = send(type, fields);
+    const timer = setTimeout(() => {
+      state.pending.delete(id);
+      resolve({ type: "error", code: "timeout", message: "no answer from the bridge" });
+    }, REQUEST_TIMEOUT_MS);
+    state.pending.set(id, { resolve, timer });
+  });
+}
+
+function handle(frame) {
+  if (frame.type === "ping") {
+    state.ws?.send(PONG);
+    return;
+  }
+  const waiting = frame.id !== undefined ? state.pending.get(frame.id) : undefined;
+  switch (frame.type) {
+    case "auth.ok":
+      onAuthOk(frame);
+      break;
+    case "presence": {
+      const wasOnCall = state.presence ? state.presence.on_call : false;
+      state.presence = frame;
+      if (frame.wrap_up_until) state.wrapUntil = new Date(frame.wrap_up_until);
+      // A path that sends no `call.state ended` still ends the user's call in presence.
+      if (wasOnCall && !frame.on_call && state.current) endCurrent();
+      break;
+    }
+    case "call.offer":
+      state.offers.set(frame.call_id, { ...frame, answering: false });
+      break;
+    case "call.ended":
+      onEnded(frame);
+      break;
+    case "call.state":
+      onCallState(frame);
+      break;
+    case "calls.board":
+      state.calls = new Map(frame.calls.map((c) => [c.call_id, c]));
+      state.agents = new Map(frame.agents.map((a) => [a.user_id, a]));
+      for (const agent of frame.agents) state.names.set(agent.user_id, agent.name);
+      break;
+    case "calls.update":
+      for (const call of frame.calls) state.calls.set(call.call_id, call);
+      for (const id of frame.removed) {
+        if (state.current && state.current.call_id === id) endCurrent();
+        state.calls.delete(id);
+        state.monitoring.delete(id);
+        state.recording.delete(id);
+      }
+      for (const agent of frame.agents) {
+        state.agents.set(agent.user_id, agent);
+        state.names.set(agent.user_id, agent.name);
+      }
+      break;
+    case "server.draining":
+      showBanner("The bridge is restarting: the console reconnects by itself.");
+      break;
+    case "error":
+      // Errors that answer a request go to it; others (rate limit, board revoked) are shown.
+      if (!waiting) showBanner(`The bridge refused a request: ${frame.message}`);
+      break;
+    default:
+      break;
+  }
+  if (waiting) {
+    clearTimeout(waiting.timer);
+    state.pending.delete(frame.id);
+    waiting.resolve(frame);
+  }
+  render();
+}
+
+function onAuthOk(frame) {
+  state.retry = 0;
+  state.me = { ...state.me, ...frame.user };
+  state.presence = frame.presence;
+  // A new session is sent every offer still ringing: forget those heard before a reconnect.
+  if (frame.id === "auth") state.offers.clear();
+  if (frame.presence.wrap_up_until) state.wrapUntil = new Date(frame.presence.wrap_up_until);
+  hideBanner();
+  const expires = new Date(frame.expires_at);
+  setConnection("online", `Connected (token valid until ${expires.toLocaleTimeString()})`);
+  if (SEE_LIVE_CALLS.has(state.me.role) && frame.id === "auth") send("calls.subscribe");
+}
+
+function onEnded(frame) {
+  const offer = state.offers.get(frame.call_id);
+  state.offers.delete(frame.call_id);
+  addEnding(frame.call_id, offer ? offer.caller : null, frame.reason, whyEnded(frame));
+}
+
+function onCallState(frame) {
+  if (frame.state === "answered") {
+    const offer = state.offers.get(frame.call_id) || {};
+    state.offers.delete(frame.call_id);
+    state.current = { call_id: frame.call_id, caller: offer.caller, line: offer.line, state: "answered", since: new Date() };
+  } else if (frame.state === "held" && state.current) {
+    state.current.state = "held";
+  } else if (frame.state === "ended") {
+    const caller = state.current ? state.current.caller : null;
+    if (state.current && state.current.call_id === frame.call_id) state.current = null;
+    const why = frame.reason ? ENDED[frame.reason] || frame.reason : "Call ended";
+    addEnding(frame.call_id, caller, frame.reason || "ended", `Call ended: ${why.toLowerCase()}`);
+    if (frame.wrap_up_until) state.wrapUntil = new Date(frame.wrap_up_until);
+  }
+}
+
+// The answered call is over without a `call.state ended` for it (its reason is not known).
+function endCurrent() {
+  addEnding(state.current.call_id, state.current.caller, "ended", "Call ended");
+  state.current = null;
+}
+
+function addEnding(callId, caller, reason, text) {
+  state.endings.unshift({ callId, caller, reason, text, at: new Date() });
+  state.endings.length = Math.min(state.endings.length, ENDINGS_KEPT);
+}
+
+function showBanner(text) {
+  $("banner").textContent = text;
+  $("banner").hidden = false;
+}
+
+function hideBanner() {
+  $("banner").hidden = true;
+  $("banner").textContent = "";
+}
+
+// -- actions -----------------------------------------------------------------------------------
+async function answer(callId, accept) {
+  const offer = state.offers.get(callId);
+  if (!offer || offer.answering) return;
+  offer.answering = true;
+  render();
+  const reply = await request(accept ? "call.accept" : "call.reject", { call_id: callId });
+  if (reply.type === "error") {
+    offer.answering = false;
+    showBanner(`Could not ${accept ? "accept" : "reject"} the call: ${reply.message}`);
+    render();
+  }
+}
+
+async function setAvailability(value) {
+  const previous = state.presence ? state.presence.availability : null;
+  const reply = await request("presence.set", { availability: value });
+  if (reply.type === "error") {
+    $("availability-note").textContent = reply.message;
+    if (previous) $("availability").value = previous;
+  } else {
+    $("availability-note").textContent = "";
+  }
+}
+
+async function control(callId, type, fields, label) {
+  state.busy.add(callId);
+  $("control-status").textContent = `${label}…`;
+  render();
+  const reply = await request(type, { call_id: callId, ...fields });
+  state.busy.delete(callId);
+  if (reply.type === "ack") {
+    if (type === "call.monitor") {
+      if (fields.mode === "stop") state.monitoring.delete(callId);
+      else state.monitoring.set(callId, reply.result);
+    } else {
+      state.recording.set(callId, reply.result);
+    }
+    $("control-status").textContent = `${label}: done`;
+  } else {
+    $("control-status").textContent = `${label} refused: ${reply.message}`;
+  }
+  render();
+}
+
+// -- what the role allows (the reason shown when it does not) ----------------------------------
+function monitorBlocked(call) {
+  const { role, permissions = [] } = state.me;
+  if (!MONITOR_ROLES.has(role)) return `Your role (${role}) may not listen, whisper or barge`;
+  if (!permissions.includes("barge_whisper")) return "You lack the barge_whisper permission";
+  if (call.path !== "carrier") return "Only carrier calls (conference mode) can be monitored";
+  if (call.state !== "answered") return "Not answered yet";
+  if (call.answered_by === state.me.id) return "This is your own call";
+  return null;
+}
+
+function recordingBlocked(call) {
+  const { role, permissions = [] } = state.me;
+  if (RECORD_OWN_CALLS.has(role)) {
+    if (!permissions.includes("recording_control")) return "You lack the recording_control permission";
+    if (call.answered_by !== state.me.id) return "Only calls you answered";
+  } else if (!RECORD_ANY_CALL.has(role)) {
+    return `Your role (${role}) may not control recordings`;
+  }
+  if (call.path !== "carrier") return "Only carrier calls can be recorded";
+  if (call.state !== "answered") return "Not answered yet";
+  return null;
+}
+
+// -- rendering ---------------------------------------------------------------------------------
+function render() {
+  if (!state.me) return;
+  renderPresence();
+  renderCalls();
+  renderBoard();
+}
+
+function renderPresence() {
+  const select = $("availability");
+  const may = SET_OWN_AVAILABILITY.has(state.me.role);
+  select.disabled = !may;
+  if (!may) {
+    const why = `Your role (${state.me.role}) does not take calls`;
+    select.title = why;
+    $("availability-note").textContent = why;
+  }
+  if (state.presence && document.activeElement !== select) select.value = state.presence.availability;
+}
+
+function renderCalls() {
+  const status = $("status-line");
+  const current = state.current;
+  if (current) {
+    status.dataset.state = current.state;
+    status.textContent =
+      current.state === "held" ? `On hold with ${current.caller || "the caller"}` : `On a call with ${current.caller || "the caller"}`;
+    $("current-call").hidden = false;
+    $("current-call").replaceChildren(
+      h("p", {}, "Line: ", lineLabel(current.line)),
+      h("p", {}, "Talking for ", h("span", { dataset: { since: current.since.toISOString() } }, since(current.since.toISOString()))),
+    );
+  } else {
+    $("current-call").hidden = true;
+    const onCall = state.presence && state.presence.on_call;
+    status.dataset.state = onCall ? "answered" : "idle";
+    status.textContent = onCall ? "On a call" : "No call";
+  }
+
+  const offers = [...state.offers.values()];
+  $("no-offers").hidden = offers.length > 0;
+  const list = $("offers");
+  const shown = new Map([...list.children].map((li) => [li.dataset.callId, li]));
+  for (const [callId, li] of shown) if (!state.offers.has(callId)) li.remove();
+  for (const offer of offers) {
+    const sig = `${offer.answering}|${state.lines.get(offer.line) || ""}`;
+    const existing = shown.get(offer.call_id);
+    if (existing && existing.dataset.sig === sig) continue;
+    const titleId = `offer-${offer.call_id}`;
+    const li = h(
+      "li",
+      { class: "offer", dataset: { callId: offer.call_id, sig }, "aria-labelledby": titleId },
+      h("p", { id: titleId, class: "offer-title" }, "Incoming call from ", h("strong", { class: "offer-caller" }, offer.caller || "an unknown number")),
+      h("p", { class: "offer-line" }, "on ", lineLabel(offer.line), offer.ring_group ? ` · ring group ${offer.ring_group}` : ""),
+      h("p", { class: "note" }, "Rings for ", h("span", { dataset: { until: offer.expires_at } }, clock((Date.parse(offer.expires_at) - Date.now()) / 1000)), " more"),
+      h(
+        "div",
+        { class: "buttons" },
+        h("button", { type: "button", class: "accept", dataset: { action: "accept" }, disabled: offer.answering, onclick: () => answer(offer.call_id, true) }, offer.answering ? "Answering…" : "Accept"),
+        h("button", { type: "button", class: "reject", dataset: { action: "reject" }, disabled: offer.answering, onclick: () => answer(offer.call_id, false) }, "Reject"),
+      ),
+    );
+    if (existing) existing.replaceWith(li);
+    else list.prepend(li);
+  }
+
+  $("no-endings").hidden = state.endings.length > 0;
+  $("endings").replaceChildren(
+    ...state.endings.map((e) =>
+      h(
+        "li",
+        { class: "ending", dataset: { callId: e.callId, reason: e.reason } },
+        h("span", { class: "ending-caller" }, e.caller || "Call"),
+        " — ",
+        h("span", { class: "ending-text" }, e.text),
+        h("time", { datetime: e.at.toISOString() }, ` (${e.at.toLocaleTimeString()})`),
+      ),
+    ),
+  );
+  renderWrapUp();
+}
+
+function renderWrapUp() {
+  const el = $("wrap-up");
+  const left = state.wrapUntil ? (state.wrapUntil.getTime() - Date.now()) / 1000 : 0;
+  if (left > 0 && !state.current) {
+    el.hidden = false;
+    el.textContent = `Wrap-up: ${clock(left)} left before the next call`;
+  } else {
+    el.hidden = true;
+    el.textContent = "";
+  }
+}
+
+function renderBoard() {
+  const board = $("board");
+  if (!SEE_LIVE_CALLS.has(state.me.role)) {
+    board.hidden = true;
+    return;
+  }
+  board.hidden = false;
+  $("board-note").textContent =
+    state.me.role === "reporter" || state.me.role === "end_client" ? "Read-only: your role watches calls, it does not act on them." : "";
+  const calls = [...state.calls.values()].sort((a, b) => a.started_at.localeCompare(b.started_at));
+  $("no-calls").hidden = calls.length > 0;
+  const body = $("board-calls").tBodies[0];
+  const rows = new Map([...body.rows].map((tr) => [tr.dataset.callId, tr]));
+  for (const [callId, tr] of rows) if (!state.calls.has(callId)) tr.remove();
+  for (const call of calls) {
+    const sig = JSON.stringify([call, state.monitoring.get(call.call_id), state.recording.get(call.call_id), state.busy.has(call.call_id), [...state.names]]);
+    const existing = rows.get(call.call_id);
+    if (existing && existing.dataset.sig === sig) continue;
+    const tr = boardRow(call, sig);
+    if (existing) existing.replaceWith(tr);
+    else body.append(tr);
+  }
+  // Keep the rows in start order, moving rows only when needed (a moved row loses focus).
+  const order = calls.map((c) => c.call_id);
+  if ([...body.rows].some((tr, i) => tr.dataset.callId !== order[i])) {
+    for (const callId of order) body.append([...body.rows].find((tr) => tr.dataset.callId === callId));
+  }
+
+  const agents = [...state.agents.values()].sort((a, b) => a.name.localeCompare(b.name));
+  $("board-agents").tBodies[0].replaceChildren(
+    ...agents.map((a) =>
+      h(
+        "tr",
+        { dataset: { userId: a.user_id } },
+        h("th", { scope: "row" }, a.name),
+        h("td", {}, agentStatus(a)),
+        h("td", {}, a.reachable.length ? a.reachable.join(", ") : "not reachable"),
+        h("td", {}, String(a.sessions)),
+      ),
+    ),
+  );
+}
+
+function agentStatus(agent) {
+  if (agent.status === "paused") return "paused";
+  if (agent.on_call) return "on a call";
+  if (agent.wrap_up_until && Date.parse(agent.wrap_up_until) > Date.now()) return "wrap-up";
+  return agent.availability;
+}
+
+// The session as the ack described it: the bridge calls the supervisor (in the app through
+// the carrier's voice SDK, or on their phone) and the audio goes there, not to this page.
+function monitoring(session) {
+  const doing = `You are ${MONITOR_DOING[session.mode]}`;
+  if (session.status !== "dialing") return doing;
+  const where = session.via === "phone_number" ? `on ${session.to}` : "in your app";
+  return `${doing}: the bridge is calling you ${where}`;
+}
+
+function boardRow(call, sig) {
+  const id = call.call_id;
+  const monitor = state.monitoring.get(id);
+  const recording = state.recording.get(id);
+  const busy = state.busy.has(id);
+  const monitorWhy = monitorBlocked(call);
+  const recordWhy = recordingBlocked(call);
+  const monitorReasonId = `why-monitor-${id}`;
+  const recordReasonId = `why-record-${id}`;
+  const who = call.answered_by ? userName(call.answered_by) : call.ringing.length ? `ringing: ${call.ringing.map(userName).join(", ")}` : "—";
+
+  const monitorButtons = ["listen", "whisper", "barge"].map((mode) =>
+    h(
+      "button",
+      {
+        type: "button",
+        dataset: { control: mode },
+        "aria-pressed": monitor && monitor.mode === mode ? "true" : "false",
+        disabled: Boolean(monitorWhy) || busy,
+        title: monitorWhy || `${MONITOR_LABELS[mode]} (${mode === "listen" ? "muted" : mode === "whisper" ? "only the agent hears you" : "both sides hear you"})`,
+        "aria-describedby": monitorWhy ? monitorReasonId : null,
+        onclick: () => control(id, "call.monitor", { mode }, MONITOR_LABELS[mode]),
+      },
+      MONITOR_LABELS[mode],
+    ),
+  );
+  if (monitor) {
+    monitorButtons.push(
+      h("button", { type: "button", dataset: { control: "leave" }, disabled: busy, onclick: () => control(id, "call.monitor", { mode: "stop" }, "Leave") }, "Leave"),
+    );
+  }
+  const status = recording ? recording.status : null;
+  const next = status === "in-progress" ? "pause" : status === "paused" ? "resume" : "start";
+  const recordLabel = { start: "Record", pause: "Pause recording", resume: "Resume recording" }[next];
+  const recordButtons = [
+    h(
+      "button",
+      {
+        type: "button",
+        dataset: { control: "recording" },
+        disabled: Boolean(recordWhy) || busy,
+        title: recordWhy || `${recordLabel} (the call's recording)`,
+        "aria-describedby": recordWhy ? recordReasonId : null,
+        onclick: () => control(id, "call.recording", { action: next }, recordLabel),
+      },
+      recordLabel,
+    ),
+  ];
+  if (status === "in-progress" || status === "paused") {
+    recordButtons.push(
+      h("button", { type: "button", dataset: { control: "recording-stop" }, disabled: busy, onclick: () => control(id, "call.recording", { action: "stop" }, "Stop recording") }, "Stop recording"),
+    );
+  }
+
+  return h(
+    "tr",
+    { dataset: { callId: id, sig, state: call.state } },
+    h("th", { scope: "row" }, call.caller || "unknown"),
+    h("td", {}, lineLabel(call.line)),
+    h("td", { class: `state state-${call.state}` }, call.state),
+    h("td", { class: "agent" }, who),
+    h("td", {}, h("span", { dataset: { since: call.started_at } }, since(call.started_at))),
+    h(
+      "td",
+      { class: "controls" },
+      h("div", { class: "buttons", role: "group", "aria-label": `Monitor the call from ${call.caller || "unknown"}` }, monitorButtons),
+      monitorWhy ? h("p", { class: "reason", id: monitorReasonId, dataset: { for: "monitor" } }, `Listen / Whisper / Barge: ${monitorWhy}`) : null,
+      monitor ? h("p", { class: "note monitoring" }, monitoring(monitor)) : null,
+      h("div", { class: "buttons", role: "group", "aria-label": "Recording" }, recordButtons),
+      recordWhy ? h("p", { class: "reason", id: recordReasonId, dataset: { for: "recording" } }, `Recording: ${recordWhy}`) : null,
+      recording ? h("p", { class: "note" }, `Recording ${recording.status}`) : null,
+    ),
+  );
+}
+
+// Countdowns and "since" clocks, once a second, without re-rendering anything else.
+function tick() {
+  for (const el of document.querySelectorAll("[data-since]")) el.textContent = since(el.dataset.since);
+  for (const el of document.querySelectorAll("[data-until]")) el.textContent = clock((Date.parse(el.dataset.until) - Date.now()) / 1000);
+  if (state.me) renderWrapUp();
+}
+
+// -- start -------------------------------------------------------------------------------------
+function start() {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("token").value.trim();
+    if (token) login(token);
+  });
+  $("logout").addEventListener("click", () => logout());
+  $("availability").addEventListener("change", (event) => setAvailability(event.target.value));
+  setInterval(tick, 1000);
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) login(saved);
+  document.body.dataset.ready = "true";
+}
+
+start();
