@@ -43,7 +43,10 @@ async def test_a_fleet_answers_test_offers_first_accept_wins(live: Live) -> None
         stats = fleet.collect().stats
         assert stats.offers == 8
         assert stats.won == 1
-        assert stats.ended == {"answered_elsewhere": 7 + stats.lost}
+        # Each of the 7 other sessions hears `answered_elsewhere` once; an accept that was
+        # still on its way when its offer ended (a late accept) hears it once more.
+        assert set(stats.ended) == {"answered_elsewhere"}
+        assert 7 <= stats.ended["answered_elsewhere"] <= 7 + stats.lost
     finally:
         await fleet.close()
 
