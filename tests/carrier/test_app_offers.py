@@ -47,6 +47,11 @@ async def test_app_answered_in_the_voice_sdk_hears_it_on_the_websocket(
     call = await eventually(lambda: world.service.find(inbound.sid))
     assert call.machine.answered_by == "ana"
     assert not ana.received("call.ended")
+    # The caller hangs up: the app hears how it ended, and until when ana is in wrap-up.
+    world.carrier.hangup(inbound.sid)
+    ended = await ana.expect("call.state", call_id=inbound.sid, state="ended")
+    assert ended["reason"] == "caller_hangup"
+    assert ended["wrap_up_until"] is not None  # ana's wrap_up_seconds is 30
 
 
 async def test_answered_elsewhere_reaches_the_app_with_who(world: World, ana: AppClient) -> None:

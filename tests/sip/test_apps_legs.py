@@ -30,7 +30,7 @@ def directory() -> dict[str, Any]:
         "timezone": "UTC",
         "users": [
             {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
-            {"id": "ana", "name": "Ana", "answer_by": "apps"},
+            {"id": "ana", "name": "Ana", "answer_by": "apps", "wrap_up_seconds": 30},
             {
                 "id": "ben",
                 "name": "Ben",
@@ -97,6 +97,7 @@ async def test_app_answers_a_trunk_call_with_its_sdp(tmp_path: Path) -> None:
             assert "o=app 7 7 IN IP4" in trunk_trace  # the app's answer reached the caller
             ended = await ana.expect("call.state", timeout=10, state="ended")
             assert ended["reason"] == "caller_hangup"
+            assert ended["wrap_up_until"] is not None  # ana's wrap_up_seconds is 30
             [call_ended] = bridge.wait_events("sip_call_ended")
             assert call_ended["outcome"] == "answered"
             answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]

@@ -701,11 +701,8 @@ class SipCalls:
         elif isinstance(output, HangupLeg):
             if output.leg_id == call.machine.caller_leg_id:
                 self._hangup_caller(call)
-            elif call.app_winner is not None and self.offers is not None:
-                if call.app_legs.get(call.app_winner) == output.leg_id:
-                    self.offers.push_call_state(
-                        call.call_id, call.app_winner, "ended", reason=output.reason
-                    )
+            elif call.app_winner is not None:
+                pass  # no SIP far side: the app hears `call.state ended` (MarkCallEnded)
             else:
                 for branch in self._branches(call, output.leg_id):
                     if branch.dialog is not None and branch.final and branch.final < 300:
@@ -738,7 +735,16 @@ class SipCalls:
         elif isinstance(output, MarkOnCall):
             self.presence.call_started(output.user_id)
         elif isinstance(output, MarkCallEnded):
-            self.presence.call_ended(output.user_id)
+            presence = self.presence.call_ended(output.user_id)
+            if output.user_id == call.app_winner and self.offers is not None:
+                leg = call.machine.leg(call.app_legs[output.user_id])
+                self.offers.push_call_state(
+                    call.call_id,
+                    output.user_id,
+                    "ended",
+                    reason=leg.reason if leg is not None else None,
+                    wrap_up_until=presence.wrap_up_until,
+                )
         elif isinstance(output, CallAnswered):
             log.info(
                 "sip_call_answered",

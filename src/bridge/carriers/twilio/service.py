@@ -498,8 +498,6 @@ class TwilioCalls:
         """What every mode does with the core's outputs: leg records, presence, events, the
         registry entry, metrics. The mode then turns the commands into carrier actions."""
         for output in outputs:
-            if self.offers is not None:
-                self._app_offer(call, output, self.offers)
             if isinstance(output, DialLeg):
                 call.legs[output.leg_id] = self._leg_meta(call, output)
             elif isinstance(output, MarkOnCall):
@@ -512,6 +510,8 @@ class TwilioCalls:
                 call.voicemail = output.step
             if isinstance(output, Event):
                 self._publish(call, output)
+            if self.offers is not None:  # after presence: `ended` carries the wrap-up end
+                self._app_offer(call, output, self.offers)
         call.machine.apply_to(call.live)
         if call.machine.ended:
             self._finish(call)
@@ -543,6 +543,17 @@ class TwilioCalls:
                 )
         elif isinstance(output, CallAnswered) and output.via is Channel.APPS and output.user_id:
             offers.answered(call.call_id, output.user_id)
+        elif isinstance(output, MarkCallEnded):
+            winner = call.machine.leg(call.machine.answered_leg or "")
+            if winner is not None and winner.via is Channel.APPS:
+                # The SDK answered it: the WebSocket says how it ended and the wrap-up.
+                offers.push_call_state(
+                    call.call_id,
+                    output.user_id,
+                    "ended",
+                    reason=winner.reason,
+                    wrap_up_until=self.presence.presence_of(output.user_id).wrap_up_until,
+                )
 
     def declined(self, call: CarrierCall, meta: LegMeta, digits: str) -> None:
         self._publish(call, LegDeclined(meta.leg_id, meta.user_id, digits))
