@@ -106,6 +106,9 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Call controls in progress, the last one per session: a session's controls run in
+        # order, each after the one before, while its other frames go on being read.
+        self._controls: dict[str, asyncio.Task[None]] = {}
         self._due: list[tuple[float, int, Session]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -335,12 +338,45 @@ class Gateway:
             session.send(Ack(id=frame.id).text(), "ack")
         elif isinstance(frame, CallMonitor | CallRecording):
             # The control service is the daemon's (`ctx.control`, as the HTTP routes find it).
-            # Awaited here: the session's next frames wait for the carrier's answer, bounded
-            # by the REST client's retry budget.
+            # It may wait for the carrier (up to the REST client's retry budget): run it beside
+            # the session's reading, after the session's previous control (Barge then Leave
+            # must reach the carrier in that order).
             control = getattr(session.ws.app.state.ctx, "control", None)
-            session.send((await self.board.control(user, frame, control)).text(), "ack")
+            previous = self._controls.get(session.session_id)
+            task = asyncio.get_running_loop().create_task(
+                self._control(session, user, frame, control, previous)
+            )
+            sid = session.session_id
+            self._controls[sid] = task
+            task.add_done_callback(lambda done: self._control_done(sid, done))
         elif isinstance(frame, Auth):
             self._reauth(session, frame)
+
+    async def _control(
+        self,
+        session: Session,
+        user: User,
+        frame: CallMonitor | CallRecording,
+        control: Any,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        try:
+            ack = await self.board.control(user, frame, control)
+        except FrameError as exc:
+            self._error(session, frame.id, exc)
+            return
+        except Exception:
+            log.exception("ws_control_failed", session_id=session.session_id)
+            self._error(session, frame.id, FrameError(ErrorCode.CARRIER_FAILED, "control failed"))
+            return
+        session.send(ack.text(), "ack")
+
+    def _control_done(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._controls.get(session_id) is task:
+            del self._controls[session_id]
 
     def _reauth(self, session: Session, frame: Auth) -> None:
         """A fresh token for the same user extends the session."""
@@ -602,12 +638,13 @@ class Gateway:
             await asyncio.wait(
                 [asyncio.ensure_future(s.flushed(timeout)) for s in sessions], timeout=timeout
             )
-        for task in (self._sweeper, self._heartbeat_task):
+        for task in (self._sweeper, self._heartbeat_task, *self._controls.values()):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._sweeper = self._heartbeat_task = None
+        self._controls.clear()
         return len(sessions)
 
     async def drain(self) -> int:
