@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from structlog.testing import capture_logs
+
 from bridge import __version__
 from tests.api.helpers import API
 from tests.conftest import Bridge
@@ -106,6 +108,26 @@ def test_metrics(bridge: Bridge) -> None:
     # the process collector
     assert re.search(r"^process_\w+ \S+$", text, re.MULTILINE)
     assert "process_cpu_seconds_total" in text
+
+
+def test_unknown_paths_and_failures_are_counted(bridge: Bridge) -> None:
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    bridge.client.app.add_api_route("/boom", boom)  # type: ignore[attr-defined]
+    assert bridge.client.get("/no/such/thing").status_code == 404
+    with capture_logs() as logs:
+        response = bridge.client.get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error"}
+    assert [e["event"] for e in logs if e["log_level"] in ("error",)] == [
+        "request_failed",
+        "request_error",
+    ]
+    text = bridge.client.get("/metrics").text
+    requests = "bridge_http_requests_total"
+    assert sample(text, requests, '{method="GET",route="unmatched",status="404"}') == 1
+    assert sample(text, requests, '{method="GET",route="/boom",status="500"}') == 1
 
 
 def test_metrics_follow_directory_changes(bridge: Bridge) -> None:

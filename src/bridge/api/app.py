@@ -9,6 +9,8 @@ import structlog
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from bridge import __version__
 from bridge.api import directory_routes, users
@@ -24,6 +26,60 @@ from bridge.directory.roles import Action, Scope
 from bridge.ws.plugin import include_routes as include_ws_routes
 
 log = structlog.get_logger("bridge.api")
+
+_INTERNAL_ERROR = b'{"detail":"internal error"}'
+
+
+class RequestMetrics:
+    """Counts every HTTP request (method, route template, status), logs 5xx and answers an
+    unhandled exception with a 500. A plain ASGI middleware: `@app.middleware("http")` ran
+    each request through an extra task and memory stream (a good part of the webhooks' CPU
+    per request, docs/PERFORMANCE.md)."""
+
+    def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        started = time.perf_counter()
+        status = 0
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            log.exception("request_failed", path=scope["path"], method=scope["method"])
+            if status:
+                raise  # the response had started: nothing sensible can be sent any more
+            status = 500
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+        template = getattr(scope.get("route"), "path", "unmatched")
+        self.ctx.metrics.http_requests.labels(
+            method=scope["method"], route=template, status=str(status)
+        ).inc()
+        if status >= 500:
+            log.error(
+                "request_error",
+                path=scope["path"],
+                status=status,
+                seconds=round(time.perf_counter() - started, 4),
+            )
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -43,28 +99,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     include_ws_routes(app, ctx.settings)
     app.include_router(console_http.router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        structlog.contextvars.clear_contextvars()
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("request_failed", path=request.url.path, method=request.method)
-            response = JSONResponse({"detail": "internal error"}, status_code=500)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        ctx.metrics.http_requests.labels(
-            method=request.method, route=template, status=str(response.status_code)
-        ).inc()
-        if response.status_code >= 500:
-            log.error(
-                "request_error",
-                path=request.url.path,
-                status=response.status_code,
-                seconds=round(time.perf_counter() - started, 4),
-            )
-        return response
+    app.add_middleware(RequestMetrics, ctx=ctx)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     def healthz() -> dict[str, str]:
