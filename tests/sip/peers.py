@@ -130,6 +130,18 @@ class SippResult:
         return sum(1 for line in self.messages.splitlines() if line.startswith(start_line))
 
 
+def trunk_bridge(tmp_path: Path, directory: dict[str, Any], **env: str) -> Any:
+    """`bridge_process` as most call tests want it: the trunk allowed from loopback, no
+    OPTIONS keepalives (SIPp phones do not answer them)."""
+    return bridge_process(
+        tmp_path,
+        directory,
+        sip__trunk_allow='["127.0.0.0/8"]',
+        sip__keepalive_seconds="0",
+        **env,
+    )
+
+
 def run_sipp(
     tmp_path: Path,
     scenario: str,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sim.apps.client import AppClient
 
-from tests.sip.peers import bridge_process, needs_sipp
+from tests.sip.peers import needs_sipp, trunk_bridge
 from tests.sip.test_sipp_calls import start_phone, trunk_command, wait_registered
 from tests.sip.test_sipp_register import ha1
 
@@ -80,9 +80,7 @@ async def run_trunk_async(tmp_path: Path, bridge: Any, number: str) -> asyncio.s
 
 
 async def test_app_answers_a_trunk_call_with_its_sdp(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         ana = await app_session(bridge, "ana")
         try:
             trunk = await run_trunk_async(tmp_path, bridge, "+15550100")
@@ -107,9 +105,7 @@ async def test_app_answers_a_trunk_call_with_its_sdp(tmp_path: Path) -> None:
 
 
 async def test_desk_phone_wins_and_the_app_hears_who(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         ben = start_phone(tmp_path, "phone_answer.xml", "302", bridge.sip, "-d", "300")
         wait_registered(bridge, 1)
         ana = await app_session(bridge, "ana")
@@ -134,9 +130,7 @@ async def test_desk_phone_wins_and_the_app_hears_who(tmp_path: Path) -> None:
 async def test_app_that_declines_or_is_absent_leaves_the_call_to_the_fallback(
     tmp_path: Path, how: str
 ) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         ana = await app_session(bridge, "ana") if how == "reject" else None
         try:
             command = trunk_command(tmp_path, bridge, number="+15550100")

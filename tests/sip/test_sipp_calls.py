@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.sip.peers import SCENARIOS, SIPP, bridge_process, free_port, needs_sipp, run_sipp
+from tests.sip.peers import (
+    SCENARIOS,
+    SIPP,
+    bridge_process,
+    free_port,
+    needs_sipp,
+    run_sipp,
+    trunk_bridge,
+)
 from tests.sip.test_sipp_register import ha1
 
 pytestmark = needs_sipp
@@ -162,9 +170,7 @@ def run_trunk(
 def test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason(
     tmp_path: Path,
 ) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
         ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
         wait_registered(bridge, 2)
@@ -201,9 +207,7 @@ def test_unknown_address_without_credentials_is_challenged_407(tmp_path: Path) -
 
 
 def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
         ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
         wait_registered(bridge, 2)
@@ -220,12 +224,7 @@ def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
 
 
 def test_layer_timeout_moves_to_layer_two(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path,
-        directory(timeout=2),
-        sip__trunk_allow='["127.0.0.0/8"]',
-        sip__keepalive_seconds="0",
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory(timeout=2)) as bridge:
         anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
         cleo = start_phone(tmp_path, "phone_answer.xml", "303", bridge.sip, "-d", "100")
         wait_registered(bridge, 2)
@@ -246,9 +245,7 @@ def test_layer_timeout_moves_to_layer_two(tmp_path: Path) -> None:
 def test_three_phones_race_to_answer(tmp_path: Path) -> None:
     group = directory()
     group["ring_groups"][0]["layers"][0]["members"] = ["anna", "ben", "cleo"]
-    with bridge_process(
-        tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, group) as bridge:
         phones = [
             start_phone(tmp_path, "phone_race.xml", u, bridge.sip) for u in ("301", "302", "303")
         ]
@@ -273,11 +270,9 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
     pstn, pstn_port = start_pstn(tmp_path, "pstn_answer.xml")
-    with bridge_process(
+    with trunk_bridge(
         tmp_path,
         group,
-        sip__trunk_allow='["127.0.0.0/8"]',
-        sip__keepalive_seconds="0",
         sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}",
         sip__trunk_caller_id=caller_id,
     ) as bridge:
@@ -296,9 +291,7 @@ def test_nobody_reachable_forwards_to_the_pstn_with_diversion(
 
 
 def test_two_phones_of_one_user_one_answers_the_other_gets_reason(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         desk = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
         soft = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
         wait_registered(bridge, 2)  # two contacts, both Anna's
@@ -315,9 +308,7 @@ def test_two_phones_of_one_user_one_answers_the_other_gets_reason(tmp_path: Path
 
 
 def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1500")
         wait_registered(bridge, 1)
         trunk = subprocess.Popen(
@@ -338,9 +329,7 @@ def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
 
 
 def test_unknown_number_is_refused_404(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         result = run_trunk(tmp_path, bridge, number="+19999999999", trace_name="nr")
         assert result.returncode != 0  # the scenario wanted a 200
         assert "SIP/2.0 404 Not Found" in (tmp_path / "nr.msg").read_text(errors="replace")
@@ -352,9 +341,7 @@ def test_unknown_number_is_refused_404(tmp_path: Path) -> None:
 def test_voicemail_fallback_without_media_is_480_with_reason(tmp_path: Path) -> None:
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "voicemail"}
-    with bridge_process(
-        tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, group) as bridge:
         result = run_trunk(tmp_path, bridge)  # nobody registered: straight to voicemail
         assert result.returncode != 0
         messages = (tmp_path / "trunk.msg").read_text(errors="replace")
@@ -366,9 +353,7 @@ def test_voicemail_fallback_without_media_is_480_with_reason(tmp_path: Path) -> 
 
 
 def test_reinvite_passes_through_both_ways(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_hold.xml", "301", bridge.sip, "-d", "100")
         wait_registered(bridge, 1)
         trunk = run_trunk(tmp_path, bridge, scenario="trunk_reinvite.xml")
@@ -448,9 +433,7 @@ def test_desk_phone_calls_a_number_through_the_trunk_with_its_own_caller_id(
 
 
 def test_answer_is_resent_until_the_caller_acks(tmp_path: Path) -> None:
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "0")
         wait_registered(bridge, 1)
         trunk = run_trunk(tmp_path, bridge, scenario="trunk_late_ack.xml")
@@ -468,11 +451,13 @@ def test_forward_answers_the_providers_digest_challenge(tmp_path: Path) -> None:
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "forward", "number": "+15559990000"}
     pstn, pstn_port = start_pstn(tmp_path, "pstn_auth.xml")
-    with bridge_process(
-        tmp_path, group, sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0",
-        sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}", sip__trunk_username="bridge-acct",
+    with trunk_bridge(
+        tmp_path,
+        group,
+        sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}",
+        sip__trunk_username="bridge-acct",
         sip__trunk_password="trunk-secret",
-    ) as bridge:  # fmt: skip
+    ) as bridge:
         trunk = run_trunk(tmp_path, bridge)
         assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
         assert pstn.wait(timeout=30) == 0
@@ -488,9 +473,7 @@ def test_session_timer_negotiated_and_refreshed_by_the_trunk(tmp_path: Path) -> 
     # RFC 4028 with a real peer: the trunk asks for a 1800 s timer it refreshes itself; the
     # bridge grants it (checked inside the scenario), asks the phone for the same interval,
     # and answers the trunk's UPDATE refresh itself (the phone never sees it).
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1000")
         wait_registered(bridge, 1)
         trunk = run_trunk(tmp_path, bridge, scenario="trunk_session_timer.xml")
@@ -508,9 +491,7 @@ def test_session_timer_negotiated_and_refreshed_by_the_trunk(tmp_path: Path) -> 
 
 def test_trunk_call_to_a_sip_username_rings_that_users_phone(tmp_path: Path) -> None:
     # What a carrier's <Dial><Sip>sip:301@bridge</Sip> sends: the user, not a line.
-    with bridge_process(
-        tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
-    ) as bridge:
+    with trunk_bridge(tmp_path, directory()) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
         wait_registered(bridge, 1)
         trunk = run_trunk(tmp_path, bridge, number="301")
