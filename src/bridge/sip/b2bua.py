@@ -73,7 +73,7 @@ from bridge.sip.dialog import (
 from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
-from bridge.sip.model import Headers, SipRequest, SipResponse, make_response, split_comma_values
+from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
 from bridge.sip.register import RegisterOutcome, RegistrarService
 from bridge.sip.transaction import Address, new_branch
 
@@ -623,10 +623,6 @@ class SipCalls:
             log.warning("sip_trunk_challenge_unanswerable", status=response.status)
             return False
         headers = invite.headers.copy()
-        local = self._local(branch.transport)
-        headers.set(
-            "Via", f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
-        )
         number, _, _ = (headers.get("CSeq") or "1 INVITE").partition(" ")
         headers.set("CSeq", f"{int(number) + 1} INVITE")
         headers.set(*answer)
@@ -643,17 +639,18 @@ class SipCalls:
             again = retry_after_422(branch.invite, response)
         except DialogError:
             return False
-        local = self._local(branch.transport)
-        again.headers.set(
-            "Via", f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
-        )
         branch.interval_raised = True
         self._resend_branch(call, branch, again)
         log.info("sip_leg_interval_raised", leg_id=branch.leg_id)
         return True
 
     def _resend_branch(self, call: _Call, branch: _Branch, again: SipRequest) -> None:
-        """Send a branch's INVITE again (after a challenge or a 422), in its place."""
+        """Send a branch's INVITE again (after a challenge or a 422), in its place: a new
+        transaction, so a fresh Via branch."""
+        local = self._local(branch.transport)
+        again.headers.set(
+            "Via", f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
+        )
         self._by_branch.pop(branch.transaction_id, None)
         del call.branches[branch.transaction_id]
         transaction_id = self._send_request(again, branch.destination, branch.transport)
@@ -1313,7 +1310,7 @@ class SipCalls:
             message = call.winner.answer if call.winner is not None else None
         if message is None:
             return False
-        allowed = {m.strip().upper() for m in split_comma_values_all(message, "Allow")}
+        allowed = {m.upper() for m in message.headers.values("Allow")}
         return method in allowed
 
     # -- timers and clean-up ----------------------------------------------------------------------
@@ -1448,9 +1445,4 @@ def _other_side(side: Side) -> Side:
 
 def _supports_timer(message: SipRequest) -> bool:
     # (`k`, the compact form, was expanded to Supported by the parser.)
-    return any(tag.lower() == "timer" for tag in split_comma_values_all(message, "Supported"))
-
-
-def split_comma_values_all(message: SipRequest | SipResponse, name: str) -> list[str]:
-    """Every comma-separated value of every `name` line."""
-    return [v for line in message.headers.get_all(name) for v in split_comma_values(line)]
+    return any(tag.lower() == "timer" for tag in message.headers.values("Supported"))

@@ -134,7 +134,6 @@ class SipService:
         presence: PresenceService,
         registry: CallRegistry,
         trunk: TrunkSettings,
-        offers: AppOffers | None = None,
     ) -> None:
         """Route INVITEs from the trunk (the B2BUA is built when the endpoint starts)."""
         self._call_parts = {
@@ -142,7 +141,6 @@ class SipService:
             "presence": presence,
             "calls": registry,
             "trunk": trunk,
-            "offers": offers,
         }
 
     def use_offers(self, offers: AppOffers) -> None:
