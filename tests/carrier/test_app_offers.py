@@ -47,6 +47,11 @@ async def test_app_answered_in_the_voice_sdk_hears_it_on_the_websocket(
     call = await eventually(lambda: world.service.find(inbound.sid))
     assert call.machine.answered_by == "ana"
     assert not ana.received("call.ended")
+    # A WebSocket accept arriving now is late: it hears who answered, never a second answer.
+    await ana.accept(inbound.sid)
+    late = await ana.expect("call.ended", call_id=inbound.sid)
+    assert late["reason"] == "answered_elsewhere"
+    assert late["answered_by"]["user_id"] == "ana" and late["answered_by"]["via"] == "apps"
     # The caller hangs up: the app hears how it ended, and until when ana is in wrap-up.
     world.carrier.hangup(inbound.sid)
     ended = await ana.expect("call.state", call_id=inbound.sid, state="ended")

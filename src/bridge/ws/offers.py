@@ -241,6 +241,10 @@ class OfferService:
             return False
         self._drop(offer, OfferResult.ANSWERED)
         self._metrics.offer_to_answer_seconds.observe(time.perf_counter() - offer.started)
+        # A late accept here then hears who answered, as after a won accept (`_won`).
+        self._remember(
+            (call_id, user_id), LegReason.ANSWERED_ELSEWHERE, self.answered_by(user_id, "apps")
+        )
         self.push_call_state(call_id, user_id, CallStateName.ANSWERED)
         return True
 
