@@ -264,6 +264,16 @@ async def test_too_short_an_interval_gets_422_with_our_min_se(bridge) -> None:
     assert requests(sent, "INVITE") == []
 
 
+async def test_a_malformed_session_expires_gets_400_naming_it(bridge) -> None:
+    bridge.feed(trunk_invite(9, LINE, bridge.address, "Session-Expires: soon"), TRUNK)
+    sent = bridge.take()
+    refused = only(sent, lambda d, a: is_response(d, 400), TRUNK)
+    assert "Session-Expires" in refused.split(b"\r\n", 1)[0].decode()
+    assert ";tag=" in (header(refused, "To") or "")
+    assert requests(sent, "INVITE") == []
+    assert len(bridge.ctx.calls) == 0
+
+
 async def test_a_phone_asking_for_a_longer_interval_is_asked_again(bridge) -> None:
     bridge.feed(trunk_invite(8, LINE, bridge.address), TRUNK)
     invite = only(bridge.take(), lambda d, a: is_request(d, "INVITE"), PHONE)
