@@ -82,8 +82,28 @@ class RequestMetrics:
             )
 
 
+class BridgeApp(FastAPI):
+    """FastAPI, with plain ASGI endpoints for WebSocket paths (`/ws`, bridge.ws.plugin): such a
+    connection goes straight to its endpoint, without the middleware stack, the router and
+    Starlette's WebSocket wrapper. An idle connection waits in its endpoint for months; the
+    frameworks' coroutines and wrappers waiting with it were most of what 10,000 idle app
+    sessions kept alive (docs/PERFORMANCE.md, "App clients: WebSocket fan-out")."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.websocket_endpoints: dict[str, ASGIApp] = {}
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            endpoint = self.websocket_endpoints.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(ctx: AppContext) -> FastAPI:
-    app = FastAPI(
+    app = BridgeApp(
         title="bridge",
         version=__version__,
         description="Telephony bridge: directory, routing (Test Routing), presence, live calls.",

@@ -1,7 +1,7 @@
-"""The gateway's endpoints: `/ws` itself, and the admin-only test offers.
+"""The gateway's HTTP endpoint: the admin-only test offers. (`/ws` itself is the gateway's
+plain ASGI endpoint, `Gateway.serve`, mounted by plugin.py.)
 
-Thin on purpose: the connection is the gateway's (services.py), the offers the offer
-service's (offers.py).
+Thin on purpose: the offers are the offer service's (offers.py).
 """
 
 from __future__ import annotations
@@ -9,20 +9,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api.auth import Grant, audit, require
 from bridge.directory.roles import Action
-
-router = APIRouter()
-
-
-@router.websocket("/ws")
-async def websocket(websocket: WebSocket) -> None:
-    """App clients: the JSON protocol of docs/ws-protocol.md."""
-    await websocket.app.state.ctx.ws.serve(websocket)
-
 
 # -- POST /api/v1/ws/test-offers ([ws] test_offers = true only) ----------------------------------
 test_router = APIRouter(prefix="/api/v1/ws", tags=["ws"])

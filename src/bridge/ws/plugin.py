@@ -4,8 +4,9 @@ passed in explicitly; what the rest of the daemon uses of it, returned.
 - `build_gateway(...)` in `bridge.context.build_context`: the gateway (with its offer service
   as `gateway.offers`) subscribed to directory changes, so a suspended or deleted user's
   sessions close at once;
-- `include_routes(app, settings)` in `bridge.api.app.create_app`: `/ws`, and the admin test
-  offers when `[ws] test_offers` is on;
+- `include_routes(app, settings)` in `bridge.api.app.create_app`: `/ws` (the gateway's plain
+  ASGI endpoint, in the app's `websocket_endpoints`: served ahead of FastAPI's middleware and
+  router, see `Gateway.serve`), and the admin test offers when `[ws] test_offers` is on;
 - the daemon calls `gateway.begin_drain()` when a drain starts and `await
   gateway.close_all()` before the HTTP listener stops.
 """
@@ -16,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -54,7 +56,12 @@ def build_gateway(
 
 
 def include_routes(app: FastAPI, settings: Settings) -> None:
-    app.include_router(http.router)
+    gateway: Gateway | None = app.state.ctx.ws
+    if gateway is not None:
+        endpoints: dict[str, Any] = app.websocket_endpoints  # type: ignore[attr-defined]
+        endpoints["/ws"] = gateway.serve
+        # Call-control frames use the daemon's control service, as the HTTP routes do.
+        gateway.control = lambda: getattr(app.state.ctx, "control", None)
     if settings.ws.test_offers:
         app.include_router(http.test_router)
 

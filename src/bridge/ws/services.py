@@ -1,9 +1,12 @@
 """The gateway: authenticates connections, keeps sessions and presence, dispatches frames.
 
-One `Gateway` per daemon (built in plugin.py). Each connection runs `serve()` in the task
-uvicorn gives it; everything else — heartbeat, token expiry, presence pushes, the live board,
-grace periods — runs from one sweeper task and a timer per user in grace, so an idle session
-costs no task and no timer.
+One `Gateway` per daemon (built in plugin.py). `serve()` is a plain ASGI endpoint (mounted
+at `/ws` ahead of FastAPI's middleware and router, see plugin.py): each connection runs it in
+the task uvicorn gives it, and waits in the server's own `receive`, with no framework
+coroutines or wrapper objects between (10,000 idle sessions keep far fewer objects alive).
+Everything else — heartbeat, token expiry, presence pushes, the live board, grace periods —
+runs from the heartbeat and sweeper tasks and a timer per user in grace, so an idle session
+costs no task and no timer of its own.
 
 Presence: a user is reachable on `apps` (`PresenceService.endpoint_up(user, Channel.APPS)`)
 from their first session until `[ws] grace_seconds` after their last one closed; a session
@@ -20,13 +23,13 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import structlog
 from pydantic import ValidationError
-from starlette.websockets import WebSocket
 
 from bridge.api.auth import audit
 from bridge.calls.registry import CallRegistry
@@ -64,7 +67,7 @@ from bridge.ws.schemas import (
     ServerDraining,
     SessionUser,
 )
-from bridge.ws.sessions import Session, TokenBucket
+from bridge.ws.sessions import AsgiSend, Session, TokenBucket
 from bridge.ws.testcalls import TestCalls
 
 log = structlog.get_logger("bridge.ws")
@@ -75,6 +78,7 @@ PING_TEXT = Ping().text()
 DRAINING_TEXT = ServerDraining().text()
 # How long a closing handler waits for its close frame to be written.
 CLOSE_FLUSH_SECONDS = 2.0
+AsgiReceive = Callable[[], Awaitable[dict[str, Any]]]
 HEARTBEAT_BATCH = 0.05  # seconds of due heartbeat work handled per pass
 # The exact pong sim/apps and the console send: handled without JSON parsing or validation
 # (it is most of what 10,000 idle sessions send).
@@ -118,6 +122,8 @@ class Gateway:
         self.board = Board(calls, presence, directory, self.session_count)
         self._out: dict[str, Any] = {}
         self._in: dict[str, Any] = {}
+        # Where call controls go (the daemon's `ctx.control`); set where `/ws` is mounted.
+        self.control: Callable[[], Any] = lambda: None
 
     # -- SessionHub (for the offer service) and introspection ------------------------------
     def sessions_of(self, user_id: str) -> Collection[Session]:
@@ -151,19 +157,25 @@ class Gateway:
         return True
 
     # -- the connection --------------------------------------------------------------------
-    async def serve(self, ws: WebSocket) -> None:
-        """Run one connection from handshake to close. Nothing a client sends escapes."""
+    async def serve(self, scope: dict[str, Any], receive: AsgiReceive, send: AsgiSend) -> None:
+        """The ASGI endpoint of `/ws`: one connection from handshake to close. Nothing a
+        client sends escapes."""
         self._bind_loop()
-        token, device, subprotocol = _handshake_credentials(ws)
+        token, device, subprotocol = _handshake_credentials(scope)
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
         try:
-            await ws.accept(subprotocol=subprotocol)
+            if (await receive())["type"] != "websocket.connect":
+                return  # the client left during the handshake
+            await send(accept)
         except Exception:  # the client left during the handshake
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
         s = self.settings
         session = Session(
-            ws,
+            send,
             secrets.token_urlsafe(9),
             now,
             bucket=TokenBucket(s.rate_per_second, s.rate_burst, now),
@@ -172,7 +184,7 @@ class Gateway:
         )
         self._metrics.ws_connections.inc()
         try:
-            await self._run(session, token, device)
+            await self._run(session, receive, token, device)
         except CloseConnection as exc:
             session.close(exc.code, exc.reason)
             if exc.code not in (CloseCode.GOING_AWAY, CloseCode.UNAUTHORIZED):
@@ -186,14 +198,15 @@ class Gateway:
             self._metrics.ws_connections.dec()
             await session.flushed(CLOSE_FLUSH_SECONDS)
 
-    async def _run(self, session: Session, token: str | None, device: str | None) -> None:
-        ws = session.ws
+    async def _run(
+        self, session: Session, receive: AsgiReceive, token: str | None, device: str | None
+    ) -> None:
         if self.draining:
             session.send(DRAINING_TEXT, "server.draining")
             raise CloseConnection(CloseCode.GOING_AWAY, "server draining")
         auth_id: FrameId | None = None
         if token is None:
-            frame = await self._first_frame(session)
+            frame = await self._first_frame(receive)
             if frame is None:
                 return
             token, device, auth_id = frame.token, frame.device or device, frame.id
@@ -204,20 +217,20 @@ class Gateway:
         session.send(self._auth_ok(session, user, auth_id), "auth.ok")
         self.offers.session_joined(session)
         while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
+            message = await receive()
+            if message["type"] != "websocket.receive":  # websocket.disconnect
                 return
             await self._on_message(session, message)
 
-    async def _first_frame(self, session: Session) -> Auth | None:
+    async def _first_frame(self, receive: AsgiReceive) -> Auth | None:
         timeout = self.settings.auth_timeout_seconds
         try:
-            message = await asyncio.wait_for(session.ws.receive(), timeout)
+            message = await asyncio.wait_for(receive(), timeout)
         except TimeoutError:
             raise CloseConnection(
                 CloseCode.UNAUTHORIZED, f"no auth frame within {timeout:g} s"
             ) from None
-        if message["type"] == "websocket.disconnect":
+        if message["type"] != "websocket.receive":  # websocket.disconnect
             return None
         self._check_size(message)
         try:
@@ -341,7 +354,7 @@ class Gateway:
             # It may wait for the carrier (up to the REST client's retry budget): run it beside
             # the session's reading, after the session's previous control (Barge then Leave
             # must reach the carrier in that order).
-            control = getattr(session.ws.app.state.ctx, "control", None)
+            control = self.control()
             previous = self._controls.get(session.session_id)
             task = asyncio.get_running_loop().create_task(
                 self._control(session, user, frame, control, previous)
@@ -667,19 +680,29 @@ class Gateway:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _handshake_credentials(ws: WebSocket) -> tuple[str | None, str | None, str | None]:
+def _handshake_credentials(
+    scope: dict[str, Any],
+) -> tuple[str | None, str | None, str | None]:
     """(token, device, subprotocol to select) from `Sec-WebSocket-Protocol` or the query."""
-    offered: list[str] = list(ws.scope.get("subprotocols") or [])
+    offered: list[str] = list(scope.get("subprotocols") or [])
+    raw_query = scope.get("query_string") or b""
+    query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
     token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), None)
     if token is None:
-        token = ws.query_params.get("token") or None
+        token = _param(query, "token")
     # A browser fails the handshake unless we select one of the protocols it offered.
     if SUBPROTOCOL in offered:
         selected: str | None = SUBPROTOCOL
     else:
         selected = next((p for p in offered if p.startswith(BEARER_PREFIX)), None)
-    device = ws.query_params.get("device") or None
+    device = _param(query, "device")
     return token, device[:40] if device else None, selected
+
+
+def _param(query: dict[str, list[str]], name: str) -> str | None:
+    """A query parameter (the last one of that name, as Starlette's `query_params` gives it)."""
+    values = query.get(name)
+    return (values[-1] or None) if values else None
 
 
 def _parse(text: str) -> dict[str, Any]:
