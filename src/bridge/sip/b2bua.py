@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import structlog
 
@@ -94,11 +95,7 @@ class TrunkSettings:
     password: str | None = None
 
     def allows(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.allow)
+        return _allowed(host, self.allow)
 
     def destination(self) -> tuple[str, Address, str] | None:
         """(host for the Request-URI, where to send, transport) of the trunk, if set."""
@@ -1421,14 +1418,33 @@ def _desk_leg_plan(request: CallRequest, user_id: str, now: float) -> RoutePlan:
     )
 
 
+@lru_cache(maxsize=1024)
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # Cached: `ipaddress` parses a string in pure Python (several µs), and a call asks about
+    # the same few peer addresses over and over (the trunk, the phones' Contacts).
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _allowed(
+    host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    address = _ip_address(host)
+    return address is not None and any(address in network for network in networks)
+
+
 def _address_of(uri: str, fallback: Address) -> Address:
     """Where to send an in-dialog request: the Request-URI's host and port when it is an IP
     address (our peers' Contacts), else where the dialog's first request came from."""
     try:
         parsed = parse_uri(uri)
-        host = parsed.host.strip("[]")
-        ipaddress.ip_address(host)
-    except (SipSyntaxError, ValueError):
+    except SipSyntaxError:
+        return fallback
+    host = parsed.host.strip("[]")
+    if _ip_address(host) is None:
         return fallback
     return host, parsed.port or 5060
 
