@@ -72,21 +72,14 @@ class MetricsCounters:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        # The labelled children, looked up once: `labels()` costs more than `inc()` itself,
-        # and this runs for every message in and out.
-        self._children: dict[tuple[str, str], Any] = {}
+        self._messages = metrics.sip_messages
 
     def message(self, direction: str, message: SipMessage) -> None:
         if isinstance(message, SipRequest):
             method = message.method if message.method in _COUNTED_METHODS else "other"
         else:
             method = _STATUS_CLASSES[message.status // 100]
-        key = (direction, method)
-        child = self._children.get(key)
-        if child is None:
-            child = self._metrics.sip_messages.labels(direction=direction, method=method)
-            self._children[key] = child
-        child.inc()
+        self._messages.inc((direction, method))
 
     def parse_error(self, transport: str) -> None:
         self._metrics.sip_malformed.labels(transport=transport).inc()
@@ -120,6 +113,8 @@ class SipService:
             reachability=reachability,
             settings=settings.registrar,
         )
+        # Read when scraped, not set on every REGISTER.
+        metrics.sip_registrations.set_function(lambda: len(self.registrar.bindings))
         self._keepalives: dict[str, Flow] = {}  # OPTIONS transaction id -> flow probed
         self.calls: SipCalls | None = None
         self.trunk_registration: TrunkRegistration | None = None
@@ -151,6 +146,8 @@ class SipService:
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
+        # Read when scraped, not set on every message.
+        self.metrics.sip_transactions.set_function(lambda: len(endpoint.layer))
         await endpoint.start()
         loop = asyncio.get_running_loop()
 
@@ -241,7 +238,6 @@ class SipService:
                     log.info(
                         "sip_flow_dead", flow=f"{flow.host}:{flow.port}", contacts=len(changed)
                     )
-        self.metrics.sip_transactions.set(len(endpoint.layer))
 
     def on_connection_lost(self, peer: Address, endpoint: SipEndpoint) -> None:
         self.registrar.set_flow_reachable(Flow("tcp", peer[0], peer[1]), False)
@@ -399,7 +395,6 @@ class SipService:
         return SipRequest("OPTIONS", contact, headers)
 
     def _update_gauges(self, *, bans: bool = True) -> None:
-        self.metrics.sip_registrations.set(len(self.registrar.bindings))
         if bans and self.endpoint is not None:
             banned = self.registrar.banned_sources(self.endpoint.now())
             self.metrics.sip_banned_sources.set(len(banned))
