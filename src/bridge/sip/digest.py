@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge.sip.ids import random_bytes
+
 MAX_HEADER_LENGTH = 8192
 _MAX_PARAMS = 64
 
@@ -429,7 +431,8 @@ def _issued_at(signed: bytes) -> float:
 
 
 def _mac(secret: bytes, signed: bytes) -> bytes:
-    return hmac.new(secret, _NONCE_DOMAIN + signed, hashlib.sha256).digest()[:_MAC_BYTES]
+    # hmac.digest: OpenSSL's one-shot HMAC, a few times cheaper than building an HMAC object.
+    return hmac.digest(secret, _NONCE_DOMAIN + signed, "sha256")[:_MAC_BYTES]
 
 
 class NonceIssuer:
@@ -447,7 +450,7 @@ class NonceIssuer:
         *,
         previous_secrets: Sequence[bytes] = (),
         max_clock_skew: float = 5.0,
-        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        token_bytes: Callable[[int], bytes] = random_bytes,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret needs at least 16 bytes")

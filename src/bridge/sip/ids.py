@@ -15,12 +15,17 @@ _buffer = b""
 _position = 0
 
 
-def random_hex(nbytes: int) -> str:
-    """`nbytes` random bytes as lower-case hex (like `secrets.token_hex(nbytes)`)."""
+def random_bytes(nbytes: int) -> bytes:
+    """`nbytes` random bytes (like `secrets.token_bytes(nbytes)`), from the buffer."""
     global _buffer, _position
     end = _position + nbytes
     if end > len(_buffer):
         _buffer, _position, end = os.urandom(max(_CHUNK, nbytes)), 0, nbytes
     chunk = _buffer[_position:end]
     _position = end
-    return chunk.hex()
+    return chunk
+
+
+def random_hex(nbytes: int) -> str:
+    """`nbytes` random bytes as lower-case hex (like `secrets.token_hex(nbytes)`)."""
+    return random_bytes(nbytes).hex()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from functools import lru_cache
 
 import structlog
 
@@ -218,7 +219,7 @@ class RegistrarService:
             return self._refuse(request, 500, "Server Internal Error (CSeq out of order)", user.id)
         self._report(result)
         extra = [("Contact", f"<{b.uri}>;expires={b.expires_in(now)}") for b in result.bindings]
-        extra.append(("Date", formatdate(wall_now, usegmt=True)))
+        extra.append(("Date", _http_date(int(wall_now))))
         if contacts == []:
             outcome = "query"
         elif result.bindings:
@@ -332,3 +333,9 @@ class RegistrarService:
         )
         challenge = self._challenge(request, user, wall_now, stale=False, kind=kind)
         return RegisterOutcome(challenge.response, "auth_failed", challenge.user_id)
+
+
+@lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    # The Date header has whole seconds: formatted once per second, not per REGISTER.
+    return formatdate(second, usegmt=True)
