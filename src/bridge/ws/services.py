@@ -658,6 +658,7 @@ class Gateway:
                     await task
         self._sweeper = self._heartbeat_task = None
         self._controls.clear()
+        self._due.clear()  # the heartbeat is stopped: its entries would hold closed sessions
         return len(sessions)
 
     async def drain(self) -> int:
