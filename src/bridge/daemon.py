@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import time
 
 import structlog
 import uvicorn
@@ -32,15 +33,104 @@ log = structlog.get_logger("bridge")
 # (and set the carrier webhooks' p99). 5,000 keeps both pauses and CPU lower (see
 # docs/PERFORMANCE.md, "Garbage collector").
 GC_THRESHOLDS = (5_000, 10, 10)
+# Collect-and-freeze (`GarbageCollectorPolicy`): every GC_FREEZE_SECONDS, a full collection
+# of what is not frozen, then `gc.freeze()` of what survived it; every GC_THAW_SECONDS, the
+# frozen objects are handed back to the collector (`gc.unfreeze()`) for that tick's collection.
+GC_FREEZE_SECONDS = 1.0
+GC_THAW_SECONDS = 600.0
 
 
-def tune_garbage_collector() -> None:
+def tune_garbage_collector() -> GarbageCollectorPolicy | None:
     """Once started: move what start-up built (modules, settings, the directory, the app)
     out of the collector's sight with `gc.freeze()`, and collect the young generation less
-    often. Cycles are still collected; a full collection then only walks what was made since."""
+    often. Cycles are still collected; a full collection then only walks what was made since.
+    With a running event loop, also start the collect-and-freeze policy (returned; the
+    daemon stops it on the way out)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return GarbageCollectorPolicy(loop).start()
+
+
+class GarbageCollectorPolicy:
+    """Collect-and-freeze: long-lived objects out of the collector's sight, cycles still found.
+
+    Why: 10,000 idle app sessions are hundreds of thousands of long-lived objects (uvicorn's
+    protocol and its parser, the ASGI coroutine waiting in `receive`, the session), and every
+    heartbeat replaces a few of them (a new `receive` coroutine and its future, living until
+    the next frame). The interpreter's collector walked them again and again, at moments set
+    by allocations, so inside offer fan-outs: young collections of 5-30 ms, a generation-1
+    collection of 60-80 ms every few seconds, a full one of 170-700 ms every minute or so
+    (docs/PERFORMANCE.md, "App clients: WebSocket fan-out"). In a steady state they found
+    next to nothing (no cyclic garbage per heartbeat, per offer or per closed session).
+
+    What: every `every` seconds, on the loop (between callbacks, never inside a fan-out's
+    writes), a full `gc.collect()`, then `gc.freeze()`. The collection walks only what is not
+    frozen yet, which is what was allocated and survived since the previous tick (a second of
+    heartbeats and calls: milliseconds). Everything it leaves is reachable at that moment (a
+    full collection just proved it), so only live objects are frozen. The interpreter's own
+    collections keep running as before (GC_THRESHOLDS); they too see only the young part.
+
+    The cost, and its bound: a frozen object that later becomes part of a garbage cycle is not
+    collected while frozen. Most objects die by reference counting, frozen or not (a closed
+    app session frees all of its objects that way under uvloop: tests/ws/test_gc.py), but to
+    bound what cycles could hold, every `thaw_every` seconds the tick first calls
+    `gc.unfreeze()`, so its collection walks everything once (the one long pause, about
+    0.2 s with 10,000 app sessions; logged as `gc_thaw` with what it found) and frees any
+    such garbage. Memory held by frozen garbage is thus at most what became cyclic garbage
+    in one thaw period, and is given back at the next thaw.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        every: float = GC_FREEZE_SECONDS,
+        thaw_every: float = GC_THAW_SECONDS,
+    ) -> None:
+        self._loop = loop
+        self._every = every
+        self._thaw_every = thaw_every
+        self._thaw_at = loop.time() + thaw_every
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> GarbageCollectorPolicy:
+        if self._handle is None:
+            self._handle = self._loop.call_later(self._every, self._tick)
+        return self
+
+    def stop(self) -> None:
+        """Stop ticking and hand everything frozen since start-up back to the collector."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            gc.unfreeze()
+
+    def _tick(self) -> None:
+        self._handle = self._loop.call_later(self._every, self._tick)
+        self.collect_and_freeze(thaw=self._loop.time() >= self._thaw_at)
+
+    def collect_and_freeze(self, *, thaw: bool = False) -> int:
+        """One tick (`thaw`: first give the frozen objects back). Returns what it collected."""
+        if thaw:
+            self._thaw_at = self._loop.time() + self._thaw_every
+            started = time.perf_counter()
+            gc.unfreeze()
+            collected = gc.collect()
+            gc.freeze()
+            log.info(
+                "gc_thaw",
+                collected=collected,
+                frozen=gc.get_freeze_count(),
+                seconds=round(time.perf_counter() - started, 4),
+            )
+            return collected
+        collected = gc.collect()
+        gc.freeze()
+        return collected
 
 
 class _Server(uvicorn.Server):
@@ -60,6 +150,7 @@ class Daemon:
         self.ctx: AppContext = build_context(settings, directory)
         self.app = create_app(self.ctx)
         self._stop = asyncio.Event()
+        self._gc: GarbageCollectorPolicy | None = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -108,6 +199,8 @@ class Daemon:
         await self._drain()
         server.should_exit = True
         await serve
+        if self._gc is not None:
+            self._gc.stop()
         if self.ctx.sip is not None:
             await self.ctx.sip.stop()
         if self.ctx.carrier is not None:
@@ -144,7 +237,7 @@ class Daemon:
         while not server.started:
             await asyncio.sleep(0.02)
         self.ctx.listeners_up.add("http")
-        tune_garbage_collector()
+        self._gc = tune_garbage_collector()
         log.info(
             "started",
             http=f"{self.settings.http.host}:{self.settings.http.port}",
