@@ -72,6 +72,26 @@ async def test_a_garbage_cycle_that_was_frozen_is_collected_at_the_thaw() -> Non
     assert ref() is None
 
 
+async def test_thaws_that_find_little_come_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bridge.daemon.GC_THAW_LITTLE", 100)
+    monkeypatch.setattr("bridge.daemon.GC_THAW_MAX_SECONDS", 40.0)
+    policy = GarbageCollectorPolicy(asyncio.get_running_loop(), every=3600, thaw_every=10)
+    policy.collect_and_freeze(thaw=True)
+    assert policy.thaw_interval == 20
+    policy.collect_and_freeze(thaw=True)
+    policy.collect_and_freeze(thaw=True)
+    assert policy.thaw_interval == 40  # at most GC_THAW_MAX_SECONDS
+    garbage = []
+    for _ in range(200):
+        cycle: list[object] = []
+        cycle.append(cycle)
+        garbage.append(cycle)
+    policy.collect_and_freeze()  # frozen while alive
+    del garbage, cycle
+    assert policy.collect_and_freeze(thaw=True) >= 200  # found much: back to thaw_every
+    assert policy.thaw_interval == 10
+
+
 async def test_the_policy_ticks_and_stops() -> None:
     frozen = gc.get_freeze_count()
     policy = GarbageCollectorPolicy(asyncio.get_running_loop(), every=0.01, thaw_every=0.05)
