@@ -85,9 +85,9 @@ class RequestMetrics:
 class BridgeApp(FastAPI):
     """FastAPI, with plain ASGI endpoints for WebSocket paths (`/ws`, bridge.ws.plugin): such a
     connection goes straight to its endpoint, without the middleware stack, the router and
-    Starlette's WebSocket wrapper. An idle connection waits in its endpoint for months; the
-    frameworks' coroutines and wrappers waiting with it were most of what 10,000 idle app
-    sessions kept alive (docs/PERFORMANCE.md, "App clients: WebSocket fan-out")."""
+    Starlette's WebSocket wrapper. An idle connection waits in its endpoint for as long as it
+    is connected; the frameworks' coroutines and wrappers waiting with it were about a third of
+    an idle app session's memory (docs/PERFORMANCE.md, "App clients: WebSocket fan-out")."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -95,7 +95,10 @@ class BridgeApp(FastAPI):
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            endpoint = self.websocket_endpoints.get(scope["path"])
+            path, root = scope["path"], scope.get("root_path")
+            if root and path.startswith(root + "/"):  # as Starlette's router matches it
+                path = path[len(root) :]
+            endpoint = self.websocket_endpoints.get(path)
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return
