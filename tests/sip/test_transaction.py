@@ -901,11 +901,18 @@ def test_transactions_waiting_out_their_timers_let_go_of_the_request() -> None:
     d.respond(server, ok)
     invite = request("INVITE")
     accepted = new_request_id(d.receive(invite))
+    d.respond(accepted, answer(invite, 180, "Ringing"))
+    assert d.layer._transactions[accepted].provisional is not None
     d.respond(accepted, answer(invite, 200, "OK"))
     for tid in (client, server, accepted):
         txn = d.layer._transactions[tid]
         assert txn.state in (TransactionState.COMPLETED, TransactionState.ACCEPTED)
         assert txn.request is None
+    # Past Proceeding the provisional is never re-sent: not kept either.
+    assert d.layer._transactions[accepted].provisional is None
+    d.sent.clear()
+    assert d.receive(invite) == []  # a retransmitted INVITE in Accepted: absorbed, no 180
+    assert d.sent == []
     # ... and still do their job: the retransmitted OPTIONS gets the same 200.
     d.sent.clear()
     assert d.receive(options) == []

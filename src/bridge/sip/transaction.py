@@ -509,6 +509,22 @@ class _Transaction:
 
     kind: ClassVar[TransactionKind]
     initial: ClassVar[TransactionState]
+    # Slots: no per-instance dict. Tens of thousands of these wait out their last timer at
+    # once, and every object they hold is one more for the garbage collector to walk.
+    __slots__ = (
+        "id",
+        "interval",
+        "keys",
+        "layer",
+        "peer",
+        "reliable",
+        "request",
+        "request_to_tag",
+        "settings",
+        "state",
+        "timers",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -552,9 +568,13 @@ class _Transaction:
             raise AssertionError(f"{self.kind} cannot go from {self.state} to {state}")
         self.state = state
         if state in _RELEASING:
-            self.request = None
+            self.release()
         if state is _S.TERMINATED:
             self.layer._retire(self)
+
+    def release(self) -> None:
+        """Only absorbing retransmissions is left: drop what no longer can be sent."""
+        self.request = None
 
     def wait_then_end(self, timer: str, now: float) -> None:
         """Arm the state's last wait; a zero wait (reliable transport) ends at once."""
@@ -587,7 +607,18 @@ class _ClientInvite(_Transaction):
 
     kind = _K.CLIENT_INVITE
     initial = _S.CALLING
-    ack: SipRequest | None = None  # built once, re-sent for each retransmitted final
+    __slots__ = ("ack",)
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        transaction_id: str,
+        request: SipRequest,
+        peer: Address,
+        transport: str,
+    ) -> None:
+        super().__init__(layer, transaction_id, request, peer, transport)
+        self.ack: SipRequest | None = None  # built once, re-sent for each retransmitted final
 
     def start(self, now: float) -> None:
         assert self.request is not None
@@ -654,6 +685,7 @@ class _ClientNonInvite(_Transaction):
 
     kind = _K.CLIENT_NON_INVITE
     initial = _S.TRYING
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         assert self.request is not None
@@ -694,8 +726,25 @@ class _ClientNonInvite(_Transaction):
 class _ServerTransaction(_Transaction):
     """What both server machines share: the last responses, for retransmitted requests."""
 
-    provisional: SipResponse | None = None  # the last one sent
-    final: SipResponse | None = None  # the non-2xx final sent
+    __slots__ = ("final", "provisional")
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        transaction_id: str,
+        request: SipRequest,
+        peer: Address,
+        transport: str,
+    ) -> None:
+        super().__init__(layer, transaction_id, request, peer, transport)
+        self.provisional: SipResponse | None = None  # the last one sent
+        self.final: SipResponse | None = None  # the non-2xx final sent
+
+    def release(self) -> None:
+        # Past Proceeding a retransmitted request gets the final, or nothing (Accepted: the
+        # TU re-sends its 2xx itself), never the provisional again.
+        self.request = None
+        self.provisional = None
 
     # RFC 2543 matching also compares To tags (§17.2.3): the request's for
     # retransmissions (`request_to_tag`, kept from the start), that of our final response for
@@ -721,6 +770,7 @@ class _ServerInvite(_ServerTransaction):
 
     kind = _K.SERVER_INVITE
     initial = _S.PROCEEDING
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         if self.settings.trying_delay is not None:
@@ -800,6 +850,7 @@ class _ServerNonInvite(_ServerTransaction):
 
     kind = _K.SERVER_NON_INVITE
     initial = _S.TRYING
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         return None
