@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sip import digest, model, transaction
+from bridge.sip import digest, grammar, model, transaction
 from bridge.sip.grammar import Params, SipUri
 
 _TEXT = st.text(alphabet='abcAB01;=<>",@:. \t\\/', max_size=40)
@@ -93,3 +93,59 @@ def test_equal_uris_written_differently_keep_their_own_text() -> None:
     twice = SipUri("sip", "a", None, "h", None, Params([("x", "1"), ("x", "2")]))
     assert once == twice
     assert (str(once), str(twice)) == ("sip:a@h;x=1", "sip:a@h;x=1;x=2")
+
+
+@st.composite
+def vias(draw: st.DrawFn) -> str:
+    protocol = draw(st.sampled_from(["SIP/2.0", "SIP/2.0", "sip/2.0", "SIP / 2.0", "SIP/3.0"]))
+    transport = draw(st.sampled_from(["UDP", "TCP", "TLS", "WSS", "udp", "XYZ", "SCTP", ""]))
+    host = draw(
+        st.sampled_from(
+            ["127.0.0.1", "pc33.example.com", "h_1.-x", "[::1]", "[2001:db8::9]", "a..b", "", "é"]
+        )
+    )
+    port = draw(st.one_of(st.none(), st.integers(0, 99999).map(str), st.just("05060")))
+    params = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(_TOKEN, st.sampled_from(["branch", "rport", "ttl", "received", "TTL"])),
+                st.one_of(
+                    st.none(),
+                    _TOKEN,
+                    st.integers(0, 99999).map(str),
+                    st.sampled_from(['"q;x"', "[::1]", "a b", "", "1.2.3.4"]),
+                ),
+            ),
+            max_size=4,
+        )
+    )
+    space = draw(st.sampled_from([" ", " ", "  ", "\t"]))
+    text = f"{protocol}/{transport}{space}{host}" + (f":{port}" if port is not None else "")
+    return text + "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+
+
+@settings(max_examples=3000)
+@given(st.one_of(vias(), _TEXT))
+def test_plain_via_check_only_accepts_what_parse_via_accepts(value: str) -> None:
+    if not grammar.is_plain_via(value):
+        return
+    grammar.parse_via.cache_clear()
+    grammar.parse_via(value)  # must not raise
+
+
+def test_plain_via_check_takes_the_common_shapes() -> None:
+    # The shortcut is only worth it if ordinary Vias take it.
+    for value in (
+        "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK776asdhds;rport",
+        "SIP/2.0/TCP pc33.atlanta.example.com;branch=z9hG4bK-1;received=192.0.2.1",
+        "SIP/2.0/UDP 10.0.0.1:65535;branch=z9hG4bKx;rport",
+    ):
+        assert grammar.is_plain_via(value), value
+    for value in (
+        "SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1",  # IPv6: the general path
+        "SIP/2.0/UDP h:5060;ttl=300;branch=z9hG4bK1",  # ttl out of range: parse_via decides
+        "SIP/2.0/UDP h:70000;branch=z9hG4bK1",
+        "SIP/2.0/UDP h;rport=99999",
+        "SIP / 2.0 / UDP h;branch=z9hG4bK1",
+    ):
+        assert not grammar.is_plain_via(value), value

@@ -89,6 +89,12 @@ _VIA_RE = re.compile(
     r"[ \t]+(\[[0-9A-Fa-f:.]+\]|" + _HOSTNAME + r")(?:[ \t]*:[ \t]*([0-9]{1,5}))?(.*)",
     re.S,
 )
+# The common Via (no LWS, no IPv6 reference, no quoted parameter) in one match: what
+# `is_plain_via` accepts, `parse_via` accepts too (tests/sip/test_fast_paths.py).
+_PLAIN_VIA_RE = re.compile(
+    r"SIP/2\.0/(?:UDP|TCP|TLS|SCTP|WSS?) " + _HOSTNAME + r"(?::([0-9]{1,5}))?"
+    r"((?:;" + _TOKEN + r"(?:=[A-Za-z0-9\-.!%*_+`'~:]+)?)*)"
+)
 _CSEQ_RE = re.compile(r"[ \t]*([0-9]+)[ \t]+(" + _TOKEN + r")[ \t]*")
 
 
@@ -541,6 +547,20 @@ def parse_via(value: str) -> Via:
         params,
         "SIP/2.0" if name == "SIP" and version == "2.0" else f"{name.upper()}/{version}",
     )
+
+
+def is_plain_via(value: str) -> bool:
+    """Whether `value` is a well-formed Via of the common shape, checked by one match: True
+    means `parse_via` would accept it; False means "ask `parse_via`" (it may still be valid).
+    For validating a request's Via without building the parsed value nobody asks for."""
+    match = _PLAIN_VIA_RE.fullmatch(value)
+    if match is None:
+        return False
+    port, params = match.groups()
+    if port is not None and int(port) > 65535:
+        return False
+    lowered = params.lower()
+    return "ttl" not in lowered and "rport=" not in lowered
 
 
 def top_via(headers: Headers) -> Via:

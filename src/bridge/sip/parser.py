@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from bridge.sip.grammar import (
     SipSyntaxError,
+    is_plain_via,
     is_token,
     parse_contacts,
     parse_content_length,
@@ -515,7 +516,9 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
         return 400, f"Bad Request ({fault})", ()
     checking = "Via"
     try:
-        parse_via(split_comma_values(first["Via"])[0])
+        via = split_comma_values(first["Via"])[0]
+        if not is_plain_via(via):
+            parse_via(via)
         checking = "From"
         parse_name_addr(first["From"])
         checking = "To"
