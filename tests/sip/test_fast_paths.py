@@ -139,6 +139,9 @@ def test_plain_via_check_takes_the_common_shapes() -> None:
         "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK776asdhds;rport",
         "SIP/2.0/TCP pc33.atlanta.example.com;branch=z9hG4bK-1;received=192.0.2.1",
         "SIP/2.0/UDP 10.0.0.1:65535;branch=z9hG4bKx;rport",
+        # As the transaction layer stamps it before the TU validates (RFC 3581).
+        "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-t1;rport=5070;received=127.0.0.1",
+        "SIP/2.0/UDP h;branch=z9hG4bK1;ttl=16",
     ):
         assert grammar.is_plain_via(value), value
     for value in (

@@ -560,7 +560,16 @@ def is_plain_via(value: str) -> bool:
     if port is not None and int(port) > 65535:
         return False
     lowered = params.lower()
-    return "ttl" not in lowered and "rport=" not in lowered
+    if "ttl" not in lowered and "rport=" not in lowered:
+        return True
+    # A stamped request has rport=<port> (RFC 3581): the checks parse_via makes, on the first
+    # occurrence of each name as `Params.get` sees it.
+    first: dict[str, str | None] = {}
+    for part in lowered.split(";")[1:]:
+        name, equals, raw = part.partition("=")
+        first.setdefault(name, raw if equals else None)
+    ttl, rport = first.get("ttl", ""), first.get("rport", "")
+    return (ttl == "" or _small_int(ttl, 255)) and (not rport or _small_int(rport, 65535))
 
 
 def top_via(headers: Headers) -> Via:
