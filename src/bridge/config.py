@@ -95,6 +95,10 @@ class SipSettings(_Section):
     # our own; a peer's request is still honoured), and the shortest interval accepted (422).
     session_expires: Annotated[int, Field(ge=0, le=86400)] = 1800
     min_se: Annotated[int, Field(ge=90, le=86400)] = 90
+    # Kernel buffers asked for the UDP socket (receive and send). The default 208 KiB holds
+    # about a hundred datagrams: a burst or a pause of a few ms at hundreds of calls/s drops
+    # some, and their retransmissions add load. The kernel caps it at net.core.rmem_max.
+    udp_buffer_bytes: Annotated[int, Field(ge=65536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
 
     @field_validator("trunk_allow")
     @classmethod

@@ -229,7 +229,11 @@ class Daemon:
         settings = self.settings.sip
         self.ctx.listeners_expected.add("sip")
         endpoint = SipEndpoint(
-            settings.host, settings.port, sip, counters=MetricsCounters(self.ctx.metrics)
+            settings.host,
+            settings.port,
+            sip,
+            counters=MetricsCounters(self.ctx.metrics),
+            udp_buffer_bytes=settings.udp_buffer_bytes,
         )
         try:
             await sip.start(endpoint)

@@ -60,6 +60,11 @@ def test_demo_config_is_valid(demo_dir: Path, capsys: pytest.CaptureFixture[str]
         ("port = 5060", "port = 5060\nmin_se = 60", "sip.min_se: Input should be greater"),
         (
             "port = 5060",
+            "port = 5060\nudp_buffer_bytes = 1000",
+            "sip.udp_buffer_bytes: Input should be greater than or equal to 65536",
+        ),
+        (
+            "port = 5060",
             "port = 5060\nsession_expires = 100\nmin_se = 120",
             "sip: session_expires must be 0 or at least min_se",
         ),

@@ -116,8 +116,10 @@ class SipEndpoint:
         *,
         timers: TimerSettings | None = None,
         counters: SipCounters | None = None,
+        udp_buffer_bytes: int | None = None,
     ) -> None:
         self.host = host
+        self.udp_buffer_bytes = udp_buffer_bytes
         self.port = port
         self.application = application
         self.layer = TransactionLayer(timers)
@@ -160,7 +162,39 @@ class SipEndpoint:
                 if not any_port or attempt == 4:
                     raise
                 self.port = 0
-        log.info("sip_listening", host=self.host, port=self.port, transports=["udp", "tcp"])
+        buffers = self._size_udp_buffers()
+        log.info(
+            "sip_listening",
+            host=self.host,
+            port=self.port,
+            transports=["udp", "tcp"],
+            udp_buffers=buffers,
+        )
+
+    def _size_udp_buffers(self) -> dict[str, int]:
+        """Ask the kernel for `udp_buffer_bytes` of receive and send buffer; what it granted
+        (Linux reports twice the usable size, and caps the request at net.core.rmem_max /
+        wmem_max: a warning names the setting when it fell short)."""
+        assert self._udp is not None and self._udp.transport is not None
+        sock = self._udp.transport.get_extra_info("socket")
+        granted: dict[str, int] = {}
+        for name, option, sysctl in (
+            ("receive", socket.SO_RCVBUF, "net.core.rmem_max"),
+            ("send", socket.SO_SNDBUF, "net.core.wmem_max"),
+        ):
+            if self.udp_buffer_bytes is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, self.udp_buffer_bytes)
+            granted[name] = sock.getsockopt(socket.SOL_SOCKET, option)
+            if self.udp_buffer_bytes is not None and granted[name] < self.udp_buffer_bytes:
+                log.warning(
+                    "sip_udp_buffer_capped",
+                    buffer=name,
+                    asked=self.udp_buffer_bytes,
+                    granted=granted[name],
+                    hint=f"raise {sysctl}",
+                )
+        return granted
 
     async def stop(self) -> None:
         if self._timer is not None:
