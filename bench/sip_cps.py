@@ -48,8 +48,9 @@ self time by file.
 `git archive <commit> src | tar -x` export, to compare two versions on the same machine.
 
 It prints figures and the ratio to each target of the issue (1,000 calls/s; set-up p99 under
-10 ms at 500 calls/s; 4,000 digest registrations/s); it asserts nothing. Figures are noisy:
-the SIPp processes, the bridge and Kamailio share the machine's cores, and whatever else
+10 ms at 500 calls/s; 4,000 digest registrations/s); it asserts nothing. With two cores or
+more, the server under test (the bridge, then Kamailio) runs alone on the first core and the
+SIPp processes on the others (`--no-pin`: no affinity). Figures are still noisy: whatever else
 runs on the machine shows up in them.
 """
 
@@ -157,6 +158,32 @@ def udp_drops() -> int:
 
 def fmt(value: float | None, spec: str = ".1f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
+
+
+# Core pinning (`pin_cores`): the server under test (the bridge, or Kamailio with all its
+# workers) gets the first core to itself; this script and every SIPp it starts run on the
+# others. Without it the scheduler moves the server and SIPp between the two cores, and the
+# figures are partly the scheduler's.
+SERVER_CPUS: set[int] | None = None
+
+
+def pin_cores(enabled: bool) -> str:
+    """Set the split (and this process's own affinity, which SIPp inherits); a line for the
+    report."""
+    global SERVER_CPUS
+    cores = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cores) < 2:
+        SERVER_CPUS = None
+        return f"no core pinning ({'--no-pin' if not enabled else 'one core'})"
+    SERVER_CPUS = {cores[0]}
+    os.sched_setaffinity(0, set(cores[1:]))
+    return f"server under test on core {cores[0]}, SIPp and this script on {cores[1:]}"
+
+
+def _server_affinity() -> None:
+    # In the child before exec: Kamailio's forked workers inherit it too.
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(0, SERVER_CPUS)
 
 
 class Processes:
@@ -494,6 +521,7 @@ def start_bridge(
         stderr=subprocess.STDOUT,
         env=env,
         cwd=folder,
+        preexec_fn=_server_affinity,
     )
     deadline = time.monotonic() + 30
     while True:
@@ -651,6 +679,7 @@ def start_kamailio(
         stdout=(rundir / "kamailio.log").open("wb"),
         stderr=subprocess.STDOUT,
         cwd=rundir,
+        preexec_fn=_server_affinity,
     )
     deadline = time.monotonic() + 15
     while not sip_ping(port):
@@ -1114,6 +1143,12 @@ def main() -> int:
     )
     parser.add_argument("--no-kamailio", action="store_true")
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="no core pinning (default: the bridge or Kamailio on the first core, SIPp on the "
+        "others)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the bridge at the highest passing call rate and during flat-out registrations",
@@ -1149,6 +1184,7 @@ def main() -> int:
     ctx = Context(args, procs, folder, time.monotonic())
     for line in machine_lines():
         print(line)
+    print(pin_cores(not args.no_pin))
     print(code_line(args.src))
     phones_users = phone_users(args.users)
     try:
