@@ -152,3 +152,48 @@ def test_plain_via_check_takes_the_common_shapes() -> None:
         "SIP / 2.0 / UDP h;branch=z9hG4bK1",
     ):
         assert not grammar.is_plain_via(value), value
+
+
+def slow_prepend(items: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    wanted = model.canonical_name(name)
+    out = list(items)
+    for index, (key, _) in enumerate(out):
+        if key.lower() == wanted.lower():
+            out.insert(index, (wanted, value))
+            return out
+    return [*out, (wanted, value)]
+
+
+def slow_pop_first_value(items: list[tuple[str, str]], name: str) -> tuple[list, str | None]:
+    out = list(items)
+    lowered = model.canonical_name(name).lower()
+    for index, (key, line) in enumerate(out):
+        if key.lower() == lowered:
+            parts = model.split_comma_values(line)
+            if len(parts) <= 1:
+                del out[index]
+            else:
+                out[index] = (key, ", ".join(parts[1:]))
+            return out, parts[0] if parts else None
+    return out, None
+
+
+_NAMES = st.sampled_from(["Via", "v", "VIA", "Route", "X-Thing", "x-thing", "X-THING", "To"])
+
+
+@settings(max_examples=1500)
+@given(
+    st.lists(st.tuples(_NAMES, st.sampled_from(["a", "a, b", "<sip:x>, <sip:y>", ""])), max_size=6),
+    _NAMES,
+)
+def test_prepend_and_pop_first_value_find_the_same_line_as_a_full_scan(
+    lines: list[tuple[str, str]], name: str
+) -> None:
+    headers = model.Headers(lines)
+    items = list(headers)
+    prepended = headers.copy()
+    prepended.prepend(name, "new")
+    assert list(prepended) == slow_prepend(items, name, "new")
+    popped = headers.copy()
+    value = popped.pop_first_value(name)
+    assert (list(popped), value) == slow_pop_first_value(items, name)

@@ -174,14 +174,28 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))
 
+    def _index_of(self, wanted: str) -> int:
+        """Where the first line of canonical name `wanted` is, or -1."""
+        items = self._items
+        if wanted in _KNOWN:  # stored exactly so: no case-insensitive pass needed
+            for index, (key, _) in enumerate(items):
+                if key == wanted:
+                    return index
+            return -1
+        lowered = wanted.lower()
+        for index, (key, _) in enumerate(items):
+            if key.lower() == lowered:
+                return index
+        return -1
+
     def prepend(self, name: str, value: str) -> None:
         """Add before every other line of the same name (a new top Via, Record-Route)."""
         wanted = canonical_name(name)
-        for index, (key, _) in enumerate(self._items):
-            if key.lower() == wanted.lower():
-                self._items.insert(index, (wanted, value))
-                return
-        self._items.append((wanted, value))
+        index = self._index_of(wanted)
+        if index < 0:
+            self._items.append((wanted, value))
+        else:
+            self._items.insert(index, (wanted, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` with one line (in the first one's place)."""
@@ -206,16 +220,16 @@ class Headers:
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a multi-value header (e.g. the top Via)."""
-        lowered = canonical_name(name).lower()
-        for index, (key, line) in enumerate(self._items):
-            if key.lower() == lowered:
-                parts = split_comma_values(line)
-                if len(parts) <= 1:
-                    del self._items[index]
-                else:
-                    self._items[index] = (key, ", ".join(parts[1:]))
-                return parts[0] if parts else None
-        return None
+        index = self._index_of(canonical_name(name))
+        if index < 0:
+            return None
+        key, line = self._items[index]
+        parts = split_comma_values(line)
+        if len(parts) <= 1:
+            del self._items[index]
+        else:
+            self._items[index] = (key, ", ".join(parts[1:]))
+        return parts[0] if parts else None
 
 
 def split_comma_values(line: str) -> list[str]:
