@@ -207,7 +207,9 @@ def parse_auth_header(value: str) -> DigestCredentials | None:
     raises DigestError when a Digest value is malformed. Never raises anything else."""
     if len(value) > MAX_HEADER_LENGTH:
         raise DigestError("header value too long")
-    text = _FOLD.sub(" ", value.strip(" \t\r\n"))
+    text = value.strip(" \t\r\n")
+    if "\r" in text or "\n" in text:  # (the parser unfolds header lines: rarely true here)
+        text = _FOLD.sub(" ", text)
     if "\r" in text or "\n" in text:
         raise DigestError("line break in header value")
     scan = _Scanner(text)
@@ -355,6 +357,8 @@ def _credentials(params: dict[str, str]) -> DigestCredentials:
             raise DigestError(f"{algorithm} requires qop")
 
     for name, text in params.items():
+        if text.isascii():  # (nearly always: no encoding needed to know it encodes)
+            continue
         try:
             _utf8(text)
         except UnicodeEncodeError:
