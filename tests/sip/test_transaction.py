@@ -917,3 +917,26 @@ def test_transactions_waiting_out_their_timers_let_go_of_the_request() -> None:
     d.sent.clear()
     assert d.receive(options) == []
     assert [o.message for _, o in d.sent] == [ok]
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
+def test_a_stateless_answer_ends_the_transaction_at_once(method: str) -> None:
+    # RFC 3261 §8.2.7: a challenge can be sent as a stateless UAS: no Timer J/G/H, nothing
+    # kept, and a retransmission is a new request that is answered anew.
+    d = Driver()
+    req = request(method)
+    tid = new_request_id(d.receive(req))
+    challenge = answer(req, 401, "Unauthorized")
+    d.layer.send_response_and_forget(tid, challenge)
+    d._collect([])
+    assert [(o.message, o.destination, o.transaction_id) for _, o in d.sent] == [
+        (challenge, PEER, None)
+    ]
+    assert len(d.layer) == 0 and d.layer.next_deadline() is None
+    assert d.layer.state(tid) is None
+    again = new_request_id(d.receive(req))  # the retransmission: a new transaction
+    assert again != tid
+    with pytest.raises(TransactionError):
+        d.layer.send_response_and_forget(again, answer(req, 100, "Trying"))
+    with pytest.raises(UnknownTransaction):
+        d.layer.send_response_and_forget(tid, challenge)

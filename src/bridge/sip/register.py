@@ -6,6 +6,7 @@ process must agree on; monotonic time for expiries and bans), a response out.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -307,11 +308,21 @@ class RegistrarService:
             self.policy.realm, self._nonces.issue(wall_now), stale=stale, algorithms=algorithms
         )
         extra = [(kind.challenge, value) for value in values]
-        return RegisterOutcome(
-            self._reply(request, kind.status, kind.phrase, extra),
-            "challenged",
-            user.id if user else None,
+        response = make_response(
+            request, kind.status, kind.phrase, to_tag=self._stateless_tag(request), extra=extra
         )
+        return RegisterOutcome(response, "challenged", user.id if user else None)
+
+    def _stateless_tag(self, request: SipRequest) -> str:
+        """The To tag of a challenge: the same for the same request (a retransmission), as
+        RFC 3261 §8.2.7 asks of a stateless UAS, and unguessable (keyed by our secret)."""
+        headers = request.headers
+        material = "\n".join(
+            (headers.get("Call-ID") or "", headers.get("From") or "", headers.get("CSeq") or "")
+        )
+        return hmac.digest(
+            self.nonce_secret, material.encode("utf-8", "surrogateescape"), "sha256"
+        )[:5].hex()
 
     def _failed(
         self,

@@ -270,7 +270,12 @@ class SipService:
             failed = outcome.outcome in ("auth_failed", "banned")
             if failed:
                 self.metrics.sip_auth_failures.labels(reason=outcome.outcome).inc()
-            endpoint.respond(event.transaction_id, outcome.response)
+            if outcome.outcome == "challenged":
+                # RFC 3261 §8.2.7: challenges are answered statelessly, so unauthenticated
+                # REGISTERs (a phone's first, or a flood) keep no transaction for 32 s.
+                endpoint.respond_and_forget(event.transaction_id, outcome.response)
+            else:
+                endpoint.respond(event.transaction_id, outcome.response)
             # Bans only start on a failure (and end with time: the expiry loop recounts).
             self._update_gauges(bans=failed)
         elif method == "OPTIONS":

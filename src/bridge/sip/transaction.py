@@ -1054,6 +1054,20 @@ class TransactionLayer:
             raise UnknownTransaction(transaction_id)
         txn.on_tu_response(response, now)
 
+    def send_response_and_forget(self, transaction_id: str, response: SipResponse) -> None:
+        """Answer as a stateless UAS (RFC 3261 §8.2.7): the final `response` goes where the
+        request's responses go, and the server transaction ends at once. No Timer J/G/H, no
+        retransmission: a retransmitted request is a new request, answered anew. For
+        challenges to unauthenticated requests, so that a flood of them leaves no state
+        behind (§26.1.5)."""
+        if not 200 <= response.status <= 699:
+            raise TransactionError("only a final response can be sent statelessly")
+        txn = self._transactions.get(transaction_id)
+        if not isinstance(txn, _ServerTransaction):
+            raise UnknownTransaction(transaction_id)
+        self._output.append(Outgoing(response, txn.peer, txn.transport, None))
+        txn.enter(_S.TERMINATED)
+
     def send_stateless(self, message: SipMessage, destination: Address, transport: str) -> None:
         """Queue a message outside any transaction: the ACK for a 2xx, a 2xx retransmission
         after the transaction ended (RFC 6026 §8.9), a stateless response."""

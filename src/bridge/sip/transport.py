@@ -226,6 +226,11 @@ class SipEndpoint:
         self.layer.send_response(transaction_id, response, self.now())
         self._flush()
 
+    def respond_and_forget(self, transaction_id: str, response: SipResponse) -> None:
+        """A final response as a stateless UAS (the transaction ends at once; §8.2.7)."""
+        self.layer.send_response_and_forget(transaction_id, response)
+        self._flush()
+
     def request(self, request: SipRequest, destination: Address, transport: str) -> str:
         transaction_id = self.layer.send_request(request, destination, transport, self.now())
         self._flush()
