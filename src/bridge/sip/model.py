@@ -303,15 +303,21 @@ def make_response(
 ) -> SipResponse:
     """A response to `request`: Via/From/To/Call-ID/CSeq copied, To tag added when given and
     absent (never for 100 Trying)."""
-    headers = Headers()
-    for name in _COPIED_TO_RESPONSE:
-        for value in request.headers.get_all(name):
-            if name == "To" and to_tag and status > 100 and "tag" not in _params(value):
-                value = f"{value};tag={to_tag}"
-            headers.add(name, value)
-    for name, value in extra:
-        headers.add(name, value)
-    return SipResponse(status=status, reason=reason, headers=headers, body=body)
+    # One pass over the request's lines (stored names are canonical, and these five are
+    # known names, so an exact match finds them), grouped in the order above.
+    copied: dict[str, list[str]] = {name: [] for name in _COPIED_TO_RESPONSE}
+    for name, value in request.headers._items:
+        lines = copied.get(name)
+        if lines is not None:
+            lines.append(value)
+    if to_tag and status > 100:
+        copied["To"] = [
+            value if "tag" in _params(value) else f"{value};tag={to_tag}"
+            for value in copied["To"]
+        ]
+    items = [(name, value) for name, lines in copied.items() for value in lines]
+    items.extend((canonical_name(name), value) for name, value in extra)
+    return SipResponse(status, reason, Headers.from_canonical(items), body)
 
 
 def _split_top_level(text: str, separator: str) -> list[str]:
