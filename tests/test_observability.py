@@ -83,3 +83,23 @@ def test_live_calls_gauge_follows_the_registry(bridge: Bridge) -> None:
     assert registry.get_sample_value("bridge_live_calls") == 2.0
     bridge.ctx.calls.remove("c1")
     assert registry.get_sample_value("bridge_live_calls") == 1.0
+
+
+def test_metric_children_are_looked_up_once_per_label_set() -> None:
+    from bridge.observability.metrics import Metrics
+
+    metrics = Metrics()
+    answered = metrics.child(metrics.calls, "sip", "answered")
+    assert metrics.child(metrics.calls, "sip", "answered") is answered
+    assert metrics.child(metrics.calls, "sip", "no_answer") is not answered
+    answered.inc()
+    metrics.child(metrics.calls, "sip", "answered").inc()
+    metrics.child(metrics.call_setup_seconds, "sip").observe(0.003)
+    registry = metrics.registry
+    assert registry.get_sample_value(
+        "bridge_calls_total", {"path": "sip", "outcome": "answered"}
+    ) == 2.0
+    assert registry.get_sample_value("bridge_call_setup_seconds_count", {"path": "sip"}) == 1.0
+    # Another instance keeps its own children (each daemon has its own registry).
+    other = Metrics()
+    assert other.child(other.calls, "sip", "answered") is not answered

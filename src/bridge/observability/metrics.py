@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -57,6 +58,8 @@ class LabelledCounts:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Children of this instance's metrics (they live as long as it does: ids stay unique).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         process_collector.ProcessCollector(registry=self.registry)
         platform_collector.PlatformCollector(registry=self.registry)
         gc_collector.GCCollector(registry=self.registry)
@@ -202,6 +205,16 @@ class Metrics:
             ["control", "outcome"],
             registry=r,
         )
+
+    def child(self, metric: Any, *labelvalues: str) -> Any:
+        """`metric.labels(*labelvalues)`, looked up once per label set: `labels()` builds and
+        locks on every call and costs more than the `inc()` or `observe()` that follows, on
+        paths that run for every call."""
+        key = (id(metric), labelvalues)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labelvalues)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,7 +47,7 @@ class RoutingService:
         with call_context(call.call_id):
             plan = self._decide(call, self._clock(), self._presence)
             self._rotation.update(plan.rotation)
-            self._metrics.route_decisions.labels(result=plan.outcome.value).inc()
+            self._metrics.child(self._metrics.route_decisions, plan.outcome.value).inc()
             log.info("call_routed", outcome=plan.outcome.value, line=plan.line)
         return plan
 

@@ -751,7 +751,7 @@ class SipCalls:
         elif isinstance(output, FallbackStarted):
             log.info("sip_call_fallback", action=output.action.value, why=output.why)
         elif isinstance(output, CallEnded):
-            self.metrics.calls.labels(path="sip", outcome=output.outcome.value).inc()
+            self.metrics.child(self.metrics.calls, "sip", output.outcome.value).inc()
             log.info("sip_call_ended", cause=output.cause.value, outcome=output.outcome.value)
 
     def _run_later(self, call: _Call, step: Callable[[], list[Output]]) -> None:
@@ -997,7 +997,8 @@ class SipCalls:
     def _setup_done(self, call: _Call) -> None:
         if not call.setup_measured:
             call.setup_measured = True
-            self.metrics.call_setup_seconds.labels(path="sip").observe(self._now() - call.started)
+            setup = self.metrics.child(self.metrics.call_setup_seconds, "sip")
+            setup.observe(self._now() - call.started)
 
     def _caller_reply(
         self,
