@@ -65,6 +65,7 @@ ALLOWED_METHODS: tuple[str, ...] = (
 )
 _OTHER_KNOWN = ("PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 KNOWN_METHODS: frozenset[str] = frozenset((*ALLOWED_METHODS, *_OTHER_KNOWN))
+_ALLOW = (("Allow", ", ".join(ALLOWED_METHODS)),)  # with 405 and 501
 # Option tags we honour in Require. No `100rel`: we do not send reliable provisionals (PRACK
 # is not in ALLOWED_METHODS), so a Require: 100rel gets 420.
 SUPPORTED_OPTIONS: frozenset[str] = frozenset({"path", "outbound", "timer", "replaces"})
@@ -81,6 +82,7 @@ _REASONS = {
     513: "Message Too Large",
 }
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
+_MANDATORY_SET = frozenset(_MANDATORY)
 _SINGLE = frozenset({"From", "To", "Call-ID", "CSeq", "Max-Forwards"})
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _REQUEST_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f<>\"]+")
@@ -500,15 +502,16 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
     # of a case-insensitive Headers.get per check.
     items = list(request.headers)
     first = dict(reversed(items))
-    missing = [name for name in _MANDATORY if name not in first]
-    if missing:
+    if not first.keys() >= _MANDATORY_SET:
+        missing = [name for name in _MANDATORY if name not in first]
         return 400, f"Bad Request (missing {', '.join(missing)})", ()
-    seen: set[str] = set()
-    for name, _ in items:
-        if name in _SINGLE:
-            if name in seen:
-                return 400, f"Bad Request (more than one {name})", ()
-            seen.add(name)
+    if len(first) != len(items):  # some name repeats: is it one that may appear only once?
+        seen: set[str] = set()
+        for name, _ in items:
+            if name in _SINGLE:
+                if name in seen:
+                    return 400, f"Bad Request (more than one {name})", ()
+                seen.add(name)
     try:
         cseq = parse_cseq(first["CSeq"])
     except SipSyntaxError as exc:
@@ -549,11 +552,10 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
                     parse_expires(value)  # an overlarge value is the default, not an error
         except SipSyntaxError:
             return 400, "Bad Request (malformed Expires)", ()
-    allow = (("Allow", ", ".join(ALLOWED_METHODS)),)
     if request.method not in KNOWN_METHODS:
-        return 501, "Not Implemented", allow
+        return 501, "Not Implemented", _ALLOW
     if request.method not in ALLOWED_METHODS:
-        return 405, "Method Not Allowed", allow
+        return 405, "Method Not Allowed", _ALLOW
     try:
         scheme = parse_uri(request.uri).scheme
     except SipSyntaxError:
