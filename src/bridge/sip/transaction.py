@@ -512,11 +512,14 @@ class _Transaction:
     # Slots: no per-instance dict. Tens of thousands of these wait out their last timer at
     # once, and every object they hold is one more for the garbage collector to walk.
     __slots__ = (
+        "ack",
+        "final",
         "id",
         "interval",
         "keys",
         "layer",
         "peer",
+        "provisional",
         "reliable",
         "request",
         "request_to_tag",
@@ -550,6 +553,12 @@ class _Transaction:
         self.interval = self.settings.t1  # current Timer A / E / G interval
         self.timers: dict[str, int] = {}  # timer name -> token of its live heap entry
         self.keys: list[tuple[dict[_Key, str], _Key]] = []  # index entries to drop at the end
+        # Client INVITE: the ACK for a non-2xx final, built once and re-sent for each
+        # retransmission of that final. Servers: the last provisional and the non-2xx final
+        # sent, for retransmitted requests.
+        self.ack: SipRequest | None = None
+        self.provisional: SipResponse | None = None
+        self.final: SipResponse | None = None
 
     def send(self, message: SipMessage) -> None:
         self.layer._output.append(Outgoing(message, self.peer, self.transport, self.id))
@@ -607,18 +616,7 @@ class _ClientInvite(_Transaction):
 
     kind = _K.CLIENT_INVITE
     initial = _S.CALLING
-    __slots__ = ("ack",)
-
-    def __init__(
-        self,
-        layer: TransactionLayer,
-        transaction_id: str,
-        request: SipRequest,
-        peer: Address,
-        transport: str,
-    ) -> None:
-        super().__init__(layer, transaction_id, request, peer, transport)
-        self.ack: SipRequest | None = None  # built once, re-sent for each retransmitted final
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         assert self.request is not None
@@ -726,19 +724,7 @@ class _ClientNonInvite(_Transaction):
 class _ServerTransaction(_Transaction):
     """What both server machines share: the last responses, for retransmitted requests."""
 
-    __slots__ = ("final", "provisional")
-
-    def __init__(
-        self,
-        layer: TransactionLayer,
-        transaction_id: str,
-        request: SipRequest,
-        peer: Address,
-        transport: str,
-    ) -> None:
-        super().__init__(layer, transaction_id, request, peer, transport)
-        self.provisional: SipResponse | None = None  # the last one sent
-        self.final: SipResponse | None = None  # the non-2xx final sent
+    __slots__ = ()
 
     def release(self) -> None:
         # Past Proceeding a retransmitted request gets the final, or nothing (Accepted: the
