@@ -197,3 +197,22 @@ def test_prepend_and_pop_first_value_find_the_same_line_as_a_full_scan(
     popped = headers.copy()
     value = popped.pop_first_value(name)
     assert (list(popped), value) == slow_pop_first_value(items, name)
+
+
+@settings(max_examples=2000)
+@given(
+    vias(),
+    st.sampled_from([";rport", ";rport", "", ";maddr=239.1.1.1;rport", ";rport=7;rport"]),
+    st.sampled_from([("192.0.2.7", 5070), ("2001:db8::9", 6000), ("127.0.0.1", 5060)]),
+)
+def test_responses_straight_to_the_source_only_where_the_via_says_so(
+    via: str, tail: str, source: tuple[str, int]
+) -> None:
+    # The shortcut taken when stamping a request must route its responses exactly as
+    # response_destination does from the stamped Via.
+    request = model.SipRequest("OPTIONS", "sip:x@h", model.Headers([("Via", via + tail)]))
+    stamped, to_source = transaction._stamp(request, source, transaction._top_via(request))
+    assert stamped == transaction._top_via(request)
+    if to_source:
+        assert stamped is not None
+        assert transaction.response_destination(stamped, source, "udp") == source

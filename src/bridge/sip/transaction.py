@@ -390,10 +390,12 @@ def _via_identity(via: str) -> str:
 _Key = tuple[str | int | None, ...]
 
 
-def _server_key(request: SipRequest, method: str) -> _Key | None:
+def _server_key(request: SipRequest, method: str, via: str | None = None) -> _Key | None:
     """§17.2.3: branch + sent-by + method for RFC 3261 peers; otherwise the RFC 2543 key
-    (Request-URI, From tag, Call-ID, CSeq, top Via; the To tag is checked by the caller)."""
-    via = _top_via(request)
+    (Request-URI, From tag, Call-ID, CSeq, top Via; the To tag is checked by the caller).
+    `via`: the request's top Via, when the caller has it already."""
+    if via is None:
+        via = _top_via(request)
     split = _split_via(via) if via is not None else None
     if via is None or split is None:
         return None
@@ -426,32 +428,41 @@ def stamp_received(request: SipRequest, source: Address) -> None:
     """Record where a request really came from in its top Via (§18.2.1): `received` when the
     sent-by host differs from the source IP; with RFC 3581 `rport`, always `received` and
     `rport=<source port>`. The Via's other text is kept as it was."""
-    via = _top_via(request)
+    _stamp(request, source, _top_via(request))
+
+
+def _stamp(request: SipRequest, source: Address, via: str | None) -> tuple[str | None, bool]:
+    """`stamp_received` given the top Via: returns the top Via as it now stands, and whether
+    responses go straight back to `source` (the common RFC 3581 client: the port we filled
+    in, no other rport parameter, no maddr), which spares `response_destination` parsing it again."""
     split = _split_via(via) if via is not None else None
     if via is None or split is None:
-        return
+        return via, False
     host, port = source
-    sent_host, _ = _host_port(split[1])
     params = split[2]
     if params.endswith(";rport") and "received" not in params and '"' not in params:
         # The common RFC 3581 client (`...;branch=z9hG4bK..;rport`): fill the port in.
+        stamped = f"{via.rstrip()[:-6]};rport={port};received={host}"
         request.headers.pop_first_value("Via")
-        request.headers.prepend("Via", f"{via.rstrip()[:-6]};rport={port};received={host}")
-        return
+        request.headers.prepend("Via", stamped)
+        lowered = params.lower()
+        return stamped, lowered.count("rport") == 1 and "maddr" not in lowered
+    sent_host, _ = _host_port(split[1])
     segments = _split_params(params)
     names = [segment.partition("=")[0].strip().lower() for segment in segments]
     wants_rport = "rport" in names
     if not wants_rport and sent_host == host.lower():
-        return
+        return via, False
     kept: list[str] = []
     for segment, name in zip(segments, names, strict=True):
         if name == "received":
             continue
         kept.append(f"rport={port}" if name == "rport" else segment)
     kept.append(f"received={host}")
-    head = via.partition(";")[0].rstrip()
+    stamped = ";".join([via.partition(";")[0].rstrip(), *kept])
     request.headers.pop_first_value("Via")
-    request.headers.prepend("Via", ";".join([head, *kept]))
+    request.headers.prepend("Via", stamped)
+    return stamped, False
 
 
 def response_destination(via: str, source: Address, transport: str) -> Address:
@@ -950,26 +961,29 @@ class TransactionLayer:
         self, request: SipRequest, source: Address, transport: str, now: float
     ) -> list[Event]:
         method = request.method
+        via = _top_via(request)
         # §17.2.3: an ACK matches the INVITE transaction it acknowledges.
-        key = _server_key(request, "INVITE" if method == "ACK" else method)
+        key = _server_key(request, "INVITE" if method == "ACK" else method, via)
         txn = self._match_server(request, key)
         if txn is not None:
             return txn.on_request(request, source, transport, now)
         if method == "ACK":
             # §17.2.3: an ACK for a 2xx has its own branch and matches no transaction.
-            if _top_via(request) is None:
+            if via is None:
                 self.stats.malformed += 1
                 return []
-            stamp_received(request, source)
+            _stamp(request, source, via)
             return [AckFor2xx(request, source, transport)]
         if key is None:
             # Without a Via there is nowhere to send even a 400 (§18.2.2).
             self.stats.malformed += 1
             return []
-        stamp_received(request, source)
-        via = _top_via(request)
-        assert via is not None
-        destination = response_destination(via, source, transport)
+        stamped, to_source = _stamp(request, source, via)
+        assert stamped is not None
+        if to_source or is_reliable(transport):
+            destination = source
+        else:
+            destination = response_destination(stamped, source, transport)
         cls = _ServerInvite if request.method == "INVITE" else _ServerNonInvite
         server = cls(self, self._new_id(cls.kind), request, destination, transport)
         self._register(server, self._server_index, key)
