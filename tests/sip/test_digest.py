@@ -307,6 +307,21 @@ def test_nonces_are_unique_and_quotable() -> None:
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", n) for n in nonces)
 
 
+def test_nonces_remembered_by_their_issuer_check_as_their_mac_does() -> None:
+    # The issuer remembers its recent nonces (no decoding, no MAC on the way back); another
+    # instance with the same secret, and the issuer once a nonce is evicted, check the MAC:
+    # both must say the same at every moment.
+    issuing = NonceIssuer(SECRET, 30, max_clock_skew=5, recent=4)
+    other = NonceIssuer(SECRET, 30, max_clock_skew=5)
+    nonces = [issuing.issue(T0 + 10 * i) for i in range(3)]
+    for nonce in nonces:
+        for now in (T0 - 20, T0 - 1, T0, T0 + 15, T0 + 30, T0 + 40.5, T0 + 60, T0 + 100):
+            assert issuing.check(nonce, now) is other.check(nonce, now), (nonce, now)
+    later = [issuing.issue(T0) for _ in range(4)]  # the first three are evicted now
+    assert all(issuing.check(n, T0 + 21) is NonceStatus.OK for n in nonces + later)
+    assert len(issuing._recent) == 4
+
+
 def test_issuer_rejects_weak_settings() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         NonceIssuer(b"short", 60)

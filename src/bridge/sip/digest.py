@@ -455,6 +455,7 @@ class NonceIssuer:
         previous_secrets: Sequence[bytes] = (),
         max_clock_skew: float = 5.0,
         token_bytes: Callable[[int], bytes] = random_bytes,
+        recent: int = 4096,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret needs at least 16 bytes")
@@ -464,6 +465,11 @@ class NonceIssuer:
         self.lifetime = float(lifetime)
         self._skew = float(max_clock_skew)
         self._token_bytes = token_bytes
+        # The nonces this issuer gave out lately -> issue time: most come back within seconds
+        # (the phone's REGISTER with credentials), and a hit needs no decoding and no MAC.
+        # Anything else (another instance's nonce, an evicted one) is checked by its MAC.
+        self._recent: dict[str, float] = {}
+        self._recent_max = recent
 
     def issue(self, now: float) -> str:
         if not math.isfinite(now):
@@ -473,17 +479,25 @@ class NonceIssuer:
             raise ValueError("token_bytes returned the wrong length")
         signed = _TIME.pack(math.floor(now * 1000)) + salt
         raw = signed + _mac(self._secrets[0], signed)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        nonce = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        recent = self._recent
+        if len(recent) >= self._recent_max:
+            del recent[next(iter(recent))]  # the oldest
+        recent[nonce] = _issued_at(signed)
+        return nonce
 
     def check(self, nonce: str, now: float) -> NonceStatus:
         """OK, STALE (authentic but older than `lifetime`) or INVALID (not ours)."""
-        decoded = _decode_nonce(nonce)
-        if decoded is None:
-            return NonceStatus.INVALID
-        signed, mac = decoded
-        if not any(hmac.compare_digest(mac, _mac(s, signed)) for s in self._secrets):
-            return NonceStatus.INVALID
-        age = now - _issued_at(signed)
+        issued = self._recent.get(nonce)
+        if issued is None:
+            decoded = _decode_nonce(nonce)
+            if decoded is None:
+                return NonceStatus.INVALID
+            signed, mac = decoded
+            if not any(hmac.compare_digest(mac, _mac(s, signed)) for s in self._secrets):
+                return NonceStatus.INVALID
+            issued = _issued_at(signed)
+        age = now - issued
         if age < -self._skew:
             # Authentic but from the future: a clock went wrong somewhere; do not trust it.
             return NonceStatus.INVALID
