@@ -231,7 +231,10 @@ async def run(args: argparse.Namespace) -> int:
             for _ in range(regs_per_round):
                 reg_failed += not bench.register_phone(r, REG_USER[1], REG_USER[2], 30000)
                 r += 1
-            await bench.drain()
+                if args.reg_rate and r % 50 == 0:
+                    await bench.bridge.advance(50 / args.reg_rate, step=50 / args.reg_rate)
+            if not args.reg_rate:
+                await bench.drain()
             per_reg.append(bench.meter.seconds / regs_per_round * 1e3)
         print(f"registrations: {r - 100000} (REGISTER, 401, REGISTER with digest, 200), "
               f"failed {reg_failed}")
@@ -255,6 +258,10 @@ def main() -> int:
         "--rate", type=float, default=0,
         help="move the fake clock as at this many calls/s, so the daemon's live state (every "
         "transaction of the last 32 s) is there; 0 (default): drain after each round",
+    )
+    parser.add_argument(
+        "--reg-rate", type=float, default=0,
+        help="the same for registrations (registrations/s)",
     )
     parser.add_argument("--profile", choices=["calls", "registrations"])
     parser.add_argument("--no-gc", action="store_true", help="disable the garbage collector")
