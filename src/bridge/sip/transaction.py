@@ -434,7 +434,8 @@ def stamp_received(request: SipRequest, source: Address) -> None:
 def _stamp(request: SipRequest, source: Address, via: str | None) -> tuple[str | None, bool]:
     """`stamp_received` given the top Via: returns the top Via as it now stands, and whether
     responses go straight back to `source` (the common RFC 3581 client: the port we filled
-    in, no other rport parameter, no maddr), which spares `response_destination` parsing it again."""
+    in, no other rport parameter, no maddr), which spares `response_destination` parsing
+    it again."""
     split = _split_via(via) if via is not None else None
     if via is None or split is None:
         return via, False
