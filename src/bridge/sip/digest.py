@@ -142,6 +142,11 @@ _PARAM_RE = re.compile(
     r'(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|(' + _TOKEN_RE + r"))"
     r"[ \t]*(?:,|$)"
 )
+# The strict subset of _PARAM_RE that phones send: one optional space before a name, none
+# around `=`, a quoted value without escapes. What it takes, _PARAM_RE takes the same way.
+_STRICT_PARAM_RE = re.compile(
+    r" ?(" + _TOKEN_RE + r')=(?:"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"|(' + _TOKEN_RE + r"))(?:,|$)"
+)
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -220,8 +225,29 @@ def parse_auth_header(value: str) -> DigestCredentials | None:
         return None
     if not scan.at_end() and scan.peek() not in " \t":
         raise DigestError("no space after Digest")
-    params = _params_fast(text, scan.pos)
+    params = _params_strict(text, scan.pos)
+    if params is None:
+        params = _params_fast(text, scan.pos)
     return _credentials(params if params is not None else _params(scan))
+
+
+def _params_strict(text: str, pos: int) -> dict[str, str] | None:
+    """The parameters as phones write them (`, ` between them, no other blanks, no escapes in
+    quoted values), by a regex half as costly as the general one; else None."""
+    params: dict[str, str] = {}
+    end = len(text)
+    match_at = _STRICT_PARAM_RE.match
+    while pos < end:
+        match = match_at(text, pos)
+        if match is None:
+            return None
+        name, quoted, token = match.groups()
+        name = name.lower()
+        if name in params or len(params) >= _MAX_PARAMS:
+            return None
+        params[name] = token if quoted is None else quoted
+        pos = match.end()
+    return params or None
 
 
 def _params_fast(text: str, pos: int) -> dict[str, str] | None:
