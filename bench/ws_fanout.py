@@ -30,7 +30,7 @@ process it starts is stopped at the end, by its process group id:
    answers once every offer is written and says how long that took (`written_ms`: offers
    made to the last frame handed to the kernel). Per round it also shows the bridge's CPU
    time, its collections per generation (the daemon's collect-and-freeze policy makes a full
-   collection of what is not frozen every second: about 2 per round, each of a few ms) and
+   collection of what is not frozen four times a second, each of a few ms) and
    heartbeat pings sent (10,000 sessions are pinged about every 20 s).
    The client processes run the same collect-and-freeze policy once connected: each stands in
    for 5,000 devices, and its own collector's pauses are not the bridge's delivery time.
