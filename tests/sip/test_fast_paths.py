@@ -73,7 +73,7 @@ def test_digest_regex_path_matches_the_scanner(text: str) -> None:
 @settings(max_examples=1000)
 @given(digest_values())
 def test_digest_strict_path_matches_the_general_one(text: str) -> None:
-    strict = digest._params_strict(text, 0)
+    strict = digest._params_fast(text, 0, digest._STRICT_PARAM_RE)
     if strict is None:
         return  # the general regex, then the scanner, decide
     assert strict == digest._params_fast(text, 0)
@@ -86,9 +86,10 @@ def test_digest_strict_path_takes_what_phones_send() -> None:
         'response="535b7e6dc29759eb4c9dce2c3f857bea", algorithm=MD5, qop=auth, '
         'nc=00000001, cnonce="03e92df3211ca19e"'
     )
-    assert digest._params_strict(value, 0) == digest._params_fast(value, 0)
-    assert digest._params_strict('a="x\\"y"', 0) is None  # an escape: the general path
-    assert digest._params_strict("a = b", 0) is None  # blanks around '='
+    strict = digest._STRICT_PARAM_RE
+    assert digest._params_fast(value, 0, strict) == digest._params_fast(value, 0)
+    assert digest._params_fast('a="x\\"y"', 0, strict) is None  # an escape: the general path
+    assert digest._params_fast("a = b", 0, strict) is None  # blanks around '='
 
 
 @settings(max_examples=300)
