@@ -120,8 +120,6 @@ class Gateway:
         self.offers = OfferService(self, metrics, clock)
         self.test_calls = TestCalls(self.offers, clock)
         self.board = Board(calls, presence, directory, self.session_count)
-        self._out: dict[str, Any] = {}
-        self._in: dict[str, Any] = {}
         # Where call controls go (the daemon's `ctx.control`); set where `/ws` is mounted.
         self.control: Callable[[], Any] = lambda: None
 
@@ -668,16 +666,10 @@ class Gateway:
 
     # -- metrics ---------------------------------------------------------------------------
     def _count_out(self, kind: str) -> None:
-        child = self._out.get(kind)
-        if child is None:
-            child = self._out[kind] = self._metrics.ws_messages.labels(direction="out", type=kind)
-        child.inc()
+        self._metrics.child(self._metrics.ws_messages, "out", kind).inc()
 
     def _count_in(self, kind: str) -> None:
-        child = self._in.get(kind)
-        if child is None:
-            child = self._in[kind] = self._metrics.ws_messages.labels(direction="in", type=kind)
-        child.inc()
+        self._metrics.child(self._metrics.ws_messages, "in", kind).inc()
 
 
 # -- helpers -------------------------------------------------------------------------------------
