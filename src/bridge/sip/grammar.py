@@ -524,6 +524,11 @@ def _small_int(value: str | None, limit: int) -> bool:
     return value is not None and value.isdigit() and len(value) <= 5 and int(value) <= limit
 
 
+def _ttl_rport_ok(ttl: str | None, rport: str | None) -> bool:
+    """A Via's `ttl` (absent as "", else 0-255) and `rport` (valueless, or a port)."""
+    return (ttl == "" or _small_int(ttl, 255)) and (not rport or _small_int(rport, 65535))
+
+
 @lru_cache(maxsize=4096)
 def parse_via(value: str) -> Via:
     """One Via value (a header line may hold several: split it with `Headers.values`)."""
@@ -535,11 +540,10 @@ def parse_via(value: str) -> Via:
         host, _ = _parse_host(host)
     params = _parse_header_params(param_text) if param_text else _NO_PARAMS
     lowered = param_text.lower()
-    if "ttl" in lowered or "rport" in lowered:
-        ttl = params.get("ttl", "")
-        rport = params.get("rport", "")
-        if (ttl != "" and not _small_int(ttl, 255)) or (rport and not _small_int(rport, 65535)):
-            raise SipSyntaxError(f"bad Via ttl or rport: {value[:80]!r}")
+    if ("ttl" in lowered or "rport" in lowered) and not _ttl_rport_ok(
+        params.get("ttl", ""), params.get("rport", "")
+    ):
+        raise SipSyntaxError(f"bad Via ttl or rport: {value[:80]!r}")
     return Via(
         transport.upper(),
         host,
@@ -568,8 +572,7 @@ def is_plain_via(value: str) -> bool:
     for part in lowered.split(";")[1:]:
         name, equals, raw = part.partition("=")
         first.setdefault(name, raw if equals else None)
-    ttl, rport = first.get("ttl", ""), first.get("rport", "")
-    return (ttl == "" or _small_int(ttl, 255)) and (not rport or _small_int(rport, 65535))
+    return _ttl_rport_ok(first.get("ttl", ""), first.get("rport", ""))
 
 
 def top_via(headers: Headers) -> Via:
