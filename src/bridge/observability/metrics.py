@@ -42,9 +42,6 @@ class LabelledCounts:
         counts = self.counts
         counts[labels] = counts.get(labels, 0) + amount
 
-    def value(self, labels: tuple[str, ...]) -> int:
-        return self.counts.get(labels, 0)
-
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
