@@ -375,6 +375,7 @@ def _params(value: str) -> dict[str, str | None]:
         if (
             closing > opening
             and value.count("<") == 1
+            and value.count(">") == 1  # another '>' after it would not close anything
             and not 0 <= semicolon < opening  # a ';' before the name-addr: the scan decides
             # No quotes, or one plain quoted display name before the '<'.
             and (quotes == 0 or (quotes == 2 and "\\" not in value and value.rfind('"') < opening))
