@@ -81,8 +81,8 @@ class GarbageCollectorPolicy:
     frozen yet, which is what was allocated and survived since the previous tick (a quarter
     of a second of heartbeats and calls: a few milliseconds). Everything it leaves is
     reachable at that moment (a full collection just proved it), so only live objects are
-    frozen. The interpreter's own
-    collections keep running as before (GC_THRESHOLDS); they too see only the young part.
+    frozen. The interpreter's own collections keep running as before (GC_THRESHOLDS); they
+    too see only the young part.
 
     The cost, and its bound: a frozen object that later becomes part of a garbage cycle is not
     collected while frozen. Most objects die by reference counting, frozen or not (a closed

@@ -215,8 +215,8 @@ def parse_auth_header(value: str) -> DigestCredentials | None:
     text = value.strip(" \t\r\n")
     if "\r" in text or "\n" in text:  # (the parser unfolds header lines: rarely true here)
         text = _FOLD.sub(" ", text)
-    if "\r" in text or "\n" in text:
-        raise DigestError("line break in header value")
+        if "\r" in text or "\n" in text:
+            raise DigestError("line break in header value")
     scan = _Scanner(text)
     scheme = scan.token()
     if not scheme:
