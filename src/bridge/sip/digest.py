@@ -22,6 +22,7 @@ bounded amount of it, per process.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -32,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from bridge.sip.ids import random_bytes
 
@@ -411,11 +413,22 @@ def challenges(
     Pass `algorithms` to offer fewer (say, only those the user has an HA1 for)."""
     if not algorithms:
         raise ValueError("offer at least one algorithm")
-    common = f"realm={_quote(realm)}, nonce={_quote(nonce)}"
-    if opaque is not None:
-        common += f", opaque={_quote(opaque)}"
+    head, tails = _challenge_template(realm, opaque, tuple(algorithms), stale)
+    # Our own nonces are base64url: nothing to escape (any other text is quoted properly).
+    quoted = f'"{nonce}"' if _NONCE_RE.fullmatch(nonce) else _quote(nonce)
+    return [f"{head}{quoted}{tail}" for tail in tails]
+
+
+@lru_cache(maxsize=64)
+def _challenge_template(
+    realm: str, opaque: str | None, algorithms: tuple[Algorithm, ...], stale: bool
+) -> tuple[str, tuple[str, ...]]:
+    """What a challenge holds besides its nonce: the same for every REGISTER of a realm."""
+    extra = f", opaque={_quote(opaque)}" if opaque is not None else ""
     tail = ', qop="auth"' + (", stale=true" if stale else "")
-    return [f"Digest {common}, algorithm={Algorithm(a).value}{tail}" for a in algorithms]
+    return f"Digest realm={_quote(realm)}, nonce=", tuple(
+        f"{extra}, algorithm={Algorithm(a).value}{tail}" for a in algorithms
+    )
 
 
 # --- nonces --------------------------------------------------------------------------------
@@ -424,6 +437,7 @@ _NONCE_DOMAIN = b"bridge-sip-nonce-v1\x00"
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, unpadded base64url
 _TIME = struct.Struct(">q")  # issue time, integer milliseconds
 _SALT_BYTES = 8
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _MAC_BYTES = 16
 
 
@@ -487,13 +501,15 @@ class NonceIssuer:
         salt = self._token_bytes(_SALT_BYTES)
         if len(salt) != _SALT_BYTES:
             raise ValueError("token_bytes returned the wrong length")
-        signed = _TIME.pack(math.floor(now * 1000)) + salt
+        issued_ms = math.floor(now * 1000)
+        signed = _TIME.pack(issued_ms) + salt
         raw = signed + _mac(self._secrets[0], signed)
-        nonce = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        # 32 bytes: 43 base64 characters and one '=' of padding, dropped.
+        nonce = binascii.b2a_base64(raw, newline=False).translate(_URLSAFE)[:-1].decode("ascii")
         recent = self._recent
         if len(recent) >= self._recent_max:
             del recent[next(iter(recent))]  # the oldest
-        recent[nonce] = _issued_at(signed)
+        recent[nonce] = issued_ms / 1000.0  # as _issued_at(signed) reads it back
         return nonce
 
     def check(self, nonce: str, now: float) -> NonceStatus:

@@ -6,7 +6,7 @@ process must agree on; monotonic time for expiries and bans), a response out.
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -94,6 +94,8 @@ class RegistrarService:
     def __post_init__(self) -> None:
         self.bindings.settings = self.settings
         self._nonces = NonceIssuer(self.nonce_secret, self.policy.nonce_lifetime)
+        # A key of its own for challenge To tags (BLAKE2s takes at most 32 bytes).
+        self._tag_key = hashlib.sha256(b"bridge-sip-challenge-tag\x00" + self.nonce_secret).digest()
         self._counts = NonceCounts()
         self._failures = FailureTracker(
             self.policy.max_failures, self.policy.failure_window, self.policy.ban_seconds
@@ -320,9 +322,10 @@ class RegistrarService:
         material = "\n".join(
             (headers.get("Call-ID") or "", headers.get("From") or "", headers.get("CSeq") or "")
         )
-        return hmac.digest(
-            self.nonce_secret, material.encode("utf-8", "surrogateescape"), "sha256"
-        )[:5].hex()
+        # Keyed BLAKE2s: one call, a third of an HMAC-SHA256's cost.
+        return hashlib.blake2s(
+            material.encode("utf-8", "surrogateescape"), digest_size=5, key=self._tag_key
+        ).hexdigest()
 
     def _failed(
         self,
