@@ -564,8 +564,14 @@ def is_plain_via(value: str) -> bool:
     if port is not None and int(port) > 65535:
         return False
     lowered = params.lower()
-    if "ttl" not in lowered and "rport=" not in lowered:
-        return True
+    if "ttl" not in lowered:
+        if "rport=" not in lowered:
+            return True
+        # As the transaction layer stamps it (RFC 3581): one `;rport=<port>` and no other
+        # rport before it, so it is the one parse_via checks.
+        before, _, after = lowered.rpartition(";rport=")
+        if "rport" not in before:
+            return _small_int(after.partition(";")[0], 65535)
     # A stamped request has rport=<port> (RFC 3581): the checks parse_via makes, on the first
     # occurrence of each name as `Params.get` sees it.
     first: dict[str, str | None] = {}
