@@ -542,7 +542,9 @@ def test_server_non_invite_retransmissions_and_timer_j() -> None:
     d.respond(tid, answer(options, 500, "Oops"))  # §17.2.2: discarded in Completed
     d.at(2)
     assert d.receive(options) == []
-    assert [(t, o.message) for t, o in d.sent][2:] == [(1, ok), (2, ok)]
+    # The retransmission is the same bytes (kept serialized, not as a message).
+    assert [(t, o.data) for t, o in d.sent][2:] == [(1, ok.to_bytes()), (2, ok.to_bytes())]
+    assert [o.message.status for _, o in d.sent][2:] == [200, 200]
     d.at(32.9)
     assert d.layer.state(tid) is TransactionState.COMPLETED
     d.at(33)  # Timer J = 64*T1 after the final
@@ -916,7 +918,10 @@ def test_transactions_waiting_out_their_timers_let_go_of_the_request() -> None:
     # ... and still do their job: the retransmitted OPTIONS gets the same 200.
     d.sent.clear()
     assert d.receive(options) == []
-    assert [o.message for _, o in d.sent] == [ok]
+    assert [o.data for _, o in d.sent] == [ok.to_bytes()]
+    # Kept as its bytes only: no message objects while it waits out Timer J.
+    kept = d.layer._transactions[server]
+    assert kept.final is None and kept.final_data == ok.to_bytes()
 
 
 @pytest.mark.parametrize("method", ["REGISTER", "INVITE"])

@@ -280,6 +280,23 @@ class SipResponse:
 SipMessage = SipRequest | SipResponse
 
 
+@dataclass(frozen=True, slots=True)
+class SerializedResponse:
+    """A response as sent: its bytes, and the status the metrics count it by. What a server
+    transaction re-sends for a retransmitted request, once it keeps no message objects."""
+
+    status: int
+    data: bytes
+
+    @classmethod
+    def of(cls, data: bytes) -> SerializedResponse:
+        # Only ever built from `SipResponse.to_bytes()`: `SIP/2.0 NNN ...`.
+        return cls(int(data[8:11]), data)
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+
 def _serialize(start_line: str, headers: Headers, body: bytes) -> bytes:
     """Start line, headers (Content-Length always written, last, from the real body), body."""
     lines = [start_line]

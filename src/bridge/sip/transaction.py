@@ -24,6 +24,7 @@ from typing import ClassVar, NamedTuple
 from bridge.sip.ids import random_hex
 from bridge.sip.model import (
     Headers,
+    SerializedResponse,
     SipMessage,
     SipRequest,
     SipResponse,
@@ -202,14 +203,15 @@ class Outgoing(NamedTuple):
     """One message for the transport: what, where, over which transport, for which
     transaction (None for stateless sends); the transport reports failures by that id."""
 
-    message: SipMessage
+    message: SipMessage | SerializedResponse
     destination: Address
     transport: str
     transaction_id: str | None
+    wire: bytes | None = None  # the message's bytes, when the sender has them already
 
     @property
     def data(self) -> bytes:
-        return self.message.to_bytes()
+        return self.wire if self.wire is not None else self.message.to_bytes()
 
 
 class TransactionError(Exception):
@@ -526,9 +528,10 @@ class _Transaction:
     __slots__ = (
         "ack",
         "final",
+        "final_data",
         "id",
         "interval",
-        "keys",
+        "key",
         "layer",
         "peer",
         "provisional",
@@ -564,13 +567,17 @@ class _Transaction:
         self.state = self.initial
         self.interval = self.settings.t1  # current Timer A / E / G interval
         self.timers: dict[str, int] = {}  # timer name -> token of its live heap entry
-        self.keys: list[tuple[dict[_Key, str], _Key]] = []  # index entries to drop at the end
+        # Its entry in the layer's server or client index, dropped at the end. A key, not a
+        # list of (index, key): one object fewer per transaction for the collector to walk.
+        self.key: _Key | None = None
         # Client INVITE: the ACK for a non-2xx final, built once and re-sent for each
         # retransmission of that final. Servers: the last provisional and the non-2xx final
         # sent, for retransmitted requests.
         self.ack: SipRequest | None = None
         self.provisional: SipResponse | None = None
         self.final: SipResponse | None = None
+        # Non-INVITE servers keep their final only as bytes (see _ServerNonInvite).
+        self.final_data: bytes | None = None
 
     def send(self, message: SipMessage) -> None:
         self.layer._output.append(Outgoing(message, self.peer, self.transport, self.id))
@@ -860,20 +867,27 @@ class _ServerNonInvite(_ServerTransaction):
         # response afterwards.
         if self.state is _S.PROCEEDING and self.provisional is not None:
             self.send(self.provisional)
-        elif self.state is _S.COMPLETED and self.final is not None:
-            self.send(self.final)
+        elif self.state is _S.COMPLETED and self.final_data is not None:
+            data = self.final_data
+            self.layer._output.append(
+                Outgoing(SerializedResponse.of(data), self.peer, self.transport, self.id, data)
+            )
         return self.absorbed()
 
     def on_tu_response(self, response: SipResponse, now: float) -> None:
         if self.state is _S.COMPLETED:
             self.layer.stats.absorbed += 1  # §17.2.2: further finals are discarded
             return
-        self.send(response)
         if response.status < 200:
+            self.send(response)
             self.provisional = response
             self.enter(_S.PROCEEDING)
         else:
-            self.final = response
+            # Kept as bytes, serialized once for both sends: the tens of thousands of these
+            # waiting out Timer J then hold no message objects for the collector to walk.
+            data = response.to_bytes()
+            self.layer._output.append(Outgoing(response, self.peer, self.transport, self.id, data))
+            self.final_data = data
             self.enter(_S.COMPLETED)
             self.wait_then_end("J", now)
 
@@ -1141,16 +1155,22 @@ class TransactionLayer:
         return f"{kind}-{next(self._ids)}"
 
     def _register(self, txn: _Transaction, index: dict[_Key, str], key: _Key) -> None:
+        assert txn.key is None and index is self._index_of(txn)
         self._transactions[txn.id] = txn
         index[key] = txn.id
-        txn.keys.append((index, key))
+        txn.key = key
         self.stats.created += 1
+
+    def _index_of(self, txn: _Transaction) -> dict[_Key, str]:
+        return self._server_index if isinstance(txn, _ServerTransaction) else self._client_index
 
     def _retire(self, txn: _Transaction) -> None:
         """A transaction reached Terminated: forget it and its timers (no leak)."""
         self._armed -= len(txn.timers)
         txn.timers.clear()
-        for index, key in txn.keys:
+        key = txn.key
+        if key is not None:
+            index = self._index_of(txn)
             if index.get(key) == txn.id:
                 del index[key]
         self._transactions.pop(txn.id, None)
