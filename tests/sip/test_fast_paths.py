@@ -238,3 +238,57 @@ def test_responses_straight_to_the_source_only_where_the_via_says_so(
     if to_source:
         assert stamped is not None
         assert transaction.response_destination(stamped, source, "udp") == source
+
+
+@st.composite
+def plainish_name_addrs(draw: st.DrawFn) -> str:
+    # Mostly the common shape, with the faults parse_name_addr must refuse mixed in: ports out
+    # of range, empty parts, escapes, brackets, blanks, stray quotes.
+    scheme = draw(st.sampled_from(["sip", "sips", "tel", "SIP", ""]))
+    user = draw(st.sampled_from(["", "alice@", "%41b@", "a;b@", "+15550100@", "@"]))
+    host = draw(st.sampled_from(["h", "pc33.example.com", "127.0.0.1", "[::1]", "a..b", "", "é"]))
+    port = draw(st.one_of(st.none(), st.integers(0, 99999).map(str), st.just("")))
+    uri_params = draw(st.sampled_from(["", ";transport=udp", ";lr", ";;", ";x=%zz", ";=1"]))
+    params = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(_TOKEN, st.sampled_from(["tag", ""])),
+                st.one_of(st.none(), _TOKEN, st.sampled_from(['"q"', "", "a b", "[::1]"])),
+            ),
+            max_size=3,
+        )
+    )
+    front = draw(st.sampled_from(["<", "<", " <", '"A" <', "<<"]))
+    back = draw(st.sampled_from([">", ">", "> ", ">>", ""]))
+    uri = f"{scheme}:{user}{host}" + (f":{port}" if port is not None else "") + uri_params
+    tail = "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    return f"{front}{uri}{back}{tail}"
+
+
+@settings(max_examples=3000)
+@given(st.one_of(plainish_name_addrs(), name_addrs(), _TEXT))
+def test_plain_name_addr_check_only_accepts_what_parse_name_addr_accepts(value: str) -> None:
+    if not grammar.is_plain_name_addr(value):
+        return
+    grammar.parse_name_addr.cache_clear()
+    grammar.parse_uri.cache_clear()
+    grammar.parse_name_addr(value)  # must not raise
+
+
+def test_plain_name_addr_check_takes_the_common_shapes() -> None:
+    for value in (
+        "<sip:80000@inproc.test>;tag=reg100000",
+        "<sip:alice@127.0.0.1:5070;transport=udp>",
+        "<sip:+15550100@trunk.example.com>;tag=a6c85cf",
+        "<sips:bob@example.com>",
+        "<sip:a@h>;tag",  # a valueless parameter is plain too
+    ):
+        assert grammar.is_plain_name_addr(value), value
+    for value in (
+        '"Alice" <sip:alice@h>;tag=1',  # a display name: the general path
+        "<sip:a@h:70000>",
+        "sip:a@h;tag=1",  # an addr-spec
+        "<sip:a@[::1]>",
+        "<sip:a%20b@h>",
+    ):
+        assert not grammar.is_plain_name_addr(value), value

@@ -458,6 +458,25 @@ def parse_name_addr(value: str) -> NameAddr:
     )
 
 
+# The common name-addr (no display name, a plain URI, plain parameters) in one match: what
+# `is_plain_name_addr` accepts, `parse_name_addr` accepts too (tests/sip/test_fast_paths.py).
+_PLAIN_NAME_ADDR_RE = re.compile(
+    "<" + _PLAIN_URI_RE.pattern + ">" + r"((?:;" + _TOKEN + r"(?:=[A-Za-z0-9\-.!%*_+`'~:]+)?)*)"
+)
+
+
+def is_plain_name_addr(value: str) -> bool:
+    """Whether `value` is a well-formed name-addr of the common shape (`<sip:u@h>;tag=x`),
+    checked by one match: True means `parse_name_addr` would accept it; False means "ask
+    `parse_name_addr`". For validating a request's From and To without building (and
+    caching) parsed values that only some requests use."""
+    match = _PLAIN_NAME_ADDR_RE.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group(4)
+    return port is None or int(port) <= 65535
+
+
 def _parse_addr_spec(text: str) -> NameAddr:
     # RFC 3261 §20.10: without <>, every ';' parameter belongs to the header, not the URI.
     uri_text, semi, param_text = text.partition(";")

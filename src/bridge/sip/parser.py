@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from bridge.sip.grammar import (
     SipSyntaxError,
+    is_plain_name_addr,
     is_plain_via,
     is_token,
     parse_contacts,
@@ -523,9 +524,11 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
         if not is_plain_via(via):
             parse_via(via)
         checking = "From"
-        parse_name_addr(first["From"])
+        if not is_plain_name_addr(first["From"]):
+            parse_name_addr(first["From"])
         checking = "To"
-        parse_name_addr(first["To"])
+        if not is_plain_name_addr(first["To"]):
+            parse_name_addr(first["To"])
         checking = "Contact"
         if "Contact" in first:
             contacts = [("Contact", value) for name, value in items if name == "Contact"]
