@@ -492,7 +492,9 @@ class NonceIssuer:
         # The nonces this issuer gave out lately -> issue time: most come back within seconds
         # (the phone's REGISTER with credentials), and a hit needs no decoding and no MAC.
         # Anything else (another instance's nonce, an evicted one) is checked by its MAC.
-        self._recent: dict[str, float] = {}
+        # (An OrderedDict: dropping a plain dict's first key makes the next lookup of "the
+        # first key" skip every slot deleted before it.)
+        self._recent: OrderedDict[str, float] = OrderedDict()
         self._recent_max = recent
 
     def issue(self, now: float) -> str:
@@ -508,7 +510,7 @@ class NonceIssuer:
         nonce = binascii.b2a_base64(raw, newline=False).translate(_URLSAFE)[:-1].decode("ascii")
         recent = self._recent
         if len(recent) >= self._recent_max:
-            del recent[next(iter(recent))]  # the oldest
+            recent.popitem(last=False)  # the oldest
         recent[nonce] = issued_ms / 1000.0  # as _issued_at(signed) reads it back
         return nonce
 
