@@ -292,3 +292,62 @@ def test_plain_name_addr_check_takes_the_common_shapes() -> None:
         "<sip:a%20b@h>",
     ):
         assert not grammar.is_plain_name_addr(value), value
+
+
+def slow_get(items: list[tuple[str, str]], name: str) -> str | None:
+    # Headers.get as a plain scan: the first exact match, else (only for names without one
+    # canonical spelling) the first case-insensitive one.
+    wanted = model.canonical_name(name)
+    for key, value in items:
+        if key == wanted:
+            return value
+    if wanted in model._KNOWN:
+        return None
+    return next((v for k, v in items if k.lower() == wanted.lower()), None)
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "prepend", "pop", "set", "remove", "get", "copy"]),
+        _NAMES,
+        st.sampled_from(["a", "a, b", "<sip:x>, <sip:y>", "", "z"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=1500)
+@given(
+    st.lists(st.tuples(_NAMES, st.sampled_from(["a", "a, b", "<sip:x>, <sip:y>", ""])), max_size=6),
+    _OPS,
+    st.booleans(),
+)
+def test_header_lookups_follow_every_change(
+    lines: list[tuple[str, str]], ops: list[tuple[str, str, str]], handed_over: bool
+) -> None:
+    # Headers keeps each name's first value between changes; after any sequence of changes a
+    # lookup must give what a scan of the lines gives.
+    if handed_over:  # as the parser builds them: the first values handed over with the lines
+        items = [(model.canonical_name(n), v) for n, v in lines]
+        headers = model.Headers.from_canonical(items, dict(reversed(items)))
+    else:
+        headers = model.Headers(lines)
+    for op, name, value in ops:
+        if op == "add":
+            headers.add(name, value)
+        elif op == "prepend":
+            headers.prepend(name, value)
+        elif op == "pop":
+            headers.pop_first_value(name)
+        elif op == "set":
+            headers.set(name, value)
+        elif op == "remove":
+            headers.remove(name)
+        elif op == "copy":
+            headers = headers.copy()
+        else:
+            headers.get(name)  # builds the first values, when not there yet
+        items = list(headers)
+        for asked in ("Via", "v", "VIA", "Route", "X-Thing", "x-thing", "X-THING", "To"):
+            assert headers.get(asked) == slow_get(items, asked), (op, name, asked)
+        assert headers.first_values() == dict(reversed(items))

@@ -107,10 +107,15 @@ class Headers:
     Each entry is one header line as received; a line may hold several comma-separated values
     (Via, Contact, Route...). `values(name)` splits those where the grammar allows it."""
 
-    __slots__ = ("_items",)
+    # `_first`: each stored name's first value, built at the first lookup (or handed over by
+    # the parser, which has it anyway) and kept up to date by the changes that are cheap to
+    # follow (add, prepend, pop_first_value); the others drop it. Lookups are the commonest
+    # operation of the stack: several per layer per message.
+    __slots__ = ("_first", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+        self._first: dict[str, str] | None = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -128,11 +133,15 @@ class Headers:
         return f"Headers({self._items!r})"
 
     @classmethod
-    def from_canonical(cls, items: list[tuple[str, str]]) -> Headers:
+    def from_canonical(
+        cls, items: list[tuple[str, str]], first: dict[str, str] | None = None
+    ) -> Headers:
         """Headers over `items` whose names are already canonical (the parser's fast path: it
-        canonicalizes each name once through a cache). The list is taken over, not copied."""
+        canonicalizes each name once through a cache). The list is taken over, not copied;
+        so is `first`, when given: `dict(reversed(items))`, which the parser has built."""
         headers = cls.__new__(cls)
         headers._items = items
+        headers._first = first
         return headers
 
     def copy(self) -> Headers:
@@ -140,16 +149,24 @@ class Headers:
         copied._items = list(self._items)
         return copied
 
+    def first_values(self) -> dict[str, str]:
+        """Each stored (canonical) name's first value. The caller must not change it."""
+        first = self._first
+        if first is None:
+            first = self._first = dict(reversed(self._items))
+        return first
+
     def get(self, name: str) -> str | None:
         """The first line's value for `name`, or None."""
         wanted = _NAME_CACHE.get(name) or canonical_name(name)
+        first = self._first
+        if first is None:
+            first = self._first = dict(reversed(self._items))
         # Stored names are canonical (every way in canonicalizes), so a known name compares
         # exactly; only other names need the case-insensitive pass.
-        for key, value in self._items:
-            if key == wanted:
-                return value
-        if wanted in _KNOWN:
-            return None
+        value = first.get(wanted)
+        if value is not None or wanted in _KNOWN:
+            return value
         lowered = wanted.lower()
         for key, value in self._items:
             if key.lower() == lowered:
@@ -172,7 +189,11 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
+        wanted = canonical_name(name)
+        self._items.append((wanted, value))
+        first = self._first
+        if first is not None and wanted not in first:
+            first[wanted] = value
 
     def _index_of(self, wanted: str) -> int:
         """Where the first line of canonical name `wanted` is, or -1."""
@@ -196,6 +217,8 @@ class Headers:
             self._items.append((wanted, value))
         else:
             self._items.insert(index, (wanted, value))
+        if self._first is not None:
+            self._first[wanted] = value  # now the first line spelled exactly so
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` with one line (in the first one's place)."""
@@ -213,22 +236,33 @@ class Headers:
         if not placed:
             out.append((wanted, value))
         self._items = out
+        self._first = None
 
     def remove(self, name: str) -> None:
         lowered = canonical_name(name).lower()
         self._items = [(k, v) for k, v in self._items if k.lower() != lowered]
+        self._first = None
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a multi-value header (e.g. the top Via)."""
         index = self._index_of(canonical_name(name))
         if index < 0:
             return None
-        key, line = self._items[index]
+        items = self._items
+        key, line = items[index]
         parts = split_comma_values(line)
         if len(parts) <= 1:
-            del self._items[index]
+            del items[index]
         else:
-            self._items[index] = (key, ", ".join(parts[1:]))
+            items[index] = (key, ", ".join(parts[1:]))
+        first = self._first
+        if first is not None:
+            # The line's own rest, or the next line spelled exactly as this one, if any.
+            following = next((v for k, v in items[index:] if k == key), None)
+            if following is None:
+                del first[key]
+            else:
+                first[key] = following
         return parts[0] if parts else None
 
 

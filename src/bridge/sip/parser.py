@@ -224,8 +224,8 @@ def _parse_head(text: str, newline: str) -> _Head:
             line_error = line_error or "malformed header line"
             continue
         append((name, value.strip(" \t")))
-    head.headers = Headers.from_canonical(items)
     head.first = dict(reversed(items))
+    head.headers = Headers.from_canonical(items, head.first)
     if "Content-Length" in head.first:
         head.content_lengths = [value for name, value in items if name == "Content-Length"]
     if head.error is None and line_error is not None:
@@ -502,7 +502,7 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
     # One pass over the headers (their names are canonical, so plain comparisons do), instead
     # of a case-insensitive Headers.get per check.
     items = list(request.headers)
-    first = dict(reversed(items))
+    first = request.headers.first_values()
     if not first.keys() >= _MANDATORY_SET:
         missing = [name for name in _MANDATORY if name not in first]
         return 400, f"Bad Request (missing {', '.join(missing)})", ()
