@@ -238,6 +238,7 @@ class InprocBridge:
         assert udp is not None and udp.transport is not None
         udp.transport.close()
         udp.transport = self.wire  # type: ignore[assignment]
+        self.endpoint.coalesce_udp = False  # what a feed sends is on the wire when it returns
         self.address = f"127.0.0.1:{self.endpoint.port}"
 
     async def stop(self) -> None:

@@ -131,6 +131,12 @@ class SipEndpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # UDP datagrams sent at the end of the loop pass that made them (see _send): under
+        # load, one read pass handles many datagrams, and a peer asleep in its poll is woken
+        # once for the pass's answers instead of once per datagram. False: each goes out at
+        # once (the in-process harness, which reads what was sent right after feeding).
+        self.coalesce_udp = True
+        self._udp_out: list[tuple[bytes, Address]] = []
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -197,6 +203,8 @@ class SipEndpoint:
         return granted
 
     async def stop(self) -> None:
+        if self._udp_out:
+            self._send_udp_batch()  # what the last loop pass answered still goes out
         if self._timer is not None:
             self._timer.cancel()
         for task in self._connecting.values():
@@ -292,14 +300,35 @@ class SipEndpoint:
         data = outgoing.data
         self.counters.message("out", outgoing.message)
         if outgoing.transport.lower() == "udp":
-            if self._udp is not None and self._udp.transport is not None:
+            if self._udp is None or self._udp.transport is None:
+                return
+            if not self.coalesce_udp or self._loop is None:
                 self._udp.transport.sendto(data, outgoing.destination)
+                return
+            # Waking a peer that sleeps in its poll costs the sender far more than the send
+            # itself (on this benchmark's VM: 2 us of system time per datagram to a busy peer,
+            # 17 us to a sleeping one), so the datagrams of one loop pass leave together,
+            # right after it (call_soon runs before the loop polls again).
+            if not self._udp_out:
+                self._loop.call_soon(self._send_udp_batch)
+            self._udp_out.append((data, outgoing.destination))
             return
         connection = self._connections.get(outgoing.destination)
         if connection is not None:
             connection.send(data)
             return
         self._connect_and_send(outgoing, data)
+
+    def _send_udp_batch(self) -> None:
+        batch, self._udp_out = self._udp_out, []
+        transport = self._udp.transport if self._udp is not None else None
+        if transport is None:
+            return
+        for data, destination in batch:
+            try:
+                transport.sendto(data, destination)
+            except (OSError, ValueError, TypeError) as exc:  # e.g. a name needing a DNS lookup
+                log.warning("sip_send_failed", destination=str(destination), reason=str(exc))
 
     def _connect_and_send(self, outgoing: Outgoing, data: bytes) -> None:
         destination = outgoing.destination
