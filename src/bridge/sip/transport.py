@@ -327,7 +327,7 @@ class SipEndpoint:
         for data, destination in batch:
             try:
                 transport.sendto(data, destination)
-            except (OSError, ValueError, TypeError) as exc:  # e.g. a name needing a DNS lookup
+            except (OSError, ValueError, TypeError, RuntimeError) as exc:  # DNS name, closed socket
                 log.warning("sip_send_failed", destination=str(destination), reason=str(exc))
 
     def _connect_and_send(self, outgoing: Outgoing, data: bytes) -> None:
