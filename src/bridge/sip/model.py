@@ -324,8 +324,8 @@ class SerializedResponse:
 
     @classmethod
     def of(cls, data: bytes) -> SerializedResponse:
-        # Only ever built from `SipResponse.to_bytes()`: `SIP/2.0 NNN ...`.
-        return cls(int(data[8:11]), data)
+        # Built from `SipResponse.to_bytes()`: `<version> <status> <reason>...`.
+        return cls(int(data.split(b" ", 2)[1]), data)
 
     def to_bytes(self) -> bytes:
         return self.data
