@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -108,27 +109,57 @@ def baresip_phone(
     assert BARESIP is not None, "baresip missing"
     home = tmp_path / f"baresip-{user}-{transport}"
     home.mkdir()
-    port = free_port()
-    (home / "config").write_text(CONFIG.format(port=port))
     (home / "accounts").write_text(
         f"<sip:{user}@127.0.0.1:{bridge_port};transport={transport}>"
         f";auth_pass={password};regint=60;answermode=auto\n"
     )
     log_path = home / "baresip.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [BARESIP, "-f", str(home), "-s", "-t", "30"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=home,
-        )
-    phone = Baresip(process, port, home, log_path)
+    # baresip also listens for TLS on the next port up, which another process may hold (seen
+    # in CI: "tcp: sock_bind: bind: Address already in use" for port+1, and baresip exits).
+    # Pick a pair that is free, and start again on another when it lost the race anyway.
+    for _ in range(5):
+        port = _free_port_pair()
+        (home / "config").write_text(CONFIG.format(port=port))
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [BARESIP, "-f", str(home), "-s", "-t", "30"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=home,
+            )
+        phone = Baresip(process, port, home, log_path)
+        if not _lost_its_port(phone):
+            break
+        phone.stop()
     try:
         yield phone
     finally:
         phone.stop()
+
+
+def _free_port_pair() -> int:
+    """A port free for TCP and UDP whose next port is free for TCP too."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports")
+
+
+def _lost_its_port(phone: Baresip, seconds: float = 0.5) -> bool:
+    """Whether baresip exited at start because a port it binds was taken meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if phone.process.poll() is not None:
+            return "Address already in use" in phone.output()
+        time.sleep(0.02)
+    return False
 
 
 def wait_for(check: Callable[[], bool], what: str, phone: Baresip, timeout: float = 10) -> None:
