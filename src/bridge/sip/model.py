@@ -161,7 +161,7 @@ class Headers:
         wanted = _NAME_CACHE.get(name) or canonical_name(name)
         first = self._first
         if first is None:
-            first = self._first = dict(reversed(self._items))
+            first = self.first_values()
         # Stored names are canonical (every way in canonicalizes), so a known name compares
         # exactly; only other names need the case-insensitive pass.
         value = first.get(wanted)

@@ -579,8 +579,8 @@ class _Transaction:
         # Non-INVITE servers keep their final only as bytes (see _ServerNonInvite).
         self.final_data: bytes | None = None
 
-    def send(self, message: SipMessage) -> None:
-        self.layer._output.append(Outgoing(message, self.peer, self.transport, self.id))
+    def send(self, message: SipMessage | SerializedResponse, wire: bytes | None = None) -> None:
+        self.layer._output.append(Outgoing(message, self.peer, self.transport, self.id, wire))
 
     def arm(self, timer: str, delay: float, now: float) -> None:
         self.layer._arm(self, timer, now + delay)
@@ -868,10 +868,7 @@ class _ServerNonInvite(_ServerTransaction):
         if self.state is _S.PROCEEDING and self.provisional is not None:
             self.send(self.provisional)
         elif self.state is _S.COMPLETED and self.final_data is not None:
-            data = self.final_data
-            self.layer._output.append(
-                Outgoing(SerializedResponse.of(data), self.peer, self.transport, self.id, data)
-            )
+            self.send(SerializedResponse.of(self.final_data), self.final_data)
         return self.absorbed()
 
     def on_tu_response(self, response: SipResponse, now: float) -> None:
@@ -885,9 +882,8 @@ class _ServerNonInvite(_ServerTransaction):
         else:
             # Kept as bytes, serialized once for both sends: the tens of thousands of these
             # waiting out Timer J then hold no message objects for the collector to walk.
-            data = response.to_bytes()
-            self.layer._output.append(Outgoing(response, self.peer, self.transport, self.id, data))
-            self.final_data = data
+            self.final_data = response.to_bytes()
+            self.send(response, self.final_data)
             self.enter(_S.COMPLETED)
             self.wait_then_end("J", now)
 

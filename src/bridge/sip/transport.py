@@ -308,7 +308,7 @@ class SipEndpoint:
             # Waking a peer that sleeps in its poll costs the sender far more than the send
             # itself (on this benchmark's VM: 2 us of system time per datagram to a busy peer,
             # 17 us to a sleeping one), so the datagrams of one loop pass leave together,
-            # right after it (call_soon runs before the loop polls again).
+            # right after it (call_soon: before the loop handles what its next poll brings).
             if not self._udp_out:
                 self._loop.call_soon(self._send_udp_batch)
             self._udp_out.append((data, outgoing.destination))
