@@ -107,6 +107,15 @@ class _Tcp(asyncio.Protocol):
             self.transport.write(data)
 
 
+def _sendto(transport: asyncio.DatagramTransport, data: bytes, destination: Address) -> None:
+    """One datagram out; a refusal (a name needing DNS, a closed socket) is logged, so the
+    datagrams queued after it still go."""
+    try:
+        transport.sendto(data, destination)
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        log.warning("sip_send_failed", destination=str(destination), reason=str(exc))
+
+
 class SipEndpoint:
     def __init__(
         self,
@@ -303,7 +312,7 @@ class SipEndpoint:
             if self._udp is None or self._udp.transport is None:
                 return
             if not self.coalesce_udp or self._loop is None:
-                self._udp.transport.sendto(data, outgoing.destination)
+                _sendto(self._udp.transport, data, outgoing.destination)
                 return
             # Waking a peer that sleeps in its poll costs the sender far more than the send
             # itself (on this benchmark's VM: 2 us of system time per datagram to a busy peer,
@@ -325,10 +334,7 @@ class SipEndpoint:
         if transport is None:
             return
         for data, destination in batch:
-            try:
-                transport.sendto(data, destination)
-            except (OSError, ValueError, TypeError, RuntimeError) as exc:  # DNS name, closed socket
-                log.warning("sip_send_failed", destination=str(destination), reason=str(exc))
+            _sendto(transport, data, destination)
 
     def _connect_and_send(self, outgoing: Outgoing, data: bytes) -> None:
         destination = outgoing.destination
