@@ -175,7 +175,7 @@ _OPS = st.lists(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(_OPS)
 def test_binding_count_follows_every_change(ops: list[tuple[str, str, str, int]]) -> None:
     # len() is a running count (the gauge reads it on every REGISTER): it must always equal
