@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 import pytest
 
-from bridge.api.auth import TokenService
+from bridge.tokens import TokenService
 from tests.api.helpers import API, assert_unchanged, snapshot
 from tests.conftest import Bridge
 

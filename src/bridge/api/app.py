@@ -14,7 +14,6 @@ from starlette.types import Scope as AsgiScope
 
 from bridge import __version__
 from bridge.api import directory_routes, users
-from bridge.api.auth import Grant, current_user, require
 from bridge.api.common import ctx_of
 from bridge.carriers.twilio import http as twilio_http
 from bridge.carriers.twilio import voice_token
@@ -23,6 +22,7 @@ from bridge.context import AppContext
 from bridge.control import http as control_http
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
+from bridge.httpauth import Grant, current_user, require
 from bridge.ws.plugin import include_routes as include_ws_routes
 
 log = structlog.get_logger("bridge.api")

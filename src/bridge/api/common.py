@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from bridge.api.auth import Grant, audit
 from bridge.context import AppContext
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory
 from bridge.directory.roles import Action
+from bridge.httpauth import Grant, audit_request
 
 Document = dict[str, Any]
 
@@ -48,15 +48,17 @@ def change_directory(
         directory = store.change(edit)
     except DirectoryError as exc:
         status = 409 if any(p.kind == "duplicate" for p in exc.problems) else 422
-        audit(request, grant.user, action, allowed=False, target=target, reason=str(exc))
+        audit_request(request, grant.user, action, allowed=False, target=target, reason=str(exc))
         raise HTTPException(
             status_code=status,
             detail=[{"loc": p.path, "msg": p.reason, "type": p.kind} for p in exc.problems],
         ) from None
     except _EditRefused as exc:
-        audit(request, grant.user, action, allowed=False, target=target, reason=exc.reason)
+        audit_request(request, grant.user, action, allowed=False, target=target, reason=exc.reason)
         raise HTTPException(status_code=exc.status, detail=exc.reason) from None
-    audit(request, grant.user, action, allowed=True, target=target, version=directory.version)
+    audit_request(
+        request, grant.user, action, allowed=True, target=target, version=directory.version
+    )
     return directory
 
 

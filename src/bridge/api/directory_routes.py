@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
-from bridge.api.auth import Grant, audit, require
 from bridge.api.common import (
     Document,
     change_directory,
@@ -20,6 +19,7 @@ from bridge.api.common import (
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory, Line, RingGroup, normalize_number
 from bridge.directory.roles import Action, Scope, allowed
+from bridge.httpauth import Grant, audit_request, require
 from bridge.presence.model import AssumeEveryoneAvailable
 from bridge.routing.model import CallRequest
 
@@ -265,10 +265,10 @@ def reload_directory(
     try:
         directory = ctx.reload_directory()
     except DirectoryError as exc:
-        audit(request, grant.user, "directory_reload", allowed=False, reason=str(exc))
+        audit_request(request, grant.user, "directory_reload", allowed=False, reason=str(exc))
         raise HTTPException(
             status_code=422,
             detail=[{"loc": p.path, "msg": p.reason, "type": p.kind} for p in exc.problems],
         ) from None
-    audit(request, grant.user, "directory_reload", allowed=True, version=directory.version)
+    audit_request(request, grant.user, "directory_reload", allowed=True, version=directory.version)
     return {"version": directory.version, "users": len(directory.users)}

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict
 
-from bridge.api.auth import Grant, audit, current_user, require
 from bridge.api.common import (
     Document,
     change_directory,
@@ -20,6 +19,7 @@ from bridge.api.common import (
 )
 from bridge.directory.model import AccountStatus, User
 from bridge.directory.roles import Action, Scope, allowed
+from bridge.httpauth import Grant, audit_request, current_user, require
 from bridge.presence.model import Availability
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
@@ -156,7 +156,7 @@ def _set_status(
     if current.status is AccountStatus.SUSPENDED and action is Action.PAUSE_USER:
         scope, reason = allowed(grant.user, Action.SUSPEND_USER)
         if scope is Scope.NONE:
-            audit(
+            audit_request(
                 request,
                 grant.user,
                 Action.SUSPEND_USER,
@@ -228,7 +228,7 @@ def _availability_target(
     action = action_if_self if user_id == user.id else Action.SET_OTHERS_AVAILABILITY
     scope, reason = allowed(user, action)
     if scope is Scope.NONE:
-        audit(request, user, action, allowed=False, target=f"user:{user_id}", reason=reason)
+        audit_request(request, user, action, allowed=False, target=f"user:{user_id}", reason=reason)
         raise HTTPException(status_code=403, detail=reason)
     if ctx_of(request).store.current.user(user_id) is None:
         raise not_found("user", user_id)
@@ -253,7 +253,7 @@ def put_availability(
 ) -> dict[str, Any]:
     _availability_target(request, user, user_id, Action.SET_OWN_AVAILABILITY)
     ctx_of(request).presence.set_availability(user_id, body.status)
-    audit(
+    audit_request(
         request,
         user,
         "set_availability",
@@ -286,5 +286,5 @@ def login_as(
     asked = (body or LoginAsBody()).ttl_seconds
     ttl = min(max(asked or ctx.settings.auth.token_ttl_seconds, 60), 86400)
     token = ctx.tokens.issue(user_id, ttl=ttl, act={"sub": grant.user.id})
-    audit(request, grant.user, Action.LOGIN_AS, allowed=True, target=f"user:{user_id}")
+    audit_request(request, grant.user, Action.LOGIN_AS, allowed=True, target=f"user:{user_id}")
     return {"token": token, "user_id": user_id, "expires_in": ttl}

@@ -16,11 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bridge.api.auth import current_user
 from bridge.control.errors import ControlError, Unavailable
 from bridge.control.schemas import MonitorChange, MonitorRequest, RecordingRequest
 from bridge.control.service import ControlService
 from bridge.directory.model import User
+from bridge.httpauth import current_user
 
 router = APIRouter(prefix="/api/v1/calls", tags=["calls"])
 

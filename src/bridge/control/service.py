@@ -26,7 +26,6 @@ from typing import Any
 
 import structlog
 
-from bridge.api.auth import audit
 from bridge.calls.events import CallState
 from bridge.carriers.twilio.rest import CarrierApiError
 from bridge.carriers.twilio.service import TwilioCalls
@@ -44,6 +43,7 @@ from bridge.control.errors import (
 from bridge.control.events import ControlAttempted
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope, allowed
+from bridge.observability.audit import audit
 from bridge.observability.metrics import Metrics
 
 log = structlog.get_logger("bridge.control")
@@ -108,8 +108,8 @@ class _Attempt:
     def _record(self, outcome: str, status: int, reason: str | None) -> None:
         self.service.metrics_hook(self.control, outcome)
         audit(
-            None,
-            self.user,
+            self.user.id,
+            self.user.role.value,
             self.action,
             allowed=self.allowed,
             target=f"call:{self.call_id}",

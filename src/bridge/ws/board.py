@@ -23,12 +23,12 @@ from typing import Any
 
 import structlog
 
-from bridge.api.auth import audit
 from bridge.calls.registry import CallRegistry, LiveCall
 from bridge.control.errors import ControlError
 from bridge.control.service import ControlService
 from bridge.directory.model import AccountStatus, Directory, User
 from bridge.directory.roles import ROLES_THAT_RECEIVE_CALLS, Action, Scope, allowed
+from bridge.observability.audit import audit
 from bridge.presence.model import UserPresence
 from bridge.presence.service import PresenceService
 from bridge.ws.exceptions import ErrorCode, FrameError
@@ -92,7 +92,14 @@ class Board:
     def subscribe(self, session: Session, user: User, frame_id: FrameId | None) -> None:
         scope, reason = allowed(user, Action.SEE_LIVE_CALLS)
         if scope is Scope.NONE:
-            audit(None, user, Action.SEE_LIVE_CALLS, allowed=False, reason=reason, channel="ws")
+            audit(
+                user.id,
+                user.role.value,
+                Action.SEE_LIVE_CALLS,
+                allowed=False,
+                reason=reason,
+                channel="ws",
+            )
             raise FrameError(ErrorCode.FORBIDDEN, reason or "not allowed")
         sub = _Subscriber(session)
         self._subscribers[session.session_id] = sub

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.api.auth import Grant, audit, require
 from bridge.directory.roles import Action
+from bridge.httpauth import Grant, audit_request, require
 
 # -- POST /api/v1/ws/test-offers ([ws] test_offers = true only) ----------------------------------
 test_router = APIRouter(prefix="/api/v1/ws", tags=["ws"])
@@ -58,5 +58,5 @@ async def test_offers(
     # the bridge's side (bench/ws_fanout.py reports it next to what the clients saw).
     result["written"] = await ctx.ws.written(body.users, timeout=10)
     result["written_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    audit(request, grant.user, "ws_test_offers", allowed=True, users=len(body.users))
+    audit_request(request, grant.user, "ws_test_offers", allowed=True, users=len(body.users))
     return result

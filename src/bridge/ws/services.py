@@ -31,11 +31,11 @@ from urllib.parse import parse_qs
 import structlog
 from pydantic import ValidationError
 
-from bridge.api.auth import audit
 from bridge.calls.registry import CallRegistry
 from bridge.config import WsSettings
 from bridge.directory.model import AccountStatus, Directory, User
 from bridge.directory.roles import Action, Scope, allowed
+from bridge.observability.audit import audit
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel, UserPresence
 from bridge.presence.service import PresenceService
@@ -406,11 +406,11 @@ class Gateway:
         scope, reason = allowed(user, Action.SET_OWN_AVAILABILITY)
         target = f"user:{user.id}"
         if scope is Scope.NONE:
-            audit(None, user, Action.SET_OWN_AVAILABILITY, allowed=False, target=target,
-                  reason=reason, channel="ws")  # fmt: skip
+            audit(user.id, user.role.value, Action.SET_OWN_AVAILABILITY, allowed=False,
+                  target=target, reason=reason, channel="ws")  # fmt: skip
             raise FrameError(ErrorCode.FORBIDDEN, reason or "not allowed")
         presence = self._presence.set_availability(user.id, frame.availability)
-        audit(None, user, "set_availability", allowed=True, target=target,
+        audit(user.id, user.role.value, "set_availability", allowed=True, target=target,
               status=frame.availability.value, channel="ws")  # fmt: skip
         self._push_presence(user.id, presence, reply=(session, frame.id))
         self.board.refresh()

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from twilio.jwt.access_token import AccessToken
 from twilio.jwt.access_token.grants import VoiceGrant
 
-from bridge.api.auth import current_user
 from bridge.config import TwilioSettings
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope, allowed
+from bridge.httpauth import current_user
 
 log = structlog.get_logger("bridge.carrier")
 

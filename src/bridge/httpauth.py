@@ -1,7 +1,9 @@
-"""Bearer tokens (HS256 JWT, `sub` = user id, `exp` required) and the permission gate.
+"""HTTP authentication and the permission gate, for every feature's `http.py` (the admin API,
+the call controls, the WebSocket gateway's test endpoint, the carrier's voice tokens).
 
-A token is only as good as the user behind it *now*: every request looks the subject up in
-the current directory snapshot, so a suspended or deleted user is refused at once.
+Bearer tokens are HS256 JWTs (`sub` = user id, `exp` required, `bridge.tokens`). A token is
+only as good as the user behind it *now*: every request looks the subject up in the current
+directory snapshot, so a suspended or deleted user is refused at once.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from fastapi import Depends, HTTPException, Request
 
 from bridge.directory.model import AccountStatus, User
 from bridge.directory.roles import Action, Scope, allowed
-from bridge.tokens import TokenError, TokenService
+from bridge.observability.audit import audit
+from bridge.tokens import TokenError
 
 log = structlog.get_logger("bridge.auth")
 
-__all__ = ["Grant", "TokenError", "TokenService", "audit", "current_user", "require"]
+__all__ = ["Grant", "audit_request", "current_user", "require"]
 
 
 def _unauthorized(request: Request, reason: str) -> HTTPException:
@@ -65,15 +68,15 @@ def require(action: Action) -> Callable[..., Grant]:
     def dependency(request: Request, user: User = Depends(current_user)) -> Grant:
         granted, reason = allowed(user, action)
         if granted is Scope.NONE:
-            audit(request, user, action, allowed=False, reason=reason)
+            audit_request(request, user, action, allowed=False, reason=reason)
             raise HTTPException(status_code=403, detail=reason)
         return Grant(user=user, scope=granted)
 
     return dependency
 
 
-def audit(
-    request: Request | None,
+def audit_request(
+    request: Request,
     actor: User,
     action: Action | str,
     *,
@@ -82,15 +85,15 @@ def audit(
     reason: str | None = None,
     **details: Any,
 ) -> None:
-    """One structured line per control or change, allowed or refused."""
-    log.info(
-        "audit",
-        actor=actor.id,
-        actor_role=actor.role.value,
-        action=str(action),
-        target=target,
+    """`bridge.observability.audit.audit` for an HTTP request: the actor and the path from
+    the request's user and URL."""
+    audit(
+        actor.id,
+        actor.role.value,
+        action,
         allowed=allowed,
+        target=target,
         reason=reason,
-        path=request.url.path if request is not None else None,
+        path=request.url.path,
         **details,
     )
