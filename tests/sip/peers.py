@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class RunningBridge(MetricsScrape):
     sip: int
     config: Path
     log_path: Path
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     def log_events(self) -> list[dict[str, Any]]:
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -52,19 +53,43 @@ class RunningBridge(MetricsScrape):
                 return found
             time.sleep(0.05)
 
+    def token(self, user: str = "admin") -> str:
+        """An API token from `bridge token` (the CLI, once per user: a poll loop must not
+        start a Python process per request)."""
+        if user not in self.tokens:
+            self.tokens[user] = subprocess.run(
+                [sys.executable, "-m", "bridge.cli", "token", user, "-c", str(self.config)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout.strip()
+        return self.tokens[user]
+
     def api(self, path: str, user: str = "admin") -> Any:
-        token = subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "token", user, "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
+        status, body = self.request("GET", path, user=user)
+        assert status == 200, (status, body)
+        return body
+
+    def request(
+        self, method: str, path: str, body: Any = None, user: str = "admin"
+    ) -> tuple[int, Any]:
+        """An API request; its status and JSON body (None when empty), errors included."""
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http}{path}", headers={"Authorization": f"Bearer {token}"}
+            f"http://127.0.0.1:{self.http}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {self.token(user)}",
+                "Content-Type": "application/json",
+            },
         )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                status, data = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, data = exc.code, exc.read()
+        return status, json.loads(data) if data else None
 
 
 @contextmanager
