@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,15 @@ def test_layer_timeout_moves_to_layer_two(tmp_path: Path) -> None:
         assert [e["layer"] for e in ringing][:2] == [0, 1]
         assert [e["user_id"] for e in events if e.get("event") == "sip_call_answered"] == ["cleo"]
         dialed = {
-            e["user_id"]: e["timestamp"] for e in events if e.get("event") == "sip_leg_dialed"
+            e["user_id"]: datetime.fromisoformat(e["timestamp"])
+            for e in events
+            if e.get("event") == "sip_leg_dialed"
         }
         assert set(dialed) == {"anna", "cleo"}
+        # Layer two rang when the 2 s were up: never before (less the few ms between the call's
+        # start and anna's dial), and far from ten times later even on a busy machine.
+        waited = (dialed["cleo"] - dialed["anna"]).total_seconds()
+        assert 1.9 <= waited < 10, f"layer two rang {waited:.2f} s after layer one"
 
 
 def test_three_phones_race_to_answer(tmp_path: Path) -> None:
