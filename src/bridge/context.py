@@ -11,6 +11,7 @@ from datetime import datetime
 import structlog
 
 from bridge.calls.registry import CallRegistry
+from bridge.calls.runner import CallRunner
 from bridge.carriers.twilio.service import TwilioCalls
 from bridge.config import Settings
 from bridge.control.service import ControlService
@@ -48,6 +49,8 @@ class AppContext:
     carrier: TwilioCalls | None = None
     # The app-client WebSocket gateway (`/ws`); its offer service is `ws.offers`.
     ws: Gateway | None = None
+    # The one call runner under every dial path (its `subscribe` gets every call event).
+    runner: CallRunner | None = None
     # Listen / whisper / barge and recording controls (HTTP routes and WebSocket frames).
     control: ControlService | None = None
 
@@ -90,6 +93,10 @@ def build_context(
     presence = PresenceService(lambda: store.current, clock)
     routing = RoutingService(store, presence, metrics, clock)
     calls = CallRegistry(on_count=metrics.live_calls.set)
+    # One call runner under every dial path (SIP and the carrier).
+    runner = CallRunner(
+        routing=routing, presence=presence, registry=calls, metrics=metrics, wall_clock=clock
+    )
     sip = (
         SipService.from_settings(settings, lambda: store.current, presence, metrics)
         if settings.sip.enabled
@@ -97,9 +104,7 @@ def build_context(
     )
     if sip is not None:
         sip.enable_calls(
-            routing=routing,
-            presence=presence,
-            registry=calls,
+            runner=runner,
             trunk=TrunkSettings(
                 allow=tuple(
                     ipaddress.ip_network(n, strict=False) for n in settings.sip.trunk_allow
@@ -131,12 +136,9 @@ def build_context(
     store.subscribe(on_change)
     carrier = TwilioCalls.from_settings(
         settings,
-        routing=routing,
-        presence=presence,
-        registry=calls,
+        runner=runner,
         metrics=metrics,
         directory=lambda: store.current,
-        clock=clock,
     )
     tokens = TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds)
     ws = build_gateway(
@@ -148,9 +150,7 @@ def build_context(
         metrics=metrics,
         clock=clock,
     )
-    if sip is not None:
-        sip.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
-    carrier.use_offers(ws.offers)  # ... and told of carrier calls ringing their voice SDK
+    runner.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
     return AppContext(
         settings=settings,
         store=store,
@@ -162,6 +162,7 @@ def build_context(
         tokens=tokens,
         clock=clock,
         carrier=carrier,
+        runner=runner,
         ws=ws,
         control=ControlService(carrier, metrics=metrics),
     )

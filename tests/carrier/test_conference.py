@@ -83,7 +83,7 @@ async def test_first_to_answer_wins_and_the_others_are_ended(world: World) -> No
     }
     answered = [e.event for e in call.events if isinstance(e.event, CallAnswered)]
     assert [(a.user_id, a.leg_id) for a in answered] == [("ana", legs["ana"][0].leg_id)]
-    assert [e.leg_sid for e in call.events if isinstance(e.event, CallAnswered)] == [ana_sid]
+    assert [e.leg_ref for e in call.events if isinstance(e.event, CallAnswered)] == [ana_sid]
     assert world.ctx.presence.presence_of("ana").on_call
 
     world.carrier.hangup(inbound.sid)

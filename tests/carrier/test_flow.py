@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bridge.calls.events import CallAnswered, CallEnded, CallRinging, LegRinging
-from bridge.carriers.twilio.events import CarrierCallEvent, VoicemailRecorded
+from bridge.calls.events import CallAnswered, CallEnded, CallEventRecord, CallRinging, LegRinging
+from bridge.carriers.twilio.events import VoicemailRecorded
 from bridge.presence.model import Channel
 from tests.carrier.helpers import (
     ACCOUNT_SID,
@@ -25,7 +25,7 @@ from tests.carrier.helpers import (
 )
 
 
-def _events(carrier: Carrier, call: CarrierCall) -> list[CarrierCallEvent]:
+def _events(carrier: Carrier, call: CarrierCall) -> list[CallEventRecord]:
     assert carrier.bridge.ctx.carrier is not None
     found = carrier.bridge.ctx.carrier.find(call.sid)
     assert found is not None
@@ -174,7 +174,7 @@ async def test_answered_call_record_presence_and_end(carrier: Carrier) -> None:
     assert answered.user_id == "ana" and answered.via is Channel.APPS
     assert answered.leg_id == call.leg_of("ana")
     answered_record = next(e for e in _events(carrier, call) if e.event is answered)
-    assert answered_record.leg_sid == call.leg_sids[call.leg_of("ana")]
+    assert answered_record.leg_ref == call.leg_sids[call.leg_of("ana")]
     assert {e.user_id for e in _of(carrier, call, LegRinging)} == {"ana", "ben"}
     # Ana hangs up: the carrier asks the Dial's action with the caller still there.
     root = await carrier.dial_ended(call, "completed", dial_call_sid=call.leg_sids[answered.leg_id])
@@ -228,15 +228,16 @@ async def test_the_answer_is_known_from_the_dial_action_alone(carrier: Carrier) 
 
 
 async def test_the_call_events_reach_subscribers(carrier: Carrier) -> None:
-    seen: list[CarrierCallEvent] = []
-    assert carrier.bridge.ctx.carrier is not None
-    carrier.bridge.ctx.carrier.subscribe(seen.append)
+    seen: list[CallEventRecord] = []
+    assert carrier.bridge.ctx.runner is not None
+    carrier.bridge.ctx.runner.subscribe(seen.append)
     call = await carrier.call(FRONT)
     await carrier.answer(call, "ana")
     await carrier.caller_status(call, "completed")
     kinds = [type(e.event).__name__ for e in seen]
     assert kinds == ["CallRinging", "LegRinging", "CallAnswered", "CallEnded"]
     assert {e.call_id for e in seen} == {call.sid}
+    assert {e.path for e in seen} == {"carrier"}
 
 
 async def test_webhook_metrics(carrier: Carrier) -> None:

@@ -11,6 +11,7 @@ import asyncio
 from datetime import timedelta
 
 from bridge.calls.events import LegReason
+from bridge.calls.ports import Answerer
 from bridge.ws.offers import OfferService, OfferStatus
 from tests.conftest import FakeClock
 
@@ -71,8 +72,8 @@ class FakeCallLayer:
         won = call_id not in self.winner
         if won:
             self.winner[call_id] = (user_id, via)
-            by = self.offers.answered_by(user_id, via)
-            self.offers.end_offer(call_id, None, LegReason.ANSWERED_ELSEWHERE, answered_by=by)
+            by = Answerer(user_id, via)
+            self.offers.end_offer(call_id, None, LegReason.ANSWERED_ELSEWHERE, answerer=by)
         if via == "apps":
             self.verdicts.append(won)
         return won

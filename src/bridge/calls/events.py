@@ -26,6 +26,7 @@ Commands (an adapter must act on them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from bridge.directory.model import FallbackAction
@@ -36,6 +37,7 @@ __all__ = [
     "BridgeTo",
     "CallAnswered",
     "CallEnded",
+    "CallEventRecord",
     "CallOutcome",
     "CallRinging",
     "CallState",
@@ -289,3 +291,14 @@ class CallEnded(Event):
 
 
 Output = Command | Event
+
+
+@dataclass(frozen=True, slots=True)
+class CallEventRecord:
+    """One event of one call, as subscribers of the call runner receive it, on every path."""
+
+    call_id: str
+    path: str  # "sip" | "carrier"
+    at: datetime
+    event: Event
+    leg_ref: str | None = None  # the path's own id of the leg concerned (a carrier CallSid)

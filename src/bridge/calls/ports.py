@@ -1,32 +1,120 @@
-"""What a dial path needs of the other adapters, as protocols (the adapters depend on
-`calls`, never on each other).
+"""What the call layer needs of the adapters, as protocols: `calls/` imports no adapter, the
+adapters (sip, carriers, ws, control) implement these and are wired together at start-up.
 
-`AppOffers` is how the SIP B2BUA (or any dial path) rings users who answer with apps: the
-WebSocket gateway's `bridge.ws.offers.OfferService` implements it.
+- `LegDriver`: how one dial path carries out the call core's leg commands (SIP: INVITE,
+  CANCEL, BYE, responses to the caller; the carrier: TwiML and REST). The `CallRunner` owns
+  everything else of running a call.
+- `AppOffers` / `OfferListener`: ringing users who answer with apps over the WebSocket
+  gateway (`bridge.ws.offers.OfferService` implements `AppOffers`; the runner is the
+  listener of every offer it makes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from bridge.calls.events import LegReason
+from bridge.calls.events import (
+    BridgeTo,
+    CancelLeg,
+    DialLeg,
+    HangupLeg,
+    LegReason,
+    RejectCaller,
+    RingCaller,
+    StartFallback,
+)
+
+if TYPE_CHECKING:
+    from bridge.calls.runner import RunningCall
+
+# -- dial paths ------------------------------------------------------------------------------
+
+
+class LegDriver(Protocol):
+    """One dial path's protocol work for the call core's commands.
+
+    The runner calls one method per command, in the order the core gave them, after its own
+    bookkeeping for that command (presence, app offers, metrics, events come from the runner,
+    never from a driver). A driver reports what its legs do back through the runner
+    (`CallRunner.leg_ringing`, `leg_answered`, `leg_failed`, `hangup`, ...)."""
+
+    path: str  # "sip" | "carrier": the `path` label of metrics and events
+    # True when an app's accept over the WebSocket answers the call on this path (SIP); False
+    # when apps answer in a voice SDK of their own (the carrier's), so the WebSocket offer only
+    # informs and an accept there cannot win.
+    app_accept_answers: bool
+
+    def dial(self, call: RunningCall, command: DialLeg) -> None:
+        """Ring a desk phone or a number (app legs are offered by the runner; the driver is
+        told of them too, for paths that also ring the app elsewhere)."""
+        ...
+
+    def cancel_leg(self, call: RunningCall, command: CancelLeg) -> None: ...
+
+    def bridge(self, call: RunningCall, command: BridgeTo) -> None:
+        """Connect the caller to this answered leg (answering the caller if needed)."""
+        ...
+
+    def hang_up(self, call: RunningCall, command: HangupLeg) -> None: ...
+
+    def reject(self, call: RunningCall, command: RejectCaller) -> None: ...
+
+    def ring_caller(self, call: RunningCall, command: RingCaller) -> None: ...
+
+    def start_fallback(self, call: RunningCall, command: StartFallback) -> None:
+        """The call left its ring groups: play the fallback (voicemail, a prompt)."""
+        ...
+
+    def app_answer_refused(self, call: RunningCall, user_id: str, sdp: str | None) -> str | None:
+        """Why an app's accept (with this SDP answer) cannot answer this call, or None."""
+        ...
+
+    def leg_reference(self, call: RunningCall, leg_id: str) -> str | None:
+        """The path's own id of a leg (the carrier's CallSid), for published events."""
+        ...
+
+    def ended(self, call: RunningCall) -> None:
+        """The call is over and forgotten by the runner: drop the path's state for it."""
+        ...
+
+
+# -- app offers (the WebSocket gateway) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answerer:
+    """Who answered a call, for the offers that lost ("answered by Bob on desk phone")."""
+
+    user_id: str | None
+    via: str  # a `Channel` value
+    device: str | None = None
+
+
+CallStateName = Literal["answered", "held", "ended"]
 
 
 class OfferListener(Protocol):
-    """The dial path's side of an offer: told about accepts, rejects, lost sessions."""
+    """The call layer's side of an offer. Every method is called on the loop."""
 
     def on_accept(
         self, call_id: str, user_id: str, session_id: str, sdp: str | None
     ) -> bool | Awaitable[bool | None] | None:
-        """The user accepted (its first session to do so): True if that won the call; None
-        if an accept there cannot answer it (it is answered in the carrier's voice SDK)."""
+        """This user accepted (first session to do so). True if the accept won the call (the
+        caller is bridged to this user), False otherwise. None: an accept here cannot answer
+        this call (on the carrier path the app answers in the carrier's voice SDK, where it
+        rings too): the offer keeps ringing and the session gets an error."""
         ...
 
-    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None: ...
+    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
+        """The user declined the call (its offer is already ended with `rejected`)."""
+        ...
 
-    def on_unreachable(self, call_id: str, user_id: str) -> None: ...
+    def on_unreachable(self, call_id: str, user_id: str) -> None:
+        """Every session of the user is gone and the grace period is over (offer dropped)."""
+        ...
 
 
 class AppOffers(Protocol):
@@ -40,22 +128,30 @@ class AppOffers(Protocol):
         ring_group: str | None,
         expires_at: datetime,
         sdp: str | None = None,
-        listener: Any = None,
+        listener: OfferListener | None = None,
     ) -> str:
         """Ring the user's app sessions; "unreachable" when it has none (nor a grace)."""
         ...
 
     def end_offer(
-        self, call_id: str, user_id: str | None, reason: LegReason, *, answered_by: Any = None
+        self,
+        call_id: str,
+        user_id: str | None,
+        reason: LegReason,
+        *,
+        answerer: Answerer | None = None,
     ) -> int: ...
 
     def push_call_state(
-        self, call_id: str, user_id: str, state: Any, *, reason: LegReason | None = None,
+        self,
+        call_id: str,
+        user_id: str,
+        state: CallStateName,
+        *,
+        reason: LegReason | None = None,
         wrap_up_until: datetime | None = None,
     ) -> int: ...
 
     def answered(self, call_id: str, user_id: str) -> bool:
         """The user answered some other way (the carrier's voice SDK): offer over."""
         ...
-
-    def answered_by(self, user_id: str | None, via: str, device: str | None = None) -> Any: ...

@@ -13,48 +13,33 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 
 import structlog
 
 from bridge.calls.events import (
     BridgeTo,
-    CallAnswered,
-    CallEnded,
-    CallRinging,
     CancelLeg,
     DialLeg,
-    FallbackStarted,
     HangupLeg,
     LegFailure,
     LegReason,
-    MarkCallEnded,
-    MarkOnCall,
-    Output,
     RejectCaller,
     RingCaller,
     Side,
     StartFallback,
 )
 from bridge.calls.machine import CallMachine
-from bridge.calls.ports import AppOffers
-from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
-from bridge.directory.model import Directory, FallbackAction, Strategy, normalize_number
+from bridge.calls.registry import NotAcceptingCalls
+from bridge.calls.runner import CallRunner, RunningCall
+from bridge.directory.model import Directory, FallbackAction, normalize_number
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
-from bridge.presence.service import PresenceService
-from bridge.routing.model import (
-    CallRequest,
-    FallbackStep,
-    Outcome,
-    PlannedLayer,
-    RingTarget,
-    RoutePlan,
-)
-from bridge.routing.service import RoutingService
+from bridge.routing.fixed import desk_leg_plan, outbound_plan
+from bridge.routing.model import CallRequest
 from bridge.sip.dialog import (
     MIN_SE_FLOOR,
     Dialog,
@@ -168,21 +153,19 @@ class _Relay:
 
 @dataclass(eq=False)
 class _Call:
+    """The SIP side of one running call (the runner's `RunningCall` is `run`)."""
+
     call_id: str
-    machine: CallMachine
+    run: RunningCall
     invite: SipRequest
     transaction_id: str
     source: Address
     transport: str
     to_tag: str
-    live: LiveCall
     branches: dict[str, _Branch] = field(default_factory=dict)  # by transaction id
     caller_dialog: Dialog | None = None
     winner: _Branch | None = None
     answered: bool = False  # the caller got a final response (2xx or error)
-    timer: object | None = None
-    started: float = 0.0
-    setup_measured: bool = False
     caller_id: str | None = None  # E.164 shown on outbound legs (a phone's call out)
     # Our 2xx to the caller, re-sent until the ACK arrives (RFC 3261 §13.3.1.4).
     ok: SipResponse | None = None
@@ -195,26 +178,46 @@ class _Call:
     session_timers: dict[Side, object] = field(default_factory=dict)
     session_since: dict[Side, float] = field(default_factory=dict)
     sdp_out: dict[Side, bytes] = field(default_factory=dict)
-    # Users offered the call on their apps (user id -> leg id), the accept being decided
-    # (user id, SDP answer) and the user whose app won.
-    app_legs: dict[str, str] = field(default_factory=dict)
-    app_answer: tuple[str, str | None] | None = None
-    app_winner: str | None = None
+
+    @property
+    def machine(self) -> CallMachine:
+        return self.run.machine
+
+    @property
+    def app_winner(self) -> str | None:
+        return self.run.app_winner
+
+
+@dataclass(frozen=True, slots=True)
+class _Timers:
+    """The endpoint's clock and loop timers, as the call runner takes them."""
+
+    now: Callable[[], float]
+    schedule: Callable[[float, Callable[[], None]], object]
+    cancel_timer: Callable[[object], None]
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> object:
+        return self.schedule(when, callback)
+
+    def cancel(self, handle: object) -> None:
+        self.cancel_timer(handle)
 
 
 class SipCalls:
-    """Calls over SIP. The endpoint hands it INVITE/CANCEL/BYE/ACK and the responses and
-    timeouts of the transactions it started."""
+    """Calls over SIP: the SIP path's `LegDriver`. The endpoint hands it INVITE/CANCEL/BYE/ACK
+    and the responses and timeouts of the transactions it started; the call runner (routing,
+    the call core, presence, app offers, events, metrics) hands it the leg commands."""
+
+    path = "sip"
+    app_accept_answers = True  # an app's accept over the WebSocket answers a SIP call
 
     def __init__(
         self,
         *,
-        routing: RoutingService,
+        runner: CallRunner,
         registrar: RegistrarService,
         directory: Callable[[], Directory],
         wall_clock: Callable[[], float],
-        presence: PresenceService,
-        calls: CallRegistry,
         metrics: Metrics,
         trunk: TrunkSettings,
         realm: str,
@@ -226,15 +229,12 @@ class SipCalls:
         send_stateless: Callable[[SipRequest | SipResponse, Address, str], None],
         local: Callable[[str], ViaSpec],
         session: SessionTimerSettings | None = None,
-        offers: AppOffers | None = None,
     ) -> None:
-        self.routing = routing
+        self.runner = runner
         self.registrar = registrar
         self.bindings = registrar.bindings
         self.directory = directory
         self._wall = wall_clock
-        self.presence = presence
-        self.calls = calls
         self.metrics = metrics
         self.trunk = trunk
         self.realm = realm
@@ -246,7 +246,7 @@ class SipCalls:
         self._send_stateless = send_stateless
         self._local = local
         self.session = session or SessionTimerSettings()
-        self.offers = offers  # app users are rung over the WebSocket gateway (None: not)
+        self._timers = _Timers(clock, schedule, cancel_timer)
         self._calls: dict[str, _Call] = {}
         self._by_invite: dict[str, _Call] = {}  # caller INVITE transaction id -> call
         self._by_branch: dict[str, tuple[_Call, _Branch]] = {}
@@ -330,24 +330,21 @@ class SipCalls:
         desk_leg: str | None = None,
     ) -> None:
         call_id = request.call_id
-        caller = request.caller
-        now = self._now()
         with call_context(call_id):
+            plan = None
+            at = datetime.fromtimestamp(self._wall(), UTC)
             if request.line is None and request.user is None:
-                plan = _outbound_plan(request, dialled, now)
+                plan = outbound_plan(call_id, dialled, at)
             elif desk_leg is not None:
-                plan = _desk_leg_plan(request, desk_leg, now)
-            else:
-                plan = self.routing.route(replace(request, seed=int(random_hex(4), 16)))
-            live = LiveCall(
-                call_id=call_id,
-                path="sip",
-                line=plan.line,
-                caller=caller,
-                started_at=datetime.now(UTC),
-            )
+                plan = desk_leg_plan(call_id, desk_leg, at)
             try:
-                self.calls.add(live)
+                run = self.runner.admit(
+                    request,
+                    self,
+                    plan=plan,
+                    timers=self._timers,
+                    caller_sdp=invite.body.decode("utf-8", "replace") if invite.body else None,
+                )
             except NotAcceptingCalls:
                 self._respond(
                     transaction_id,
@@ -356,26 +353,24 @@ class SipCalls:
                 return
             call = _Call(
                 call_id=call_id,
-                machine=CallMachine(call_id, plan, now),
+                run=run,
                 invite=invite,
                 transaction_id=transaction_id,
                 source=source,
                 transport=transport,
                 to_tag=random_hex(5),
-                live=live,
-                started=now,
                 caller_id=caller_id,
             )
             self._calls[call_id] = call
             self._by_invite[transaction_id] = call
             log.info(
                 "sip_call_in",
-                line=plan.line,
-                caller=caller,
-                outcome=plan.outcome.value,
+                line=run.plan.line,
+                caller=request.caller,
+                outcome=run.plan.outcome.value,
                 source=f"{source[0]}:{source[1]}",
             )
-            self._run(call, call.machine.start(now))
+            self.runner.start(run)
 
     def cancel(
         self, transaction_id: str, cancel: SipRequest, invite_transaction: str | None
@@ -392,7 +387,7 @@ class SipCalls:
                 self._respond(
                     call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
                 )
-            self._run(call, call.machine.caller_hangup(self._now()))
+            self.runner.caller_hangup(call.run)
 
     def in_dialog(self, transaction_id: str, request: SipRequest) -> bool:
         """A request with a To tag. Returns False when it is not one of our calls' dialogs."""
@@ -415,7 +410,7 @@ class SipCalls:
                 side = Side.CALLER if dialog is call.caller_dialog else Side.CALLEE
                 log.info("sip_call_bye", side=side.value)
                 self._forget_dialog(dialog)
-                self._run(call, call.machine.hangup(side, self._now()))
+                self.runner.hangup(call.run, side)
             elif request.method in ("INVITE", "UPDATE") and self._refuse_interval(
                 dialog, transaction_id, request
             ):
@@ -572,7 +567,7 @@ class SipCalls:
             early = bool(response.body) and status == 183
             if early:
                 branch.answer = response  # the SDP the caller hears while it rings
-            self._run(call, call.machine.leg_ringing(branch.leg_id, self._now(), early_media=early))
+            self.runner.leg_ringing(call.run, branch.leg_id, early_media=early)
             return
         if 200 <= status < 300:
             if dialog is None:
@@ -592,7 +587,7 @@ class SipCalls:
                 log.info("sip_late_answer_hung_up", leg_id=branch.leg_id)
                 self._bye(branch)
                 return
-            self._run(call, call.machine.leg_answered(branch.leg_id, self._now()))
+            self.runner.leg_answered(call.run, branch.leg_id)
             return
         if status in (401, 407) and self._answer_challenge(call, branch, response):
             return
@@ -662,105 +657,88 @@ class SipCalls:
             return  # another contact of the same user is still ringing (or answered)
         if any(b.cancel_reason is not None or b.cancelled for b in siblings):
             return  # we stopped this leg ourselves; the machine knows
-        self._run(
-            call,
-            call.machine.leg_failed(branch.leg_id, LegFailure.from_sip_status(status), self._now()),
-        )
+        self.runner.leg_failed(call.run, branch.leg_id, LegFailure.from_sip_status(status))
 
-    # -- the machine's commands -----------------------------------------------------------------
-    def _run(self, call: _Call, outputs: list[Output]) -> None:
-        for output in outputs:
-            try:
-                self._apply(call, output)
-            except Exception:
-                log.exception("sip_call_command_failed", command=type(output).__name__)
-        call.machine.apply_to(call.live)
-        self._arm(call)
-        if call.machine.ended:
+    # -- LegDriver: the call core's commands, from the runner ----------------------------------
+    def dial(self, run: RunningCall, command: DialLeg) -> None:
+        call = self._calls.get(run.call_id)
+        if call is not None:
+            self._dial(call, command)
+
+    def cancel_leg(self, run: RunningCall, command: CancelLeg) -> None:
+        call = self._calls.get(run.call_id)
+        if call is None:
+            return
+        reason = ANSWERED_ELSEWHERE if command.reason is LegReason.ANSWERED_ELSEWHERE else None
+        for branch in self._branches(call, command.leg_id):
+            if branch.final is None and branch.cancel_reason is None:
+                branch.cancel_reason = reason or ""
+                if branch.provisional:
+                    self._send_cancel(branch)
+
+    def bridge(self, run: RunningCall, command: BridgeTo) -> None:
+        call = self._calls.get(run.call_id)
+        if call is not None:
+            self._bridge(call, command.leg_id)
+
+    def hang_up(self, run: RunningCall, command: HangupLeg) -> None:
+        call = self._calls.get(run.call_id)
+        if call is None:
+            return
+        if command.leg_id == run.machine.caller_leg_id:
+            self._hangup_caller(call)
+        elif run.app_winner is not None:
+            pass  # no SIP far side: the app hears `call.state ended` from the runner
+        else:
+            for branch in self._branches(call, command.leg_id):
+                if branch.dialog is not None and branch.final and branch.final < 300:
+                    self._bye(branch)
+
+    def reject(self, run: RunningCall, command: RejectCaller) -> None:
+        call = self._calls.get(run.call_id)
+        if call is None or call.answered:
+            return
+        call.answered = True
+        extra = [("Reason", format_reason(command.status, command.reason))]
+        phrase = _REASON_PHRASES.get(command.status, command.reason)
+        self._respond(call.transaction_id, self._caller_reply(call, command.status, phrase, extra))
+
+    def start_fallback(self, run: RunningCall, command: StartFallback) -> None:
+        call = self._calls.get(run.call_id)
+        if call is None:
+            return
+        if command.step.action is FallbackAction.VOICEMAIL and not call.answered:
+            # Voicemail needs media (a later issue): refuse, and say why.
+            call.answered = True
+            extra = [("Reason", format_reason(480, "voicemail"))]
+            self._respond(
+                call.transaction_id,
+                self._caller_reply(call, 480, "Temporarily Unavailable", extra),
+            )
+            self.runner.feed_later(run, run.machine.voicemail_unavailable)
+
+    def ring_caller(self, run: RunningCall, command: RingCaller) -> None:
+        call = self._calls.get(run.call_id)
+        if call is not None:
+            self._ring_caller(call, command)
+
+    def app_answer_refused(self, run: RunningCall, user_id: str, sdp: str | None) -> str | None:
+        call = self._calls.get(run.call_id)
+        if call is None or call.answered or call.winner is not None:
+            return "the call is answered already"
+        if call.invite.body and not sdp:
+            return "the caller made an SDP offer: an answer without SDP cannot be bridged"
+        return None
+
+    def leg_reference(self, run: RunningCall, leg_id: str) -> str | None:
+        return None
+
+    def ended(self, run: RunningCall) -> None:
+        call = self._calls.get(run.call_id)
+        if call is not None:
             self._finish(call)
 
-    def _apply(self, call: _Call, output: Output) -> None:
-        if isinstance(output, DialLeg):
-            self._dial(call, output)
-        elif isinstance(output, CancelLeg):
-            self._end_app_offer(call, output.leg_id, output.reason)
-            reason = ANSWERED_ELSEWHERE if output.reason is LegReason.ANSWERED_ELSEWHERE else None
-            for branch in self._branches(call, output.leg_id):
-                if branch.final is None and branch.cancel_reason is None:
-                    branch.cancel_reason = reason or ""
-                    if branch.provisional:
-                        self._send_cancel(branch)
-        elif isinstance(output, BridgeTo):
-            self._bridge(call, output.leg_id)
-        elif isinstance(output, HangupLeg):
-            if output.leg_id == call.machine.caller_leg_id:
-                self._hangup_caller(call)
-            elif call.app_winner is not None:
-                pass  # no SIP far side: the app hears `call.state ended` (MarkCallEnded)
-            else:
-                for branch in self._branches(call, output.leg_id):
-                    if branch.dialog is not None and branch.final and branch.final < 300:
-                        self._bye(branch)
-        elif isinstance(output, RejectCaller):
-            if not call.answered:
-                call.answered = True
-                extra = [("Reason", format_reason(output.status, output.reason))]
-                self._respond(
-                    call.transaction_id,
-                    self._caller_reply(
-                        call,
-                        output.status,
-                        _REASON_PHRASES.get(output.status, output.reason),
-                        extra,
-                    ),
-                )
-        elif isinstance(output, StartFallback):
-            if output.step.action is FallbackAction.VOICEMAIL and not call.answered:
-                # Voicemail needs media (a later issue): refuse, and say why.
-                call.answered = True
-                extra = [("Reason", format_reason(480, "voicemail"))]
-                self._respond(
-                    call.transaction_id,
-                    self._caller_reply(call, 480, "Temporarily Unavailable", extra),
-                )
-                self._run_later(call, lambda: call.machine.voicemail_unavailable(self._now()))
-        elif isinstance(output, RingCaller):
-            self._ring_caller(call, output)
-        elif isinstance(output, MarkOnCall):
-            self.presence.call_started(output.user_id)
-        elif isinstance(output, MarkCallEnded):
-            presence = self.presence.call_ended(output.user_id)
-            if output.user_id == call.app_winner and self.offers is not None:
-                leg = call.machine.leg(call.app_legs[output.user_id])
-                self.offers.push_call_state(
-                    call.call_id,
-                    output.user_id,
-                    "ended",
-                    reason=leg.reason if leg is not None else None,
-                    wrap_up_until=presence.wrap_up_until,
-                )
-        elif isinstance(output, CallAnswered):
-            log.info(
-                "sip_call_answered",
-                user_id=output.user_id,
-                leg_id=output.leg_id,
-                via=output.via.value,
-            )
-        elif isinstance(output, CallRinging):
-            log.info("sip_call_ringing", layer=output.layer_index, users=list(output.user_ids))
-        elif isinstance(output, FallbackStarted):
-            log.info("sip_call_fallback", action=output.action.value, why=output.why)
-        elif isinstance(output, CallEnded):
-            self.metrics.child(self.metrics.calls, "sip", output.outcome.value).inc()
-            log.info("sip_call_ended", cause=output.cause.value, outcome=output.outcome.value)
-
-    def _run_later(self, call: _Call, step: Callable[[], list[Output]]) -> None:
-        self._schedule(self._now(), lambda: self._run(call, step()))
-
     def _dial(self, call: _Call, command: DialLeg) -> None:
-        if command.via is Channel.APPS and command.user_id is not None and self.offers:
-            self._offer_app(call, command, command.user_id)
-            return
         now = self._now()
         targets: list[tuple[str, Address, str, list[tuple[str, str]]]] = []
         if command.via is Channel.IP_PHONE and command.user_id is not None:
@@ -789,11 +767,9 @@ class SipCalls:
                 targets.append((f"sip:{command.number}@{host}", destination, transport, extra))
         if not targets:
             # No registered phone, no trunk, or an app user (the WebSocket path comes later).
-            self._run_later(
-                call,
-                lambda: call.machine.leg_failed(
-                    command.leg_id, LegFailure.UNREACHABLE, self._now()
-                ),
+            leg_id = command.leg_id
+            self.runner.feed_later(
+                call.run, lambda now: call.machine.leg_failed(leg_id, LegFailure.UNREACHABLE, now)
             )
             return
         for uri, destination, transport, extra in targets:
@@ -872,7 +848,7 @@ class SipCalls:
         self._send_request(bye, branch.destination, branch.transport)
 
     def _bridge(self, call: _Call, leg_id: str) -> None:
-        app_user = next((u for u, leg in call.app_legs.items() if leg == leg_id), None)
+        app_user = call.run.app_user_of(leg_id)
         if app_user is not None:
             self._bridge_app(call, app_user)
             return
@@ -899,10 +875,9 @@ class SipCalls:
     def _bridge_app(self, call: _Call, user_id: str) -> None:
         """An app session's accept won: the caller gets the app's SDP answer (media goes
         end to end until the bridge anchors it)."""
-        answer = call.app_answer
+        answer = call.run.app_answer
         if answer is None or answer[0] != user_id:
             return
-        call.app_winner = user_id
         body = (answer[1] or "").encode()
         self._answer_caller(call, body, "application/sdp" if body else None)
 
@@ -914,7 +889,7 @@ class SipCalls:
         extra += self._caller_session_headers(call.invite)
         response = self._caller_reply(call, 200, "OK", extra, body=body)
         call.answered = True
-        self._setup_done(call)
+        self.runner.setup_done(call.run)
         self._respond(call.transaction_id, response)
         call.ok, call.ok_sent_at, call.ok_interval = response, self._now(), T1
         call.ok_timer = self._schedule(self._now() + T1, lambda: self._resend_ok(call))
@@ -953,7 +928,7 @@ class SipCalls:
                 log.warning("sip_no_ack", waited_seconds=round(now - call.ok_sent_at, 1))
                 call.ok = None
                 self._hangup_caller(call)
-                self._run(call, call.machine.hangup(Side.CALLER, now))
+                self.runner.hangup(call.run, Side.CALLER)
                 return
             try:
                 self._respond(call.transaction_id, call.ok)
@@ -977,7 +952,7 @@ class SipCalls:
                 content_type = branch.answer.headers.get("Content-Type")
                 if content_type:
                     extra.append(("Content-Type", content_type))
-        self._setup_done(call)
+        self.runner.setup_done(call.run)
         self._respond(
             call.transaction_id, self._caller_reply(call, status, phrase, extra, body=body)
         )
@@ -993,12 +968,6 @@ class SipCalls:
             self._respond(
                 call.transaction_id, self._caller_reply(call, 480, "Temporarily Unavailable")
             )
-
-    def _setup_done(self, call: _Call) -> None:
-        if not call.setup_measured:
-            call.setup_measured = True
-            setup = self.metrics.child(self.metrics.call_setup_seconds, "sip")
-            setup.observe(self._now() - call.started)
 
     def _caller_reply(
         self,
@@ -1018,83 +987,6 @@ class SipCalls:
         return make_response(
             call.invite, status, phrase, to_tag=call.to_tag, extra=headers, body=body
         )
-
-    # -- app users (the WebSocket gateway's offers) ---------------------------------------------
-    def _offer_app(self, call: _Call, command: DialLeg, user_id: str) -> None:
-        assert self.offers is not None
-        plan = call.machine.plan
-        seconds = max(1.0, command.timeout_at - self._now())
-        status = self.offers.offer(
-            call.call_id,
-            user_id,
-            caller=call.live.caller,
-            line=plan.line,
-            ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
-            expires_at=datetime.now(UTC) + timedelta(seconds=seconds),
-            sdp=call.invite.body.decode("utf-8", "replace") if call.invite.body else None,
-            listener=self,
-        )
-        log.info("sip_leg_offered", leg_id=command.leg_id, user_id=user_id, status=str(status))
-        if status == "unreachable":
-            self._run_later(
-                call,
-                lambda: call.machine.leg_failed(
-                    command.leg_id, LegFailure.UNREACHABLE, self._now()
-                ),
-            )
-            return
-        call.app_legs[user_id] = command.leg_id
-
-    def _end_app_offer(self, call: _Call, leg_id: str, reason: LegReason) -> None:
-        if self.offers is None:
-            return
-        for user_id, leg in call.app_legs.items():
-            if leg == leg_id and user_id != call.app_winner:
-                answered_by = None
-                if reason is LegReason.ANSWERED_ELSEWHERE:
-                    answered_by = self.offers.answered_by(
-                        call.machine.answered_by, self._answered_via(call)
-                    )
-                self.offers.end_offer(call.call_id, user_id, reason, answered_by=answered_by)
-
-    @staticmethod
-    def _answered_via(call: _Call) -> str:
-        if call.app_winner is not None:
-            return Channel.APPS.value
-        if call.winner is not None and call.winner.trunk:
-            return Channel.PHONE_NUMBER.value
-        return Channel.IP_PHONE.value
-
-    # OfferListener: what the gateway tells us about our offers.
-    def on_accept(self, call_id: str, user_id: str, session_id: str, sdp: str | None) -> bool:
-        call = self._calls.get(call_id)
-        leg = call.app_legs.get(user_id) if call is not None else None
-        if call is None or leg is None or call.answered or call.winner or call.app_winner:
-            return False
-        with call_context(call_id):
-            if call.invite.body and not sdp:
-                # The caller made an SDP offer: an answer without SDP cannot be bridged.
-                log.warning("sip_app_accept_without_sdp", user_id=user_id)
-                return False
-            call.app_answer = (user_id, sdp)
-            self._run(call, call.machine.leg_answered(leg, self._now()))
-            won = call.app_winner == user_id
-            log.info("sip_app_accept", user_id=user_id, session_id=session_id, won=won)
-        return won
-
-    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
-        self._app_leg_failed(call_id, user_id, LegFailure.REJECTED)
-
-    def on_unreachable(self, call_id: str, user_id: str) -> None:
-        self._app_leg_failed(call_id, user_id, LegFailure.UNREACHABLE)
-
-    def _app_leg_failed(self, call_id: str, user_id: str, failure: LegFailure) -> None:
-        call = self._calls.get(call_id)
-        leg = call.app_legs.get(user_id) if call is not None else None
-        if call is None or leg is None:
-            return
-        with call_context(call_id):
-            self._run(call, call.machine.leg_failed(leg, failure, self._now()))
 
     # -- session timers (RFC 4028) ---------------------------------------------------------------
     # Each side of a bridged call has its own session timer, as each is its own dialog: the
@@ -1299,7 +1191,7 @@ class SipCalls:
                     self._bye(call.winner)
             except DialogError as exc:
                 log.info("sip_session_bye_skipped", side=side.value, error=str(exc))
-            self._run(call, call.machine.hangup(side, self._now()))
+            self.runner.hangup(call.run, side)
 
     def _peer_allows(self, call: _Call, side: Side, method: str) -> bool:
         if side is Side.CALLER:
@@ -1312,25 +1204,10 @@ class SipCalls:
         return method in allowed
 
     # -- timers and clean-up ----------------------------------------------------------------------
-    def _arm(self, call: _Call) -> None:
-        if call.timer is not None:
-            self._cancel_timer(call.timer)
-            call.timer = None
-        deadline = call.machine.next_deadline()
-        if deadline is not None and not call.machine.ended:
-            call.timer = self._schedule(deadline, lambda: self._timer(call))
-
-    def _timer(self, call: _Call) -> None:
-        call.timer = None
-        if call.call_id in self._calls:
-            with call_context(call.call_id):
-                self._run(call, call.machine.handle_timer(self._now()))
-
     def _finish(self, call: _Call) -> None:
+        """The runner is done with the call: drop its SIP state."""
         if self._calls.pop(call.call_id, None) is None:
             return
-        if call.timer is not None:
-            self._cancel_timer(call.timer)
         if call.ok_timer is not None:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None
@@ -1343,7 +1220,6 @@ class SipCalls:
         for dialog in (call.caller_dialog, *(b.dialog for b in call.branches.values())):
             if dialog is not None:
                 self._dialog_calls.pop(dialog.id, None)
-        self.calls.remove(call.call_id)
 
     def _forget_dialog(self, dialog: Dialog) -> None:
         self._dialogs.discard(dialog.id)
@@ -1365,58 +1241,6 @@ _REASON_PHRASES = {
 
 
 _DIALLABLE = re.compile(r"\+?[0-9]{3,15}")
-
-
-def _outbound_plan(request: CallRequest, number: str, now: float) -> RoutePlan:
-    """A desk phone dialling a number: no members to ring, straight out through the trunk
-    (the call core's forward leg)."""
-    return RoutePlan(
-        call_id=request.call_id,
-        at=datetime.fromtimestamp(now, UTC),
-        directory_version=0,
-        outcome=Outcome.FALLBACK,
-        line=None,
-        line_name=None,
-        open=True,
-        target_kind=None,
-        target_id=None,
-        target_name=None,
-        layers=(),
-        fallback=FallbackStep(action=FallbackAction.FORWARD, number=number, why="outbound_call"),
-    )
-
-
-# How long a desk-phone leg asked for by the trunk may ring: the sender's own timer (a
-# carrier's <Dial timeout>) normally ends it first with a CANCEL.
-DESK_LEG_RING_SECONDS = 300
-
-
-def _desk_leg_plan(request: CallRequest, user_id: str, now: float) -> RoutePlan:
-    """The trunk asked for one user's desk phones (e.g. a carrier's <Dial><Sip>): ring them,
-    and if nobody answers refuse (the sender runs the rest of its plan)."""
-    return RoutePlan(
-        call_id=request.call_id,
-        at=datetime.fromtimestamp(now, UTC),
-        directory_version=0,
-        outcome=Outcome.RING,
-        line=None,
-        line_name=None,
-        open=True,
-        target_kind="user",
-        target_id=user_id,
-        target_name=None,
-        layers=(
-            PlannedLayer(
-                index=0,
-                strategy=Strategy.ALL,
-                timeout_seconds=DESK_LEG_RING_SECONDS,
-                ring_each_seconds=None,
-                members=(),
-                ring=(RingTarget(user_id=user_id, via=Channel.IP_PHONE),),
-            ),
-        ),
-        fallback=FallbackStep(action=FallbackAction.HANGUP, why="desk_leg_not_answered"),
-    )
 
 
 @lru_cache(maxsize=1024)

@@ -14,18 +14,15 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
-from bridge.calls.ports import AppOffers
-from bridge.calls.registry import CallRegistry
+from bridge.calls.runner import CallRunner
 from bridge.config import Settings
 from bridge.config import SipSettings as SipSettingsModel
 from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
-from bridge.presence.service import PresenceService, ReachabilityPort
-from bridge.routing.service import RoutingService
+from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import SessionTimerSettings, SipCalls, TrunkSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
@@ -118,30 +115,17 @@ class SipService:
         self._keepalives: dict[str, Flow] = {}  # OPTIONS transaction id -> flow probed
         self.calls: SipCalls | None = None
         self.trunk_registration: TrunkRegistration | None = None
-        self._call_parts: dict[str, Any] | None = None
+        # Calls (the B2BUA, built when the endpoint starts): the runner and the trunk.
+        self._runner: CallRunner | None = None
+        self._trunk = TrunkSettings()
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
 
-    def enable_calls(
-        self,
-        *,
-        routing: RoutingService,
-        presence: PresenceService,
-        registry: CallRegistry,
-        trunk: TrunkSettings,
-    ) -> None:
-        """Route INVITEs from the trunk (the B2BUA is built when the endpoint starts)."""
-        self._call_parts = {
-            "routing": routing,
-            "presence": presence,
-            "calls": registry,
-            "trunk": trunk,
-        }
-
-    def use_offers(self, offers: AppOffers) -> None:
-        """Ring app users through the WebSocket gateway's offers (before `start`)."""
-        if self._call_parts is not None:
-            self._call_parts["offers"] = offers
+    def enable_calls(self, *, runner: CallRunner, trunk: TrunkSettings) -> None:
+        """Take calls: INVITEs from the trunk and the phones, run by `runner` (the B2BUA is
+        built when the endpoint starts)."""
+        self._runner = runner
+        self._trunk = trunk
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, endpoint: SipEndpoint) -> None:
@@ -164,9 +148,10 @@ class SipService:
                 clock=endpoint.now,
             )
             self.trunk_registration.start()
-        if self._call_parts is not None:
+        if self._runner is not None:
             self.calls = SipCalls(
-                **self._call_parts,
+                runner=self._runner,
+                trunk=self._trunk,
                 registrar=self.registrar,
                 directory=self._directory,
                 wall_clock=self._wall,

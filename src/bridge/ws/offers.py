@@ -17,17 +17,18 @@ service does guarantee for app users:
 Everything here runs on the daemon's event loop (the dial paths and the WebSocket handlers
 do); call it from the loop thread only.
 
-How a dial path uses it (SIP B2BUA or carrier; `DialLeg(via=APPS)` in bridge.calls.events):
+How the call runner (`bridge.calls.runner`, for every dial path) uses it, as the
+`AppOffers` port of `bridge.calls.ports`:
 
     status = offers.offer(call_id, user_id, caller=..., line=..., ring_group=...,
-                          expires_at=..., sdp=caller_sdp, listener=self)
+                          expires_at=..., sdp=caller_sdp, listener=runner)
     # UNREACHABLE: no session and no grace -> machine.leg_failed(leg, UNREACHABLE)
     def on_accept(call_id, user_id, session_id, sdp):       # may be async
         outputs = machine.leg_answered(leg_of[call_id, user_id], now)
         run(outputs)   # CancelLeg(answered_elsewhere) -> offers.end_offer(call_id, other, ...)
-        return any(isinstance(o, BridgeTo) and o.leg_id == leg for o in outputs)
-    CancelLeg(leg, reason)   -> offers.end_offer(call_id, user_id, reason, answered_by=...)
-    HangupLeg / MarkCallEnded -> offers.push_call_state(call_id, user_id, ENDED, ...)
+        return the accepting user is the one bridged
+    CancelLeg(leg, reason)   -> offers.end_offer(call_id, user_id, reason, answerer=...)
+    MarkCallEnded            -> offers.push_call_state(call_id, user_id, "ended", ...)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -44,6 +45,7 @@ from typing import Protocol
 import structlog
 
 from bridge.calls.events import LegReason
+from bridge.calls.ports import Answerer, OfferListener
 from bridge.observability.metrics import Metrics
 from bridge.ws.exceptions import ErrorCode, FrameError
 from bridge.ws.schemas import (
@@ -65,27 +67,6 @@ ENDED_MEMORY = 20_000
 # An offer the call layer never ended is dropped this long after its expiry (a leak guard:
 # the call layer's own timer normally ends it with `timeout` first).
 EXPIRY_MARGIN = timedelta(seconds=5)
-
-
-class OfferListener(Protocol):
-    """What the call layer provides for its offers. Every method is called on the loop."""
-
-    def on_accept(
-        self, call_id: str, user_id: str, session_id: str, sdp: str | None
-    ) -> bool | Awaitable[bool | None] | None:
-        """This user accepted (first session to do so). Return True if the accept won the
-        call (the caller is bridged to this user), False otherwise. None: an accept here
-        cannot answer this call (on the carrier path the app answers in the carrier's voice
-        SDK, where it rings too): the offer keeps ringing and the session gets an error."""
-        ...
-
-    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
-        """The user declined the call (its offer is already ended with `rejected`)."""
-        ...
-
-    def on_unreachable(self, call_id: str, user_id: str) -> None:
-        """Every session of the user is gone and the grace period is over (offer dropped)."""
-        ...
 
 
 class SessionHub(Protocol):
@@ -195,10 +176,14 @@ class OfferService:
         user_id: str | None,
         reason: LegReason,
         *,
-        answered_by: AnsweredBy | None = None,
+        answerer: Answerer | None = None,
     ) -> int:
         """Stop ringing `user_id` (None: every user still offered this call); their sessions
-        get `call.ended` with `reason`. Returns how many offers ended."""
+        get `call.ended` with `reason` (and, answered elsewhere, who answered). Returns how
+        many offers ended."""
+        answered_by = None
+        if answerer is not None:
+            answered_by = self.answered_by(answerer.user_id, answerer.via, answerer.device)
         users = [user_id] if user_id is not None else list(self._by_call.get(call_id, ()))
         ended = 0
         for user in users:
@@ -444,8 +429,8 @@ class FirstAcceptWins:
         self._won[call_id] = user_id
         while len(self._won) > ENDED_MEMORY:
             self._won.popitem(last=False)
-        by = self._offers.answered_by(user_id, "apps")
-        self._offers.end_offer(call_id, None, LegReason.ANSWERED_ELSEWHERE, answered_by=by)
+        by = Answerer(user_id, "apps")
+        self._offers.end_offer(call_id, None, LegReason.ANSWERED_ELSEWHERE, answerer=by)
         return True
 
     def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:

@@ -1,17 +1,16 @@
-"""What a carrier call publishes: the call core's typed events, stamped with the call, the time
-and the carrier's own id of the leg concerned, plus the few facts only the carrier knows.
+"""The few facts only the carrier knows, as typed events published on the call (through the
+call runner, stamped like every event with the call, the time and the carrier's CallSid of
+the leg concerned as `CallEventRecord.leg_ref`).
 
 Ringing (`CallRinging` per layer, `LegRinging` per leg), answered (`CallAnswered`: the user,
-our leg id, the channel; `leg_sid` below is the carrier's CallSid of that leg) and ended
+our leg id, the channel; the record's `leg_ref` is the carrier's CallSid of that leg) and ended
 (`CallEnded`: cause and outcome) are the call core's own events (`bridge.calls.events`), so a
 consumer reads carrier and SIP calls the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from bridge.calls.events import Event
 
@@ -33,16 +32,3 @@ class LegDeclined(Event):
     leg_id: str
     user_id: str | None
     digits: str
-
-
-@dataclass(frozen=True, slots=True)
-class CarrierCallEvent:
-    """One event of one carrier call, as subscribers receive it."""
-
-    call_id: str  # the caller's CallSid
-    at: datetime
-    event: Event
-    leg_sid: str | None = None  # the carrier's CallSid of the leg concerned, when known
-
-
-EventListener = Callable[[CarrierCallEvent], None]

@@ -1,10 +1,14 @@
 """Carrier calls: signed webhooks in, the call core (`CallMachine`) in the middle, TwiML out.
 
-`TwilioCalls` is the mode-independent part of the carrier path. For each inbound call it
-routes the dialled line (the same `RoutingService.route` the SIP path and Test Routing use),
-keeps one `LiveCall` in the shared `CallRegistry` (path "carrier"), runs the call core, and
-hands the core's commands to the bridging mode (`modes.py`), which turns them into TwiML or
-REST requests. Everything the carrier reports comes back through here:
+`TwilioCalls` is the mode-independent part of the carrier path, and its `LegDriver`. Each
+inbound call is admitted by the call runner (`bridge.calls.runner`: routing, the live call,
+the call core, presence, app offers, events and metrics are the runner's, as on the SIP
+path); the bridging mode (`modes.py`) turns the core's commands of each step into TwiML or
+REST requests, as one batch: a carrier `<Dial>` rings up to 10 numbers in one verb, so the
+driver's per-command methods only record what each command asks (the leg, the voicemail
+step) and the mode acts on the step's commands together. The carrier's dial mode times the
+layers out itself, so the core runs on the call's ring clock (`CarrierCall.now`). Everything
+the carrier reports comes back through here:
 
 - the caller's status callbacks (hang-up, the end of the call) and each leg's (ringing,
   answered) are applied at most once per CallSid and status, and never backwards: a `ringing`
@@ -18,47 +22,34 @@ callbacks of the same call never interleave.
 
 from __future__ import annotations
 
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 import structlog
 from twilio.twiml.voice_response import VoiceResponse
 
 from bridge.calls.events import (
-    CallAnswered,
-    CallEnded,
-    CallRinging,
+    BridgeTo,
     CallState,
     CancelLeg,
     DialLeg,
     Event,
-    FallbackStarted,
-    LayerExhausted,
-    LegReason,
-    LegRinging,
-    MarkCallEnded,
-    MarkOnCall,
+    HangupLeg,
     Output,
+    RejectCaller,
+    RingCaller,
     Side,
     StartFallback,
 )
-from bridge.calls.machine import CallMachine
-from bridge.calls.ports import AppOffers
-from bridge.calls.registry import CallRegistry, LiveCall, NotAcceptingCalls
+from bridge.calls.registry import NotAcceptingCalls
+from bridge.calls.runner import CallRunner, RunningCall
 from bridge.carriers.twilio import twiml
 from bridge.carriers.twilio.conference import ConferenceMode
 from bridge.carriers.twilio.dial import DialMode
 from bridge.carriers.twilio.errors import BadSignature, NotConfigured
-from bridge.carriers.twilio.events import (
-    CarrierCallEvent,
-    EventListener,
-    LegDeclined,
-    VoicemailRecorded,
-)
+from bridge.carriers.twilio.events import LegDeclined, VoicemailRecorded
 from bridge.carriers.twilio.modes import MODES, BridgingMode
 from bridge.carriers.twilio.rest import CarrierRest, RestSettings
 from bridge.carriers.twilio.schemas import (
@@ -78,9 +69,7 @@ from bridge.directory.model import Directory, FallbackAction, normalize_number
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
-from bridge.presence.service import PresenceService
 from bridge.routing.model import CallRequest
-from bridge.routing.service import RoutingService
 
 log = structlog.get_logger("bridge.carrier")
 
@@ -119,64 +108,51 @@ def _sip_address(host: str, port: int) -> str:
 
 
 class TwilioCalls:
-    """The carrier's inbound calls. See the module docstring."""
+    """The carrier's inbound calls, and the carrier path's `LegDriver`. See the module
+    docstring."""
+
+    path = "carrier"
+    # Apps answer carrier calls in the carrier's voice SDK (<Client>): the WebSocket offer
+    # only informs, an accept there cannot answer.
+    app_accept_answers = False
 
     def __init__(
         self,
         settings: CarrierSettings,
         *,
-        routing: RoutingService,
-        presence: PresenceService,
-        registry: CallRegistry,
+        runner: CallRunner,
         metrics: Metrics,
         directory: Callable[[], Directory],
-        clock: Callable[[], datetime],
         rest: CarrierRest | None = None,
     ) -> None:
         self.settings = settings
-        self.routing = routing
-        self.presence = presence
-        self.registry = registry
+        self.runner = runner
         self.metrics = metrics
         # The carrier's REST API (None without an account sid and credentials): conference
         # mode, listen / whisper / barge and recording controls need it; dial mode does not.
         self.rest = rest
         self._directory = directory
-        self._clock = clock
         self.validator = WebhookValidator(settings.auth_token) if settings.auth_token else None
         factory = MODES.get(settings.mode)
         self.mode: BridgingMode | None = factory(self) if factory is not None else None
         self._live: dict[str, CarrierCall] = {}
         self._ended: OrderedDict[str, CarrierCall] = OrderedDict()
-        self._listeners: list[EventListener] = []
-        # App users also get the offer on their WebSocket sessions (context, typed reasons);
-        # their audio rings and is answered in the carrier's voice SDK (<Client>).
-        self.offers: AppOffers | None = None
-
-    def use_offers(self, offers: AppOffers) -> None:
-        self.offers = offers
 
     @classmethod
     def from_settings(
         cls,
         settings: Settings,
         *,
-        routing: RoutingService,
-        presence: PresenceService,
-        registry: CallRegistry,
+        runner: CallRunner,
         metrics: Metrics,
         directory: Callable[[], Directory],
-        clock: Callable[[], datetime],
     ) -> TwilioCalls:
         rest_settings = RestSettings.from_settings(settings)
         return cls(
             CarrierSettings.from_settings(settings),
-            routing=routing,
-            presence=presence,
-            registry=registry,
+            runner=runner,
             metrics=metrics,
             directory=directory,
-            clock=clock,
             rest=CarrierRest(rest_settings, metrics) if rest_settings is not None else None,
         )
 
@@ -212,10 +188,6 @@ class TwilioCalls:
         return f"{self.settings.public_url}{path}" + (f"?{query}" if query else "")
 
     # -- reading -------------------------------------------------------------------------------
-    def subscribe(self, listener: EventListener) -> None:
-        """Receive every event of every carrier call (the live feed and outbox plug in here)."""
-        self._listeners.append(listener)
-
     def find(self, call_id: str) -> CarrierCall | None:
         """A live call, or one that ended recently (for retried and late callbacks)."""
         return self._live.get(call_id) or self._ended.get(call_id)
@@ -240,7 +212,7 @@ class TwilioCalls:
             account = self.settings.account_sid
             if account and request.account_sid and request.account_sid != account:
                 raise BadSignature(f"AccountSid {request.account_sid} is not this account")
-            if not self.registry.accepting:
+            if not self.runner.accepting:
                 log.info("carrier_call_refused_draining", to=request.to)
                 return twiml.render(twiml.reject_busy())
             return self._start(request)
@@ -249,27 +221,19 @@ class TwilioCalls:
         assert self.mode is not None
         call_id = request.call_sid
         dialled = normalize_number(request.to)
-        plan = self.routing.route(
-            CallRequest(
-                call_id=call_id, line=dialled, caller=request.caller, seed=secrets.randbits(32)
-            )
-        )
-        live = LiveCall(
-            call_id=call_id,
-            path="carrier",
-            line=plan.line,
-            caller=request.caller,
-            started_at=self._clock(),
-        )
         try:
-            self.registry.add(live)
+            run = self.runner.admit(
+                CallRequest(call_id=call_id, line=dialled, caller=request.caller),
+                self,
+                clock=lambda: self._ring_clock(call_id),
+            )
         except NotAcceptingCalls:
             return twiml.render(twiml.reject_busy())
+        plan = run.plan
         directory = self._directory()
         call = CarrierCall(
             call_id=call_id,
-            machine=CallMachine(call_id, plan, 0.0),
-            live=live,
+            run=run,
             directory=directory,
             line=directory.line(plan.line) if plan.line else None,
             caller=request.caller,
@@ -281,8 +245,7 @@ class TwilioCalls:
             log.info(
                 "carrier_call_in", line=plan.line, caller=request.caller, outcome=plan.outcome.value
             )
-        outputs = call.machine.start(call.now)
-        self.run(call, outputs)
+        outputs = self.runner.start(run)
         call.answer = twiml.render(self.mode.respond(call, outputs))
         return call.answer
 
@@ -462,8 +425,9 @@ class TwilioCalls:
             call.recordings[callback.recording_sid] = callback.status
             log.info("carrier_recording", status=callback.status, url=callback.recording_url)
             if callback.status == "completed":
-                self._publish(
-                    call,
+                log.info("carrier_voicemail_recorded", recording_sid=callback.recording_sid)
+                self.runner.publish_on(
+                    call.run,
                     VoicemailRecorded(
                         callback.recording_sid, callback.recording_url, callback.duration_seconds
                     ),
@@ -495,68 +459,61 @@ class TwilioCalls:
 
     # -- the call core's outputs ----------------------------------------------------------------
     def run(self, call: CarrierCall, outputs: Sequence[Output]) -> None:
-        """What every mode does with the core's outputs: leg records, presence, events, the
-        registry entry, metrics. The mode then turns the commands into carrier actions."""
-        for output in outputs:
-            if isinstance(output, DialLeg):
-                call.legs[output.leg_id] = self._leg_meta(call, output)
-            elif isinstance(output, MarkOnCall):
-                self.presence.call_started(output.user_id)
-            elif isinstance(output, MarkCallEnded):
-                self.presence.call_ended(output.user_id)
-            elif (
-                isinstance(output, StartFallback) and output.step.action is FallbackAction.VOICEMAIL
-            ):
-                call.voicemail = output.step
-            if isinstance(output, Event):
-                self._publish(call, output)
-            if self.offers is not None:  # after presence: `ended` carries the wrap-up end
-                self._app_offer(call, output, self.offers)
-        call.machine.apply_to(call.live)
-        if call.machine.ended:
-            self._finish(call)
+        """Hand outputs the mode got from the core to the call runner (leg records, presence,
+        app offers, events, the registry entry, metrics). The mode then turns the commands
+        into carrier actions."""
+        self.runner.apply(call.run, outputs)
 
-    def _app_offer(self, call: CarrierCall, output: Output, offers: AppOffers) -> None:
-        """The WebSocket side of app legs: offer, end with the typed reason, answered."""
-        if isinstance(output, DialLeg) and output.via is Channel.APPS and output.user_id:
-            plan = call.machine.plan
-            rings_for = max(1.0, output.timeout_at - call.now)  # on the call's ring clock
-            offers.offer(
-                call.call_id,
-                output.user_id,
-                caller=call.caller,
-                line=plan.line,
-                ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
-                expires_at=self._clock() + timedelta(seconds=rings_for),
-                listener=_SdkAnswers(),
-            )
-        elif isinstance(output, CancelLeg):
-            meta = call.legs.get(output.leg_id)
-            if meta is not None and meta.via is Channel.APPS and meta.user_id:
-                answered_by = None
-                if output.reason is LegReason.ANSWERED_ELSEWHERE:
-                    winner = call.legs.get(call.machine.answered_leg or "")
-                    via = winner.via.value if winner is not None else Channel.APPS.value
-                    answered_by = offers.answered_by(call.machine.answered_by, via)
-                offers.end_offer(
-                    call.call_id, meta.user_id, output.reason, answered_by=answered_by
-                )
-        elif isinstance(output, CallAnswered) and output.via is Channel.APPS and output.user_id:
-            offers.answered(call.call_id, output.user_id)
-        elif isinstance(output, MarkCallEnded):
-            winner = call.machine.leg(call.machine.answered_leg or "")
-            if winner is not None and winner.via is Channel.APPS:
-                # The SDK answered it: the WebSocket says how it ended and the wrap-up.
-                offers.push_call_state(
-                    call.call_id,
-                    output.user_id,
-                    "ended",
-                    reason=winner.reason,
-                    wrap_up_until=self.presence.presence_of(output.user_id).wrap_up_until,
-                )
+    def _ring_clock(self, call_id: str) -> float:
+        call = self._live.get(call_id)
+        return call.now if call is not None else 0.0
+
+    # -- LegDriver ----------------------------------------------------------------------------
+    # Each method records what its command asks; the mode carries out the step's commands
+    # together (`respond` for a webhook's TwiML answer, `carry_out` otherwise).
+    def dial(self, run: RunningCall, command: DialLeg) -> None:
+        call = self._live.get(run.call_id)
+        if call is not None:
+            call.legs[command.leg_id] = self._leg_meta(call, command)
+
+    def cancel_leg(self, run: RunningCall, command: CancelLeg) -> None:
+        """Done by the mode: the carrier's <Dial>, or a participant ended over REST."""
+
+    def bridge(self, run: RunningCall, command: BridgeTo) -> None:
+        """Done by the carrier (<Dial>) or the conference the caller waits in."""
+
+    def hang_up(self, run: RunningCall, command: HangupLeg) -> None:
+        """Done by the mode (`carry_out`)."""
+
+    def reject(self, run: RunningCall, command: RejectCaller) -> None:
+        """The mode's TwiML answer (`<Reject>`, a prompt and `<Hangup>`)."""
+
+    def ring_caller(self, run: RunningCall, command: RingCaller) -> None:
+        """The carrier plays its own ring-back while a <Dial> rings."""
+
+    def start_fallback(self, run: RunningCall, command: StartFallback) -> None:
+        call = self._live.get(run.call_id)
+        if call is not None and command.step.action is FallbackAction.VOICEMAIL:
+            call.voicemail = command.step  # the mode answers with the greeting and <Record>
+
+    def app_answer_refused(self, run: RunningCall, user_id: str, sdp: str | None) -> str | None:
+        return "apps answer carrier calls in the carrier's voice SDK"
+
+    def leg_reference(self, run: RunningCall, leg_id: str) -> str | None:
+        call = self.find(run.call_id)
+        return call.leg_sid(leg_id) if call is not None else None
+
+    def ended(self, run: RunningCall) -> None:
+        call = self._live.pop(run.call_id, None)
+        if call is None:
+            return
+        self._ended[call.call_id] = call
+        while len(self._ended) > ENDED_CALLS_KEPT:
+            self._ended.popitem(last=False)
 
     def declined(self, call: CarrierCall, meta: LegMeta, digits: str) -> None:
-        self._publish(call, LegDeclined(meta.leg_id, meta.user_id, digits))
+        log.info("carrier_leg_declined", leg_id=meta.leg_id, user_id=meta.user_id)
+        self.runner.publish_on(call.run, LegDeclined(meta.leg_id, meta.user_id, digits))
 
     def _leg_meta(self, call: CarrierCall, command: DialLeg) -> LegMeta:
         confirm = False
@@ -576,75 +533,8 @@ class TwilioCalls:
 
     def publish(self, call: CarrierCall, event: Event) -> None:
         """Publish an event of the call that the call core did not make (a control attempt):
-        it joins the call's events and goes to every subscriber."""
-        with call_context(call.call_id):
-            self._publish(call, event)
-
-    def _publish(self, call: CarrierCall, event: Event) -> None:
-        leg_sid = None
-        if isinstance(event, CallAnswered | LegRinging):
-            leg_sid = call.leg_sid(event.leg_id)
-        record = CarrierCallEvent(call.call_id, self._clock(), event, leg_sid)
-        call.events.append(record)
-        _log_event(event, leg_sid)
-        if isinstance(event, CallEnded):
-            self.metrics.calls.labels(path="carrier", outcome=event.outcome.value).inc()
-        for listener in self._listeners:
-            try:
-                listener(record)
-            except Exception:  # a subscriber's bug must not break the call
-                log.exception("carrier_event_listener_failed", event=type(event).__name__)
-
-    def _finish(self, call: CarrierCall) -> None:
-        if self._live.pop(call.call_id, None) is None:
-            return
-        self.registry.remove(call.call_id)
-        self._ended[call.call_id] = call
-        while len(self._ended) > ENDED_CALLS_KEPT:
-            self._ended.popitem(last=False)
+        it joins the call's events and goes to every subscriber of the runner."""
+        self.runner.publish_on(call.run, event)
 
 
 RECORDING_FINAL = frozenset({"completed", "absent", "failed"})
-
-
-def _log_event(event: Event, leg_sid: str | None) -> None:
-    if isinstance(event, CallRinging):
-        log.info(
-            "carrier_call_ringing",
-            layer=event.layer_index,
-            fallback_depth=event.fallback_depth,
-            users=list(event.user_ids),
-        )
-    elif isinstance(event, CallAnswered):
-        log.info(
-            "carrier_call_answered",
-            user_id=event.user_id,
-            leg_id=event.leg_id,
-            via=event.via.value,
-            leg_sid=leg_sid,
-        )
-    elif isinstance(event, LayerExhausted):
-        log.info("carrier_layer_exhausted", layer=event.index, timed_out=event.timed_out)
-    elif isinstance(event, FallbackStarted):
-        log.info("carrier_call_fallback", action=event.action.value, why=event.why)
-    elif isinstance(event, CallEnded):
-        log.info("carrier_call_ended", cause=event.cause.value, outcome=event.outcome.value)
-    elif isinstance(event, LegDeclined):
-        log.info("carrier_leg_declined", leg_id=event.leg_id, user_id=event.user_id)
-    elif isinstance(event, VoicemailRecorded):
-        log.info("carrier_voicemail_recorded", recording_sid=event.recording_sid)
-
-
-class _SdkAnswers:
-    """The listener of carrier-path offers: an app answers these in the voice SDK, so a
-    WebSocket accept cannot answer (None: the gateway tells the session so), and a reject
-    only stops the offer there (the SDK keeps ringing until the leg's own end)."""
-
-    def on_accept(self, call_id: str, user_id: str, session_id: str, sdp: str | None) -> None:
-        return None
-
-    def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
-        log.info("carrier_app_offer_declined", call_id=call_id, user_id=user_id)
-
-    def on_unreachable(self, call_id: str, user_id: str) -> None:
-        pass

@@ -11,9 +11,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.calls.events import CallEventRecord
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import LiveCall
-from bridge.carriers.twilio.events import CarrierCallEvent
+from bridge.calls.runner import RunningCall
 from bridge.directory.model import Directory, Line
 from bridge.presence.model import Channel
 from bridge.routing.model import FallbackStep
@@ -140,8 +141,7 @@ class CarrierCall:
     and retried callbacks still find it)."""
 
     call_id: str  # the caller's CallSid
-    machine: CallMachine
-    live: LiveCall
+    run: RunningCall  # the call runner's side of it: the call core, the live entry, events
     directory: Directory  # the snapshot the call was routed on
     line: Line | None
     caller: str | None
@@ -157,7 +157,6 @@ class CarrierCall:
     replies: dict[str, str] = field(default_factory=dict)  # other replayable answers
     voicemail: FallbackStep | None = None
     recordings: dict[str, str] = field(default_factory=dict)  # RecordingSid -> status
-    events: list[CarrierCallEvent] = field(default_factory=list)
     # -- conference mode --
     mode: str = "dial"  # the bridging mode the call was answered in
     conference_sid: str | None = None  # CF...: participant updates and deletions need it
@@ -168,6 +167,18 @@ class CarrierCall:
     monitors: dict[str, MonitorSession] = field(default_factory=dict)  # by supervisor id
     recording: CallRecording | None = None  # the Recordings API one (not voicemail)
     caller_redirected: bool = False  # sent to voicemail / hang-up TwiML through the REST API
+
+    @property
+    def machine(self) -> CallMachine:
+        return self.run.machine
+
+    @property
+    def live(self) -> LiveCall:
+        return self.run.live
+
+    @property
+    def events(self) -> list[CallEventRecord]:
+        return self.run.events
 
     def leg_sid(self, leg_id: str | None) -> str | None:
         meta = self.legs.get(leg_id) if leg_id is not None else None
