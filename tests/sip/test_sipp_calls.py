@@ -315,22 +315,32 @@ def test_two_phones_of_one_user_one_answers_the_other_gets_reason(tmp_path: Path
 
 
 def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
+    # The phone rings 4 s before it answers and the call then lasts 4 s: each state is listed
+    # for seconds, and one poll is one HTTP request (milliseconds; the token is fetched once),
+    # so the poll cannot miss either state however busy the machine.
     with trunk_bridge(tmp_path, directory()) as bridge:
-        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1500")
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "4000")
         wait_registered(bridge, 1)
+        bridge.token()  # before the call: `bridge token` starts a Python process
         trunk = subprocess.Popen(
-            trunk_command(tmp_path, bridge, "-d", "1000"),
+            trunk_command(tmp_path, bridge, "-d", "4000"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         )  # fmt: skip
-        seen: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(c["state"] == "answered" for c in seen):
-            seen = bridge.api("/api/v1/calls") or seen
-            time.sleep(0.05)
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "answered" not in seen and trunk.poll() is None:
+            for listed in bridge.api("/api/v1/calls"):
+                seen[listed["state"]] = listed  # the latest listing in each state
+            time.sleep(0.02)
         assert trunk.wait(timeout=30) == 0 and anna.wait(timeout=30) == 0
-        [call] = seen
-        assert call["path"] == "sip" and call["line"] == "+15550100"
-        assert call["caller"] == "+15551230000" and call["answered_by"] == "anna"
+        assert set(seen) == {"ringing", "answered"}, seen
+        ringing, answered = seen["ringing"], seen["answered"]
+        assert ringing["call_id"] == answered["call_id"]
+        for call in (ringing, answered):
+            assert call["path"] == "sip" and call["line"] == "+15550100"
+            assert call["caller"] == "+15551230000"
+        assert ringing["ringing"] == ["anna"] and ringing["answered_by"] is None
+        assert answered["answered_by"] == "anna"
         assert bridge.api("/api/v1/calls") == []  # gone once it ended
         assert bridge.metric("bridge_live_calls") == 0.0
 
