@@ -75,6 +75,10 @@ async def test_presence_set_reaches_every_session_of_the_user(live: Live) -> Non
     assert live.ctx.presence.presence_of("alice").availability is Availability.BUSY
     reply = await phone.request("presence.set", availability="offline")
     await desktop.expect("presence", timeout=WAIT, availability="offline")
+    # Bob's own request round trip: a frame about alice sent to him with her pushes would
+    # have been queued before his reply, so it would be here by now.
+    mine = await bob.request("presence.set", availability="available")
+    assert (mine["type"], mine["user_id"]) == ("presence", "bob")
     assert not [f for f in bob.received("presence") if f["user_id"] == "alice"]
 
 
