@@ -293,7 +293,7 @@ def test_baresip_registers_with_md5_digest_and_is_reachable(tmp_path: Path, tran
 @needs_sipp
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_baresip_auto_answers_a_trunk_call(tmp_path: Path, transport: str) -> None:
-    assert SIPP is not None
+    assert SIPP is not None, "sipp missing (Debian sip-tester)"
     with bridge_process(
         tmp_path, directory(), sip__trunk_allow='["127.0.0.0/8"]', sip__keepalive_seconds="0"
     ) as bridge:

@@ -62,7 +62,7 @@ def start_phone(
 ) -> subprocess.Popen[str]:
     """A SIPp desk phone: registers from a port (and exits), then a second SIPp on that port
     waits for our INVITE (SIPp maps messages to calls by Call-ID, so one run cannot do both)."""
-    assert SIPP is not None
+    assert SIPP is not None, "sipp missing (Debian sip-tester)"
     port = free_port()
     registered = run_sipp(
         tmp_path,
@@ -112,7 +112,7 @@ def start_phone(
 
 def start_pstn(tmp_path: Path, scenario: str) -> tuple[subprocess.Popen[str], int]:
     """SIPp as the provider behind `sip.trunk_uri`, taking one call; its trace is pstn.msg."""
-    assert SIPP is not None
+    assert SIPP is not None, "sipp missing (Debian sip-tester)"
     port = free_port()
     process = subprocess.Popen(
         [
@@ -149,7 +149,7 @@ def trunk_command(
     timeout: str = "30s",
 ) -> list[str]:
     """SIPp as the carrier's trunk calling `number` on the bridge (one call, bounded)."""
-    assert SIPP is not None
+    assert SIPP is not None, "sipp missing (Debian sip-tester)"
     return [
         SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(free_port()),
         "-m", "1", "-nostdin", "-timeout", timeout, "-s", number, "-d", "300",

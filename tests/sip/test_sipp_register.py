@@ -277,7 +277,7 @@ def test_ipv6_listener_registers_and_answers_over_udp_and_tcp(tmp_path: Path) ->
 
 
 def _provider(tmp_path: Path, port: int) -> subprocess.Popen[str]:
-    assert SIPP is not None
+    assert SIPP is not None, "sipp missing (Debian sip-tester)"
     return subprocess.Popen(
         [
             SIPP, "-sf", str(SCENARIOS / "provider_registrar.xml"), "-i", "127.0.0.1", "-p",
