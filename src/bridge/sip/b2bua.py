@@ -9,7 +9,6 @@ and is bridged: the caller gets a 200 with the winner's SDP, passed through unch
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 from collections.abc import Callable
@@ -40,27 +39,29 @@ from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
 from bridge.routing.fixed import desk_leg_plan, outbound_plan
 from bridge.routing.model import CallRequest
+from bridge.sip.addressing import address_of, ip_address
 from bridge.sip.dialog import (
-    MIN_SE_FLOOR,
     Dialog,
     DialogError,
     DialogSet,
-    DialogState,
     DialogTable,
-    Role,
     ViaSpec,
     build_cancel,
     check_session_expires,
     format_reason,
-    parse_session_expires,
     retry_after_422,
-    session_timer_answer,
 )
 from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
 from bridge.sip.register import RegisterOutcome, RegistrarService
+from bridge.sip.session_timers import (
+    SessionTimers,
+    SessionTimerSettings,
+    other_side,
+    side_of,
+)
 from bridge.sip.transaction import Address, new_branch
 
 log = structlog.get_logger("bridge.sip.calls")
@@ -91,28 +92,6 @@ class TrunkSettings:
         return uri.host, (uri.host.strip("[]"), uri.port or 5060), transport
 
 
-@dataclass(frozen=True, slots=True)
-class SessionTimerSettings:
-    """RFC 4028 on our calls. `expires`: the interval we ask of the phones we ring and grant
-    to a caller that supports timers but asked for none (0: no timer of our own; a caller's
-    own Session-Expires is still honoured). `min_se`: shorter intervals get a 422."""
-
-    expires: int = 1800
-    min_se: int = MIN_SE_FLOOR
-
-
-@dataclass(eq=False)
-class _Refresh:
-    """A session refresh we sent on one side of a bridged call (RFC 4028 §7.4)."""
-
-    call: _Call
-    side: Side
-    request: SipRequest
-    destination: Address
-    transport: str
-    attempts: int = 1
-
-
 @dataclass(eq=False)
 class _Branch:
     """One INVITE we sent for a leg: to one registered contact, or through the trunk."""
@@ -141,7 +120,7 @@ _RELAYED = frozenset({"INVITE", "UPDATE", "INFO"})
 class _Relay:
     """An in-dialog request passed to the other side, waiting for its final response."""
 
-    call: _Call
+    call: SipCall
     dialog: Dialog  # where it came from (the response goes back there)
     transaction_id_in: str
     request: SipRequest
@@ -152,7 +131,7 @@ class _Relay:
 
 
 @dataclass(eq=False)
-class _Call:
+class SipCall:
     """The SIP side of one running call (the runner's `RunningCall` is `run`)."""
 
     call_id: str
@@ -245,15 +224,26 @@ class SipCalls:
         self._respond = respond
         self._send_stateless = send_stateless
         self._local = local
-        self.session = session or SessionTimerSettings()
         self._timers = _Timers(clock, schedule, cancel_timer)
-        self._calls: dict[str, _Call] = {}
-        self._by_invite: dict[str, _Call] = {}  # caller INVITE transaction id -> call
-        self._by_branch: dict[str, tuple[_Call, _Branch]] = {}
+        self._calls: dict[str, SipCall] = {}
+        self._by_invite: dict[str, SipCall] = {}  # caller INVITE transaction id -> call
+        self._by_branch: dict[str, tuple[SipCall, _Branch]] = {}
         self._dialogs = DialogTable()
-        self._dialog_calls: dict[object, _Call] = {}  # DialogId -> call
+        self._dialog_calls: dict[object, SipCall] = {}  # DialogId -> call
         self._relays: dict[str, _Relay] = {}  # our relayed request's transaction -> relay
-        self._refreshes: dict[str, _Refresh] = {}  # our session refresh's transaction -> it
+        self.sessions = SessionTimers(
+            session or SessionTimerSettings(),
+            clock=clock,
+            schedule=schedule,
+            cancel_timer=cancel_timer,
+            send_request=send_request,
+            send_stateless=send_stateless,
+            respond=respond,
+            local=local,
+            metrics=metrics,
+            is_live=lambda call: call.call_id in self._calls,
+            end_call=self._end_after_session_timeout,
+        )
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -270,7 +260,7 @@ class SipCalls:
         except SipSyntaxError as exc:
             self._respond(transaction_id, _reply(invite, 400, f"Bad Request ({exc})"))
             return
-        refused = check_session_expires(invite, min_se=self.session.min_se)
+        refused = check_session_expires(invite, min_se=self.sessions.settings.min_se)
         if refused is not None:  # RFC 4028 §8.1: 422 with our Min-SE (or 400 if malformed)
             min_se = [(n, v) for n, v in refused.headers if n == "Min-SE"]
             self._respond(transaction_id, _reply(invite, refused.status, refused.reason, min_se))
@@ -351,7 +341,7 @@ class SipCalls:
                     _reply(invite, 503, "Service Unavailable", [("Retry-After", "30")]),
                 )
                 return
-            call = _Call(
+            call = SipCall(
                 call_id=call_id,
                 run=run,
                 invite=invite,
@@ -411,30 +401,32 @@ class SipCalls:
                 log.info("sip_call_bye", side=side.value)
                 self._forget_dialog(dialog)
                 self.runner.hangup(call.run, side)
-            elif request.method in ("INVITE", "UPDATE") and self._refuse_interval(
+            elif request.method in ("INVITE", "UPDATE") and self.sessions.refuse_interval(
                 dialog, transaction_id, request
             ):
                 pass
             elif request.method == "UPDATE" and not request.body:
-                self._answer_refresh(call, dialog, transaction_id, request)
+                self.sessions.answer_refresh(call, dialog, transaction_id, request)
             elif request.method in _RELAYED and self._relay(call, dialog, transaction_id, request):
                 pass
             elif request.method == "INVITE" and call.app_winner is not None:
                 # No SIP far side to relay to (an app answered): repeat our answer.
                 body = call.sdp_out.get(Side.CALLER, b"")
                 extra = [("Content-Type", "application/sdp")] if body else []
-                extra += self._session_answer(request)
+                extra += self.sessions.answer_headers(request)
                 response = make_response(request, 200, "OK", extra=extra, body=body)
                 dialog.response_sent(request, response)
                 self._respond(transaction_id, response)
-                self._session_arm(call, Side.CALLER)
+                self.sessions.arm(call, Side.CALLER)
             else:
                 response = _reply(request, 200, "OK")
                 dialog.response_sent(request, response)
                 self._respond(transaction_id, response)
         return True
 
-    def _relay(self, call: _Call, dialog: Dialog, transaction_id: str, request: SipRequest) -> bool:
+    def _relay(
+        self, call: SipCall, dialog: Dialog, transaction_id: str, request: SipRequest
+    ) -> bool:
         """Pass a re-INVITE / UPDATE / INFO to the other side of a bridged call, unchanged in
         its body; its final response comes back the same way (`_relayed_response`)."""
         winner = call.winner
@@ -445,7 +437,7 @@ class SipCalls:
         else:
             other = call.caller_dialog
             transport = call.transport
-            destination = _address_of(str(other.remote_target), call.source)
+            destination = address_of(str(other.remote_target), call.source)
         local = self._local(transport)
         # Session-Expires is not copied: each side has its own session timer (the dialog
         # puts the other side's own on the relayed request).
@@ -484,7 +476,7 @@ class SipCalls:
         if ok and refreshing:
             local = self._local(relay.transport)
             extra.insert(0, ("Contact", f"<sip:bridge@{local.sent_by}>"))
-            extra += self._session_answer(relay.request)
+            extra += self.sessions.answer_headers(relay.request)
         answer = make_response(
             relay.request, response.status, response.reason, extra=extra, body=response.body
         )
@@ -492,29 +484,25 @@ class SipCalls:
         self._respond(relay.transaction_id_in, answer)
         if ok and refreshing:
             # A successful re-INVITE/UPDATE refreshed the session on both sides (RFC 4028 §7.4).
-            origin = self._side_of(relay.call, relay.dialog)
+            origin = side_of(relay.call, relay.dialog)
             if relay.request.body:
-                relay.call.sdp_out[_other_side(origin)] = relay.request.body
+                relay.call.sdp_out[other_side(origin)] = relay.request.body
             if response.body:
                 relay.call.sdp_out[origin] = response.body
-            self._session_arm(relay.call, Side.CALLER)
-            self._session_arm(relay.call, Side.CALLEE)
+            self.sessions.arm(relay.call, Side.CALLER)
+            self.sessions.arm(relay.call, Side.CALLEE)
 
     # -- responses and timeouts of our INVITEs ------------------------------------------------
     def owns(self, transaction_id: str) -> bool:
         return (
             transaction_id in self._by_branch
             or transaction_id in self._relays
-            or transaction_id in self._refreshes
+            or self.sessions.owns(transaction_id)
         )
 
     def response(self, transaction_id: str, response: SipResponse) -> None:
-        refresh = self._refreshes.get(transaction_id)
-        if refresh is not None:
-            if response.status >= 200:
-                del self._refreshes[transaction_id]
-                with call_context(refresh.call.call_id):
-                    self._refresh_answered(refresh, response)
+        if self.sessions.owns(transaction_id):
+            self.sessions.response(transaction_id, response)
             return
         relay = self._relays.get(transaction_id)
         if relay is not None:
@@ -530,10 +518,8 @@ class SipCalls:
 
     def failed(self, transaction_id: str, reason: str) -> None:
         """Timer B or a transport error on one of our INVITEs: like a 408 from the phone."""
-        refresh = self._refreshes.pop(transaction_id, None)
-        if refresh is not None:
-            with call_context(refresh.call.call_id):
-                self._refresh_answered(refresh, SipResponse(408, "Request Timeout"))
+        if self.sessions.owns(transaction_id):
+            self.sessions.response(transaction_id, SipResponse(408, "Request Timeout"))
             return
         relay = self._relays.get(transaction_id)
         if relay is not None:
@@ -550,7 +536,7 @@ class SipCalls:
             branch.final = 408
             self._leg_maybe_failed(call, branch, 408)
 
-    def _branch_response(self, call: _Call, branch: _Branch, response: SipResponse) -> None:
+    def _branch_response(self, call: SipCall, branch: _Branch, response: SipResponse) -> None:
         status = response.status
         try:
             dialog = branch.dialogs.receive_response(response)
@@ -597,7 +583,7 @@ class SipCalls:
         self._by_branch.pop(branch.transaction_id, None)
         self._leg_maybe_failed(call, branch, status)
 
-    def _answer_challenge(self, call: _Call, branch: _Branch, response: SipResponse) -> bool:
+    def _answer_challenge(self, call: SipCall, branch: _Branch, response: SipResponse) -> bool:
         """The provider challenged our INVITE: send it again with credentials, once."""
         trunk = self.trunk
         if not branch.trunk or branch.authenticated or not trunk.username or branch.cancelled:
@@ -623,7 +609,7 @@ class SipCalls:
         log.info("sip_trunk_challenge_answered", status=response.status)
         return True
 
-    def _raise_interval(self, call: _Call, branch: _Branch, response: SipResponse) -> bool:
+    def _raise_interval(self, call: SipCall, branch: _Branch, response: SipResponse) -> bool:
         """The phone wants a longer session interval (422, RFC 4028 §6): ask again, once."""
         if branch.interval_raised or branch.cancelled or branch.cancel_reason is not None:
             return False
@@ -636,7 +622,7 @@ class SipCalls:
         log.info("sip_leg_interval_raised", leg_id=branch.leg_id)
         return True
 
-    def _resend_branch(self, call: _Call, branch: _Branch, again: SipRequest) -> None:
+    def _resend_branch(self, call: SipCall, branch: _Branch, again: SipRequest) -> None:
         """Send a branch's INVITE again (after a challenge or a 422), in its place: a new
         transaction, so a fresh Via branch."""
         local = self._local(branch.transport)
@@ -651,7 +637,7 @@ class SipCalls:
         call.branches[transaction_id] = branch
         self._by_branch[transaction_id] = (call, branch)
 
-    def _leg_maybe_failed(self, call: _Call, branch: _Branch, status: int) -> None:
+    def _leg_maybe_failed(self, call: SipCall, branch: _Branch, status: int) -> None:
         siblings = [b for b in call.branches.values() if b.leg_id == branch.leg_id]
         if any(b.final is None or 200 <= b.final < 300 for b in siblings):
             return  # another contact of the same user is still ringing (or answered)
@@ -738,7 +724,7 @@ class SipCalls:
         if call is not None:
             self._finish(call)
 
-    def _dial(self, call: _Call, command: DialLeg) -> None:
+    def _dial(self, call: SipCall, command: DialLeg) -> None:
         now = self._now()
         targets: list[tuple[str, Address, str, list[tuple[str, str]]]] = []
         if command.via is Channel.IP_PHONE and command.user_id is not None:
@@ -791,7 +777,7 @@ class SipCalls:
 
     def _leg_invite(
         self,
-        call: _Call,
+        call: SipCall,
         uri: str,
         transport: str,
         extra: list[tuple[str, str]],
@@ -822,7 +808,7 @@ class SipCalls:
                 ("CSeq", "1 INVITE"),
                 ("Contact", f"<sip:bridge@{local.sent_by};transport={transport.lower()}>"),
                 ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"),
-                *self._leg_session_headers(call.invite),
+                *self.sessions.leg_headers(call.invite),
                 *extra,
             ]
         )
@@ -847,7 +833,7 @@ class SipCalls:
         self._forget_dialog(branch.dialog)
         self._send_request(bye, branch.destination, branch.transport)
 
-    def _bridge(self, call: _Call, leg_id: str) -> None:
+    def _bridge(self, call: SipCall, leg_id: str) -> None:
         app_user = call.run.app_user_of(leg_id)
         if app_user is not None:
             self._bridge_app(call, app_user)
@@ -870,9 +856,9 @@ class SipCalls:
                     self._send_cancel(branch)
         self._answer_caller(call, winner.answer.body, winner.answer.headers.get("Content-Type"))
         call.sdp_out[Side.CALLEE] = winner.invite.body
-        self._session_arm(call, Side.CALLEE)
+        self.sessions.arm(call, Side.CALLEE)
 
-    def _bridge_app(self, call: _Call, user_id: str) -> None:
+    def _bridge_app(self, call: SipCall, user_id: str) -> None:
         """An app session's accept won: the caller gets the app's SDP answer (media goes
         end to end until the bridge anchors it)."""
         answer = call.run.app_answer
@@ -881,12 +867,12 @@ class SipCalls:
         body = (answer[1] or "").encode()
         self._answer_caller(call, body, "application/sdp" if body else None)
 
-    def _answer_caller(self, call: _Call, body: bytes, content_type: str | None) -> None:
+    def _answer_caller(self, call: SipCall, body: bytes, content_type: str | None) -> None:
         """Our 200 to the caller (re-sent until its ACK), the caller's dialog, its timer."""
         extra: list[tuple[str, str]] = []
         if content_type:
             extra.append(("Content-Type", content_type))
-        extra += self._caller_session_headers(call.invite)
+        extra += self.sessions.caller_headers(call.invite)
         response = self._caller_reply(call, 200, "OK", extra, body=body)
         call.answered = True
         self.runner.setup_done(call.run)
@@ -902,7 +888,7 @@ class SipCalls:
         except DialogError as exc:
             log.warning("sip_caller_dialog_failed", error=str(exc))
         call.sdp_out[Side.CALLER] = body
-        self._session_arm(call, Side.CALLER)
+        self.sessions.arm(call, Side.CALLER)
 
     def ack(self, ack: SipRequest) -> None:
         """An ACK for a 2xx (end to end): stops our 2xx retransmissions to the caller."""
@@ -917,7 +903,7 @@ class SipCalls:
                 self._cancel_timer(call.ok_timer)
                 call.ok_timer = None
 
-    def _resend_ok(self, call: _Call) -> None:
+    def _resend_ok(self, call: SipCall) -> None:
         call.ok_timer = None
         if call.ok is None or call.call_id not in self._calls:
             return
@@ -937,7 +923,7 @@ class SipCalls:
             call.ok_interval = min(call.ok_interval * 2, T2)
             call.ok_timer = self._schedule(now + call.ok_interval, lambda: self._resend_ok(call))
 
-    def _ring_caller(self, call: _Call, command: RingCaller) -> None:
+    def _ring_caller(self, call: SipCall, command: RingCaller) -> None:
         if call.answered:
             return
         body = b""
@@ -957,12 +943,12 @@ class SipCalls:
             call.transaction_id, self._caller_reply(call, status, phrase, extra, body=body)
         )
 
-    def _hangup_caller(self, call: _Call) -> None:
+    def _hangup_caller(self, call: SipCall) -> None:
         if call.caller_dialog is not None:
             dialog = call.caller_dialog
             bye = dialog.create_request("BYE", via=self._local(call.transport))
             self._forget_dialog(dialog)
-            self._send_request(bye, _address_of(bye.uri, call.source), call.transport)
+            self._send_request(bye, address_of(bye.uri, call.source), call.transport)
         elif not call.answered:
             call.answered = True
             self._respond(
@@ -971,7 +957,7 @@ class SipCalls:
 
     def _caller_reply(
         self,
-        call: _Call,
+        call: SipCall,
         status: int,
         phrase: str,
         extra: list[tuple[str, str]] | None = None,
@@ -988,232 +974,26 @@ class SipCalls:
             call.invite, status, phrase, to_tag=call.to_tag, extra=headers, body=body
         )
 
-    # -- session timers (RFC 4028) ---------------------------------------------------------------
-    # Each side of a bridged call has its own session timer, as each is its own dialog: the
-    # caller's (we are its UAS) and the answering phone's (we are its UAC). Where the peer
-    # refreshes, we answer its refreshes (a body-less UPDATE here, a re-INVITE relayed) and
-    # end the call if none comes in time (§10); where we refresh, we send an UPDATE (or a
-    # re-INVITE repeating our session description, to a peer that does not allow UPDATE)
-    # at half the interval. A session that expires or cannot be refreshed ends the whole
-    # call: a BYE to both sides, so no call is left "live" behind a dead peer.
-
-    def _caller_session_headers(self, invite: SipRequest) -> list[tuple[str, str]]:
-        """Session-Expires (+ Require) for our 2xx to the caller."""
-        if invite.headers.get("Session-Expires") is not None:
-            return session_timer_answer(invite, prefer=Role.UAC)  # the caller's own interval
-        expires = self.session.expires
-        if expires <= 0:
-            return []
-        if _supports_timer(invite):
-            return [("Session-Expires", f"{expires};refresher=uac"), ("Require", "timer")]
-        # §9: a UAC without timer support is refreshed by us (it just sees re-INVITEs).
-        return [("Session-Expires", f"{expires};refresher=uas")]
-
-    def _leg_session_headers(self, invite: SipRequest) -> list[tuple[str, str]]:
-        """What our INVITE to a phone asks: the caller's interval, else ours (§7.1: no
-        refresher, the phone chooses)."""
-        interval = self.session.expires
-        asked = invite.headers.get("Session-Expires")
-        if asked is not None:
-            with contextlib.suppress(DialogError):
-                interval = parse_session_expires(asked)[0]
-        if interval <= 0:
-            return [("Supported", "timer")]
-        return [
-            ("Supported", "timer"),
-            ("Session-Expires", str(interval)),
-            ("Min-SE", str(self.session.min_se)),
-        ]
-
-    def _session_answer(self, request: SipRequest) -> list[tuple[str, str]]:
-        try:
-            return session_timer_answer(request, prefer=Role.UAC)
-        except DialogError:
-            return []
-
-    def _refuse_interval(self, dialog: Dialog, transaction_id: str, request: SipRequest) -> bool:
-        """A refresh asking for less than our Min-SE gets a 422 (RFC 4028 §8.1)."""
-        refused = check_session_expires(request, min_se=self.session.min_se)
-        if refused is None:
-            return False
-        extra = [(n, v) for n, v in refused.headers if n == "Min-SE"]
-        response = make_response(request, refused.status, refused.reason, extra=extra)
-        dialog.response_sent(request, response)
-        self._respond(transaction_id, response)
-        return True
-
-    def _answer_refresh(
-        self, call: _Call, dialog: Dialog, transaction_id: str, request: SipRequest
-    ) -> None:
-        """A body-less UPDATE only refreshes the session: answered here, not relayed (the
-        other side has its own timer, and may not even allow UPDATE)."""
-        side = self._side_of(call, dialog)
-        local = self._local(call.transport if side is Side.CALLER else self._transport(call))
-        extra = [("Contact", f"<sip:bridge@{local.sent_by}>"), *self._session_answer(request)]
-        response = make_response(request, 200, "OK", extra=extra)
-        dialog.response_sent(request, response)
-        self._respond(transaction_id, response)
-        log.info("sip_session_refreshed", side=side.value, by="peer")
-        self._session_arm(call, side)
-
-    def _side_of(self, call: _Call, dialog: Dialog) -> Side:
-        return Side.CALLER if dialog is call.caller_dialog else Side.CALLEE
-
-    @staticmethod
-    def _transport(call: _Call) -> str:
-        return call.winner.transport if call.winner is not None else call.transport
-
-    def _side_dialog(self, call: _Call, side: Side) -> tuple[Dialog, Address, str] | None:
-        if side is Side.CALLER:
-            dialog = call.caller_dialog
-            if dialog is None:
-                return None
-            return dialog, _address_of(str(dialog.remote_target), call.source), call.transport
-        winner = call.winner
-        if winner is None or winner.dialog is None:
-            return None
-        return winner.dialog, winner.destination, winner.transport
-
-    def _session_arm(self, call: _Call, side: Side) -> None:
-        """(Re)start one side's session timer from now, after the dialog's latest
-        negotiation; nothing when that side has none."""
-        pending = call.session_timers.pop(side, None)
-        if pending is not None:
-            self._cancel_timer(pending)
-        found = self._side_dialog(call, side)
-        if found is None or call.call_id not in self._calls:
-            return
-        dialog = found[0]
-        timer = dialog.session_timer
-        if timer is None or dialog.state is DialogState.TERMINATED:
-            return
-        now = self._now()
-        call.session_since[side] = now
-        due = timer.refresh_due_at(now)
-        if due is not None:
-            call.session_timers[side] = self._schedule(
-                due, lambda: self._session_refresh(call, side)
-            )
-        else:
-            call.session_timers[side] = self._schedule(
-                timer.bye_due_at(now), lambda: self._session_expired(call, side, "expired")
-            )
-
-    def _session_refresh(
-        self, call: _Call, side: Side, method: str | None = None, attempts: int = 1
-    ) -> None:
-        call.session_timers.pop(side, None)
-        found = self._side_dialog(call, side)
-        if found is None or call.call_id not in self._calls:
-            return
-        dialog, destination, transport = found
-        with call_context(call.call_id):
-            if dialog.invite_in_progress:
-                # A re-INVITE is under way on this side; it refreshes the session too.
-                call.session_timers[side] = self._schedule(
-                    self._now() + 2.0, lambda: self._session_refresh(call, side)
-                )
-                return
-            if method is None:
-                method = "UPDATE" if self._peer_allows(call, side, "UPDATE") else "INVITE"
-            body = call.sdp_out.get(side, b"") if method == "INVITE" else b""
-            local = self._local(transport)
-            try:
-                request = dialog.create_refresh(
-                    method,
-                    via=local,
-                    contact=f"sip:bridge@{local.sent_by};transport={transport.lower()}",
-                    body=body,
-                    content_type="application/sdp" if body else None,
-                )
-            except DialogError as exc:
-                log.warning("sip_session_refresh_impossible", side=side.value, error=str(exc))
-                return
-            transaction_id = self._send_request(request, destination, transport)
-            self._refreshes[transaction_id] = _Refresh(
-                call, side, request, destination, transport, attempts
-            )
-            log.info("sip_session_refresh_sent", side=side.value, method=method)
-
-    def _refresh_answered(self, refresh: _Refresh, response: SipResponse) -> None:
-        call, side, request = refresh.call, refresh.side, refresh.request
-        found = self._side_dialog(call, side)
-        if found is None or call.call_id not in self._calls:
-            return
-        dialog = found[0]
-        status = response.status
-        if status != 408:  # a timeout is no response the dialog should see
-            try:
-                dialog.receive_response(response)
-            except DialogError as exc:
-                log.info("sip_bad_response", error=str(exc), status=status)
-        if request.method == "INVITE" and 200 <= status < 300:
-            number = int((request.headers.get("CSeq") or "1").split()[0])
-            ack = dialog.create_ack(number, via=self._local(refresh.transport))
-            self._send_stateless(ack, refresh.destination, refresh.transport)
-        if 200 <= status < 300:
-            log.info("sip_session_refreshed", side=side.value, by="bridge")
-            self._session_arm(call, side)
-        elif status == 422 and refresh.attempts < 2:
-            # The dialog raised the interval to the 422's Min-SE: ask again, once.
-            self._session_refresh(call, side, request.method, refresh.attempts + 1)
-        elif status in (405, 501) and request.method == "UPDATE":
-            self._session_refresh(call, side, "INVITE")  # UPDATE refused after all
-        elif status == 491:
-            low, high = dialog.reinvite_retry_window()
-            call.session_timers[side] = self._schedule(
-                self._now() + (low + high) / 2, lambda: self._session_refresh(call, side)
-            )
-        elif status in (408, 481) or dialog.state is DialogState.TERMINATED:
-            self._session_expired(call, side, "refresh_failed")  # §10: BYE at once
-        else:
-            # Any other refusal: the session lasts until it expires (§10), unless refreshed.
-            timer = dialog.session_timer
-            since = call.session_since.get(side, self._now())
-            deadline = timer.expires_at(since) if timer is not None else self._now()
-            call.session_timers[side] = self._schedule(
-                deadline, lambda: self._session_expired(call, side, "refresh_failed")
-            )
-            log.warning("sip_session_refresh_refused", side=side.value, status=status)
-
-    def _session_expired(self, call: _Call, side: Side, reason: str) -> None:
-        """No refresh in time (or one failed): BYE to both sides (RFC 4028 §10)."""
-        call.session_timers.pop(side, None)
-        if call.call_id not in self._calls:
-            return
-        with call_context(call.call_id):
-            log.warning("sip_session_timeout", side=side.value, reason=reason)
-            self.metrics.sip_session_timeouts.labels(reason=reason).inc()
-            try:  # the silent side gets a BYE too, unless its dialog is gone already
-                if side is Side.CALLER:
-                    self._hangup_caller(call)
-                elif call.winner is not None:
-                    self._bye(call.winner)
-            except DialogError as exc:
-                log.info("sip_session_bye_skipped", side=side.value, error=str(exc))
-            self.runner.hangup(call.run, side)
-
-    def _peer_allows(self, call: _Call, side: Side, method: str) -> bool:
-        if side is Side.CALLER:
-            message: SipRequest | SipResponse | None = call.invite
-        else:
-            message = call.winner.answer if call.winner is not None else None
-        if message is None:
-            return False
-        allowed = {m.upper() for m in message.headers.values("Allow")}
-        return method in allowed
+    def _end_after_session_timeout(self, call: SipCall, side: Side) -> None:
+        """A session expired or could not be refreshed: BYE to both sides (RFC 4028 §10)."""
+        try:  # the silent side gets a BYE too, unless its dialog is gone already
+            if side is Side.CALLER:
+                self._hangup_caller(call)
+            elif call.winner is not None:
+                self._bye(call.winner)
+        except DialogError as exc:
+            log.info("sip_session_bye_skipped", side=side.value, error=str(exc))
+        self.runner.hangup(call.run, side)
 
     # -- timers and clean-up ----------------------------------------------------------------------
-    def _finish(self, call: _Call) -> None:
+    def _finish(self, call: SipCall) -> None:
         """The runner is done with the call: drop its SIP state."""
         if self._calls.pop(call.call_id, None) is None:
             return
         if call.ok_timer is not None:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None
-        for handle in call.session_timers.values():
-            self._cancel_timer(handle)
-        call.session_timers.clear()
+        self.sessions.cancel(call)
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id in list(call.branches):
             self._by_branch.pop(transaction_id, None)
@@ -1225,7 +1005,7 @@ class SipCalls:
         self._dialogs.discard(dialog.id)
 
     @staticmethod
-    def _branches(call: _Call, leg_id: str) -> list[_Branch]:
+    def _branches(call: SipCall, leg_id: str) -> list[_Branch]:
         return [b for b in call.branches.values() if b.leg_id == leg_id]
 
 
@@ -1244,46 +1024,14 @@ _DIALLABLE = re.compile(r"\+?[0-9]{3,15}")
 
 
 @lru_cache(maxsize=1024)
-def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    # Cached: `ipaddress` parses a string in pure Python (several µs), and a call asks about
-    # the same few peer addresses over and over (the trunk, the phones' Contacts).
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-@lru_cache(maxsize=1024)
 def _allowed(
     host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 ) -> bool:
-    address = _ip_address(host)
+    address = ip_address(host)
     return address is not None and any(address in network for network in networks)
-
-
-def _address_of(uri: str, fallback: Address) -> Address:
-    """Where to send an in-dialog request: the Request-URI's host and port when it is an IP
-    address (our peers' Contacts), else where the dialog's first request came from."""
-    try:
-        parsed = parse_uri(uri)
-    except SipSyntaxError:
-        return fallback
-    host = parsed.host.strip("[]")
-    if _ip_address(host) is None:
-        return fallback
-    return host, parsed.port or 5060
 
 
 def _reply(
     request: SipRequest, status: int, phrase: str, extra: list[tuple[str, str]] | None = None
 ) -> SipResponse:
     return make_response(request, status, phrase, to_tag=random_hex(5), extra=extra or [])
-
-
-def _other_side(side: Side) -> Side:
-    return Side.CALLEE if side is Side.CALLER else Side.CALLER
-
-
-def _supports_timer(message: SipRequest) -> bool:
-    # (`k`, the compact form, was expanded to Supported by the parser.)
-    return any(tag.lower() == "timer" for tag in message.headers.values("Supported"))

@@ -23,7 +23,7 @@ from bridge.config import SipSettings as SipSettingsModel
 from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
-from bridge.sip.b2bua import SessionTimerSettings, SipCalls, TrunkSettings
+from bridge.sip.b2bua import SipCalls, TrunkSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
 from bridge.sip.ids import random_hex
@@ -38,6 +38,7 @@ from bridge.sip.model import (
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
 from bridge.sip.register import AuthPolicy, RegistrarService
 from bridge.sip.registrar import BindingStore, Flow, RegistrarSettings
+from bridge.sip.session_timers import SessionTimerSettings
 from bridge.sip.transaction import (
     AckFor2xx,
     Address,
