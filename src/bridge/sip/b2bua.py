@@ -55,7 +55,7 @@ from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
-from bridge.sip.register import RegisterOutcome, RegistrarService
+from bridge.sip.registrar import RegisterOutcome, RegistrarService
 from bridge.sip.session_timers import (
     SessionTimers,
     SessionTimerSettings,

@@ -24,6 +24,7 @@ from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import SipCalls, TrunkSettings
+from bridge.sip.bindings import BindingStore, Flow, RegistrarSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
 from bridge.sip.ids import random_hex
@@ -36,8 +37,7 @@ from bridge.sip.model import (
     param_of,
 )
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
-from bridge.sip.register import AuthPolicy, RegistrarService
-from bridge.sip.registrar import BindingStore, Flow, RegistrarSettings
+from bridge.sip.registrar import AuthPolicy, RegistrarService
 from bridge.sip.session_timers import SessionTimerSettings
 from bridge.sip.transaction import (
     AckFor2xx,

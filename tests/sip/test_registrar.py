@@ -10,11 +10,11 @@ import pytest
 from bridge.directory.loader import build_directory
 from bridge.presence.model import Channel
 from bridge.presence.service import PresenceService
+from bridge.sip.bindings import Flow, RegistrarSettings
 from bridge.sip.digest import parse_auth_header
 from bridge.sip.grammar import parse_name_addr
 from bridge.sip.model import Headers, SipRequest, SipResponse, header_params
-from bridge.sip.register import AuthPolicy, RegistrarService
-from bridge.sip.registrar import Flow, RegistrarSettings
+from bridge.sip.registrar import AuthPolicy, RegistrarService
 
 REALM = "bridge.test"
 PHONE = ("192.0.2.10", 5062)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sip.registrar import (
+from bridge.sip.bindings import (
     BindingStore,
     ContactRequest,
     Flow,
