@@ -360,7 +360,7 @@ class CallRunner:
             try:
                 listener(record)
             except Exception:  # a subscriber's bug must not break the call
-                log.exception("call_event_listener_failed", event=type(event).__name__)
+                log.exception("call_event_listener_failed", event_type=type(event).__name__)
 
     # -- app legs (the WebSocket gateway's offers) ---------------------------------------------
     def _offer_app(
