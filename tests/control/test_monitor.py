@@ -127,22 +127,23 @@ async def test_who_may_monitor_and_the_refusals(world: World) -> None:
     assert not_monitoring.status_code == 409
     assert bad_mode.status_code == 422  # the body's schema
     refused = audits(logs)
-    assert [(a["actor"], a["allowed"], a["outcome"], a["status"]) for a in refused] == [
-        ("sue", False, "refused", 403),
-        ("rex", False, "refused", 403),
-        ("ana", False, "refused", 403),
-        ("sam", True, "refused", 404),
-        ("abe", True, "refused", 422),
-        ("sam", True, "refused", 409),
+    # The refusal's kind (the HTTP API answers it 403, 404, 422, 409).
+    assert [(a["actor"], a["allowed"], a["outcome"], a["error"]) for a in refused] == [
+        ("sue", False, "refused", "not_allowed"),
+        ("rex", False, "refused", "not_allowed"),
+        ("ana", False, "refused", "not_allowed"),
+        ("sam", True, "refused", "not_found"),
+        ("abe", True, "refused", "invalid"),
+        ("sam", True, "refused", "not_possible"),
     ]
     assert refused[0]["reason"] == "user 'sue' lacks the 'barge_whisper' permission"
     published = [e.event for e in call.events if isinstance(e.event, ControlAttempted)]
-    assert [(e.actor, e.allowed, e.status) for e in published] == [
-        ("sue", False, 403),
-        ("rex", False, 403),
-        ("ana", False, 403),
-        ("abe", True, 422),
-        ("sam", True, 409),
+    assert [(e.actor, e.allowed, e.error) for e in published] == [
+        ("sue", False, "not_allowed"),
+        ("rex", False, "not_allowed"),
+        ("ana", False, "not_allowed"),
+        ("abe", True, "invalid"),
+        ("sam", True, "not_possible"),
     ]
 
     # An agent with the flag may monitor (ROLES.md: agent = flag); twice is a conflict.
@@ -187,7 +188,8 @@ async def test_the_carrier_failing_is_a_502_and_leaves_no_session(world: World) 
     tries = [e for e in logs if e["event"] == "carrier_api_error"]
     assert [e["attempt"] for e in tries] == [1, 2, 3, 4]
     [entry] = audits(logs)
-    assert (entry["allowed"], entry["outcome"], entry["status"]) == (True, "failed", 502)
+    assert (entry["allowed"], entry["outcome"]) == (True, "failed")
+    assert entry["error"] == "upstream_failed"
     assert world.errors("CreateParticipant", "500") == 4
     world.carrier.hangup(call.call_id)
     await world.ended(call.call_id)

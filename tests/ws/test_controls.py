@@ -117,14 +117,14 @@ async def test_refusals_are_error_frames_with_the_controls_code(
         unknown = await sam.request("call.monitor", call_id="CAnope", mode="listen")
         assert (unknown["code"], unknown["message"]) == ("not_found", "no live call 'CAnope'")
     refused = audits(logs)
-    assert [(a["actor"], a["outcome"], a["status"], a["origin"]) for a in refused] == [
-        ("sue", "refused", 403, "ws"),
-        ("rex", "refused", 403, "ws"),
-        ("abe", "refused", 422, "ws"),
-        ("sam", "refused", 409, "ws"),
-        ("abe", "refused", 403, "ws"),
-        ("ana", "refused", 409, "ws"),
-        ("sam", "refused", 404, "ws"),
+    assert [(a["actor"], a["outcome"], a["error"], a["origin"]) for a in refused] == [
+        ("sue", "refused", "not_allowed", "ws"),
+        ("rex", "refused", "not_allowed", "ws"),
+        ("abe", "refused", "invalid", "ws"),
+        ("sam", "refused", "not_possible", "ws"),
+        ("abe", "refused", "not_allowed", "ws"),
+        ("ana", "refused", "not_possible", "ws"),
+        ("sam", "refused", "not_found", "ws"),
     ]
     world.carrier.hangup(call.call_id)
     await world.ended(call.call_id)

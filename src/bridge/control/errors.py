@@ -1,14 +1,25 @@
-"""Errors are values at the edge: each refusal carries the HTTP status and the reason sent back
-(the WebSocket gateway maps the same values to its error frames)."""
+"""Errors are values at the edge: each refusal carries its kind and the reason sent back. Only
+the edges turn a kind into what they answer: `control/http.py` an HTTP status, the WebSocket
+gateway (`bridge.ws.board`) an error frame's code."""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ControlErrorKind(StrEnum):
+    INVALID = "invalid"  # the request itself is wrong
+    NOT_ALLOWED = "not_allowed"  # the role, the permission flag or the call's owner says no
+    NOT_FOUND = "not_found"  # no live call with that id
+    NOT_POSSIBLE = "not_possible"  # the call cannot take this control (now, or ever)
+    UNAVAILABLE = "unavailable"  # no way to carry out any control (no carrier REST API)
+    UPSTREAM_FAILED = "upstream_failed"  # the carrier refused or did not answer
 
 
 class ControlError(Exception):
     """A control the bridge refuses or could not carry out."""
 
-    status = 400
-    code = "bad_request"
+    kind = ControlErrorKind.INVALID
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -16,43 +27,38 @@ class ControlError(Exception):
 
 
 class NotAllowed(ControlError):
-    """403: the role, the permission flag, or the call's owner says no."""
+    """The role, the permission flag, or the call's owner says no."""
 
-    status = 403
-    code = "forbidden"
+    kind = ControlErrorKind.NOT_ALLOWED
 
 
 class CallNotFound(ControlError):
-    """404: no live call with that id (or it has ended)."""
+    """No live call with that id (or it has ended)."""
 
-    status = 404
-    code = "not_found"
+    kind = ControlErrorKind.NOT_FOUND
 
 
 class NotPossible(ControlError):
-    """409: the call cannot take this control now (not in conference mode, not answered,
-    already monitored by this user, no recording to pause, ...)."""
+    """The call cannot take this control: not now (not answered, already monitored by this
+    user, no recording to pause, ...) or not ever (a carrier call in dial mode, a SIP call
+    until the media engine)."""
 
-    status = 409
-    code = "conflict"
+    kind = ControlErrorKind.NOT_POSSIBLE
 
 
 class Invalid(ControlError):
-    """422: the request itself is wrong (no phone number to call the supervisor on)."""
+    """The request itself is wrong (a bad mode, no phone number to call the supervisor on)."""
 
-    status = 422
-    code = "invalid"
+    kind = ControlErrorKind.INVALID
 
 
-class CarrierFailed(ControlError):
-    """502: the carrier refused the command or could not be reached (after retries)."""
+class UpstreamFailed(ControlError):
+    """The carrier refused the command or could not be reached (after retries)."""
 
-    status = 502
-    code = "carrier_failed"
+    kind = ControlErrorKind.UPSTREAM_FAILED
 
 
 class Unavailable(ControlError):
-    """503: the carrier's REST API is not configured."""
+    """No call can be controlled now: the carrier's REST API is not configured."""
 
-    status = 503
-    code = "unavailable"
+    kind = ControlErrorKind.UNAVAILABLE

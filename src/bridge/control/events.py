@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge.calls.events import Event
+from bridge.control.errors import ControlErrorKind
 
 
 @dataclass(frozen=True, slots=True)
 class ControlAttempted(Event):
     """Who tried which control on the call, and what came of it. The time is the
-    `CarrierCallEvent`'s `at`."""
+    record's `at`."""
 
     actor: str
     actor_role: str
@@ -19,5 +20,5 @@ class ControlAttempted(Event):
     detail: str  # the mode (listen, whisper, barge) or the recording action
     allowed: bool  # the permission check passed
     outcome: str  # done | refused | failed
-    status: int  # the HTTP status answered
+    error: ControlErrorKind | None = None  # the refusal's or failure's kind (None: done)
     reason: str | None = None

@@ -6,8 +6,8 @@
     POST   /api/v1/calls/{call_id}/recording  {"action": ..., "pause_behavior": ...}
 
 The caller's token says who acts; the service checks the role and permissions, the call and
-its state, audits every attempt, and answers with a `ControlError` value on refusal, mapped
-here to its HTTP status with the reason as `detail`.
+its state, audits every attempt, and answers with a `ControlError` value on refusal, whose
+kind is mapped here (and only here) to its HTTP status, with the reason as `detail`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bridge.control.errors import ControlError, Unavailable
+from bridge.control.errors import ControlError, ControlErrorKind, Unavailable
 from bridge.control.schemas import MonitorChange, MonitorRequest, RecordingRequest
 from bridge.control.service import ControlService
 from bridge.directory.model import User
@@ -32,8 +32,18 @@ def _service(request: Request) -> ControlService:
     return service
 
 
+STATUS = {
+    ControlErrorKind.INVALID: 422,
+    ControlErrorKind.NOT_ALLOWED: 403,
+    ControlErrorKind.NOT_FOUND: 404,
+    ControlErrorKind.NOT_POSSIBLE: 409,
+    ControlErrorKind.UPSTREAM_FAILED: 502,
+    ControlErrorKind.UNAVAILABLE: 503,
+}
+
+
 def _http(error: ControlError) -> HTTPException:
-    return HTTPException(status_code=error.status, detail=error.reason)
+    return HTTPException(status_code=STATUS[error.kind], detail=error.reason)
 
 
 @router.post(

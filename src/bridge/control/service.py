@@ -6,17 +6,20 @@ Checks, in this order, each refusal a `ControlError` value:
 1. the role and permission flag (`directory/roles.py`, from docs/ROLES.md): `monitor_calls`
    needs the `barge_whisper` flag (admin, supervisor, agent); `control_recording` is any call
    for admin and supervisor, only one's own calls and only with `recording_control` for agent
-   and rep -> 403 with the reason;
-2. the call exists and is live -> 404;
-3. for the recording's own-calls rule: the user is the one who answered it -> 403;
+   and rep -> `NotAllowed` with the reason;
+2. the call exists and is live -> `CallNotFound`;
+3. for the recording's own-calls rule: the user is the one who answered it -> `NotAllowed`;
 4. the call can take it now: conference mode for monitoring, answered, not already monitored
-   by this user, a recording to pause, ... -> 409 (422 for a supervisor to be called on a
-   number they do not have);
-5. the carrier's command; a refusal or no answer after the REST client's retries -> 502.
+   by this user, a recording to pause, ... -> `NotPossible` (`Invalid` for a supervisor to be
+   called on a number they do not have);
+5. the carrier's command; a refusal or no answer after the REST client's retries ->
+   `UpstreamFailed`.
 
 Every attempt, allowed or refused, is audited (`audit` log line: who, what, which call, allowed,
-outcome, reason; the time is the line's) and, when the call exists, published on it as a
-`ControlAttempted` event. The same methods serve the HTTP routes and the WebSocket gateway.
+outcome, the error's kind and reason; the time is the line's) and, when the call exists,
+published on it as a `ControlAttempted` event. The same methods serve the HTTP routes and the
+WebSocket gateway; each maps the error's kind its own way (an HTTP status, an error frame's
+code).
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from bridge.carriers.twilio.state import CarrierCall, MonitorSession
 from bridge.carriers.twilio.supervision import TwilioSupervision
 from bridge.control.errors import (
     CallNotFound,
-    CarrierFailed,
     ControlError,
     Invalid,
     NotAllowed,
     NotPossible,
     Unavailable,
+    UpstreamFailed,
 )
 from bridge.control.events import ControlAttempted
 from bridge.directory.model import User
@@ -56,7 +59,7 @@ PAUSE_BEHAVIORS = ("skip", "silence")
 
 class _Attempt:
     """One control attempt: audits and publishes it on the way out, whatever happened, and
-    turns the carrier's failures into `CarrierFailed`."""
+    turns the carrier's failures into `UpstreamFailed`."""
 
     def __init__(
         self,
@@ -91,22 +94,22 @@ class _Attempt:
     ) -> None:
         failure: ControlError | None = None
         if isinstance(exc, CarrierApiError):
-            failure = CarrierFailed(f"the carrier refused or did not answer: {exc}")
+            failure = UpstreamFailed(f"the carrier refused or did not answer: {exc}")
         elif isinstance(exc, ControlError):
             failure = exc
         elif exc is not None:
             return  # a bug of ours (or a cancellation): not an attempt's outcome
         if failure is None:
-            # The status the HTTP routes answer on success (the gateway maps it its own way).
-            self._record("done", {"monitor": 201, "monitor_stop": 204}.get(self.control, 200), None)
+            self._record("done", None)
             return
-        outcome = "failed" if isinstance(failure, CarrierFailed) else "refused"
-        self._record(outcome, failure.status, failure.reason)
+        self._record("failed" if isinstance(failure, UpstreamFailed) else "refused", failure)
         if failure is not exc:
             raise failure from exc
 
-    def _record(self, outcome: str, status: int, reason: str | None) -> None:
+    def _record(self, outcome: str, failure: ControlError | None) -> None:
         self.service.metrics_hook(self.control, outcome)
+        kind = failure.kind if failure is not None else None
+        reason = failure.reason if failure is not None else None
         audit(
             self.user.id,
             self.user.role.value,
@@ -117,7 +120,7 @@ class _Attempt:
             control=self.control,
             detail=self.detail,
             outcome=outcome,
-            status=status,
+            error=kind.value if kind is not None else None,
             origin=self.origin,
             **self.extra,
         )
@@ -132,7 +135,7 @@ class _Attempt:
                     detail=self.detail,
                     allowed=self.allowed,
                     outcome=outcome,
-                    status=status,
+                    error=kind,
                     reason=reason,
                 ),
             )

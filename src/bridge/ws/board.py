@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from bridge.calls.registry import CallRegistry, LiveCall
-from bridge.control.errors import ControlError
+from bridge.control.errors import ControlError, ControlErrorKind
 from bridge.control.service import ControlService
 from bridge.directory.model import AccountStatus, Directory, User
 from bridge.directory.roles import ROLES_THAT_RECEIVE_CALLS, Action, Scope, allowed
@@ -143,7 +143,7 @@ class Board:
         """`call.monitor` / `call.recording` through the control service the HTTP API uses: the
         same permission checks, call checks, audit (`origin="ws"`) and carrier commands. The
         answer is an `ack` with what the HTTP route would answer; a refusal raises the
-        `ControlError`'s code and reason as an `error` frame."""
+        `ControlError`'s kind (as an error-frame code) and reason as an `error` frame."""
         if service is None:
             raise FrameError(ErrorCode.UNAVAILABLE, "call controls are not part of this daemon")
         try:
@@ -253,9 +253,17 @@ def _monitors(service: ControlService, user: User, call_id: str) -> bool:
     return call is not None and user.id in call.monitors
 
 
+# The error-frame code of each kind of control refusal (the HTTP API maps the same kinds to
+# its statuses in bridge.control.http).
+ERROR_CODES = {
+    ControlErrorKind.INVALID: ErrorCode.INVALID,
+    ControlErrorKind.NOT_ALLOWED: ErrorCode.FORBIDDEN,
+    ControlErrorKind.NOT_FOUND: ErrorCode.NOT_FOUND,
+    ControlErrorKind.NOT_POSSIBLE: ErrorCode.CONFLICT,
+    ControlErrorKind.UPSTREAM_FAILED: ErrorCode.CARRIER_FAILED,
+    ControlErrorKind.UNAVAILABLE: ErrorCode.UNAVAILABLE,
+}
+
+
 def _error_code(error: ControlError) -> ErrorCode:
-    """The error-frame code of a control refusal: the same word as the `ControlError`'s."""
-    try:
-        return ErrorCode(error.code)
-    except ValueError:
-        return ErrorCode.INVALID
+    return ERROR_CODES.get(error.kind, ErrorCode.INVALID)
