@@ -10,9 +10,12 @@ from datetime import datetime
 
 import structlog
 
+from bridge.calls.events import Event
 from bridge.calls.registry import CallRegistry
 from bridge.calls.runner import CallRunner
+from bridge.calls.supervision import SupervisionByPath
 from bridge.carriers.twilio.service import TwilioCalls
+from bridge.carriers.twilio.supervision import TwilioSupervision
 from bridge.config import Settings
 from bridge.control.service import ControlService
 from bridge.directory.loader import DirectoryError
@@ -23,6 +26,7 @@ from bridge.presence.service import PresenceService, utc_now
 from bridge.routing.service import RoutingService
 from bridge.sip.b2bua import TrunkSettings
 from bridge.sip.service import SipService
+from bridge.sip.supervision import SipSupervision
 from bridge.tokens import TokenService
 from bridge.ws.plugin import build_gateway
 from bridge.ws.services import Gateway
@@ -164,5 +168,23 @@ def build_context(
         carrier=carrier,
         runner=runner,
         ws=ws,
-        control=ControlService(carrier, metrics=metrics),
+        control=build_control(carrier, calls, metrics),
     )
+
+
+def build_control(carrier: TwilioCalls, calls: CallRegistry, metrics: Metrics) -> ControlService:
+    """The call controls: one `Supervision` that sends each call to its dial path's (the
+    carrier's conference; SIP calls refuse until the media engine), and the publisher of
+    their `ControlAttempted` events on the call."""
+    supervision = SupervisionByPath(
+        calls,
+        {"carrier": TwilioSupervision(carrier), "sip": SipSupervision(calls)},
+        default="carrier",
+    )
+
+    def publish(call_id: str, event: Event) -> None:
+        call = carrier.find(call_id)  # (only carrier calls publish events for now)
+        if call is not None:
+            carrier.publish(call, event)
+
+    return ControlService(supervision, publish, metrics=metrics)

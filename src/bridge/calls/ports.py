@@ -155,3 +155,61 @@ class AppOffers(Protocol):
     def answered(self, call_id: str, user_id: str) -> bool:
         """The user answered some other way (the carrier's voice SDK): offer over."""
         ...
+
+
+# -- supervision (listen / whisper / barge, recording) -------------------------------------
+# This section's own imports (the part above is the call runner's).
+from bridge.calls.supervision import (  # noqa: E402
+    MonitorView,
+    RecordingView,
+    SupervisableCall,
+)
+
+
+class Supervision(Protocol):
+    """Listen / whisper / barge and recording on a live call, for the control service
+    (`bridge.control`), which decides beforehand who may, and checks the call through
+    `call()`: answered, already monitored by this user, the user's own call, and what the view
+    says cannot be done on it (`cannot_monitor`, `cannot_record`, `cannot_whisper`).
+
+    The carrier implements it with its conference and Recordings API
+    (`bridge.carriers.twilio.supervision`); SIP calls answer `NotSupportedOnCall` until the
+    media engine anchors their audio (`bridge.sip.supervision`); `SupervisionByPath`
+    (`bridge.calls.supervision`) picks the one of each call's dial path.
+
+    Every command raises, from `bridge.calls.supervision`: `NotSupportedOnCall` (this call can
+    never do it), `NotPossibleNow` (not in the call's present state), `SupervisionUnavailable`
+    (the path cannot supervise any call now), `SupervisionFailed` (the path tried and failed;
+    the call is as it was before)."""
+
+    def call(self, call_id: str) -> SupervisableCall | None:
+        """The call as supervision sees it (also a call that has just ended, while the path
+        remembers it), or None. Raises `SupervisionUnavailable` first if the path cannot
+        supervise at all."""
+        ...
+
+    async def join(
+        self, call_id: str, user_id: str, mode: str, via: str, number: str | None
+    ) -> MonitorView:
+        """Bring the supervisor into the call in `mode` (listen, whisper, barge), on their
+        apps (`via="client"`) or their `number` (`via="phone_number"`). The session is in
+        the call's `monitors` from the start (pending), and gone again if it fails."""
+        ...
+
+    async def switch(self, call_id: str, user_id: str, mode: str) -> MonitorView:
+        """The supervisor's session to another mode, live (nothing to do if it is in it)."""
+        ...
+
+    async def leave(self, call_id: str, user_id: str) -> None:
+        """End the supervisor's session (their leg leaves the call)."""
+        ...
+
+    async def start_recording(self, call_id: str) -> RecordingView: ...
+
+    async def pause_recording(self, call_id: str, behavior: str) -> RecordingView:
+        """`behavior`: `skip` leaves the paused stretch out, `silence` keeps its length."""
+        ...
+
+    async def resume_recording(self, call_id: str) -> RecordingView: ...
+
+    async def stop_recording(self, call_id: str) -> RecordingView: ...

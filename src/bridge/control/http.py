@@ -36,7 +36,7 @@ STATUS = {
     ControlErrorKind.INVALID: 422,
     ControlErrorKind.NOT_ALLOWED: 403,
     ControlErrorKind.NOT_FOUND: 404,
-    ControlErrorKind.NOT_POSSIBLE: 409,
+    ControlErrorKind.NOT_POSSIBLE: 409,  # not now, or not on this call (a SIP call for now)
     ControlErrorKind.UPSTREAM_FAILED: 502,
     ControlErrorKind.UNAVAILABLE: 503,
 }

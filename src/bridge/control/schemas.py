@@ -6,10 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-MonitorMode = Literal["listen", "whisper", "barge"]
-MonitorVia = Literal["client", "phone_number"]
+from bridge.calls.supervision import MonitorMode, MonitorVia, PauseBehavior
+
+__all__ = [
+    "MonitorChange",
+    "MonitorMode",
+    "MonitorRequest",
+    "MonitorVia",
+    "PauseBehavior",
+    "RecordingAction",
+    "RecordingRequest",
+]
+
 RecordingAction = Literal["start", "pause", "resume", "stop"]
-PauseBehavior = Literal["skip", "silence"]
 
 
 class _Body(BaseModel):

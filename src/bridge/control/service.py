@@ -1,39 +1,50 @@
 """The control service: who may listen / whisper / barge or control the recording of which call,
-and then the carrier's command (`bridge.carriers.twilio.supervision`).
+and then the call's supervision (the `Supervision` port, `bridge.calls.ports`: the carrier's
+conference on carrier calls; SIP calls answer "not supported" until the media engine).
 
-Checks, in this order, each refusal a `ControlError` value:
+Checks, in this order, each refusal a `ControlError` value with its kind:
 
 1. the role and permission flag (`directory/roles.py`, from docs/ROLES.md): `monitor_calls`
    needs the `barge_whisper` flag (admin, supervisor, agent); `control_recording` is any call
    for admin and supervisor, only one's own calls and only with `recording_control` for agent
    and rep -> `NotAllowed` with the reason;
-2. the call exists and is live -> `CallNotFound`;
+2. supervision is possible at all (the carrier's REST API is configured) -> `Unavailable`;
+   the call exists and is live -> `CallNotFound`;
 3. for the recording's own-calls rule: the user is the one who answered it -> `NotAllowed`;
-4. the call can take it now: conference mode for monitoring, answered, not already monitored
+4. the call can take it: its path supports it on this call (`NotSupportedOnCall` from the
+   port: a carrier call in dial mode, any SIP call for now), answered, not already monitored
    by this user, a recording to pause, ... -> `NotPossible` (`Invalid` for a supervisor to be
    called on a number they do not have);
-5. the carrier's command; a refusal or no answer after the REST client's retries ->
-   `UpstreamFailed`.
+5. the supervision's command; the carrier refusing or not answering after the REST client's
+   retries -> `UpstreamFailed`.
 
 Every attempt, allowed or refused, is audited (`audit` log line: who, what, which call, allowed,
-outcome, the error's kind and reason; the time is the line's) and, when the call exists,
-published on it as a `ControlAttempted` event. The same methods serve the HTTP routes and the
-WebSocket gateway; each maps the error's kind its own way (an HTTP status, an error frame's
-code).
+outcome, the error's kind and reason; the time is the line's) and published on the call as a
+`ControlAttempted` event (through `publish`, which drops it when no call has that id). The
+same methods serve the HTTP routes and the WebSocket gateway; each maps the error's kind its
+own way (an HTTP status, an error frame's code).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import structlog
 
-from bridge.calls.events import CallState
-from bridge.carriers.twilio.rest import CarrierApiError
-from bridge.carriers.twilio.service import TwilioCalls
-from bridge.carriers.twilio.state import CarrierCall, MonitorSession
-from bridge.carriers.twilio.supervision import TwilioSupervision
+from bridge.calls.events import CallState, Event
+from bridge.calls.ports import Supervision
+from bridge.calls.supervision import (
+    MONITOR_MODES,
+    MONITOR_VIA,
+    PAUSE_BEHAVIORS,
+    MonitorView,
+    SupervisableCall,
+    SupervisionError,
+    SupervisionFailed,
+    SupervisionUnavailable,
+)
 from bridge.control.errors import (
     CallNotFound,
     ControlError,
@@ -51,15 +62,15 @@ from bridge.observability.metrics import Metrics
 
 log = structlog.get_logger("bridge.control")
 
-MONITOR_MODES = ("listen", "whisper", "barge")
-MONITOR_VIA = ("client", "phone_number")
 RECORDING_ACTIONS = ("start", "pause", "resume", "stop")
-PAUSE_BEHAVIORS = ("skip", "silence")
+
+# Publishes an event on the call with that id (nothing when there is none).
+Publish = Callable[[str, Event], object]
 
 
 class _Attempt:
     """One control attempt: audits and publishes it on the way out, whatever happened, and
-    turns the carrier's failures into `UpstreamFailed`."""
+    turns the supervision's errors into `ControlError` values."""
 
     def __init__(
         self,
@@ -81,7 +92,6 @@ class _Attempt:
         self.origin = origin
         self.extra = {k: v for k, v in extra.items() if v is not None}
         self.allowed = False
-        self.call: CarrierCall | None = None
 
     async def __aenter__(self) -> _Attempt:
         return self
@@ -93,8 +103,8 @@ class _Attempt:
         tb: TracebackType | None,
     ) -> None:
         failure: ControlError | None = None
-        if isinstance(exc, CarrierApiError):
-            failure = UpstreamFailed(f"the carrier refused or did not answer: {exc}")
+        if isinstance(exc, SupervisionError):
+            failure = _control_error(exc)
         elif isinstance(exc, ControlError):
             failure = exc
         elif exc is not None:
@@ -124,21 +134,28 @@ class _Attempt:
             origin=self.origin,
             **self.extra,
         )
-        call = self.call or self.service.find(self.call_id)
-        if call is not None and self.service.carrier is not None:
-            self.service.carrier.publish(
-                call,
-                ControlAttempted(
-                    actor=self.user.id,
-                    actor_role=self.user.role.value,
-                    control=self.control,
-                    detail=self.detail,
-                    allowed=self.allowed,
-                    outcome=outcome,
-                    error=kind,
-                    reason=reason,
-                ),
-            )
+        self.service.publish(
+            self.call_id,
+            ControlAttempted(
+                actor=self.user.id,
+                actor_role=self.user.role.value,
+                control=self.control,
+                detail=self.detail,
+                allowed=self.allowed,
+                outcome=outcome,
+                error=kind,
+                reason=reason,
+            ),
+        )
+
+
+def _control_error(error: SupervisionError) -> ControlError:
+    """The supervision's error as the control's value."""
+    if isinstance(error, SupervisionFailed):
+        return UpstreamFailed(error.reason)
+    if isinstance(error, SupervisionUnavailable):
+        return Unavailable(error.reason)
+    return NotPossible(error.reason)  # NotSupportedOnCall, NotPossibleNow
 
 
 class ControlService:
@@ -146,13 +163,14 @@ class ControlService:
 
     def __init__(
         self,
-        carrier: TwilioCalls | None,
+        supervision: Supervision,
+        publish: Publish,
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        self.carrier = carrier
+        self.supervision = supervision
+        self.publish = publish
         self.metrics = metrics
-        self.supervision = TwilioSupervision(carrier) if carrier is not None else None
 
     # -- listen / whisper / barge --------------------------------------------------------------
     async def monitor(
@@ -173,20 +191,17 @@ class ControlService:
             _check_choice("via", via, MONITOR_VIA)
             self._may(user, Action.MONITOR_CALLS)
             attempt.allowed = True
-            supervision, call = self._monitorable(call_id, user)
-            attempt.call = call
+            call = self._monitorable(call_id, user)
             if user.id in call.monitors:
                 raise NotPossible(
                     f"user {user.id!r} already monitors call {call_id!r}: PATCH to switch mode"
                 )
-            if via == "phone_number":
-                if not user.phone_number:
-                    raise Invalid(f"user {user.id!r} has no phone_number to be called on")
-                to = user.phone_number
-            else:
-                to = f"client:{user.id}"
-            self._whisper_possible(call, mode)
-            session = await supervision.join(call, user.id, mode, via, to)
+            if via == "phone_number" and not user.phone_number:
+                raise Invalid(f"user {user.id!r} has no phone_number to be called on")
+            _whisper_possible(call, mode)
+            session = await self.supervision.join(
+                call_id, user.id, mode, via, user.phone_number if via == "phone_number" else None
+            )
             return {"call_id": call_id, **session.to_dict()}
 
     async def change_monitor(
@@ -205,16 +220,15 @@ class ControlService:
             _check_choice("mode", mode, MONITOR_MODES)
             self._may(user, Action.MONITOR_CALLS)
             attempt.allowed = True
-            supervision, call = self._monitorable(call_id, user)
-            attempt.call = call
-            session = self._session(call, user)
+            call = self._monitorable(call_id, user)
+            session = _session(call, user)
             if via is not None and via != session.via:
                 raise NotPossible(
                     f"via cannot change ({session.via} now): DELETE, then POST with via={via}"
                 )
-            self._whisper_possible(call, mode)
+            _whisper_possible(call, mode)
             if mode != session.mode:
-                await supervision.switch(call, session, mode)
+                session = await self.supervision.switch(call_id, user.id, mode)
             return {"call_id": call_id, **session.to_dict()}
 
     async def stop_monitor(self, user: User, call_id: str, *, origin: str | None = None) -> None:
@@ -227,10 +241,9 @@ class ControlService:
             if own is None or user.id not in own.monitors:
                 self._may(user, Action.MONITOR_CALLS)
             attempt.allowed = True
-            supervision, call = self._live_call(call_id)
-            attempt.call = call
-            session = self._session(call, user)
-            await supervision.leave(call, session)
+            call = self._live_call(call_id)
+            _session(call, user)
+            await self.supervision.leave(call_id, user.id)
 
     # -- recording -----------------------------------------------------------------------------
     async def recording(
@@ -257,41 +270,49 @@ class ControlService:
             if pause_behavior is not None:
                 _check_choice("pause_behavior", pause_behavior, PAUSE_BEHAVIORS)
             scope = self._may(user, Action.CONTROL_RECORDING)
-            supervision, call = self._live_call(call_id)
-            attempt.call = call
-            if scope in (Scope.OWN, Scope.OWN_FLAG) and call.machine.answered_by != user.id:
+            call = self._live_call(call_id)
+            if scope in (Scope.OWN, Scope.OWN_FLAG) and call.answered_by != user.id:
                 raise NotAllowed(
                     f"role {user.role.value!r} may only control the recording of calls they "
                     f"answered; call {call_id!r} is not theirs"
                 )
             attempt.allowed = True
-            if call.machine.state is not CallState.ANSWERED:
-                raise NotPossible(f"call {call_id!r} is not answered (it is {_state(call)})")
+            if call.cannot_record is not None:
+                raise NotPossible(call.cannot_record)
+            if call.state is not CallState.ANSWERED:
+                raise NotPossible(f"call {call_id!r} is not answered (it is {call.state.value})")
             recording = call.recording
             if action == "start":
                 if recording is not None and recording.active:
                     raise NotPossible(f"call {call_id!r} is already being recorded")
-                recording = await supervision.start_recording(call)
+                done = await self.supervision.start_recording(call_id)
             else:
                 if recording is None or not recording.active:
                     raise NotPossible(f"call {call_id!r} has no recording to {action}")
-                if recording.sid is None:
+                if recording.reference is None:
                     raise NotPossible("the recording is still starting; try again")
                 wanted = {"pause": "in-progress", "resume": "paused"}.get(action)
                 if wanted is not None and recording.status != wanted:
                     raise NotPossible(
                         f"the recording is {recording.status}: it cannot {action} now"
                     )
-                status = {"pause": "paused", "resume": "in-progress", "stop": "stopped"}[action]
-                behavior = (pause_behavior or "silence") if action == "pause" else None
-                recording = await supervision.update_recording(call, status, behavior)
-            return {"call_id": call_id, **recording.to_dict()}
+                if action == "pause":
+                    done = await self.supervision.pause_recording(
+                        call_id, pause_behavior or "silence"
+                    )
+                elif action == "resume":
+                    done = await self.supervision.resume_recording(call_id)
+                else:
+                    done = await self.supervision.stop_recording(call_id)
+            return {"call_id": call_id, **done.to_dict()}
 
     # -- reading -------------------------------------------------------------------------------
-    def find(self, call_id: str) -> CarrierCall | None:
-        if self.carrier is None:
+    def find(self, call_id: str) -> SupervisableCall | None:
+        """The call as supervision sees it (None when unknown, or none can be supervised)."""
+        try:
+            return self.supervision.call(call_id)
+        except SupervisionUnavailable:
             return None
-        return self.carrier.find(call_id)
 
     def metrics_hook(self, control: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -305,49 +326,37 @@ class ControlService:
             raise NotAllowed(reason or f"user {user.id!r} may not {action.value}")
         return scope
 
-    def _live_call(self, call_id: str) -> tuple[TwilioSupervision, CarrierCall]:
-        if self.supervision is None or self.carrier is None or self.carrier.rest is None:
-            raise Unavailable(
-                "call controls need the carrier's REST API: set [twilio] account_sid and "
-                "auth_token (or an API key)"
-            )
-        call = self.carrier.find(call_id)
-        if call is None or call.machine.ended:
+    def _live_call(self, call_id: str) -> SupervisableCall:
+        call = self.supervision.call(call_id)  # SupervisionUnavailable -> Unavailable
+        if call is None or call.state is CallState.ENDED:
             raise CallNotFound(f"no live call {call_id!r}")
-        return self.supervision, call
+        return call
 
-    def _monitorable(self, call_id: str, user: User) -> tuple[TwilioSupervision, CarrierCall]:
-        supervision, call = self._live_call(call_id)
-        if not supervision.supports_monitoring(call):
-            raise NotPossible(
-                f"call {call_id!r} is in {call.mode} mode: listen, whisper and barge need "
-                "[twilio] mode = 'conference'"
-            )
-        if call.machine.state is not CallState.ANSWERED:
-            raise NotPossible(f"call {call_id!r} is not answered (it is {_state(call)})")
-        if call.machine.answered_by == user.id:
+    def _monitorable(self, call_id: str, user: User) -> SupervisableCall:
+        call = self._live_call(call_id)
+        if call.cannot_monitor is not None:
+            raise NotPossible(call.cannot_monitor)
+        if call.state is not CallState.ANSWERED:
+            raise NotPossible(f"call {call_id!r} is not answered (it is {call.state.value})")
+        if call.answered_by == user.id:
             raise NotPossible(f"user {user.id!r} is the one on call {call_id!r}")
-        return supervision, call
+        return call
 
-    @staticmethod
-    def _session(call: CarrierCall, user: User) -> MonitorSession:
-        session = call.monitors.get(user.id)
-        if session is None:
-            raise NotPossible(f"user {user.id!r} is not monitoring call {call.call_id!r}")
-        if session.call_sid is None or call.conference_sid is None:
-            raise NotPossible(f"user {user.id!r} is still being dialled into the call")
-        return session
 
-    @staticmethod
-    def _whisper_possible(call: CarrierCall, mode: str) -> None:
-        if mode == "whisper" and call.answered_sid() is None:
-            raise NotPossible("the answering leg's call is not known yet: whisper needs it")
+def _session(call: SupervisableCall, user: User) -> MonitorView:
+    session = call.monitors.get(user.id)
+    if session is None:
+        raise NotPossible(f"user {user.id!r} is not monitoring call {call.call_id!r}")
+    if session.pending:
+        raise NotPossible(f"user {user.id!r} is still being dialled into the call")
+    return session
+
+
+def _whisper_possible(call: SupervisableCall, mode: str) -> None:
+    if mode == "whisper" and call.cannot_whisper is not None:
+        raise NotPossible(call.cannot_whisper)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise Invalid(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-
-
-def _state(call: CarrierCall) -> str:
-    return call.machine.state.value

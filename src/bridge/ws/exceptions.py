@@ -36,8 +36,9 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"  # the user's role or flags do not allow it (ROLES.md)
     NOT_FOUND = "not_found"  # no such call (or not one this user may see)
     AUTH_MISMATCH = "auth_mismatch"  # a second `auth` for another user
-    # The call controls' refusals (bridge.control.errors, the HTTP API's 409/422/502/503):
-    CONFLICT = "conflict"  # the call cannot take this control now (not answered, ...)
+    # The call controls' refusals (the kinds of bridge.control.errors, board.ERROR_CODES; the
+    # HTTP API answers them 409/422/502/503):
+    CONFLICT = "conflict"  # the call cannot take this control (not answered, a SIP call, ...)
     INVALID = "invalid"  # e.g. via phone_number for a user without one
     CARRIER_FAILED = "carrier_failed"  # the carrier refused or did not answer
     UNAVAILABLE = "unavailable"  # no carrier REST API configured
