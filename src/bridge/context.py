@@ -1,8 +1,13 @@
-"""The daemon's parts, wired explicitly in one place (like a Wazo plugin's `plugin.py`)."""
+"""The daemon's parts, built once at start-up from explicit dependencies.
+
+Each feature wires itself through its own `plugin.py` (`sip/`, `carriers/twilio/`, `ws/`,
+`control/`); this module builds the shared services (directory, presence, routing, the call
+registry and the one call runner) and hands them in. The HTTP application is assembled
+above this module (`bridge.api.app.create_app`), so nothing here imports an HTTP route.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,10 +18,11 @@ import structlog
 from bridge.calls.events import Event
 from bridge.calls.registry import CallRegistry
 from bridge.calls.runner import CallRunner
-from bridge.calls.supervision import SupervisionByPath
+from bridge.carriers.twilio.plugin import build_carrier
 from bridge.carriers.twilio.service import TwilioCalls
 from bridge.carriers.twilio.supervision import TwilioSupervision
 from bridge.config import Settings
+from bridge.control.plugin import build_control
 from bridge.control.service import ControlService
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import AccountStatus, Directory
@@ -24,7 +30,7 @@ from bridge.directory.store import DirectoryStore
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
 from bridge.routing.service import RoutingService
-from bridge.sip.b2bua import TrunkSettings
+from bridge.sip.plugin import build_sip
 from bridge.sip.service import SipService
 from bridge.sip.supervision import SipSupervision
 from bridge.tokens import TokenService
@@ -101,24 +107,6 @@ def build_context(
     runner = CallRunner(
         routing=routing, presence=presence, registry=calls, metrics=metrics, wall_clock=clock
     )
-    sip = (
-        SipService.from_settings(settings, lambda: store.current, presence, metrics)
-        if settings.sip.enabled
-        else None
-    )
-    if sip is not None:
-        sip.enable_calls(
-            runner=runner,
-            trunk=TrunkSettings(
-                allow=tuple(
-                    ipaddress.ip_network(n, strict=False) for n in settings.sip.trunk_allow
-                ),
-                uri=settings.sip.trunk_uri,
-                caller_id=settings.sip.trunk_caller_id,
-                username=settings.sip.trunk_username,
-                password=settings.sip.trunk_password,
-            ),
-        )
 
     def on_change(new: Directory, old: Directory | None) -> None:
         counts = Counter(user.status for user in new.users)
@@ -130,19 +118,19 @@ def build_context(
         if old is not None:
             for gone in old.users_by_id.keys() - new.users_by_id.keys():
                 presence.forget(gone)
-                if sip is not None:
-                    sip.forget_user(gone)
-            if sip is not None:
-                for user in new.users:
-                    if user.status is AccountStatus.SUSPENDED:
-                        sip.forget_user(user.id)  # a suspended user's phones stop at once
 
     store.subscribe(on_change)
-    carrier = TwilioCalls.from_settings(
-        settings,
+    sip = build_sip(settings, store=store, reachability=presence, metrics=metrics, runner=runner)
+    carrier = build_carrier(
+        settings, runner=runner, metrics=metrics, directory=lambda: store.current
+    )
+    control = build_control(
+        registry=calls,
         runner=runner,
+        by_path={"carrier": TwilioSupervision(carrier), "sip": SipSupervision(calls)},
+        default_path="carrier",
+        publish_ended=_publish_on_ended(carrier),
         metrics=metrics,
-        directory=lambda: store.current,
     )
     tokens = TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds)
     ws = build_gateway(
@@ -154,6 +142,7 @@ def build_context(
         metrics=metrics,
         clock=clock,
     )
+    ws.use_control(control)  # call-control frames use the same service as the HTTP routes
     runner.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
     return AppContext(
         settings=settings,
@@ -168,23 +157,17 @@ def build_context(
         carrier=carrier,
         runner=runner,
         ws=ws,
-        control=build_control(carrier, calls, metrics),
+        control=control,
     )
 
 
-def build_control(carrier: TwilioCalls, calls: CallRegistry, metrics: Metrics) -> ControlService:
-    """The call controls: one `Supervision` that sends each call to its dial path's (the
-    carrier's conference; SIP calls refuse until the media engine), and the publisher of
-    their `ControlAttempted` events on the call."""
-    supervision = SupervisionByPath(
-        calls,
-        {"carrier": TwilioSupervision(carrier), "sip": SipSupervision(calls)},
-        default="carrier",
-    )
+def _publish_on_ended(carrier: TwilioCalls) -> Callable[[str, Event], None]:
+    """A control attempt on a carrier call that has just ended still joins its events (the
+    carrier remembers ended calls for late callbacks)."""
 
     def publish(call_id: str, event: Event) -> None:
-        call = carrier.find(call_id)  # (only carrier calls publish events for now)
+        call = carrier.find(call_id)
         if call is not None:
             carrier.publish(call, event)
 
-    return ControlService(supervision, publish, metrics=metrics)
+    return publish

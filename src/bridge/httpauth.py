@@ -15,43 +15,15 @@ from typing import Any
 import structlog
 from fastapi import Depends, HTTPException, Request
 
-from bridge.directory.model import AccountStatus, User
+from bridge.directory.model import AccountStatus, Directory, User
 from bridge.directory.roles import Action, Scope, allowed
 from bridge.observability.audit import audit
-from bridge.tokens import TokenError
+from bridge.observability.metrics import Metrics
+from bridge.tokens import TokenError, TokenService
 
 log = structlog.get_logger("bridge.auth")
 
-__all__ = ["Grant", "audit_request", "current_user", "require"]
-
-
-def _unauthorized(request: Request, reason: str) -> HTTPException:
-    request.app.state.ctx.metrics.auth_failures.labels(reason=reason.split(":")[0]).inc()
-    log.info("auth_refused", reason=reason, path=request.url.path)
-    return HTTPException(
-        status_code=401, detail=reason, headers={"WWW-Authenticate": 'Bearer realm="bridge"'}
-    )
-
-
-def current_user(request: Request) -> User:
-    header = request.headers.get("authorization")
-    if not header:
-        raise _unauthorized(request, "missing bearer token")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized(request, "authorization must be 'Bearer <token>'")
-    ctx = request.app.state.ctx
-    try:
-        claims = ctx.tokens.verify(token.strip())
-    except TokenError as exc:
-        raise _unauthorized(request, str(exc)) from None
-    user = ctx.store.current.user(str(claims["sub"]))
-    if user is None:
-        raise _unauthorized(request, "unknown user")
-    if user.status is AccountStatus.SUSPENDED:
-        raise _unauthorized(request, "account suspended")
-    structlog.contextvars.bind_contextvars(actor=user.id)
-    return user
+__all__ = ["Grant", "HttpAuth", "audit_request"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +34,60 @@ class Grant:
     scope: Scope
 
 
-def require(action: Action) -> Callable[..., Grant]:
-    """A FastAPI dependency: 403 with a reason unless the caller's role allows `action`."""
+class HttpAuth:
+    """The bearer-token gate, built once at start-up and handed to every feature's routes:
+    `Depends(auth.current_user)` for who is asking, `Depends(auth.require(action))` for a
+    permission (403 with the reason, audited, otherwise)."""
 
-    def dependency(request: Request, user: User = Depends(current_user)) -> Grant:
-        granted, reason = allowed(user, action)
-        if granted is Scope.NONE:
-            audit_request(request, user, action, allowed=False, reason=reason)
-            raise HTTPException(status_code=403, detail=reason)
-        return Grant(user=user, scope=granted)
+    def __init__(
+        self,
+        tokens: TokenService,
+        directory: Callable[[], Directory],
+        metrics: Metrics,
+    ) -> None:
+        self._tokens = tokens
+        self._directory = directory
+        self._metrics = metrics
 
-    return dependency
+    def _unauthorized(self, request: Request, reason: str) -> HTTPException:
+        self._metrics.auth_failures.labels(reason=reason.split(":")[0]).inc()
+        log.info("auth_refused", reason=reason, path=request.url.path)
+        return HTTPException(
+            status_code=401, detail=reason, headers={"WWW-Authenticate": 'Bearer realm="bridge"'}
+        )
+
+    def current_user(self, request: Request) -> User:
+        """A FastAPI dependency: the user behind the bearer token, as the directory has them
+        now (401 otherwise)."""
+        header = request.headers.get("authorization")
+        if not header:
+            raise self._unauthorized(request, "missing bearer token")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise self._unauthorized(request, "authorization must be 'Bearer <token>'")
+        try:
+            claims = self._tokens.verify(token.strip())
+        except TokenError as exc:
+            raise self._unauthorized(request, str(exc)) from None
+        user = self._directory().user(str(claims["sub"]))
+        if user is None:
+            raise self._unauthorized(request, "unknown user")
+        if user.status is AccountStatus.SUSPENDED:
+            raise self._unauthorized(request, "account suspended")
+        structlog.contextvars.bind_contextvars(actor=user.id)
+        return user
+
+    def require(self, action: Action) -> Callable[..., Grant]:
+        """A FastAPI dependency: 403 with a reason unless the caller's role allows `action`."""
+
+        def dependency(request: Request, user: User = Depends(self.current_user)) -> Grant:
+            granted, reason = allowed(user, action)
+            if granted is Scope.NONE:
+                audit_request(request, user, action, allowed=False, reason=reason)
+                raise HTTPException(status_code=403, detail=reason)
+            return Grant(user=user, scope=granted)
+
+        return dependency
 
 
 def audit_request(

@@ -33,7 +33,8 @@ async def test_a_slow_control_does_not_hold_up_the_session_and_keeps_its_order(
     live: Live,
 ) -> None:
     controls = SlowControls()
-    live.ctx.control = controls  # type: ignore[assignment]
+    assert live.ctx.ws is not None
+    live.ctx.ws.use_control(controls)
     sam = await live.connect("olivia")
     barge = await sam.send("call.monitor", call_id="CA1", mode="barge")
     leave = await sam.send("call.monitor", call_id="CA1", mode="stop")

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import structlog
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -14,16 +14,14 @@ from starlette.types import Scope as AsgiScope
 
 from bridge import __version__
 from bridge.api import directory_routes, users
-from bridge.api.common import ctx_of
-from bridge.carriers.twilio import http as twilio_http
-from bridge.carriers.twilio import voice_token
+from bridge.carriers.twilio import plugin as carrier_plugin
 from bridge.console import http as console_http
 from bridge.context import AppContext
-from bridge.control import http as control_http
+from bridge.control import plugin as control_plugin
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
-from bridge.httpauth import Grant, current_user, require
-from bridge.ws.plugin import include_routes as include_ws_routes
+from bridge.httpauth import Grant, HttpAuth
+from bridge.ws import plugin as ws_plugin
 
 log = structlog.get_logger("bridge.api")
 
@@ -105,7 +103,10 @@ class BridgeApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(ctx: AppContext) -> FastAPI:
+def create_app(ctx: AppContext) -> BridgeApp:
+    """The HTTP application over the daemon's parts (`bridge.context.build_context`): each
+    feature's routes, built by its plugin with what they need, behind one token gate."""
+    auth = HttpAuth(ctx.tokens, lambda: ctx.store.current, ctx.metrics)
     app = BridgeApp(
         title="bridge",
         version=__version__,
@@ -113,13 +114,17 @@ def create_app(ctx: AppContext) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.ctx = ctx
-    app.include_router(users.router)
-    app.include_router(directory_routes.router)
-    app.include_router(twilio_http.router)
-    app.include_router(control_http.router)
-    app.include_router(voice_token.router)
-    include_ws_routes(app, ctx.settings)
+    app.include_router(users.routes(ctx, auth))
+    app.include_router(directory_routes.routes(ctx, auth))
+    if ctx.carrier is not None:
+        for router in carrier_plugin.routes(ctx.carrier, ctx.settings, auth):
+            app.include_router(router)
+    if ctx.control is not None:
+        app.include_router(control_plugin.routes(ctx.control, auth))
+    if ctx.ws is not None:
+        app.websocket_endpoints.update(ws_plugin.websocket_endpoints(ctx.ws))
+        for router in ws_plugin.routes(ctx.ws, ctx.settings, lambda: ctx.store.current, auth):
+            app.include_router(router)
     app.include_router(console_http.router)
 
     app.add_middleware(RequestMetrics, ctx=ctx)
@@ -138,14 +143,14 @@ def create_app(ctx: AppContext) -> FastAPI:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/me", tags=["users"], summary="Who the token belongs to")
-    def me(request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    def me(user: User = Depends(auth.current_user)) -> dict[str, Any]:
         return users.public_user(user)
 
     @app.get("/api/v1/calls", tags=["calls"], summary="Live calls the caller may see")
     def live_calls(
-        request: Request, grant: Grant = Depends(require(Action.SEE_LIVE_CALLS))
+        grant: Grant = Depends(auth.require(Action.SEE_LIVE_CALLS)),
     ) -> list[dict[str, Any]]:
-        calls = ctx_of(request).calls.all()
+        calls = ctx.calls.all()
         if grant.scope in (Scope.ALL, Scope.READ_ONLY):
             visible = calls
         elif grant.scope is Scope.OWN_LINES:

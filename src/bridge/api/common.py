@@ -1,4 +1,4 @@
-"""Shared pieces of the HTTP API: the context, directory changes with their error mapping."""
+"""Shared pieces of the HTTP API: directory changes with their error mapping."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from bridge.context import AppContext
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory
 from bridge.directory.roles import Action
+from bridge.directory.store import DirectoryStore
 from bridge.httpauth import Grant, audit_request
 
 Document = dict[str, Any]
-
-
-def ctx_of(request: Request) -> AppContext:
-    return request.app.state.ctx
 
 
 def not_found(kind: str, key: str) -> HTTPException:
@@ -33,6 +29,7 @@ def check_key_unchanged(body: Document, key: str, value: str) -> None:
 
 
 def change_directory(
+    store: DirectoryStore,
     request: Request,
     grant: Grant,
     action: Action,
@@ -43,7 +40,6 @@ def change_directory(
 
     The store validates the whole resulting directory before writing anything, so a refused
     change leaves the file and the snapshot untouched."""
-    store = ctx_of(request).store
     try:
         directory = store.change(edit)
     except DirectoryError as exc:

@@ -7,6 +7,9 @@ adapters (sip, carriers, ws, control) implement these and are wired together at 
 - `AppOffers` / `OfferListener`: ringing users who answer with apps over the WebSocket
   gateway (`bridge.ws.offers.OfferService` implements `AppOffers`; the runner is the
   listener of every offer it makes).
+- `Supervision`: listen / whisper / barge and recording on a live call, for `control/`
+  (the carrier's conference in `carriers/twilio/supervision.py`; `sip/supervision.py`
+  refuses until the media engine).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from bridge.calls.events import (
     RingCaller,
     StartFallback,
 )
+from bridge.calls.supervision import MonitorView, RecordingView, SupervisableCall
 
 if TYPE_CHECKING:
     from bridge.calls.runner import RunningCall
@@ -158,12 +162,6 @@ class AppOffers(Protocol):
 
 
 # -- supervision (listen / whisper / barge, recording) -------------------------------------
-# This section's own imports (the part above is the call runner's).
-from bridge.calls.supervision import (  # noqa: E402
-    MonitorView,
-    RecordingView,
-    SupervisableCall,
-)
 
 
 class Supervision(Protocol):

@@ -1,4 +1,4 @@
-"""The control endpoints: thin routes over `ControlService` (one per daemon, `ctx.control`).
+"""The control endpoints: thin routes over the daemon's `ControlService` (control/plugin.py).
 
     POST   /api/v1/calls/{call_id}/monitor    {"mode": "listen"|"whisper"|"barge", "via": ...}
     PATCH  /api/v1/calls/{call_id}/monitor    {"mode": ...}
@@ -14,23 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 
-from bridge.control.errors import ControlError, ControlErrorKind, Unavailable
+from bridge.control.errors import ControlError, ControlErrorKind
 from bridge.control.schemas import MonitorChange, MonitorRequest, RecordingRequest
 from bridge.control.service import ControlService
 from bridge.directory.model import User
-from bridge.httpauth import current_user
-
-router = APIRouter(prefix="/api/v1/calls", tags=["calls"])
-
-
-def _service(request: Request) -> ControlService:
-    service = getattr(request.app.state.ctx, "control", None)
-    if not isinstance(service, ControlService):
-        raise _http(Unavailable("call controls are not part of this daemon"))
-    return service
-
+from bridge.httpauth import HttpAuth
 
 STATUS = {
     ControlErrorKind.INVALID: 422,
@@ -46,50 +36,55 @@ def _http(error: ControlError) -> HTTPException:
     return HTTPException(status_code=STATUS[error.kind], detail=error.reason)
 
 
-@router.post(
-    "/{call_id}/monitor",
-    status_code=201,
-    summary="Listen, whisper or barge into a live call (conference mode)",
-)
-async def start_monitor(
-    call_id: str, body: MonitorRequest, request: Request, user: User = Depends(current_user)
-) -> dict[str, Any]:
-    try:
-        return await _service(request).monitor(user, call_id, body.mode, body.via, origin="http")
-    except ControlError as exc:
-        raise _http(exc) from None
+def routes(service: ControlService, auth: HttpAuth) -> APIRouter:
+    """The control routes, bound to the control service and the daemon's token gate."""
+    router = APIRouter(prefix="/api/v1/calls", tags=["calls"])
 
+    @router.post(
+        "/{call_id}/monitor",
+        status_code=201,
+        summary="Listen, whisper or barge into a live call (conference mode)",
+    )
+    async def start_monitor(
+        call_id: str,
+        body: MonitorRequest,
+        user: User = Depends(auth.current_user),
+    ) -> dict[str, Any]:
+        try:
+            return await service.monitor(user, call_id, body.mode, body.via, origin="http")
+        except ControlError as exc:
+            raise _http(exc) from None
 
-@router.patch("/{call_id}/monitor", summary="Switch the monitoring mode live")
-async def change_monitor(
-    call_id: str, body: MonitorChange, request: Request, user: User = Depends(current_user)
-) -> dict[str, Any]:
-    try:
-        return await _service(request).change_monitor(
-            user, call_id, body.mode, body.via, origin="http"
-        )
-    except ControlError as exc:
-        raise _http(exc) from None
+    @router.patch("/{call_id}/monitor", summary="Switch the monitoring mode live")
+    async def change_monitor(
+        call_id: str, body: MonitorChange, user: User = Depends(auth.current_user)
+    ) -> dict[str, Any]:
+        try:
+            return await service.change_monitor(user, call_id, body.mode, body.via, origin="http")
+        except ControlError as exc:
+            raise _http(exc) from None
 
+    @router.delete("/{call_id}/monitor", status_code=204, summary="Stop monitoring a call")
+    async def stop_monitor(call_id: str, user: User = Depends(auth.current_user)) -> Response:
+        try:
+            await service.stop_monitor(user, call_id, origin="http")
+        except ControlError as exc:
+            raise _http(exc) from None
+        return Response(status_code=204)
 
-@router.delete("/{call_id}/monitor", status_code=204, summary="Stop monitoring a call")
-async def stop_monitor(
-    call_id: str, request: Request, user: User = Depends(current_user)
-) -> Response:
-    try:
-        await _service(request).stop_monitor(user, call_id, origin="http")
-    except ControlError as exc:
-        raise _http(exc) from None
-    return Response(status_code=204)
+    @router.post(
+        "/{call_id}/recording", summary="Start, pause, resume or stop the call's recording"
+    )
+    async def recording(
+        call_id: str,
+        body: RecordingRequest,
+        user: User = Depends(auth.current_user),
+    ) -> dict[str, Any]:
+        try:
+            return await service.recording(
+                user, call_id, body.action, body.pause_behavior, origin="http"
+            )
+        except ControlError as exc:
+            raise _http(exc) from None
 
-
-@router.post("/{call_id}/recording", summary="Start, pause, resume or stop the call's recording")
-async def recording(
-    call_id: str, body: RecordingRequest, request: Request, user: User = Depends(current_user)
-) -> dict[str, Any]:
-    try:
-        return await _service(request).recording(
-            user, call_id, body.action, body.pause_behavior, origin="http"
-        )
-    except ControlError as exc:
-        raise _http(exc) from None
+    return router

@@ -7,16 +7,16 @@ Thin on purpose: the offers are the offer service's (offers.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.directory.model import Directory
 from bridge.directory.roles import Action
-from bridge.httpauth import Grant, audit_request, require
-
-# -- POST /api/v1/ws/test-offers ([ws] test_offers = true only) ----------------------------------
-test_router = APIRouter(prefix="/api/v1/ws", tags=["ws"])
+from bridge.httpauth import Grant, HttpAuth, audit_request
+from bridge.ws.services import Gateway
 
 
 class TestOffersBody(BaseModel):
@@ -33,30 +33,35 @@ class TestOffersBody(BaseModel):
     line: Annotated[str, Field(max_length=32)] | None = None
 
 
-@test_router.post("/test-offers", summary="Admin: ring app sessions with synthetic calls")
-async def test_offers(
-    body: TestOffersBody,
-    request: Request,
-    # An admin-only tool: the matrix's admin-only row for changing the system guards it.
-    grant: Grant = Depends(require(Action.CHANGE_DIRECTORY)),
-) -> dict[str, Any]:
-    ctx = request.app.state.ctx  # (not api.common.ctx_of: bridge.context imports this module)
-    directory = ctx.store.current
-    unknown = [u for u in body.users if directory.user(u) is None]
-    if unknown:
-        raise HTTPException(status_code=404, detail=f"no user {unknown[0]!r}")
-    started = time.perf_counter()
-    result = ctx.ws.test_calls.start(
-        body.users,
-        one_call=body.one_call,
-        ring_seconds=body.ring_seconds,
-        hold_seconds=body.hold_seconds,
-        caller=body.caller,
-        line=body.line,
-    )
-    # Answer once every offer is written: the answer then says how long the fan-out took on
-    # the bridge's side (bench/ws_fanout.py reports it next to what the clients saw).
-    result["written"] = await ctx.ws.written(body.users, timeout=10)
-    result["written_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    audit_request(request, grant.user, "ws_test_offers", allowed=True, users=len(body.users))
-    return result
+def test_routes(gateway: Gateway, directory: Callable[[], Directory], auth: HttpAuth) -> APIRouter:
+    """`POST /api/v1/ws/test-offers` ([ws] test_offers = true only)."""
+    router = APIRouter(prefix="/api/v1/ws", tags=["ws"])
+
+    @router.post("/test-offers", summary="Admin: ring app sessions with synthetic calls")
+    async def test_offers(
+        body: TestOffersBody,
+        request: Request,
+        # An admin-only tool: the matrix's admin-only row for changing the system guards it.
+        grant: Grant = Depends(auth.require(Action.CHANGE_DIRECTORY)),
+    ) -> dict[str, Any]:
+        current = directory()
+        unknown = [u for u in body.users if current.user(u) is None]
+        if unknown:
+            raise HTTPException(status_code=404, detail=f"no user {unknown[0]!r}")
+        started = time.perf_counter()
+        result = gateway.test_calls.start(
+            body.users,
+            one_call=body.one_call,
+            ring_seconds=body.ring_seconds,
+            hold_seconds=body.hold_seconds,
+            caller=body.caller,
+            line=body.line,
+        )
+        # Answer once every offer is written: the answer then says how long the fan-out took
+        # on the bridge's side (bench/ws_fanout.py reports it next to what the clients saw).
+        result["written"] = await gateway.written(body.users, timeout=10)
+        result["written_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        audit_request(request, grant.user, "ws_test_offers", allowed=True, users=len(body.users))
+        return result
+
+    return router

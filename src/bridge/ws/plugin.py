@@ -4,9 +4,11 @@ passed in explicitly; what the rest of the daemon uses of it, returned.
 - `build_gateway(...)` in `bridge.context.build_context`: the gateway (with its offer service
   as `gateway.offers`) subscribed to directory changes, so a suspended or deleted user's
   sessions close at once;
-- `include_routes(app, settings)` in `bridge.api.app.create_app`: `/ws` (the gateway's plain
-  ASGI endpoint, in the app's `websocket_endpoints`: served ahead of FastAPI's middleware and
-  router, see `Gateway.serve`), and the admin test offers when `[ws] test_offers` is on;
+- `websocket_endpoints(gateway)` and `routes(...)` in `bridge.api.app.create_app`: `/ws`
+  (the gateway's plain ASGI endpoint, served ahead of FastAPI's middleware and router, see
+  `Gateway.serve`), and the admin test offers when `[ws] test_offers` is on;
+- `gateway.use_control(control)` in `bridge.context.build_context`: call-control frames go to
+  the daemon's control service, as the HTTP routes do;
 - the daemon calls `gateway.begin_drain()` when a drain starts and `await
   gateway.close_all()` before the HTTP listener stops.
 """
@@ -17,13 +19,15 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
+from starlette.types import ASGIApp
 
 from bridge.calls.registry import CallRegistry
 from bridge.config import Settings
+from bridge.directory.model import Directory
 from bridge.directory.store import DirectoryStore
+from bridge.httpauth import HttpAuth
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService
 from bridge.tokens import TokenService
@@ -55,15 +59,19 @@ def build_gateway(
     return gateway
 
 
-def include_routes(app: FastAPI, settings: Settings) -> None:
-    gateway: Gateway | None = app.state.ctx.ws
-    if gateway is not None:
-        endpoints: dict[str, Any] = app.websocket_endpoints  # type: ignore[attr-defined]
-        endpoints["/ws"] = gateway.serve
-        # Call-control frames use the daemon's control service, as the HTTP routes do.
-        gateway.control = lambda: getattr(app.state.ctx, "control", None)
-    if settings.ws.test_offers:
-        app.include_router(http.test_router)
+def websocket_endpoints(gateway: Gateway) -> dict[str, ASGIApp]:
+    """`/ws`: the gateway's plain ASGI endpoint (served ahead of FastAPI's middleware and
+    router, see `Gateway.serve` and `bridge.api.app.BridgeApp`)."""
+    return {"/ws": gateway.serve}
+
+
+def routes(
+    gateway: Gateway, settings: Settings, directory: Callable[[], Directory], auth: HttpAuth
+) -> list[APIRouter]:
+    """The admin test offers, when `[ws] test_offers` is on."""
+    if not settings.ws.test_offers:
+        return []
+    return [http.test_routes(gateway, directory, auth)]
 
 
 _TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]+")

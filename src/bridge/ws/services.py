@@ -120,8 +120,12 @@ class Gateway:
         self.offers = OfferService(self, metrics, clock)
         self.test_calls = TestCalls(self.offers, clock)
         self.board = Board(calls, presence, directory, self.session_count)
-        # Where call controls go (the daemon's `ctx.control`); set where `/ws` is mounted.
-        self.control: Callable[[], Any] = lambda: None
+        # Where call controls go: the daemon's control service (the HTTP routes' too), set
+        # once at start-up (`use_control`); None: the frames are refused as unavailable.
+        self.control: Any = None
+
+    def use_control(self, control: Any) -> None:
+        self.control = control
 
     # -- SessionHub (for the offer service) and introspection ------------------------------
     def sessions_of(self, user_id: str) -> Collection[Session]:
@@ -352,7 +356,7 @@ class Gateway:
             # It may wait for the carrier (up to the REST client's retry budget): run it beside
             # the session's reading, after the session's previous control (Barge then Leave
             # must reach the carrier in that order).
-            control = self.control()
+            control = self.control
             previous = self._controls.get(session.session_id)
             task = asyncio.get_running_loop().create_task(
                 self._control(session, user, frame, control, previous)

@@ -19,12 +19,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bridge.carriers.twilio.errors import (
-    BodyTooLarge,
-    MalformedWebhook,
-    NotConfigured,
-    WebhookError,
-)
+from bridge.carriers.twilio.errors import BodyTooLarge, MalformedWebhook, WebhookError
 from bridge.carriers.twilio.schemas import (
     ConferenceCallback,
     ConfirmRequest,
@@ -42,19 +37,10 @@ from bridge.carriers.twilio.twiml import XML_MEDIA_TYPE
 
 log = structlog.get_logger("bridge.carrier")
 
-router = APIRouter(prefix="/twilio", tags=["carrier"])
-
 MAX_BODY_BYTES = 64 * 1024  # carrier webhooks are well under 4 KiB
 _FORM = "application/x-www-form-urlencoded"
 
 Handler = Callable[[TwilioCalls, WebhookForm], Response]
-
-
-def _service(request: Request) -> TwilioCalls:
-    service = getattr(request.app.state.ctx, "carrier", None)
-    if not isinstance(service, TwilioCalls):
-        raise NotConfigured("the carrier path is not part of this daemon")
-    return service
 
 
 def signed_url(service: TwilioCalls, request: Request) -> str:
@@ -63,12 +49,12 @@ def signed_url(service: TwilioCalls, request: Request) -> str:
     return f"{service.settings.public_url}{request.url.path}" + (f"?{query}" if query else "")
 
 
-async def _webhook(request: Request, endpoint: str, handle: Handler) -> Response:
+async def _webhook(
+    service: TwilioCalls, request: Request, endpoint: str, handle: Handler
+) -> Response:
     started = time.perf_counter()
     form: WebhookForm | None = None
-    service: TwilioCalls | None = None
     try:
-        service = _service(request)
         refusal = service.refusal()
         if refusal is not None:
             raise refusal
@@ -105,10 +91,9 @@ async def _webhook(request: Request, endpoint: str, handle: Handler) -> Response
             call_sid=form.call_sid if form is not None else None,
         )
         response = JSONResponse({"detail": "internal error"}, status_code=500)
-    if service is not None:
-        metrics = service.metrics
-        metrics.webhook_requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        metrics.webhook_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+    metrics = service.metrics
+    metrics.webhook_requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+    metrics.webhook_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - started)
     return response
 
 
@@ -120,60 +105,68 @@ def _accepted() -> Response:
     return Response(status_code=204)
 
 
-@router.post("/voice", summary="Inbound call: TwiML that rings the dialled line's plan")
-async def voice(request: Request) -> Response:
-    return await _webhook(
-        request, "voice", lambda service, form: _xml(service.inbound(VoiceRequest.parse(form)))
-    )
+def routes(service: TwilioCalls) -> APIRouter:
+    """The carrier's webhook routes, bound to the carrier path's service."""
+    router = APIRouter(prefix="/twilio", tags=["carrier"])
 
+    @router.post("/voice", summary="Inbound call: TwiML that rings the dialled line's plan")
+    async def voice(request: Request) -> Response:
+        return await _webhook(
+            service,
+            request,
+            "voice",
+            lambda service, form: _xml(service.inbound(VoiceRequest.parse(form))),
+        )
 
-@router.post("/status", summary="Call status callback (the caller's call, or one leg)")
-async def status(request: Request) -> Response:
-    def handle(service: TwilioCalls, form: WebhookForm) -> Response:
-        service.call_status(StatusCallback.parse(form))
-        return _accepted()
+    @router.post("/status", summary="Call status callback (the caller's call, or one leg)")
+    async def status(request: Request) -> Response:
+        def handle(service: TwilioCalls, form: WebhookForm) -> Response:
+            service.call_status(StatusCallback.parse(form))
+            return _accepted()
 
-    return await _webhook(request, "status", handle)
+        return await _webhook(service, request, "status", handle)
 
+    @router.post("/dial-action", summary="A <Dial> ended: next layer, fallback or hang up")
+    async def dial_action(request: Request) -> Response:
+        return await _webhook(
+            service,
+            request,
+            "dial-action",
+            lambda service, form: _xml(service.dial_action(DialAction.parse(form))),
+        )
 
-@router.post("/dial-action", summary="A <Dial> ended: next layer, fallback or hang up")
-async def dial_action(request: Request) -> Response:
-    return await _webhook(
-        request,
-        "dial-action",
-        lambda service, form: _xml(service.dial_action(DialAction.parse(form))),
-    )
+    @router.post("/confirm", summary="Forwarded leg picked up: press 1 to accept")
+    async def confirm(request: Request) -> Response:
+        return await _webhook(
+            service,
+            request,
+            "confirm",
+            lambda service, form: _xml(service.confirm(ConfirmRequest.parse(form))),
+        )
 
+    @router.post("/voicemail", summary="The voicemail <Record> finished")
+    async def voicemail(request: Request) -> Response:
+        return await _webhook(
+            service,
+            request,
+            "voicemail",
+            lambda service, form: _xml(service.voicemail_done(VoicemailDone.parse(form))),
+        )
 
-@router.post("/confirm", summary="Forwarded leg picked up: press 1 to accept")
-async def confirm(request: Request) -> Response:
-    return await _webhook(
-        request, "confirm", lambda service, form: _xml(service.confirm(ConfirmRequest.parse(form)))
-    )
+    @router.post("/recording", summary="Recording status callback (voicemail ready)")
+    async def recording(request: Request) -> Response:
+        def handle(service: TwilioCalls, form: WebhookForm) -> Response:
+            service.recording_status(RecordingCallback.parse(form))
+            return _accepted()
 
+        return await _webhook(service, request, "recording", handle)
 
-@router.post("/voicemail", summary="The voicemail <Record> finished")
-async def voicemail(request: Request) -> Response:
-    return await _webhook(
-        request,
-        "voicemail",
-        lambda service, form: _xml(service.voicemail_done(VoicemailDone.parse(form))),
-    )
+    @router.post("/conference", summary="Conference status callback (conference mode)")
+    async def conference(request: Request) -> Response:
+        def handle(service: TwilioCalls, form: WebhookForm) -> Response:
+            service.conference_status(ConferenceCallback.parse(form))
+            return _accepted()
 
+        return await _webhook(service, request, "conference", handle)
 
-@router.post("/recording", summary="Recording status callback (voicemail ready)")
-async def recording(request: Request) -> Response:
-    def handle(service: TwilioCalls, form: WebhookForm) -> Response:
-        service.recording_status(RecordingCallback.parse(form))
-        return _accepted()
-
-    return await _webhook(request, "recording", handle)
-
-
-@router.post("/conference", summary="Conference status callback (conference mode)")
-async def conference(request: Request) -> Response:
-    def handle(service: TwilioCalls, form: WebhookForm) -> Response:
-        service.conference_status(ConferenceCallback.parse(form))
-        return _accepted()
-
-    return await _webhook(request, "conference", handle)
+    return router

@@ -14,18 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from twilio.jwt.access_token import AccessToken
 from twilio.jwt.access_token.grants import VoiceGrant
 
 from bridge.config import TwilioSettings
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope, allowed
-from bridge.httpauth import current_user
+from bridge.httpauth import HttpAuth
 
 log = structlog.get_logger("bridge.carrier")
-
-router = APIRouter(prefix="/api/v1", tags=["carrier"])
 
 
 class VoiceTokenUnavailable(Exception):
@@ -61,16 +59,23 @@ def issue_voice_token(settings: TwilioSettings, identity: str) -> tuple[str, int
     return str(token.to_jwt()), ttl
 
 
-@router.get("/voice-token", summary="An access token for the caller's apps (Voice SDK)")
-def voice_token(request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    receive, reason = allowed(user, Action.RECEIVE_CALLS)
-    monitor, _ = allowed(user, Action.MONITOR_CALLS)
-    if receive is Scope.NONE and monitor is Scope.NONE:
-        raise HTTPException(status_code=403, detail=f"{reason}: a voice token would have no use")
-    settings = request.app.state.ctx.settings.twilio
-    try:
-        token, ttl = issue_voice_token(settings, user.id)
-    except VoiceTokenUnavailable as exc:
-        raise HTTPException(status_code=503, detail=exc.reason) from None
-    log.info("voice_token_issued", user_id=user.id, ttl_seconds=ttl)
-    return {"token": token, "identity": user.id, "expires_in": ttl}
+def routes(settings: TwilioSettings, auth: HttpAuth) -> APIRouter:
+    """`GET /api/v1/voice-token`, with the carrier's settings and the daemon's token gate."""
+    router = APIRouter(prefix="/api/v1", tags=["carrier"])
+
+    @router.get("/voice-token", summary="An access token for the caller's apps (Voice SDK)")
+    def voice_token(user: User = Depends(auth.current_user)) -> dict[str, Any]:
+        receive, reason = allowed(user, Action.RECEIVE_CALLS)
+        monitor, _ = allowed(user, Action.MONITOR_CALLS)
+        if receive is Scope.NONE and monitor is Scope.NONE:
+            raise HTTPException(
+                status_code=403, detail=f"{reason}: a voice token would have no use"
+            )
+        try:
+            token, ttl = issue_voice_token(settings, user.id)
+        except VoiceTokenUnavailable as exc:
+            raise HTTPException(status_code=503, detail=exc.reason) from None
+        log.info("voice_token_issued", user_id=user.id, ttl_seconds=ttl)
+        return {"token": token, "identity": user.id, "expires_in": ttl}
+
+    return router
