@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/webhooks.py [--rate 300] [--seconds 10] [--warmup 2]
                                        [--connections 32] [--members 3] [--log-level info]
+                                       [--src DIR]
 
 Everything runs on loopback, on a free port, bounded in time (warm-up + seconds + a few
 seconds to start and stop), and the one process it starts is stopped at the end by its process
@@ -22,6 +23,10 @@ group id:
 `--gc-gen0 N` starts the bridge with the daemon's young-generation GC threshold replaced by N
 (the daemon sets `bridge.daemon.GC_THRESHOLDS` once started, 5,000 today): the collections
 of that generation are the pauses behind this path's tail latency (see docs/PERFORMANCE.md).
+
+`--src DIR` runs the bridge from another copy of the package (PYTHONPATH=DIR), e.g. a
+`git archive <commit> src | tar -x` export's `src/`, to compare two versions back to back on
+the same machine.
 
 It prints the achieved rate, latency p50 / p99 / max (sent -> answer read, and also from the
 scheduled send time so a generator that fell behind cannot hide the server's queueing), errors
@@ -143,8 +148,13 @@ _PATCHED_RUN = (
 )
 
 
-def start_bridge(toml: Path, log_file: Path, gen0: int | None) -> subprocess.Popen[bytes]:
+def start_bridge(
+    toml: Path, log_file: Path, gen0: int | None, src: Path | None = None
+) -> subprocess.Popen[bytes]:
     command = [str(BRIDGE), "run", "-c", str(toml)]
+    env = dict(os.environ)
+    if src is not None:  # another copy of the package (before/after comparisons)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     if gen0 is not None:
         python = str(BRIDGE.parent / "python")
         command = [python, "-c", _PATCHED_RUN.format(gen0=gen0), str(toml)]
@@ -153,6 +163,7 @@ def start_bridge(toml: Path, log_file: Path, gen0: int | None) -> subprocess.Pop
             command,
             stdout=sink,
             stderr=sink,
+            env=env,
             start_new_session=True,  # its own process group: stopped by group id below
         )
 
@@ -343,7 +354,20 @@ def main() -> int:
         default=None,
         help="run the bridge with this young-generation GC threshold instead of the daemon's",
     )
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=None,
+        help="run the bridge from this copy of the package (PYTHONPATH), e.g. a "
+        "`git archive <commit> src | tar -x` export's src/, to compare two versions",
+    )
     args = parser.parse_args()
+    if args.src is not None and not (args.src / "bridge" / "__init__.py").exists():
+        print(f"--src {args.src}: no bridge package there", file=sys.stderr)
+        return 2
+    print(
+        f"bridge code: {args.src.resolve()} (--src)" if args.src else f"bridge code: {REPO / 'src'}"
+    )
     if not BRIDGE.exists():
         print(f"{BRIDGE} is missing: run `make run` (or pip install -e .) first", file=sys.stderr)
         return 2
@@ -357,7 +381,7 @@ def main() -> int:
         port = free_port()
         toml = write_config(folder, port, args.members, args.log_level)
         log_file = folder / "bridge.log"
-        process = start_bridge(toml, log_file, args.gc_gen0)
+        process = start_bridge(toml, log_file, args.gc_gen0, args.src)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base, process)
