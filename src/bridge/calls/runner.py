@@ -151,6 +151,10 @@ class CallRunner:
         self.offers = offers
         self._calls: dict[str, RunningCall] = {}
         self._listeners: list[CallEventListener] = []
+        # The wall-clock time of the outputs being applied: read once per input, not once
+        # per event (an input's outputs happen at one moment).
+        self._applying = 0
+        self._stamp: datetime | None = None
 
     def use_offers(self, offers: AppOffers) -> None:
         """Ring app users on their WebSocket sessions (the gateway is built after us)."""
@@ -221,10 +225,11 @@ class CallRunner:
 
     # -- inputs from the dial paths ----------------------------------------------------------
     def feed(self, call: RunningCall, step: Callable[[float], list[Output]]) -> list[Output]:
-        """Give the core one input at the call's `now`, apply what it returns, return it."""
-        with call_context(call.call_id):
-            outputs = step(call.now)
-            self.apply(call, outputs)
+        """Give the core one input at the call's `now`, apply what it returns, return it.
+        (The path calls it with the call's log context bound, as it handles the call's
+        message; the runner's own timers bind it themselves.)"""
+        outputs = step(call.now)
+        self.apply(call, outputs)
         return outputs
 
     def feed_later(self, call: RunningCall, step: Callable[[float], list[Output]]) -> None:
@@ -233,7 +238,12 @@ class CallRunner:
             self.feed(call, step)
             return
         timers = call.timers
-        timers.call_at(timers.now(), lambda: self.feed(call, step) if not call.ended else None)
+        timers.call_at(timers.now(), lambda: self._feed_from_loop(call, step))
+
+    def _feed_from_loop(self, call: RunningCall, step: Callable[[float], list[Output]]) -> None:
+        if call.call_id in self._calls:
+            with call_context(call.call_id):
+                self.feed(call, step)
 
     def leg_ringing(self, call: RunningCall, leg_id: str, *, early_media: bool = False) -> None:
         self.feed(call, lambda now: call.machine.leg_ringing(leg_id, now, early_media=early_media))
@@ -282,15 +292,28 @@ class CallRunner:
     def apply(self, call: RunningCall, outputs: Sequence[Output]) -> None:
         """Carry out the outputs of one input, in order; then the live entry, the timer, and
         the end of the call."""
-        for output in outputs:
-            try:
-                self._apply(call, output)
-            except Exception:  # one command's failure must not leave the rest undone
-                log.exception("call_output_failed", path=call.path, output=type(output).__name__)
-        call.machine.apply_to(call.live)
-        self._arm(call)
-        if call.machine.ended:
-            self._finish(call)
+        self._applying += 1
+        try:
+            for output in outputs:
+                try:
+                    self._apply(call, output)
+                except Exception:  # one command's failure must not leave the rest undone
+                    log.exception(
+                        "call_output_failed", path=call.path, output=type(output).__name__
+                    )
+            call.machine.apply_to(call.live)
+            self._arm(call)
+            if call.machine.ended:
+                self._finish(call)
+        finally:
+            self._applying -= 1
+            if not self._applying:
+                self._stamp = None
+
+    def _wall_now(self) -> datetime:
+        if self._stamp is None or not self._applying:
+            self._stamp = self._wall()
+        return self._stamp
 
     def _apply(self, call: RunningCall, output: Output) -> None:
         driver = call.driver
@@ -351,7 +374,7 @@ class CallRunner:
         leg_id = getattr(event, "leg_id", None)
         if isinstance(leg_id, str):
             leg_ref = call.driver.leg_reference(call, leg_id)
-        record = CallEventRecord(call.call_id, call.path, self._wall(), event, leg_ref)
+        record = CallEventRecord(call.call_id, call.path, self._wall_now(), event, leg_ref)
         call.events.append(record)
         _log_event(call.path, event, leg_ref)
         if isinstance(event, CallEnded):
@@ -375,7 +398,7 @@ class CallRunner:
             caller=call.live.caller,
             line=plan.line,
             ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
-            expires_at=self._wall() + timedelta(seconds=rings_for),
+            expires_at=self._wall_now() + timedelta(seconds=rings_for),
             sdp=call.caller_sdp if answers else None,
             listener=self,
         )
@@ -437,7 +460,8 @@ class CallRunner:
             # The voice SDK keeps ringing until the leg's own end: only the offer stopped.
             log.info(f"{call.path}_app_offer_{failure.value}", call_id=call_id, user_id=user_id)
             return
-        self.leg_failed(call, leg, failure)
+        with call_context(call_id):
+            self.leg_failed(call, leg, failure)
 
     # -- timers and the end -----------------------------------------------------------------------
     def _arm(self, call: RunningCall) -> None:
@@ -453,8 +477,7 @@ class CallRunner:
 
     def _timer(self, call: RunningCall) -> None:
         call.timer = None
-        if call.call_id in self._calls:
-            self.feed(call, call.machine.handle_timer)
+        self._feed_from_loop(call, call.machine.handle_timer)
 
     def _finish(self, call: RunningCall) -> None:
         if self._calls.pop(call.call_id, None) is None:
