@@ -52,6 +52,27 @@ def desk_user(uid: str, username: str, password: str, **extra: Any) -> dict[str,
     }
 
 
+def one_desk_phone_directory(line: str, *, ring_seconds: int = 20) -> dict[str, Any]:
+    """A line ringing one desk-phone user, `ana` (SIP username 201, password pw-201), for
+    `ring_seconds`, then hanging up; and an admin to act on it."""
+    return {
+        "timezone": "UTC",
+        "users": [
+            {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
+            desk_user("ana", "201", "pw-201"),
+        ],
+        "ring_groups": [
+            {
+                "id": "desk",
+                "name": "Desk",
+                "layers": [{"members": ["ana"], "timeout_seconds": ring_seconds}],
+                "fallback": {"action": "hangup"},
+            }
+        ],
+        "lines": [{"number": line, "name": "Main", "route_to": {"ring_group": "desk"}}],
+    }
+
+
 class Wire:
     """The UDP socket, as a list of (datagram, destination)."""
 

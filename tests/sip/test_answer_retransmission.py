@@ -14,10 +14,10 @@ from sim.phones.inproc import (
     TRUNK,
     InprocBridge,
     contact_uri,
-    desk_user,
     header,
     is_request,
     is_response,
+    one_desk_phone_directory,
     respond,
     trunk_in_dialog,
     trunk_invite,
@@ -26,22 +26,7 @@ from structlog.testing import capture_logs
 
 LINE = "+15550100"
 PHONE = ("127.0.0.1", 20001)
-DIRECTORY = {
-    "timezone": "UTC",
-    "users": [
-        {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
-        desk_user("ana", "201", "pw-201"),
-    ],
-    "ring_groups": [
-        {
-            "id": "desk",
-            "name": "Desk",
-            "layers": [{"members": ["ana"], "timeout_seconds": 20}],
-            "fallback": {"action": "hangup"},
-        }
-    ],
-    "lines": [{"number": LINE, "name": "Main", "route_to": {"ring_group": "desk"}}],
-}
+DIRECTORY = one_desk_phone_directory(LINE)
 STEP = 0.25
 # When the 200 goes out again after the first one: T1 = 0.5 s doubling to T2 = 4 s.
 RESENT_AT = [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]

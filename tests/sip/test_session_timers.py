@@ -18,10 +18,10 @@ from sim.phones.inproc import (
     InprocBridge,
     body_of,
     contact_uri,
-    desk_user,
     header,
     is_request,
     is_response,
+    one_desk_phone_directory,
     respond,
     trunk_in_dialog,
     trunk_invite,
@@ -29,22 +29,7 @@ from sim.phones.inproc import (
 
 LINE = "+15550100"
 PHONE = ("127.0.0.1", 20001)
-DIRECTORY = {
-    "timezone": "UTC",
-    "users": [
-        {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
-        desk_user("ana", "201", "pw-201"),
-    ],
-    "ring_groups": [
-        {
-            "id": "desk",
-            "name": "Desk",
-            "layers": [{"strategy": "all", "members": ["ana"], "timeout_seconds": 20}],
-            "fallback": {"action": "hangup"},
-        }
-    ],
-    "lines": [{"number": LINE, "name": "Main", "route_to": {"ring_group": "desk"}}],
-}
+DIRECTORY = one_desk_phone_directory(LINE)
 
 
 @pytest.fixture
