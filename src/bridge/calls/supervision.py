@@ -91,6 +91,10 @@ class MonitorView:
         }
 
 
+# A recording in one of these can still be paused, resumed or stopped.
+RECORDING_ACTIVE = frozenset({"starting", "in-progress", "paused"})
+
+
 @dataclass(frozen=True, slots=True)
 class RecordingView:
     """The call's recording (the one the controls start, not a voicemail)."""
@@ -104,7 +108,7 @@ class RecordingView:
     @property
     def active(self) -> bool:
         """Recording or paused: it can still be paused, resumed or stopped."""
-        return self.status in ("starting", "in-progress", "paused")
+        return self.status in RECORDING_ACTIVE
 
     def to_dict(self) -> dict[str, Any]:
         return {

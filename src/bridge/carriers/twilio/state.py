@@ -15,6 +15,7 @@ from bridge.calls.events import CallEventRecord
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import LiveCall
 from bridge.calls.runner import RunningCall
+from bridge.calls.supervision import RECORDING_ACTIVE, RecordingView
 from bridge.directory.model import Directory, Line
 from bridge.presence.model import Channel
 from bridge.routing.model import FallbackStep
@@ -123,16 +124,20 @@ class CallRecording:
     @property
     def active(self) -> bool:
         """Recording or paused: it can still be paused, resumed or stopped."""
-        return self.status in ("starting", "in-progress", "paused")
+        return self.status in RECORDING_ACTIVE
+
+    def view(self) -> RecordingView:
+        """The recording as supervision shows it (the API's JSON is the view's)."""
+        return RecordingView(
+            reference=self.sid,
+            status=self.status,
+            pause_behavior=self.pause_behavior,
+            url=self.url,
+            duration_seconds=self.duration_seconds,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "recording_sid": self.sid,
-            "status": self.status,
-            "pause_behavior": self.pause_behavior,
-            "url": self.url,
-            "duration_seconds": self.duration_seconds,
-        }
+        return self.view().to_dict()
 
 
 @dataclass(eq=False, slots=True)

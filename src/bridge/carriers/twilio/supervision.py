@@ -190,7 +190,7 @@ class TwilioSupervision:
                 raise
         recording.sid = recording.sid or made.sid
         self._apply(recording, made.status or "in-progress")
-        return _recording_view(recording)
+        return recording.view()
 
     async def pause_recording(self, call_id: str, behavior: str) -> RecordingView:
         return await self._update_recording(call_id, "paused", behavior)
@@ -221,7 +221,7 @@ class TwilioSupervision:
                 updated = await rest.update_recording(call.call_id, recording.sid, **params)
         recording.pause_behavior = pause_behavior if status == "paused" else None
         self._apply(recording, updated.status or status)
-        return _recording_view(recording)
+        return recording.view()
 
     @staticmethod
     def _apply(recording: CallRecording, status: str) -> None:
@@ -275,7 +275,7 @@ def _view(call: CarrierCall) -> SupervisableCall:
         state=call.machine.state,
         answered_by=call.machine.answered_by,
         monitors={uid: _monitor_view(call, s) for uid, s in call.monitors.items()},
-        recording=_recording_view(call.recording) if call.recording is not None else None,
+        recording=call.recording.view() if call.recording is not None else None,
         cannot_monitor=(
             None
             if call.mode == ConferenceMode.name
@@ -295,14 +295,4 @@ def _monitor_view(call: CarrierCall, session: MonitorSession) -> MonitorView:
         reference=session.call_sid,
         status=session.status,
         pending=session.call_sid is None or call.conference_sid is None,
-    )
-
-
-def _recording_view(recording: CallRecording) -> RecordingView:
-    return RecordingView(
-        reference=recording.sid,
-        status=recording.status,
-        pause_behavior=recording.pause_behavior,
-        url=recording.url,
-        duration_seconds=recording.duration_seconds,
     )
