@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,49 +17,10 @@ from bridge.media.endpoint import Latch, MediaEndpoint
 from bridge.media.ports import PortPool
 from bridge.media.relay import BlindRelay, RelayLeg
 from bridge.media.rtp import StreamRewriter, build_rtp, parse_rtp
-from tests.media.audio import frames, tone, tones_in
+from tests.media.audio import tones_in
+from tests.media.rtp_peers import Phone, audio_of, settle
 
 CALLER_TONE, AGENT_TONE = 440.0, 1000.0
-
-
-class Phone:
-    """A peer's RTP socket: sends a tone as G.711 packets, collects what it receives."""
-
-    def __init__(self, payload_type: int, ssrc: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.payload_type = payload_type
-        self.ssrc = ssrc
-        self.sequence = 1000
-        self.timestamp = 50_000
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.sock.getsockname()
-        return host, port
-
-    def send_tone(self, freq: float, seconds: float, port: int) -> None:
-        for frame in frames(tone(freq, seconds)):
-            payload = g711.encode(frame, self.payload_type)
-            packet = build_rtp(self.payload_type, self.sequence, self.timestamp, self.ssrc, payload)
-            self.sock.sendto(packet, ("127.0.0.1", port))
-            self.sequence += 1
-            self.timestamp += 160
-
-    def send_raw(self, data: bytes, port: int) -> None:
-        self.sock.sendto(data, ("127.0.0.1", port))
-
-    def received(self) -> list[bytes]:
-        got = []
-        while True:
-            try:
-                got.append(self.sock.recv(4096))
-            except BlockingIOError:
-                return got
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Call:
@@ -111,37 +70,6 @@ class Call:
         for leg, rtp in zip((self.caller_side, self.agent_side), self.sockets, strict=True):
             leg.endpoint.stop()
             self.pool.release(rtp)
-
-
-@pytest.fixture
-def pool() -> Iterator[PortPool]:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    start = port - port % 2
-    yield PortPool("127.0.0.1", start, start + 400)
-
-
-async def settle(phones: list[Phone], counts: list[int], timeout: float = 3.0) -> list[list[bytes]]:
-    """Wait until each phone has received its expected number of packets."""
-    got: list[list[bytes]] = [[] for _ in phones]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while any(len(g) < c for g, c in zip(got, counts, strict=True)):
-        for g, phone in zip(got, phones, strict=True):
-            g.extend(phone.received())
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.01)
-    return got
-
-
-def audio_of(packets: list[bytes]) -> bytes:
-    pcm = b""
-    for packet in packets:
-        header = parse_rtp(packet)
-        pcm += g711.decode(bytes(header.payload(packet)), header.payload_type)
-    return pcm
 
 
 def continuous(packets: list[bytes], ssrc: int) -> bool:

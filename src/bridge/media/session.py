@@ -1,0 +1,158 @@
+"""The mixing session: a call's legs heard through the 20 ms mixer instead of the blind relay.
+
+While a supervisor listens, whispers or barges, or the call is recorded, every leg's audio goes
+through one clocked path: each leg's packets wait in its own jitter buffer; every 20 ms the
+session takes one frame from each (silence where nothing arrived in time), decodes it, mixes
+what each party may hear (`mixer.plan_for`: listen, whisper, barge, the recording taps),
+encodes each output in its leg's codec and sends it on that leg's own outgoing stream
+(`StreamRewriter.stamp`), so a phone sees one continuous stream across blind relay, mixing and
+back. A mode switch is a new plan from the next frame: no re-INVITE.
+
+The ticks are scheduled on absolute times (start + n x 20 ms), so a late tick does not shift
+the ones after it; a tick more than a few frames late skips ahead rather than bursting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.media import g711
+from bridge.media.jitter import JitterBuffer
+from bridge.media.mixer import TAP_LEFT, TAP_RIGHT, Mixer, MixPlan
+from bridge.media.recording import RecordingError, RecordingWriter
+from bridge.media.relay import RelayLeg
+from bridge.media.rtp import RtpError, is_rtcp, parse_rtp
+
+__all__ = ["FRAME_SECONDS", "MixingSession", "SessionStats"]
+
+log = structlog.get_logger("bridge.media")
+
+FRAME_SECONDS = 0.020
+_SAMPLES = 160
+# A tick this many frames late starts the schedule again from now instead of catching up.
+_MAX_BEHIND = 5
+
+
+@dataclass(slots=True)
+class SessionStats:
+    ticks: int = 0
+    late_ticks: int = 0  # ticks that ran more than one frame after their time
+    frames_sent: int = 0
+    rtcp: int = 0
+    malformed: int = 0
+    unexpected_payload: int = 0
+    recording_errors: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Input:
+    leg: RelayLeg
+    jitter: JitterBuffer = field(default_factory=JitterBuffer)
+
+
+class MixingSession:
+    """Mixes `legs` (party id -> leg) by `plan`; `start()` takes over the legs' endpoints."""
+
+    def __init__(
+        self,
+        legs: Mapping[str, RelayLeg],
+        plan: MixPlan,
+        *,
+        clock: Callable[[], float],
+        loop: asyncio.AbstractEventLoop,
+        jitter_depth: int = 3,
+    ) -> None:
+        self._inputs = {
+            party: _Input(leg, JitterBuffer(jitter_depth)) for party, leg in legs.items()
+        }
+        self.mixer = Mixer(plan)
+        self.stats = SessionStats()
+        self.recording: RecordingWriter | None = None
+        self._clock = clock
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._next = 0.0
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(self._inputs)
+
+    def set_plan(self, plan: MixPlan) -> None:
+        """Who hears whom, from the next frame on (a live mode switch)."""
+        self.mixer.set_plan(plan)
+
+    def record(self, writer: RecordingWriter | None) -> None:
+        """Write the recording taps (caller left, what the caller hears right) to `writer`
+        from the next frame; None stops writing (the caller closes the writer)."""
+        self.recording = writer
+
+    def start(self) -> None:
+        for party, entry in self._inputs.items():
+            entry.leg.endpoint.on_packet = self._receiver(party, entry)
+        self._next = self._clock() + FRAME_SECONDS
+        self._timer = self._loop.call_at(self._next, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _receiver(self, party: str, entry: _Input) -> Callable[[memoryview, tuple[str, int]], None]:
+        jitter, leg, stats = entry.jitter, entry.leg, self.stats
+
+        def receive(packet: memoryview, source: tuple[str, int]) -> None:
+            if is_rtcp(packet):
+                stats.rtcp += 1
+                return
+            try:
+                header = parse_rtp(packet)
+            except RtpError:
+                stats.malformed += 1
+                return
+            if header.payload_type != leg.payload_type:
+                # telephone-event while mixing is consumed by the engine's DTMF handling (to
+                # come with press-1 and voicemail), never mixed as audio
+                stats.unexpected_payload += 1
+                return
+            jitter.push(
+                header.sequence, header.timestamp, bytes(header.payload(packet)), self._clock()
+            )
+
+        return receive
+
+    def _tick(self) -> None:
+        now = self._clock()
+        stats = self.stats
+        stats.ticks += 1
+        if now - self._next > FRAME_SECONDS:
+            stats.late_ticks += 1
+        frames: dict[str, bytes | None] = {}
+        for party, entry in self._inputs.items():
+            payload = entry.jitter.pop(now)
+            frames[party] = (
+                g711.decode(payload, entry.leg.payload_type) if payload is not None else None
+            )
+        outputs = self.mixer.mix(frames)
+        for party, entry in self._inputs.items():
+            leg = entry.leg
+            pcm = outputs.get(party, g711.LINEAR_SILENCE)
+            packet = leg.stream.stamp(
+                leg.payload_type, g711.encode(pcm, leg.payload_type), _SAMPLES, now, self
+            )
+            if leg.endpoint.send(packet):
+                stats.frames_sent += 1
+        if self.recording is not None:
+            try:
+                self.recording.write(outputs.get(TAP_LEFT), outputs.get(TAP_RIGHT))
+            except RecordingError as exc:
+                stats.recording_errors += 1
+                log.warning("media_recording_failed", path=str(exc.path), reason=exc.reason)
+                self.recording = None  # the call goes on without it
+        self._next += FRAME_SECONDS
+        if now - self._next > _MAX_BEHIND * FRAME_SECONDS:
+            self._next = now + FRAME_SECONDS
+        self._timer = self._loop.call_at(self._next, self._tick)
