@@ -176,7 +176,33 @@ def run_sipp(
     timeout: float = 30,
     port: int | None = None,
 ) -> SippResult:
-    """Run one SIPp scenario against the bridge (loopback, bounded calls and time)."""
+    """Run one SIPp scenario against the bridge (loopback, bounded calls and time). With no
+    `port` given, a free one is picked, and picked again if another process took it before
+    SIPp could bind it."""
+    for _ in range(3):
+        result = _run_sipp_once(
+            tmp_path, scenario, bridge_port, *args, transport=transport, timeout=timeout,
+            port=port or free_port(),
+        )  # fmt: skip
+        if port is not None or not lost_its_port(result):
+            break
+    return result
+
+
+def lost_its_port(result: SippResult) -> bool:
+    """SIPp could not bind its SIP port: a free port probed earlier was taken meanwhile."""
+    return result.returncode != 0 and "Unable to bind main socket" in result.errors
+
+
+def _run_sipp_once(
+    tmp_path: Path,
+    scenario: str,
+    bridge_port: int,
+    *args: str,
+    transport: str,
+    timeout: float,
+    port: int,
+) -> SippResult:
     assert SIPP is not None, "sipp missing"
     name = f"{scenario}-{time.monotonic_ns()}"
     messages, errors = tmp_path / f"{name}.msg", tmp_path / f"{name}.err"
@@ -187,7 +213,7 @@ def run_sipp(
         "-i",
         "127.0.0.1",
         "-p",
-        str(port or free_port()),
+        str(port),
         "-t",
         transport,
         "-m",

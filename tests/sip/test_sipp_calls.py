@@ -15,6 +15,7 @@ from tests.sip.peers import (
     SIPP,
     bridge_process,
     free_port,
+    lost_its_port,
     needs_sipp,
     run_sipp,
     trunk_bridge,
@@ -63,19 +64,22 @@ def start_phone(
     """A SIPp desk phone: registers from a port (and exits), then a second SIPp on that port
     waits for our INVITE (SIPp maps messages to calls by Call-ID, so one run cannot do both)."""
     assert SIPP is not None, "sipp missing (Debian sip-tester)"
-    port = free_port()
-    registered = run_sipp(
-        tmp_path,
-        "register_only.xml",
-        bridge_port,
-        "-s",
-        user,
-        "-au",
-        user,
-        "-ap",
-        f"pw-{user}",
-        port=port,
-    )
+    for _ in range(3):  # a probed free port can be taken before SIPp binds it: probe again
+        port = free_port()
+        registered = run_sipp(
+            tmp_path,
+            "register_only.xml",
+            bridge_port,
+            "-s",
+            user,
+            "-au",
+            user,
+            "-ap",
+            f"pw-{user}",
+            port=port,
+        )
+        if not lost_its_port(registered):
+            break
     assert registered.returncode == 0, registered.errors + registered.output
     name = f"{scenario}-{user}-{time.monotonic_ns()}"
     return subprocess.Popen(
