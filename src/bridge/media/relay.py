@@ -21,9 +21,9 @@ import structlog
 
 from bridge.media import g711
 from bridge.media.endpoint import MediaEndpoint
-from bridge.media.rtp import RtpError, StreamRewriter, is_rtcp, parse_rtp
+from bridge.media.rtp import RtpError, RtpHeader, StreamRewriter, is_rtcp, parse_rtp
 
-__all__ = ["BlindRelay", "RelayLeg", "RelayStats"]
+__all__ = ["BlindRelay", "PacketCounts", "RelayLeg", "RelayStats", "read_rtp"]
 
 log = structlog.get_logger("bridge.media")
 
@@ -40,12 +40,31 @@ class RelayLeg:
 
 
 @dataclass(slots=True)
-class RelayStats:
-    relayed: int = 0
-    transcoded: int = 0
+class PacketCounts:
+    """What a leg's reader dropped before any audio work (the relay's and the mixer's)."""
+
     rtcp: int = 0
     malformed: int = 0
     unexpected_payload: int = 0  # a payload type that leg did not negotiate
+
+
+def read_rtp(packet: memoryview, counts: PacketCounts) -> RtpHeader | None:
+    """The packet's RTP header, or None for RTCP (each leg's RTP session ends at the bridge)
+    and packets that do not parse, counted."""
+    if is_rtcp(packet):
+        counts.rtcp += 1
+        return None
+    try:
+        return parse_rtp(packet)
+    except RtpError:
+        counts.malformed += 1
+        return None
+
+
+@dataclass(slots=True)
+class RelayStats(PacketCounts):
+    relayed: int = 0
+    transcoded: int = 0
     dtmf_dropped: int = 0  # telephone-event toward a leg that did not negotiate it
 
 
@@ -65,13 +84,8 @@ class BlindRelay:
     def forward(self, src: RelayLeg, dst: RelayLeg, packet: memoryview) -> None:
         """One packet from `src`'s peer to `dst`'s peer."""
         stats = self.stats
-        if is_rtcp(packet):
-            stats.rtcp += 1
-            return
-        try:
-            header = parse_rtp(packet)
-        except RtpError:
-            stats.malformed += 1
+        header = read_rtp(packet, stats)
+        if header is None:
             return
         pt = header.payload_type
         if pt == src.payload_type:

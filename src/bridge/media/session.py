@@ -24,8 +24,7 @@ from bridge.media import g711
 from bridge.media.jitter import JitterBuffer
 from bridge.media.mixer import TAP_LEFT, TAP_RIGHT, Mixer, MixPlan
 from bridge.media.recording import RecordingError, RecordingWriter
-from bridge.media.relay import RelayLeg
-from bridge.media.rtp import RtpError, is_rtcp, parse_rtp
+from bridge.media.relay import PacketCounts, RelayLeg, read_rtp
 
 __all__ = ["FRAME_SECONDS", "MixingSession", "SessionStats"]
 
@@ -38,13 +37,10 @@ _MAX_BEHIND = 5
 
 
 @dataclass(slots=True)
-class SessionStats:
+class SessionStats(PacketCounts):
     ticks: int = 0
     late_ticks: int = 0  # ticks that ran more than one frame after their time
     frames_sent: int = 0
-    rtcp: int = 0
-    malformed: int = 0
-    unexpected_payload: int = 0
     recording_errors: int = 0
 
 
@@ -105,13 +101,8 @@ class MixingSession:
         jitter, leg, stats = entry.jitter, entry.leg, self.stats
 
         def receive(packet: memoryview, source: tuple[str, int]) -> None:
-            if is_rtcp(packet):
-                stats.rtcp += 1
-                return
-            try:
-                header = parse_rtp(packet)
-            except RtpError:
-                stats.malformed += 1
+            header = read_rtp(packet, stats)
+            if header is None:
                 return
             if header.payload_type != leg.payload_type:
                 # telephone-event while mixing is consumed by the engine's DTMF handling (to

@@ -15,7 +15,7 @@ from bridge.calls.events import CallEventRecord
 from bridge.calls.machine import CallMachine
 from bridge.calls.registry import LiveCall
 from bridge.calls.runner import RunningCall
-from bridge.calls.supervision import RECORDING_ACTIVE, RecordingView
+from bridge.calls.supervision import RECORDING_ACTIVE, MonitorView, RecordingView
 from bridge.directory.model import Directory, Line
 from bridge.presence.model import Channel
 from bridge.routing.model import FallbackStep
@@ -99,15 +99,20 @@ class MonitorSession:
     status: str = "dialing"  # dialing | in-progress | ended
     started_at: float = 0.0  # the call's ring clock
 
+    def view(self, *, pending: bool = False) -> MonitorView:
+        """The session as supervision shows it (the API's JSON is the view's)."""
+        return MonitorView(
+            user_id=self.user_id,
+            mode=self.mode,
+            via=self.via,
+            to=self.to,
+            reference=self.call_sid,
+            status=self.status,
+            pending=pending,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "mode": self.mode,
-            "via": self.via,
-            "to": self.to,
-            "call_sid": self.call_sid,
-            "status": self.status,
-        }
+        return self.view().to_dict()
 
 
 @dataclass(slots=True)

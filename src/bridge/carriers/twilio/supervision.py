@@ -287,12 +287,4 @@ def _view(call: CarrierCall) -> SupervisableCall:
 
 
 def _monitor_view(call: CarrierCall, session: MonitorSession) -> MonitorView:
-    return MonitorView(
-        user_id=session.user_id,
-        mode=session.mode,
-        via=session.via,
-        to=session.to,
-        reference=session.call_sid,
-        status=session.status,
-        pending=session.call_sid is None or call.conference_sid is None,
-    )
+    return session.view(pending=session.call_sid is None or call.conference_sid is None)
