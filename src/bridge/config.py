@@ -196,6 +196,51 @@ class EventsSettings(_Section):
     outbox_path: Path = Path("var/events.sqlite")
 
 
+class MediaSettings(_Section):
+    """The media engine that anchors the audio of SIP calls (docs/media.md)."""
+
+    # embedded: the engine inside the daemon (nothing to install). none: SDP passes end to end
+    # between the SIP peers (signalling only: no listen/whisper/barge, recording, voicemail
+    # or press-1 on SIP calls).
+    engine: Literal["embedded", "none"] = "embedded"
+    # Where the RTP sockets are bound, and the address put in our SDP (`c=`) when peers reach
+    # us through NAT (default: `address`).
+    address: str = "127.0.0.1"
+    public_address: str | None = None
+    # One UDP port per media leg (even ports; RTCP is not answered): the range to open in the
+    # firewall. Each call takes two (caller and agent), one more per supervisor.
+    port_min: Port = 20000
+    port_max: Port = 29999
+    # Relative to the config file's folder.
+    recordings_dir: Path = Path("var/recordings")
+    # Voicemail messages longer than this are cut (the caller hears nothing more).
+    voicemail_max_seconds: Annotated[int, Field(ge=5, le=3600)] = 120
+    # Seconds of silence (after some speech) that end a voicemail message.
+    voicemail_silence_seconds: Annotated[float, Field(ge=1, le=60)] = 5.0
+    # An answered call whose legs send no RTP for this long is ended (BYE to both). 0: never.
+    timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+
+    @field_validator("address", "public_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address (like 192.0.2.10)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> MediaSettings:
+        if self.port_max - self.port_min < 3:
+            raise ValueError("need port_max at least port_min + 3 (two even ports)")
+        return self
+
+    @property
+    def advertised_address(self) -> str:
+        return self.public_address or self.address
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: console when stderr is a terminal, JSON otherwise.
@@ -252,6 +297,7 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = TwilioSettings()
     state: StateSettings = StateSettings()
     events: EventsSettings = EventsSettings()
+    media: MediaSettings = MediaSettings()
     log: LogSettings = LogSettings()
     daemon: DaemonSettings = DaemonSettings()
     ws: WsSettings = WsSettings()
@@ -273,6 +319,10 @@ class Settings(BaseSettings):
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.config_dir / path)
+
+    @property
+    def recordings_path(self) -> Path:
+        return self.resolve(self.media.recordings_dir)
 
     @property
     def directory_path(self) -> Path:

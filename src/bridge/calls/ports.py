@@ -8,15 +8,18 @@ adapters (sip, carriers, ws, control) implement these and are wired together at 
   gateway (`bridge.ws.offers.OfferService` implements `AppOffers`; the runner is the
   listener of every offer it makes).
 - `Supervision`: listen / whisper / barge and recording on a live call, for `control/`
-  (the carrier's conference in `carriers/twilio/supervision.py`; `sip/supervision.py`
-  refuses until the media engine).
+  (the carrier's conference in `carriers/twilio/supervision.py`; `sip/supervision.py` on the
+  media engine).
+- `MediaPort`: the audio of SIP calls, anchored in a media engine (`bridge.media.engine`
+  embedded in the daemon; rtpengine for scale), values and events in `bridge.calls.media`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from bridge.calls.events import (
@@ -29,6 +32,7 @@ from bridge.calls.events import (
     RingCaller,
     StartFallback,
 )
+from bridge.calls.media import MediaCapabilities, MediaEvent, RecordingResult
 from bridge.calls.supervision import MonitorView, RecordingView, SupervisableCall
 
 if TYPE_CHECKING:
@@ -211,3 +215,93 @@ class Supervision(Protocol):
     async def resume_recording(self, call_id: str) -> RecordingView: ...
 
     async def stop_recording(self, call_id: str) -> RecordingView: ...
+
+
+# -- media (the SIP path's audio) -----------------------------------------------------------
+
+
+class MediaPort(Protocol):
+    """A media engine: one session per call, one media leg per SIP leg (`leg`: `"caller"`, a
+    call-core leg id, `"supervisor:<user>"`). SDP in and out are text; the engine never hands
+    one peer's SDP to another. Every method is called on the loop and returns at once; what
+    happens later comes back as `MediaEvent`s to `subscribe`d listeners.
+
+    Raises (`bridge.calls.media`): `NoCommonCodec` (488), `MediaUnavailable` (503: no port),
+    `UnknownMedia` (no such call or leg), `MediaError` for the rest."""
+
+    def capabilities(self) -> MediaCapabilities: ...
+
+    def subscribe(self, listener: Callable[[MediaEvent], None]) -> None: ...
+
+    # SDP: offer/answer per leg
+    def answer(self, call_id: str, leg: str, offer: str, *, source: str | None = None) -> str:
+        """Take the peer's offer (its INVITE or re-INVITE), return our answer. `source` is the
+        signalling source host: a peer whose SDP names another address is behind NAT and is
+        latched on its first packet."""
+        ...
+
+    def offer(self, call_id: str, leg: str, *, like: str | None = None) -> str:
+        """Our offer toward a leg (its INVITE). `like`: a leg whose codec goes first (so the
+        two sides of a bridge need no transcoding)."""
+        ...
+
+    def accept(self, call_id: str, leg: str, answer: str, *, source: str | None = None) -> None:
+        """The peer's answer to our offer (its 2xx, or the app's accept)."""
+        ...
+
+    def local_sdp(self, call_id: str, leg: str) -> str | None:
+        """What we last sent that leg (a session refresh repeats it)."""
+        ...
+
+    # topology
+    def bridge(self, call_id: str, a: str, b: str) -> None:
+        """Legs `a` (the caller) and `b` (the answered leg) hear each other."""
+        ...
+
+    def monitor(self, call_id: str, leg: str, mode: str) -> None:
+        """Leg `leg` (a supervisor) joins the bridged call in `mode` (listen / whisper /
+        barge), or switches to it: live, from the next 20 ms frame, no re-INVITE."""
+        ...
+
+    def stop_monitor(self, call_id: str, leg: str) -> None: ...
+
+    # recording of the bridged call: caller left, the other side right
+    def start_recording(self, call_id: str, path: Path) -> None: ...
+
+    def pause_recording(self, call_id: str, behavior: str) -> None: ...
+
+    def resume_recording(self, call_id: str) -> None: ...
+
+    def stop_recording(self, call_id: str) -> RecordingResult | None: ...
+
+    # prompts, messages, DTMF
+    def play(self, call_id: str, leg: str, pcm: bytes) -> None:
+        """Play 8 kHz 16-bit mono audio to the leg alone; `PlaybackDone` at its end."""
+        ...
+
+    def stop_playing(self, call_id: str, leg: str) -> None: ...
+
+    def collect_digits(self, call_id: str, leg: str, collect: bool = True) -> None:
+        """Report the leg's RFC 4733 key presses as `DtmfReceived` (and do not relay them)."""
+        ...
+
+    def record_message(
+        self,
+        call_id: str,
+        leg: str,
+        path: Path,
+        *,
+        max_seconds: float,
+        silence_seconds: float,
+        stop_digits: str = "#",
+    ) -> None:
+        """Record the leg's audio to a mono WAV until a stop digit, silence after speech,
+        `max_seconds` or the leg's release; `MessageRecorded` at the end."""
+        ...
+
+    def send_dtmf(self, call_id: str, leg: str, digits: str) -> None: ...
+
+    # the end
+    def release(self, call_id: str, leg: str | None = None) -> None:
+        """Free a leg (its port), or the whole call's session (None)."""
+        ...

@@ -15,7 +15,7 @@ in the receiving endpoint's buffer and sent from there: no copy when no transcod
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -23,20 +23,62 @@ from bridge.media import g711
 from bridge.media.endpoint import MediaEndpoint
 from bridge.media.rtp import RtpError, RtpHeader, StreamRewriter, is_rtcp, parse_rtp
 
-__all__ = ["BlindRelay", "PacketCounts", "RelayLeg", "RelayStats", "read_rtp"]
+__all__ = ["BlindRelay", "PacketCounts", "Reception", "RelayLeg", "RelayStats", "read_rtp"]
 
 log = structlog.get_logger("bridge.media")
+
+
+class Reception:
+    """What a leg's peer sent us, RFC 3550 style (appendix A.1, A.8): packets expected from
+    the sequence numbers against packets received (the loss), and the interarrival jitter in
+    seconds. A few integer operations a packet, on packets already parsed."""
+
+    __slots__ = ("_base", "_cycles", "_max", "_transit", "jitter", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.jitter = 0.0  # seconds
+        self._base = -1
+        self._max = 0
+        self._cycles = 0
+        self._transit: float | None = None
+
+    def update(self, sequence: int, timestamp: int, arrival: float, clock_rate: int) -> None:
+        self.received += 1
+        if self._base < 0:
+            self._base = self._max = sequence
+        else:
+            delta = (sequence - self._max) & 0xFFFF
+            if 0 < delta < 3000:
+                if sequence < self._max:
+                    self._cycles += 1 << 16
+                self._max = sequence
+        transit = arrival - timestamp / clock_rate
+        if self._transit is not None:
+            d = abs(transit - self._transit)
+            if d < 1.0:  # a timestamp jump (another stream) is no jitter
+                self.jitter += (d - self.jitter) / 16
+        self._transit = transit
+
+    @property
+    def expected(self) -> int:
+        return 0 if self._base < 0 else self._cycles + self._max - self._base + 1
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.expected - self.received)
 
 
 @dataclass(eq=False, slots=True)
 class RelayLeg:
     """One leg as the relay sends to it: its socket, its outgoing stream, and what its peer
-    negotiated (the codec's payload type, telephone-event's or None)."""
+    negotiated (the codec's payload type, telephone-event's or None), and what it receives."""
 
     endpoint: MediaEndpoint
     stream: StreamRewriter
     payload_type: int
     telephone_event: int | None = None
+    reception: Reception = field(default_factory=Reception)
 
 
 @dataclass(slots=True)
@@ -88,6 +130,8 @@ class BlindRelay:
         if header is None:
             return
         pt = header.payload_type
+        now = self._clock()
+        src.reception.update(header.sequence, header.timestamp, now, 8000)
         if pt == src.payload_type:
             out_pt = dst.payload_type
             if out_pt != pt:
@@ -106,6 +150,6 @@ class BlindRelay:
             return
         if out_pt != pt:
             packet[1] = (packet[1] & 0x80) | out_pt
-        dst.stream.rewrite(packet, header, src, self._clock())
+        dst.stream.rewrite(packet, header, src, now)
         if dst.endpoint.send(packet):
             stats.relayed += 1

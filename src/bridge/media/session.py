@@ -25,6 +25,7 @@ from bridge.media.jitter import JitterBuffer
 from bridge.media.mixer import TAP_LEFT, TAP_RIGHT, Mixer, MixPlan
 from bridge.media.recording import RecordingError, RecordingWriter
 from bridge.media.relay import PacketCounts, RelayLeg, read_rtp
+from bridge.media.rtp import RtpHeader
 
 __all__ = ["FRAME_SECONDS", "MixingSession", "SessionStats"]
 
@@ -68,10 +69,18 @@ class MixingSession:
         self.mixer = Mixer(plan)
         self.stats = SessionStats()
         self.recording: RecordingWriter | None = None
+        # Inputs that are not legs (a prompt): called once a tick for a linear frame or None.
+        self.sources: dict[str, Callable[[], bytes | None]] = {}
+        # Each tick, every leg's decoded input (None: nothing arrived), e.g. a voicemail's
+        # recorder; and every telephone-event packet (party, header, packet) as it arrives.
+        self.on_input: Callable[[str, bytes | None], None] | None = None
+        self.on_event: Callable[[str, RtpHeader, memoryview], None] | None = None
+        self._started = False
         self._clock = clock
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._next = 0.0
+        self._jitter_depth = jitter_depth
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -86,7 +95,19 @@ class MixingSession:
         from the next frame; None stops writing (the caller closes the writer)."""
         self.recording = writer
 
+    def add_leg(self, party: str, leg: RelayLeg) -> None:
+        """Another leg (a supervisor) joins, heard and fed from the next tick."""
+        entry = _Input(leg, JitterBuffer(self._jitter_depth))
+        self._inputs[party] = entry
+        if self._started:
+            leg.endpoint.on_packet = self._receiver(party, entry)
+
+    def remove_leg(self, party: str) -> RelayLeg | None:
+        entry = self._inputs.pop(party, None)
+        return entry.leg if entry is not None else None
+
     def start(self) -> None:
+        self._started = True
         for party, entry in self._inputs.items():
             entry.leg.endpoint.on_packet = self._receiver(party, entry)
         self._next = self._clock() + FRAME_SECONDS
@@ -104,14 +125,16 @@ class MixingSession:
             header = read_rtp(packet, stats)
             if header is None:
                 return
+            arrival = self._clock()
+            leg.reception.update(header.sequence, header.timestamp, arrival, 8000)
             if header.payload_type != leg.payload_type:
-                # telephone-event while mixing is consumed by the engine's DTMF handling (to
-                # come with press-1 and voicemail), never mixed as audio
-                stats.unexpected_payload += 1
+                # telephone-event goes to the engine's DTMF handling, never into the mix
+                if header.payload_type == leg.telephone_event and self.on_event is not None:
+                    self.on_event(party, header, packet)
+                else:
+                    stats.unexpected_payload += 1
                 return
-            jitter.push(
-                header.sequence, header.timestamp, bytes(header.payload(packet)), self._clock()
-            )
+            jitter.push(header.sequence, header.timestamp, bytes(header.payload(packet)), arrival)
 
         return receive
 
@@ -127,8 +150,13 @@ class MixingSession:
             frames[party] = (
                 g711.decode(payload, entry.leg.payload_type) if payload is not None else None
             )
+        if self.on_input is not None:
+            for party, frame in list(frames.items()):
+                self.on_input(party, frame)
+        for name, source in list(self.sources.items()):
+            frames[name] = source()
         outputs = self.mixer.mix(frames)
-        for party, entry in self._inputs.items():
+        for party, entry in list(self._inputs.items()):
             leg = entry.leg
             pcm = outputs.get(party, g711.LINEAR_SILENCE)
             packet = leg.stream.stamp(
