@@ -219,7 +219,7 @@ class InprocBridge:
 
     def __init__(
         self, directory: dict[str, Any], *, sip: dict[str, Any] | None = None,
-        folder: Path | None = None,
+        folder: Path | None = None, media: dict[str, Any] | None = None,
     ) -> None:
         self._tmp = None
         if folder is None:
@@ -237,6 +237,12 @@ class InprocBridge:
             },
             auth={"jwt_secret": "inproc-secret-0123456789abcdef"},
             directory={"path": str(folder / "directory.yaml")},
+            # A signalling harness: its phones send no RTP, so no RTP timeout unless asked.
+            media={
+                "timeout_seconds": 0,
+                "recordings_dir": str(folder / "recordings"),
+                **(media or {}),
+            },
         )
         self.ctx: AppContext = build_context(
             self.settings, load_directory(self.settings.directory_path)

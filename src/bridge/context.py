@@ -120,6 +120,7 @@ def build_context(
                 presence.forget(gone)
 
     store.subscribe(on_change)
+    archive = None  # the recordings archive: wired with bridge.recordings
     sip = build_sip(settings, store=store, reachability=presence, metrics=metrics, runner=runner)
     carrier = build_carrier(
         settings, runner=runner, metrics=metrics, directory=lambda: store.current
@@ -127,7 +128,15 @@ def build_context(
     control = build_control(
         registry=calls,
         runner=runner,
-        by_path={"carrier": TwilioSupervision(carrier), "sip": SipSupervision(calls)},
+        by_path={
+            "carrier": TwilioSupervision(carrier),
+            "sip": SipSupervision(
+                calls,
+                lambda: sip.calls if sip is not None else None,
+                archive,
+                wall_clock=lambda: clock().timestamp(),
+            ),
+        },
         default_path="carrier",
         publish_ended=_publish_on_ended(carrier),
         metrics=metrics,

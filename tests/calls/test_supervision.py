@@ -51,7 +51,10 @@ def registry() -> CallRegistry:
 
 
 def dispatcher(registry: CallRegistry, carrier: Carrierish) -> SupervisionByPath:
-    paths = {"carrier": carrier, "sip": SipSupervision(registry)}
+    paths = {
+        "carrier": carrier,
+        "sip": SipSupervision(registry, lambda: None, None, wall_clock=lambda: 0.0),
+    }
     return SupervisionByPath(registry, paths, default="carrier")  # type: ignore[dict-item]
 
 
@@ -123,4 +126,8 @@ async def test_a_path_without_supervision_refuses_as_not_supported(
 
 def test_the_default_path_must_have_a_supervision(registry: CallRegistry) -> None:
     with pytest.raises(ValueError):
-        SupervisionByPath(registry, {"sip": SipSupervision(registry)}, default="carrier")
+        SupervisionByPath(
+            registry,
+            {"sip": SipSupervision(registry, lambda: None, None, wall_clock=lambda: 0.0)},
+            default="carrier",
+        )

@@ -1,7 +1,12 @@
-"""Listen / whisper / barge and recording on a SIP call: until the media engine anchors SIP
-audio, the call's supervision (the SIP path's `Supervision`) refuses them as not supported on
-this call, which the API answers `409` with the reason (never a 500, never a silent success),
-and the attempt is audited as allowed but refused."""
+"""Listen / whisper / barge and recording on a SIP call through the HTTP API.
+
+With `[media] engine = "none"` (no anchored audio) the call's supervision (the SIP path's
+`Supervision`) refuses them as not supported on this call, which the API answers `409` with the
+reason (never a 500, never a silent success), and the attempt is audited as allowed but
+refused. With the engine (the default), the refusals that remain: an app (`via: client`) until
+WebRTC legs, a call not answered yet, a supervisor without a registered desk phone. (The
+controls that work are heard as audio in tests/sip/test_anchored_media.py and
+tests/sip/test_media_peers.py.)"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from structlog.testing import capture_logs
 
 from bridge.api.app import create_app
 from bridge.calls.registry import LiveCall
-from bridge.sip.supervision import NEEDS_MEDIA
+from bridge.sip.supervision import CLIENT_NEEDS_WEBRTC, NEEDS_MEDIA
 
 # The in-process bridge's API secret is a short test one.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -69,9 +74,9 @@ DIRECTORY: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-async def bridge() -> AsyncIterator[InprocBridge]:
-    bridge = InprocBridge(DIRECTORY)
+@pytest.fixture(params=["none"])
+async def bridge(request: pytest.FixtureRequest) -> AsyncIterator[InprocBridge]:
+    bridge = InprocBridge(DIRECTORY, media={"engine": request.param})
     await bridge.start()
     try:
         yield bridge
@@ -180,3 +185,36 @@ async def test_a_ringing_sip_call_is_refused_the_same_way(
         headers=auth(bridge, "sam"),
     )
     assert (ringing.status_code, ringing.json()["detail"]) == (409, NEEDS_MEDIA)
+
+
+@pytest.mark.parametrize("bridge", ["embedded"], indirect=True)
+async def test_with_the_engine_what_cannot_be_done_is_a_409_with_the_reason(
+    bridge: InprocBridge, http: httpx.AsyncClient
+) -> None:
+    assert bridge.register_phone("201", "pw-201", PHONE[1])
+    bridge.feed(trunk_invite(1, LINE, bridge.address), TRUNK)
+    bridge.take()
+    [call] = bridge.ctx.calls.all()
+    path = f"/api/v1/calls/{call.call_id}/monitor"
+    ringing = await http.post(
+        path, json={"mode": "listen", "via": "ip_phone"}, headers=auth(bridge, "sam")
+    )
+    assert ringing.status_code == 409
+    assert "is not answered" in ringing.json()["detail"]
+
+
+@pytest.mark.parametrize("bridge", ["embedded"], indirect=True)
+async def test_with_the_engine_an_app_or_a_phoneless_supervisor_is_refused(
+    bridge: InprocBridge, http: httpx.AsyncClient
+) -> None:
+    call = answered_sip_call(bridge)
+    path = f"/api/v1/calls/{call.call_id}/monitor"
+    client = await http.post(path, json={"mode": "listen"}, headers=auth(bridge, "sam"))
+    assert (client.status_code, client.json()["detail"]) == (409, CLIENT_NEEDS_WEBRTC)
+    phoneless = await http.post(
+        path, json={"mode": "listen", "via": "ip_phone"}, headers=auth(bridge, "sam")
+    )
+    assert phoneless.status_code == 409
+    assert phoneless.json()["detail"] == "the supervisor has no registered desk phone"
+    listed = await http.get("/api/v1/calls", headers=auth(bridge, "sam"))
+    assert listed.json()[0]["monitors"] == {} and listed.json()[0]["recording"] is None

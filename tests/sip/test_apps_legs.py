@@ -79,20 +79,25 @@ async def run_trunk_async(tmp_path: Path, bridge: Any, number: str) -> asyncio.s
     )
 
 
-async def test_app_answers_a_trunk_call_with_its_sdp(tmp_path: Path) -> None:
+async def test_app_answers_a_trunk_call_through_the_media_engine(tmp_path: Path) -> None:
     with trunk_bridge(tmp_path, directory()) as bridge:
         ana = await app_session(bridge, "ana")
         try:
             trunk = await run_trunk_async(tmp_path, bridge, "+15550100")
             offer = await ana.expect("call.offer", timeout=15)
             assert offer["line"] == "+15550100" and offer["ring_group"] == "apps"
-            assert "m=audio" in offer["sdp"]  # the caller's SDP offer
+            # the media engine's own offer (never the caller's SDP): its address and a port
+            # of the media range
+            assert "m=audio" in offer["sdp"] and "o=- " in offer["sdp"]
+            assert "o=trunk" not in offer["sdp"]
             await ana.accept(offer["call_id"], sdp=APP_SDP)
             state = await ana.expect("call.state", timeout=10, call_id=offer["call_id"])
             assert state["state"] == "answered"
             assert await asyncio.wait_for(trunk.wait(), 30) == 0
             trunk_trace = (tmp_path / "trunk.msg").read_text(errors="replace")
-            assert "o=app 7 7 IN IP4" in trunk_trace  # the app's answer reached the caller
+            # the caller got the engine's answer, not the app's SDP (the engine anchors it)
+            assert "o=app 7 7 IN IP4" not in trunk_trace
+            assert "c=IN IP4 127.0.0.1" in trunk_trace
             ended = await ana.expect("call.state", timeout=10, state="ended")
             assert ended["reason"] == "caller_hangup"
             assert ended["wrap_up_until"] is not None  # ana's wrap_up_seconds is 30

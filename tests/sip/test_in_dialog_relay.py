@@ -1,6 +1,8 @@
-"""In-dialog requests on a bridged SIP call (README, "Calls over SIP"): a re-INVITE, an UPDATE
-or an INFO from either side passes to the other side with its body unchanged, and the other
-side's final response comes back to the sender, body and all.
+"""In-dialog requests on a bridged SIP call (README, "Calls over SIP") without the media engine
+(`[media] engine = "none"`): a re-INVITE, an UPDATE or an INFO from either side passes to the
+other side with its body unchanged, and the other side's final response comes back to the
+sender, body and all. (With the engine, INFO still passes; re-INVITE and UPDATE are answered
+by the bridge for its own side: tests/sip/test_anchored_media.py.)
 
 Driven on the wire in-process (`sim.phones.inproc`): the trunk calls a line, the desk phone
 answers, then one side sends the request and the test plays the other side's answer.
@@ -47,7 +49,7 @@ BODIES: dict[str, tuple[str, bytes, int, str, bytes]] = {
 
 @pytest.fixture
 async def bridge() -> AsyncIterator[InprocBridge]:
-    bridge = InprocBridge(DIRECTORY)
+    bridge = InprocBridge(DIRECTORY, media={"engine": "none"})
     await bridge.start()
     assert bridge.register_phone("201", "pw-201", PHONE[1])
     try:

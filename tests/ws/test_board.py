@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.calls.registry import LiveCall
+from bridge.sip.supervision import NEEDS_MEDIA
 from tests.api.helpers import demo_with_end_client
 from tests.api.test_role_matrix import ALL_CALLS, LIVE_CALLS, STARTED, VISIBLE_CALLS
 from tests.ws.conftest import WAIT, Live, LiveFactory
@@ -92,10 +93,8 @@ NO_CARRIER = (
     "call controls need the carrier's REST API: set [twilio] account_sid and auth_token "
     "(or an API key)"
 )
-NO_MEDIA = (
-    "listen, whisper, barge and recording on SIP calls need the media engine, which is not "
-    "built yet"
-)
+NO_MEDIA = NEEDS_MEDIA
+
 CONTROLS = [
     # (user, frame, fields, code, message)
     ("sam", "call.monitor", {"call_id": "call-a", "mode": "barge"}, "unavailable", NO_CARRIER),

@@ -157,6 +157,22 @@ def create_app(ctx: AppContext) -> BridgeApp:
             visible = [c for c in calls if c.line in grant.user.lines]
         else:
             visible = [c for c in calls if c.involves(grant.user.id)]
-        return [c.to_dict() for c in visible]
+        return [_with_supervision(c.to_dict(), ctx) for c in visible]
 
     return app
+
+
+def _with_supervision(call: dict[str, Any], ctx: AppContext) -> dict[str, Any]:
+    """A live call's JSON with who monitors it and its recording, on every path that can say
+    (the carrier's conference, the SIP path's media engine)."""
+    monitors: dict[str, Any] = {}
+    recording = None
+    if ctx.control is not None:
+        try:
+            view = ctx.control.find(call["call_id"])
+        except Exception:  # a path that cannot supervise now lists the call without it
+            view = None
+        if view is not None:
+            monitors = {uid: m.to_dict() for uid, m in view.monitors.items()}
+            recording = view.recording.to_dict() if view.recording is not None else None
+    return {**call, "monitors": monitors, "recording": recording}

@@ -302,3 +302,22 @@ class CallEventRecord:
     at: datetime
     event: Event
     leg_ref: str | None = None  # the path's own id of the leg concerned (a carrier CallSid)
+
+
+@dataclass(frozen=True, slots=True)
+class LegDeclined(Event):
+    """A forwarded callee asked to press 1 (confirm_answer) did not: no key (a voicemail box
+    picked up, most likely) or another key. The leg counts as not answered."""
+
+    leg_id: str
+    user_id: str | None
+    digits: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailLeft(Event):
+    """The caller left a voicemail message the bridge recorded itself (the SIP path)."""
+
+    voicemail_id: str
+    duration_seconds: float
+    ended_by: str  # pound | silence | hangup | max_length

@@ -103,6 +103,9 @@ class RunningCall:
     timers: CallTimers | None  # None: the path times the legs itself (carrier's <Dial>)
     started: float  # on `clock`, when the call was admitted
     caller_sdp: str | None = None  # the caller's SDP offer, handed to apps that answer
+    # The SDP offered to apps, made when the first app is rung (a path that anchors media
+    # offers its own, not the caller's); None: `caller_sdp`.
+    app_sdp: Callable[[], str | None] | None = None
     timer: object | None = None
     setup_measured: bool = False
     # Users offered the call on their apps (user id -> leg id), the accept being decided
@@ -399,7 +402,9 @@ class CallRunner:
             line=plan.line,
             ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
             expires_at=self._wall_now() + timedelta(seconds=rings_for),
-            sdp=call.caller_sdp if answers else None,
+            sdp=(call.app_sdp() if call.app_sdp is not None else call.caller_sdp)
+            if answers
+            else None,
             listener=self,
         )
         log.info(f"{call.path}_leg_offered", leg_id=command.leg_id, user_id=user_id, status=status)

@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     from bridge.calls.ports import Supervision
 
 MonitorMode = Literal["listen", "whisper", "barge"]
-MonitorVia = Literal["client", "phone_number"]  # the user's apps, or their phone_number
+# the user's apps, their phone_number, or their registered desk phone (SIP calls)
+MonitorVia = Literal["client", "phone_number", "ip_phone"]
 PauseBehavior = Literal["skip", "silence"]
 MONITOR_MODES: tuple[MonitorMode, ...] = ("listen", "whisper", "barge")
-MONITOR_VIA: tuple[MonitorVia, ...] = ("client", "phone_number")
+MONITOR_VIA: tuple[MonitorVia, ...] = ("client", "phone_number", "ip_phone")
 PAUSE_BEHAVIORS: tuple[PauseBehavior, ...] = ("skip", "silence")
 
 # -- errors ----------------------------------------------------------------------------------

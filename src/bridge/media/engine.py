@@ -48,6 +48,7 @@ from bridge.media.dtmf import DtmfError, DtmfReceiver, DtmfSender, parse_event
 from bridge.media.endpoint import Latch, MediaEndpoint, resolve
 from bridge.media.mixer import MixPlan, Monitor, PlanError, plan_for
 from bridge.media.ports import PortPool, PortsExhausted, RtpSocket
+from bridge.media.prompts import SilenceDetector
 from bridge.media.recording import RecordingError, RecordingWriter, VoicemailWriter
 from bridge.media.relay import BlindRelay, RelayLeg
 from bridge.media.rtp import RtpHeader, StreamRewriter
@@ -60,9 +61,9 @@ from bridge.media.sdp import (
     negotiate,
     parse_sdp,
 )
-from bridge.media.session import FRAME_SECONDS, MixingSession
+from bridge.media.session import MixingSession
 
-__all__ = ["EMBEDDED", "EmbeddedMedia", "EngineTotals", "SilenceDetector"]
+__all__ = ["EMBEDDED", "EmbeddedMedia", "EngineTotals"]
 
 log = structlog.get_logger("bridge.media")
 
@@ -82,24 +83,6 @@ _HOUSEKEEPING_SECONDS = 1.0
 
 def _drop(packet: memoryview, source: tuple[str, int]) -> None:
     """The handler of a leg that is in no relay and no mix: read and forget."""
-
-
-class SilenceDetector:
-    """True once `hold_seconds` of frames below `threshold_db` (dBFS) follow some speech."""
-
-    def __init__(self, hold_seconds: float, threshold_db: float = -45.0) -> None:
-        self._hold_frames = max(1, round(hold_seconds / FRAME_SECONDS))
-        self._threshold = 32768 * 10 ** (threshold_db / 20)
-        self._quiet = 0
-        self._spoke = False
-
-    def feed(self, frame: bytes | None) -> bool:
-        level = g711.audioop.rms(frame, 2) if frame else 0
-        if level >= self._threshold:
-            self._spoke, self._quiet = True, 0
-            return False
-        self._quiet += 1
-        return self._spoke and self._quiet >= self._hold_frames
 
 
 @dataclass(eq=False)
@@ -356,7 +339,8 @@ class EmbeddedMedia:
             writer = VoicemailWriter(path, max_seconds=max_seconds)
         except RecordingError as exc:
             raise MediaError(f"cannot write the message: {exc.reason}") from None
-        call.messages[leg] = _Message(writer, SilenceDetector(silence_seconds), stop_digits)
+        silence = SilenceDetector(hold_seconds=silence_seconds, require_speech=True)
+        call.messages[leg] = _Message(writer, silence, stop_digits)
         self._rewire(call)
 
     def send_dtmf(self, call_id: str, leg: str, digits: str) -> None:
@@ -612,7 +596,7 @@ class EmbeddedMedia:
                 return
             if not room:
                 self._end_message(call, party, "max_length")
-            elif message.silence.feed(frame):
+            elif message.silence.feed(frame or g711.LINEAR_SILENCE):
                 self._end_message(call, party, "silence")
         player = call.players.get(party)
         if player is not None and player.done:

@@ -203,6 +203,25 @@ class Metrics:
             registry=r,
         )
 
+        # SIP calls refused before they were admitted, and the media engine (bridge.media).
+        self.sip_calls_refused = Counter(
+            "bridge_sip_calls_refused_total",
+            "INVITEs refused before routing, by reason (no_codec: 488, media_ports: 503)",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_media_timeouts = Counter(
+            "bridge_sip_media_timeouts_total",
+            "SIP calls ended because a leg sent no RTP for media.timeout_seconds",
+            registry=r,
+        )
+
+    def watch_media(self, figures: Any) -> None:
+        """Export the media engine's figures, read when scraped (nothing on the packet path):
+        `figures` has `anchored_calls`, `legs`, `pool.size`, `pool.in_use`, `live_figures()`
+        and `jitter_seconds()` (`bridge.media.engine.EmbeddedMedia`)."""
+        self.registry.register(_MediaCollector(figures))
+
     def child(self, metric: Any, *labelvalues: str) -> Any:
         """`metric.labels(*labelvalues)`, looked up once per label set: `labels()` builds and
         locks on every call and costs more than the `inc()` or `observe()` that follows, on
@@ -215,3 +234,75 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _MediaCollector:
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        engine = self.engine
+        totals = engine.live_figures()
+        yield GaugeMetricFamily(
+            "bridge_media_anchored_calls",
+            "Calls whose audio the media engine holds",
+            value=engine.anchored_calls,
+        )
+        yield GaugeMetricFamily(
+            "bridge_media_legs", "Media legs (one UDP port each)", value=engine.legs
+        )
+        ports = GaugeMetricFamily(
+            "bridge_media_ports", "The media port range: size and in use", labels=["state"]
+        )
+        ports.add_metric(["size"], engine.pool.size)
+        ports.add_metric(["in_use"], engine.pool.in_use)
+        yield ports
+        packets = CounterMetricFamily(
+            "bridge_media_packets", "RTP packets through the engine", labels=["direction"]
+        )
+        packets.add_metric(["received"], totals.received)
+        packets.add_metric(["sent"], totals.sent)
+        yield packets
+        octets = CounterMetricFamily(
+            "bridge_media_bytes", "RTP bytes through the engine", labels=["direction"]
+        )
+        octets.add_metric(["received"], totals.received_bytes)
+        octets.add_metric(["sent"], totals.sent_bytes)
+        yield octets
+        yield CounterMetricFamily(
+            "bridge_media_packets_lost",
+            "RTP packets peers sent that never arrived (sequence gaps, RFC 3550)",
+            value=totals.lost,
+        )
+        yield CounterMetricFamily(
+            "bridge_media_packets_dropped",
+            "Datagrams dropped: from a source other than the latched peer, or oversized",
+            value=totals.foreign,
+        )
+        jitter = engine.jitter_seconds()
+        yield GaugeMetricFamily(
+            "bridge_media_jitter_seconds_max",
+            "The largest interarrival jitter (RFC 3550) among live legs",
+            value=max(jitter, default=0.0),
+        )
+        for name, doc, value in (
+            ("bridge_media_timeouts", "Calls ended for RTP inactivity", totals.timeouts),
+            ("bridge_media_recordings", "Call recordings written", totals.recordings),
+            (
+                "bridge_media_recording_failures",
+                "Recordings that could not be written",
+                totals.recording_failures,
+            ),
+            ("bridge_media_voicemails", "Voicemail messages written", totals.voicemails),
+            (
+                "bridge_media_ports_exhausted",
+                "Legs refused for want of a free port (the call got 503)",
+                totals.ports_exhausted,
+            ),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)

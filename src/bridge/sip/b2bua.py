@@ -9,12 +9,15 @@ and is bridged: the caller gets a 200 with the winner's SDP, passed through unch
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
@@ -23,14 +26,27 @@ from bridge.calls.events import (
     CancelLeg,
     DialLeg,
     HangupLeg,
+    LegDeclined,
     LegFailure,
     LegReason,
     RejectCaller,
     RingCaller,
     Side,
     StartFallback,
+    VoicemailLeft,
 )
 from bridge.calls.machine import CallMachine
+from bridge.calls.media import (
+    DtmfReceived,
+    MediaError,
+    MediaEvent,
+    MediaTimeout,
+    MediaUnavailable,
+    MessageRecorded,
+    NoCommonCodec,
+    PlaybackDone,
+)
+from bridge.calls.ports import MediaPort
 from bridge.calls.registry import NotAcceptingCalls
 from bridge.calls.runner import CallRunner, RunningCall
 from bridge.directory.model import Directory, FallbackAction, normalize_number
@@ -92,6 +108,78 @@ class TrunkSettings:
         return uri.host, (uri.host.strip("[]"), uri.port or 5060), transport
 
 
+class Prompts(Protocol):
+    """The audio the SIP path plays (8 kHz 16-bit mono PCM), rendered and cached elsewhere."""
+
+    async def voicemail_greeting(self, spec: str | None) -> bytes:
+        """The greeting of a `voicemail_prompt` setting (WAV path or text; None: stock),
+        followed by the beep."""
+        ...
+
+    async def confirm(self) -> bytes:
+        """ "Press 1 to accept" for forwarded legs."""
+        ...
+
+
+class MessageStore(Protocol):
+    """Where voicemail messages go (the recordings archive)."""
+
+    def new_message(
+        self,
+        call_id: str,
+        *,
+        caller: str | None,
+        line: str | None,
+        user_id: str | None,
+        group_id: str | None,
+    ) -> tuple[str, Path]:
+        """A new message's id and the WAV path to record it to (raises OSError-like
+        `MediaError` when it cannot be stored)."""
+        ...
+
+    def message_recorded(self, message_id: str, duration_seconds: float, ended_by: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SipMediaOptions:
+    """What the SIP path does with the media engine (from `[media]` and the confirmation
+    setting shared with the carrier path)."""
+
+    voicemail_max_seconds: float = 120.0
+    voicemail_silence_seconds: float = 5.0
+    confirm_timeout_seconds: float = 5.0
+    # How long a supervisor's phone may ring before the join is given up.
+    monitor_ring_seconds: float = 30.0
+
+
+CALLER_LEG = "caller"
+APPS_LEG = "apps"  # one media leg for every app offered the call: the first accept takes it
+
+
+def supervisor_leg(user_id: str) -> str:
+    return f"supervisor:{user_id}"
+
+
+@dataclass(eq=False)
+class SipMonitor:
+    """A supervisor on a SIP call: their leg, dialled by the bridge."""
+
+    user_id: str
+    mode: str
+    via: str
+    to: str
+    status: str = "dialing"  # dialing | in-progress | ended
+    dialog: Dialog | None = None
+    destination: Address | None = None
+    transport: str = "udp"
+    answered: Any = None  # an asyncio.Future resolved at the answer (or failure)
+    timer: object | None = None
+
+    @property
+    def leg(self) -> str:
+        return supervisor_leg(self.user_id)
+
+
 @dataclass(eq=False)
 class _Branch:
     """One INVITE we sent for a leg: to one registered contact, or through the trunk."""
@@ -111,6 +199,10 @@ class _Branch:
     final: int | None = None
     answer: SipResponse | None = None
     dialog: Dialog | None = None
+    confirm: bool = False  # a forwarded leg that must press 1 before it counts as answered
+    confirming: bool = False  # answered, waiting for the key press
+    confirm_timer: object | None = None
+    supervisor: str | None = None  # a supervisor's leg (user id), not one of the call core's
 
 
 _RELAYED = frozenset({"INVITE", "UPDATE", "INFO"})
@@ -157,6 +249,14 @@ class SipCall:
     session_timers: dict[Side, object] = field(default_factory=dict)
     session_since: dict[Side, float] = field(default_factory=dict)
     sdp_out: dict[Side, bytes] = field(default_factory=dict)
+    # The media engine's answer to the caller's offer (None: SDP passes end to end, or the
+    # caller made no offer and gets ours in the 200).
+    caller_answer: str | None = None
+    anchored: bool = False  # the media engine holds this call's audio
+    monitors: dict[str, SipMonitor] = field(default_factory=dict)  # by supervisor id
+    voicemail_id: str | None = None
+    voicemail_path: Path | None = None
+    recording: Any = None  # the SIP supervision's record of the call's recording
 
     @property
     def machine(self) -> CallMachine:
@@ -208,8 +308,22 @@ class SipCalls:
         send_stateless: Callable[[SipRequest | SipResponse, Address, str], None],
         local: Callable[[str], ViaSpec],
         session: SessionTimerSettings | None = None,
+        media: MediaPort | None = None,
+        media_options: SipMediaOptions | None = None,
+        prompts: Prompts | None = None,
+        messages: MessageStore | None = None,
+        spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
     ) -> None:
         self.runner = runner
+        # None: signalling only, SDP passes end to end ([media] engine = "none").
+        self.media = media
+        self.media_options = media_options or SipMediaOptions()
+        self.prompts = prompts
+        self.messages = messages
+        self._spawn = spawn or _spawn_task
+        # Told when a call's SIP state is dropped, before its media is released (the
+        # supervision closes the call's recording there).
+        self.ended_listeners: list[Callable[[SipCall], None]] = []
         self.registrar = registrar
         self.bindings = registrar.bindings
         self.directory = directory
@@ -244,6 +358,8 @@ class SipCalls:
             is_live=lambda call: call.call_id in self._calls,
             end_call=self._end_after_session_timeout,
         )
+        if media is not None:
+            media.subscribe(self._media_event)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -321,6 +437,31 @@ class SipCalls:
     ) -> None:
         call_id = request.call_id
         with call_context(call_id):
+            caller_answer = None
+            if self.media is not None and invite.body:
+                try:
+                    caller_answer = self.media.answer(
+                        call_id,
+                        CALLER_LEG,
+                        invite.body.decode("utf-8", "replace"),
+                        source=source[0],
+                    )
+                except NoCommonCodec as exc:
+                    log.info("sip_call_refused_sdp", reason=exc.reason)
+                    self.metrics.sip_calls_refused.labels(reason="no_codec").inc()
+                    self._respond(
+                        transaction_id,
+                        _reply(invite, 488, "Not Acceptable Here", [("Warning", _warning(exc))]),
+                    )
+                    return
+                except MediaUnavailable as exc:
+                    log.warning("sip_call_refused_media", reason=exc.reason)
+                    self.metrics.sip_calls_refused.labels(reason="media_ports").inc()
+                    self._respond(
+                        transaction_id,
+                        _reply(invite, 503, "Service Unavailable", [("Retry-After", "5")]),
+                    )
+                    return
             plan = None
             at = datetime.fromtimestamp(self._wall(), UTC)
             if request.line is None and request.user is None:
@@ -336,6 +477,8 @@ class SipCalls:
                     caller_sdp=invite.body.decode("utf-8", "replace") if invite.body else None,
                 )
             except NotAcceptingCalls:
+                if self.media is not None:
+                    self.media.release(call_id)
                 self._respond(
                     transaction_id,
                     _reply(invite, 503, "Service Unavailable", [("Retry-After", "30")]),
@@ -350,7 +493,11 @@ class SipCalls:
                 transport=transport,
                 to_tag=random_hex(5),
                 caller_id=caller_id,
+                caller_answer=caller_answer,
+                anchored=self.media is not None,
             )
+            if self.media is not None:
+                run.app_sdp = lambda: self._app_offer(call)
             self._calls[call_id] = call
             self._by_invite[transaction_id] = call
             log.info(
@@ -393,6 +540,10 @@ class SipCalls:
             self._respond(transaction_id, _reply(request, 481, "Call/Transaction Does Not Exist"))
             return True
         with call_context(call.call_id):
+            monitor = self._monitor_of(call, dialog)
+            if monitor is not None:
+                self._monitor_request(call, monitor, dialog, transaction_id, request)
+                return True
             if request.method == "BYE":
                 response = _reply(request, 200, "OK")
                 dialog.response_sent(request, response)
@@ -407,6 +558,9 @@ class SipCalls:
                 pass
             elif request.method == "UPDATE" and not request.body:
                 self.sessions.answer_refresh(call, dialog, transaction_id, request)
+            elif request.method in ("INVITE", "UPDATE") and self.media is not None:
+                leg = CALLER_LEG if dialog is call.caller_dialog else self._leg_of(call, dialog)
+                self._answer_locally(call, leg, dialog, transaction_id, request)
             elif request.method in _RELAYED and self._relay(call, dialog, transaction_id, request):
                 pass
             elif request.method == "INVITE" and call.app_winner is not None:
@@ -492,6 +646,392 @@ class SipCalls:
             self.sessions.arm(relay.call, Side.CALLER)
             self.sessions.arm(relay.call, Side.CALLEE)
 
+    # -- anchored media: re-offers, supervisors, press 1, voicemail ---------------------------
+    def _leg_of(self, call: SipCall, dialog: Dialog) -> str:
+        for branch in call.branches.values():
+            if branch.dialog is dialog:
+                return branch.leg_id
+        return APPS_LEG
+
+    def _answer_locally(
+        self, call: SipCall, leg: str, dialog: Dialog, transaction_id: str, request: SipRequest
+    ) -> None:
+        """A re-INVITE or UPDATE on an anchored call is the engine's business alone (the other
+        side never sees it): a new offer gets the engine's answer (hold, a new address), one
+        without SDP gets what we last sent that leg."""
+        assert self.media is not None
+        body = b""
+        if request.body:
+            try:
+                body = self.media.answer(
+                    call.call_id,
+                    leg,
+                    request.body.decode("utf-8", "replace"),
+                    source=address_of(str(dialog.remote_target), call.source)[0],
+                ).encode()
+            except MediaError as exc:
+                log.info("sip_reoffer_refused", leg=leg, reason=exc.reason)
+                response = _reply(request, 488, "Not Acceptable Here", [("Warning", _warning(exc))])
+                dialog.response_sent(request, response)
+                self._respond(transaction_id, response)
+                return
+        elif request.method == "INVITE":
+            body = (self.media.local_sdp(call.call_id, leg) or "").encode()
+        local = self._local(call.transport)
+        extra = [("Contact", f"<sip:bridge@{local.sent_by}>")]
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        extra += self.sessions.answer_headers(request)
+        response = make_response(request, 200, "OK", extra=extra, body=body)
+        dialog.response_sent(request, response)
+        self._respond(transaction_id, response)
+        if body:
+            call.sdp_out[side_of(call, dialog)] = body
+        self.sessions.arm(call, side_of(call, dialog))
+
+    def _needs_confirmation(self, call: SipCall, command: DialLeg) -> bool:
+        """A forwarded leg presses 1 first when its line or its user says so (the carrier
+        path's `confirm_answer`): a voicemail box that picks up must not take the call."""
+        if command.via is not Channel.PHONE_NUMBER:
+            return False
+        directory = self.directory()
+        line = directory.line(call.machine.plan.line) if call.machine.plan.line else None
+        user = directory.user(command.user_id) if command.user_id else None
+        return bool((line is not None and line.confirm_answer) or (user and user.confirm_answer))
+
+    def _ask_to_confirm(self, call: SipCall, branch: _Branch) -> None:
+        """Play "press 1" to the forwarded leg alone; the caller keeps ringing."""
+        assert self.media is not None
+        branch.confirming = True
+        log.info("sip_leg_awaiting_confirmation", leg_id=branch.leg_id)
+        self.media.collect_digits(call.call_id, branch.leg_id)
+        timeout = self.media_options.confirm_timeout_seconds
+
+        async def play() -> None:
+            pcm = await self.prompts.confirm() if self.prompts is not None else b""
+            if not branch.confirming or call.call_id not in self._calls or self.media is None:
+                return
+            try:
+                self.media.play(call.call_id, branch.leg_id, pcm + bytes(320))
+            except MediaError as exc:
+                log.warning("sip_confirm_prompt_failed", reason=exc.reason)
+                self._arm_confirm(call, branch, timeout)
+
+        # The timer starts when the prompt ends (PlaybackDone); a cap covers a prompt that
+        # never ends (a lost leg).
+        self._arm_confirm(call, branch, timeout + 30.0)
+        self._spawn(play())
+
+    def _arm_confirm(self, call: SipCall, branch: _Branch, seconds: float) -> None:
+        if branch.confirm_timer is not None:
+            self._cancel_timer(branch.confirm_timer)
+        branch.confirm_timer = self._schedule(
+            self._now() + seconds, lambda: self._confirmation(call, branch, "")
+        )
+
+    def _confirmation(self, call: SipCall, branch: _Branch, digit: str) -> None:
+        """The forwarded leg pressed `digit` ("" : none in time): 1 answers it, anything else
+        hangs it up, counted as not answered, and the plan goes on."""
+        if not branch.confirming or call.call_id not in self._calls:
+            return
+        branch.confirming = False
+        if branch.confirm_timer is not None:
+            self._cancel_timer(branch.confirm_timer)
+            branch.confirm_timer = None
+        with call_context(call.call_id, leg_id=branch.leg_id):
+            if self.media is not None:
+                self.media.stop_playing(call.call_id, branch.leg_id)
+                self.media.collect_digits(call.call_id, branch.leg_id, False)
+            if digit == "1" and call.winner is None and branch.cancel_reason is None:
+                log.info("sip_leg_confirmed")
+                self.runner.leg_answered(call.run, branch.leg_id)
+                return
+            log.info("sip_leg_declined", digits=digit)
+            leg = call.machine.leg(branch.leg_id)
+            self.runner.publish_on(
+                call.run, LegDeclined(branch.leg_id, leg.user_id if leg else None, digit)
+            )
+            self._bye(branch)
+            branch.final = 603 if digit else 408
+            self._leg_maybe_failed(call, branch, 480)
+
+    def _media_event(self, event: MediaEvent) -> None:
+        call = self._calls.get(event.call_id)
+        if call is None:
+            return
+        with call_context(call.call_id):
+            if isinstance(event, DtmfReceived):
+                branch = self._confirming_branch(call, event.leg)
+                if branch is not None:
+                    self._confirmation(call, branch, event.digit)
+            elif isinstance(event, PlaybackDone):
+                branch = self._confirming_branch(call, event.leg)
+                if branch is not None:
+                    self._arm_confirm(call, branch, self.media_options.confirm_timeout_seconds)
+                elif event.leg == CALLER_LEG and call.voicemail_id is not None:
+                    self._record_voicemail(call)
+            elif isinstance(event, MessageRecorded):
+                self._voicemail_recorded(call, event)
+            elif isinstance(event, MediaTimeout):
+                log.warning("sip_media_timeout", leg=event.leg, silent=event.silent_seconds)
+                self.metrics.sip_media_timeouts.inc()
+                side = Side.CALLER if event.leg == CALLER_LEG else Side.CALLEE
+                self._end_after_session_timeout(call, side)
+
+    def _confirming_branch(self, call: SipCall, leg: str) -> _Branch | None:
+        return next((b for b in call.branches.values() if b.leg_id == leg and b.confirming), None)
+
+    # voicemail: answer, greeting + beep, record until #, silence, hang-up or the limit
+    def _start_voicemail(self, call: SipCall, command: StartFallback) -> bool:
+        """Take the message ourselves; False when it cannot be (no store, no caller media)."""
+        media, store = self.media, self.messages
+        if media is None or store is None or call.answered:
+            return False
+        plan = call.machine.plan
+        user_id = plan.target_id if plan.target_kind == "user" else None
+        group_id = plan.target_id if plan.target_kind == "ring_group" else None
+        try:
+            message_id, path = store.new_message(
+                call.call_id,
+                caller=call.run.live.caller,
+                line=plan.line,
+                user_id=user_id,
+                group_id=group_id,
+            )
+        except (MediaError, OSError) as exc:
+            log.warning("sip_voicemail_unavailable", reason=str(exc))
+            return False
+        call.voicemail_id = message_id
+        call.voicemail_path = path
+        self._answer_caller(call, self._caller_body(call), "application/sdp")
+        log.info("sip_voicemail_answered", voicemail_id=message_id)
+        spec = command.step.prompt or self._voicemail_prompt(call)
+
+        async def greet() -> None:
+            pcm = await self.prompts.voicemail_greeting(spec) if self.prompts else b""
+            if call.call_id not in self._calls or self.media is None:
+                return
+            try:
+                self.media.play(call.call_id, CALLER_LEG, pcm)
+            except MediaError as exc:
+                log.warning("sip_voicemail_greeting_failed", reason=exc.reason)
+                self._record_voicemail(call)
+
+        self._spawn(greet())
+        return True
+
+    def _voicemail_prompt(self, call: SipCall) -> str | None:
+        directory = self.directory()
+        plan = call.machine.plan
+        if plan.target_kind == "user" and plan.target_id:
+            user = directory.user(plan.target_id)
+            if user is not None and user.voicemail_prompt:
+                return user.voicemail_prompt
+        line = directory.line(plan.line) if plan.line else None
+        return line.voicemail_prompt if line is not None else None
+
+    def _record_voicemail(self, call: SipCall) -> None:
+        if self.media is None or call.voicemail_id is None or call.voicemail_path is None:
+            return
+        options = self.media_options
+        try:
+            self.media.record_message(
+                call.call_id,
+                CALLER_LEG,
+                call.voicemail_path,
+                max_seconds=options.voicemail_max_seconds,
+                silence_seconds=options.voicemail_silence_seconds,
+            )
+        except MediaError as exc:
+            log.warning("sip_voicemail_record_failed", reason=exc.reason)
+            self._hangup_caller(call)
+            self.runner.hangup(call.run, Side.CALLEE)
+
+    def _voicemail_recorded(self, call: SipCall, event: MessageRecorded) -> None:
+        if call.voicemail_id is None or event.leg != CALLER_LEG:
+            return
+        message_id, call.voicemail_id = call.voicemail_id, None
+        log.info(
+            "sip_voicemail_recorded",
+            voicemail_id=message_id,
+            seconds=round(event.duration_seconds, 1),
+            ended_by=event.ended_by,
+        )
+        if self.messages is not None:
+            self.messages.message_recorded(message_id, event.duration_seconds, event.ended_by)
+        self.runner.publish_on(
+            call.run, VoicemailLeft(message_id, round(event.duration_seconds, 2), event.ended_by)
+        )
+        if event.ended_by != "hangup":  # the caller is still there: goodbye
+            self._hangup_caller(call)
+            self.runner.hangup(call.run, Side.CALLEE)
+
+    # supervisors: an INVITE from the bridge to their desk phone or number
+    def supervisable(self, call_id: str) -> SipCall | None:
+        return self._calls.get(call_id)
+
+    def dial_supervisor(
+        self, call: SipCall, user_id: str, mode: str, via: str, number: str | None
+    ) -> SipMonitor:
+        """Ring the supervisor; they join in `mode` when they answer (`monitor.answered`)."""
+        if self.media is None:
+            raise MediaError("no media engine")
+        targets: list[tuple[str, Address, str]] = []
+        if via == "ip_phone":
+            for binding in self.bindings.reachable_bindings(user_id, self._now()):
+                flow = binding.flow
+                targets.append((binding.uri, (flow.host, flow.port), flow.transport))
+            if not targets:
+                raise MediaError("the supervisor has no registered desk phone")
+            to = f"ip_phone:{user_id}"
+        else:
+            trunk = self.trunk.destination()
+            if trunk is None or not number:
+                raise MediaError("no trunk to reach the supervisor's number (sip.trunk_uri)")
+            host, destination, transport = trunk
+            targets.append((f"sip:{number}@{host}", destination, transport))
+            to = number
+        leg = supervisor_leg(user_id)
+        offer = self.media.offer(call.call_id, leg, like=CALLER_LEG).encode()
+        monitor = SipMonitor(user_id, mode, via, to)
+        monitor.answered = asyncio.get_running_loop().create_future()
+        call.monitors[user_id] = monitor
+        for uri, destination, transport in targets:
+            invite = self._leg_invite(call, uri, transport, [], body=offer)
+            # the supervisor sees the line, not the caller, as who is calling
+            line = call.machine.plan.line or "bridge"
+            invite.headers.set("From", f"<sip:{line}@{self.realm}>;tag={random_hex(5)}")
+            transaction_id = self._send_request(invite, destination, transport)
+            branch = _Branch(
+                leg_id=leg,
+                invite=invite,
+                transaction_id=transaction_id,
+                destination=destination,
+                transport=transport,
+                dialogs=DialogSet(invite, tls=False),
+                supervisor=user_id,
+            )
+            call.branches[transaction_id] = branch
+            self._by_branch[transaction_id] = (call, branch)
+        monitor.timer = self._schedule(
+            self._now() + self.media_options.monitor_ring_seconds,
+            lambda: self._monitor_ring_timeout(call, monitor),
+        )
+        log.info("sip_monitor_dialed", user_id=user_id, mode=mode, via=via)
+        return monitor
+
+    def _monitor_ring_timeout(self, call: SipCall, monitor: SipMonitor) -> None:
+        monitor.timer = None
+        if monitor.status == "dialing":
+            self._end_monitor(call, monitor, bye=True, why="no answer")
+
+    def _supervisor_answered(self, call: SipCall, branch: _Branch, response: SipResponse) -> None:
+        monitor = call.monitors.get(branch.supervisor or "")
+        if monitor is None or monitor.status != "dialing" or self.media is None:
+            self._bye(branch)  # joined already on another phone, or given up
+            return
+        try:
+            self.media.accept(
+                call.call_id,
+                monitor.leg,
+                response.body.decode("utf-8", "replace"),
+                source=branch.destination[0],
+            )
+            self.media.monitor(call.call_id, monitor.leg, monitor.mode)
+        except MediaError as exc:
+            log.warning("sip_monitor_media_failed", reason=exc.reason)
+            self._bye(branch)
+            self._end_monitor(call, monitor, bye=True, why=exc.reason)
+            return
+        monitor.status = "in-progress"
+        monitor.dialog = branch.dialog
+        monitor.destination, monitor.transport = branch.destination, branch.transport
+        for other in call.branches.values():  # their other phones stop ringing
+            if other.supervisor == monitor.user_id and other is not branch and other.final is None:
+                other.cancel_reason = ANSWERED_ELSEWHERE
+                if other.provisional:
+                    self._send_cancel(other)
+        if monitor.timer is not None:
+            self._cancel_timer(monitor.timer)
+            monitor.timer = None
+        log.info("sip_monitor_joined", user_id=monitor.user_id, mode=monitor.mode)
+        if not monitor.answered.done():
+            monitor.answered.set_result(True)
+
+    def _supervisor_failed(self, call: SipCall, branch: _Branch, status: int) -> None:
+        monitor = call.monitors.get(branch.supervisor or "")
+        if monitor is None or monitor.status != "dialing":
+            return
+        siblings = [b for b in call.branches.values() if b.supervisor == monitor.user_id]
+        if any(b.final is None for b in siblings):
+            return
+        self._end_monitor(call, monitor, bye=False, why=f"their phone answered {status}")
+
+    def switch_supervisor(self, call: SipCall, monitor: SipMonitor, mode: str) -> None:
+        monitor.mode = mode
+        if monitor.status == "in-progress" and self.media is not None:
+            self.media.monitor(call.call_id, monitor.leg, mode)
+        log.info("sip_monitor_switched", user_id=monitor.user_id, mode=mode)
+
+    def _end_monitor(
+        self, call: SipCall, monitor: SipMonitor, *, bye: bool, why: str = "stopped"
+    ) -> None:
+        """The supervisor's leg leaves the call: BYE (or CANCEL while it rings), media freed."""
+        if call.monitors.get(monitor.user_id) is not monitor:
+            return
+        del call.monitors[monitor.user_id]
+        previous, monitor.status = monitor.status, "ended"
+        if monitor.timer is not None:
+            self._cancel_timer(monitor.timer)
+            monitor.timer = None
+        for branch in call.branches.values():
+            if branch.supervisor != monitor.user_id:
+                continue
+            if branch.final is None and branch.cancel_reason is None:
+                branch.cancel_reason = ""
+                if branch.provisional:
+                    self._send_cancel(branch)
+            elif bye and branch.dialog is not None and branch.final and branch.final < 300:
+                try:
+                    self._bye(branch)
+                except DialogError as exc:
+                    log.info("sip_monitor_bye_skipped", error=str(exc))
+        if self.media is not None:
+            self.media.release(call.call_id, monitor.leg)
+        if monitor.answered is not None and not monitor.answered.done():
+            monitor.answered.set_exception(MediaError(why))
+        log.info("sip_monitor_left", user_id=monitor.user_id, was=previous, why=why)
+
+    def drop_supervisor(self, call: SipCall, monitor: SipMonitor) -> None:
+        self._end_monitor(call, monitor, bye=True)
+
+    def _monitor_of(self, call: SipCall, dialog: Dialog) -> SipMonitor | None:
+        if not call.monitors:
+            return None
+        return next((m for m in call.monitors.values() if m.dialog is dialog), None)
+
+    def _monitor_request(
+        self,
+        call: SipCall,
+        monitor: SipMonitor,
+        dialog: Dialog,
+        transaction_id: str,
+        request: SipRequest,
+    ) -> None:
+        """A request on a supervisor's dialog: their BYE ends their session only."""
+        if request.method in ("INVITE", "UPDATE"):
+            self._answer_locally(call, monitor.leg, dialog, transaction_id, request)
+            return
+        response = _reply(request, 200, "OK")
+        dialog.response_sent(request, response)
+        self._respond(transaction_id, response)
+        if request.method == "BYE":
+            self._forget_dialog(dialog)
+            for branch in call.branches.values():
+                if branch.dialog is dialog:
+                    branch.dialog = None
+            self._end_monitor(call, monitor, bye=False, why="the supervisor hung up")
+
     # -- responses and timeouts of our INVITEs ------------------------------------------------
     def owns(self, transaction_id: str) -> bool:
         return (
@@ -550,7 +1090,11 @@ class SipCalls:
             if branch.cancel_reason is not None and not branch.cancelled:
                 self._send_cancel(branch)
                 return
-            early = bool(response.body) and status == 183
+            if branch.supervisor is not None:
+                return
+            # Anchored calls take no early media from a leg: the caller hears its own ring-back
+            # until a leg answers (and a forwarded leg's announcements are not the caller's).
+            early = bool(response.body) and status == 183 and self.media is None
             if early:
                 branch.answer = response  # the SDP the caller hears while it rings
             self.runner.leg_ringing(call.run, branch.leg_id, early_media=early)
@@ -568,11 +1112,31 @@ class SipCalls:
             self._dialogs.add(dialog)
             self._dialog_calls[dialog.id] = call
             self._ack(branch, dialog)
+            if branch.supervisor is not None:
+                self._supervisor_answered(call, branch, response)
+                return
             if branch.cancelled or branch.cancel_reason is not None or call.winner is not None:
                 # The CANCEL/200 race: this phone answered after someone else won.
                 log.info("sip_late_answer_hung_up", leg_id=branch.leg_id)
                 self._bye(branch)
                 return
+            if self.media is not None:
+                try:
+                    self.media.accept(
+                        call.call_id,
+                        branch.leg_id,
+                        response.body.decode("utf-8", "replace"),
+                        source=branch.destination[0],
+                    )
+                except MediaError as exc:
+                    log.warning("sip_leg_answer_unusable", leg_id=branch.leg_id, reason=exc.reason)
+                    self._bye(branch)
+                    branch.final = 488
+                    self._leg_maybe_failed(call, branch, 488)
+                    return
+                if branch.confirm:
+                    self._ask_to_confirm(call, branch)
+                    return
             self.runner.leg_answered(call.run, branch.leg_id)
             return
         if status in (401, 407) and self._answer_challenge(call, branch, response):
@@ -638,6 +1202,9 @@ class SipCalls:
         self._by_branch[transaction_id] = (call, branch)
 
     def _leg_maybe_failed(self, call: SipCall, branch: _Branch, status: int) -> None:
+        if branch.supervisor is not None:
+            self._supervisor_failed(call, branch, status)
+            return
         siblings = [b for b in call.branches.values() if b.leg_id == branch.leg_id]
         if any(b.final is None or 200 <= b.final < 300 for b in siblings):
             return  # another contact of the same user is still ringing (or answered)
@@ -657,6 +1224,14 @@ class SipCalls:
             return
         reason = ANSWERED_ELSEWHERE if command.reason is LegReason.ANSWERED_ELSEWHERE else None
         for branch in self._branches(call, command.leg_id):
+            if branch.confirming:  # answered, still asked to press 1: hang it up
+                branch.confirming = False
+                if branch.confirm_timer is not None:
+                    self._cancel_timer(branch.confirm_timer)
+                    branch.confirm_timer = None
+                branch.cancel_reason = reason or ""
+                self._bye(branch)
+                continue
             if branch.final is None and branch.cancel_reason is None:
                 branch.cancel_reason = reason or ""
                 if branch.provisional:
@@ -693,8 +1268,10 @@ class SipCalls:
         call = self._calls.get(run.call_id)
         if call is None:
             return
+        if command.step.action is FallbackAction.VOICEMAIL and self._start_voicemail(call, command):
+            return
         if command.step.action is FallbackAction.VOICEMAIL and not call.answered:
-            # Voicemail needs media (a later issue): refuse, and say why.
+            # No media engine (or nowhere to store the message): refuse, and say why.
             call.answered = True
             extra = [("Reason", format_reason(480, "voicemail"))]
             self._respond(
@@ -712,9 +1289,27 @@ class SipCalls:
         call = self._calls.get(run.call_id)
         if call is None or call.answered or call.winner is not None:
             return "the call is answered already"
+        if self.media is not None:
+            if not sdp:
+                return "an answer without SDP cannot be bridged"
+            try:
+                self.media.accept(call.call_id, APPS_LEG, sdp)
+            except MediaError as exc:
+                return f"the app's SDP answer cannot be used: {exc.reason}"
+            return None
         if call.invite.body and not sdp:
             return "the caller made an SDP offer: an answer without SDP cannot be bridged"
         return None
+
+    def _app_offer(self, call: SipCall) -> str | None:
+        """The SDP apps are offered: the media engine's, for one leg all apps share."""
+        if self.media is None:
+            return call.run.caller_sdp
+        try:
+            return self.media.offer(call.call_id, APPS_LEG, like=CALLER_LEG)
+        except MediaError as exc:
+            log.warning("sip_app_offer_failed", reason=exc.reason)
+            return None
 
     def leg_reference(self, run: RunningCall, leg_id: str) -> str | None:
         return None
@@ -758,9 +1353,22 @@ class SipCalls:
                 call.run, lambda now: call.machine.leg_failed(leg_id, LegFailure.UNREACHABLE, now)
             )
             return
+        offer: bytes | None = None
+        if self.media is not None:
+            try:
+                offer = self.media.offer(call.call_id, command.leg_id, like=CALLER_LEG).encode()
+            except MediaError as exc:
+                log.warning("sip_leg_media_failed", leg_id=command.leg_id, reason=exc.reason)
+                leg_id = command.leg_id
+                self.runner.feed_later(
+                    call.run,
+                    lambda now: call.machine.leg_failed(leg_id, LegFailure.UNREACHABLE, now),
+                )
+                return
+        confirm = self.media is not None and self._needs_confirmation(call, command)
         for uri, destination, transport, extra in targets:
             trunk_leg = command.via is Channel.PHONE_NUMBER
-            invite = self._leg_invite(call, uri, transport, extra, trunk_leg=trunk_leg)
+            invite = self._leg_invite(call, uri, transport, extra, trunk_leg=trunk_leg, body=offer)
             transaction_id = self._send_request(invite, destination, transport)
             branch = _Branch(
                 leg_id=command.leg_id,
@@ -770,6 +1378,7 @@ class SipCalls:
                 transport=transport,
                 dialogs=DialogSet(invite, tls=False),
                 trunk=command.via is Channel.PHONE_NUMBER,
+                confirm=confirm,
             )
             call.branches[transaction_id] = branch
             self._by_branch[transaction_id] = (call, branch)
@@ -783,6 +1392,7 @@ class SipCalls:
         extra: list[tuple[str, str]],
         *,
         trunk_leg: bool = False,
+        body: bytes | None = None,
     ) -> SipRequest:
         local = self._local(transport)
         caller = call.invite.headers.get("From") or "<sip:anonymous@anonymous.invalid>"
@@ -812,6 +1422,9 @@ class SipCalls:
                 *extra,
             ]
         )
+        if body is not None:
+            headers.add("Content-Type", "application/sdp")
+            return SipRequest("INVITE", uri, headers, body)
         content_type = call.invite.headers.get("Content-Type")
         if call.invite.body and content_type:
             headers.add("Content-Type", content_type)
@@ -854,7 +1467,14 @@ class SipCalls:
                 branch.cancel_reason = ANSWERED_ELSEWHERE
                 if branch.provisional:
                     self._send_cancel(branch)
-        self._answer_caller(call, winner.answer.body, winner.answer.headers.get("Content-Type"))
+        if self.media is not None:
+            try:
+                self.media.bridge(call.call_id, CALLER_LEG, leg_id)
+            except MediaError as exc:
+                log.warning("sip_bridge_failed", reason=exc.reason)
+            self._answer_caller(call, self._caller_body(call), "application/sdp")
+        else:
+            self._answer_caller(call, winner.answer.body, winner.answer.headers.get("Content-Type"))
         call.sdp_out[Side.CALLEE] = winner.invite.body
         self.sessions.arm(call, Side.CALLEE)
 
@@ -864,8 +1484,28 @@ class SipCalls:
         answer = call.run.app_answer
         if answer is None or answer[0] != user_id:
             return
+        if self.media is not None:
+            try:
+                self.media.bridge(call.call_id, CALLER_LEG, APPS_LEG)
+            except MediaError as exc:
+                log.warning("sip_bridge_failed", reason=exc.reason)
+            self._answer_caller(call, self._caller_body(call), "application/sdp")
+            return
         body = (answer[1] or "").encode()
         self._answer_caller(call, body, "application/sdp" if body else None)
+
+    def _caller_body(self, call: SipCall) -> bytes:
+        """The SDP of our 2xx to the caller: the engine's answer to its offer, or (an INVITE
+        without SDP) the engine's offer, answered in the ACK."""
+        if self.media is None:
+            return b""
+        if call.caller_answer is None:
+            try:
+                call.caller_answer = self.media.offer(call.call_id, CALLER_LEG)
+            except MediaError as exc:
+                log.warning("sip_caller_offer_failed", reason=exc.reason)
+                return b""
+        return call.caller_answer.encode()
 
     def _answer_caller(self, call: SipCall, body: bytes, content_type: str | None) -> None:
         """Our 200 to the caller (re-sent until its ACK), the caller's dialog, its timer."""
@@ -897,6 +1537,12 @@ class SipCalls:
         if dialog is None or call is None:
             return
         dialog.receive_request(ack)
+        if dialog is call.caller_dialog and ack.body and self.media is not None:
+            # the answer to the offer of our 2xx (the caller's INVITE had no SDP)
+            try:
+                self.media.accept(call.call_id, CALLER_LEG, ack.body.decode("utf-8", "replace"))
+            except MediaError as exc:
+                log.warning("sip_ack_answer_unusable", reason=exc.reason)
         if dialog is call.caller_dialog and call.ok is not None:
             call.ok = None
             if call.ok_timer is not None:
@@ -994,6 +1640,19 @@ class SipCalls:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None
         self.sessions.cancel(call)
+        for branch in call.branches.values():
+            if branch.confirm_timer is not None:
+                self._cancel_timer(branch.confirm_timer)
+                branch.confirm_timer = None
+        for monitor in list(call.monitors.values()):
+            self._end_monitor(call, monitor, bye=True)
+        for listener in self.ended_listeners:
+            try:
+                listener(call)
+            except Exception:
+                log.exception("sip_call_end_listener_failed")
+        if self.media is not None:
+            self.media.release(call.call_id)
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id in list(call.branches):
             self._by_branch.pop(transaction_id, None)
@@ -1029,6 +1688,22 @@ def _allowed(
 ) -> bool:
     address = ip_address(host)
     return address is not None and any(address in network for network in networks)
+
+
+def _warning(exc: MediaError) -> str:
+    """A `Warning` header (RFC 3261 20.43): 305 incompatible media format."""
+    reason = exc.reason.replace('"', "'")
+    return f'305 bridge "{reason}"'
+
+
+def _spawn_task(coroutine: Coroutine[Any, Any, None]) -> object:
+    task = asyncio.ensure_future(coroutine)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+    return task
+
+
+_TASKS: set[asyncio.Future[None]] = set()
 
 
 def _reply(

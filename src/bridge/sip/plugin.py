@@ -12,16 +12,22 @@ calls`), `/readyz` (the trunk registration) and `/metrics`.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 
+from bridge.calls.ports import MediaPort
 from bridge.calls.runner import CallRunner
 from bridge.config import Settings
 from bridge.directory.model import AccountStatus, Directory
 from bridge.directory.store import DirectoryStore
+from bridge.media.engine import EmbeddedMedia
+from bridge.media.ports import PortPool
+from bridge.media.prompts import beep, resolve_prompt_async
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
-from bridge.sip.b2bua import TrunkSettings
+from bridge.sip.b2bua import MessageStore, SipMediaOptions, TrunkSettings
 from bridge.sip.service import SipService
 
 
@@ -32,13 +38,69 @@ def build_sip(
     reachability: ReachabilityPort,
     metrics: Metrics,
     runner: CallRunner,
+    messages: MessageStore | None = None,
 ) -> SipService | None:
     if not settings.sip.enabled:
         return None
     sip = SipService.from_settings(settings, lambda: store.current, reachability, metrics)
-    sip.enable_calls(runner=runner, trunk=trunk_settings(settings))
+    media = settings.media
+    sip.enable_calls(
+        runner=runner,
+        trunk=trunk_settings(settings),
+        media=media_engine(settings, metrics) if media.engine == "embedded" else None,
+        media_options=SipMediaOptions(
+            voicemail_max_seconds=media.voicemail_max_seconds,
+            voicemail_silence_seconds=media.voicemail_silence_seconds,
+            confirm_timeout_seconds=settings.twilio.confirm_timeout_seconds,
+        ),
+        prompts=PromptLibrary(settings.config_dir, settings.recordings_path.parent / "prompts"),
+        messages=messages,
+    )
     store.subscribe(forget_users_without_access(sip.forget_user))
     return sip
+
+
+def media_engine(
+    settings: Settings, metrics: Metrics
+) -> Callable[[asyncio.AbstractEventLoop], MediaPort]:
+    """The embedded engine of `[media]`, made on the daemon's loop when SIP starts."""
+    media = settings.media
+
+    def make(loop: asyncio.AbstractEventLoop) -> MediaPort:
+        pool = PortPool(media.address, media.port_min, media.port_max)
+        engine = EmbeddedMedia(
+            pool,
+            advertised_address=media.advertised_address,
+            clock=loop.time,
+            loop=loop,
+            timeout_seconds=media.timeout_seconds,
+        )
+        metrics.watch_media(engine)
+        return engine
+
+    return make
+
+
+class PromptLibrary:
+    """The SIP path's prompts (`bridge.sip.b2bua.Prompts`): a `voicemail_prompt` setting as a
+    WAV file or text spoken by espeak-ng (rendered once, cached under `cache_dir`), else the
+    stock prompts shipped with the package; never silence, never an error."""
+
+    def __init__(self, config_dir: Path, cache_dir: Path) -> None:
+        self.config_dir = config_dir
+        self.cache_dir = cache_dir
+
+    async def voicemail_greeting(self, spec: str | None) -> bytes:
+        greeting = await resolve_prompt_async(
+            spec, config_dir=self.config_dir, cache_dir=self.cache_dir, default="voicemail"
+        )
+        return greeting.pcm + bytes(2400) + beep().pcm  # 150 ms, then the tone
+
+    async def confirm(self) -> bytes:
+        prompt = await resolve_prompt_async(
+            None, config_dir=self.config_dir, cache_dir=self.cache_dir, default="confirm"
+        )
+        return prompt.pcm
 
 
 def trunk_settings(settings: Settings) -> TrunkSettings:

@@ -14,16 +14,18 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
+from bridge.calls.ports import MediaPort
 from bridge.calls.runner import CallRunner
 from bridge.config import Settings
 from bridge.config import SipSettings as SipSettingsModel
 from bridge.directory.model import Directory
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
-from bridge.sip.b2bua import SipCalls, TrunkSettings
+from bridge.sip.b2bua import MessageStore, Prompts, SipCalls, SipMediaOptions, TrunkSettings
 from bridge.sip.bindings import BindingStore, Flow, RegistrarSettings
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm
@@ -119,14 +121,33 @@ class SipService:
         # Calls (the B2BUA, built when the endpoint starts): the runner and the trunk.
         self._runner: CallRunner | None = None
         self._trunk = TrunkSettings()
+        # The media engine of the calls (None: SDP end to end), built on the loop at start.
+        self._media_factory: Callable[[asyncio.AbstractEventLoop], MediaPort] | None = None
+        self._call_options: dict[str, Any] = {}
+        self.media: MediaPort | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
 
-    def enable_calls(self, *, runner: CallRunner, trunk: TrunkSettings) -> None:
+    def enable_calls(
+        self,
+        *,
+        runner: CallRunner,
+        trunk: TrunkSettings,
+        media: Callable[[asyncio.AbstractEventLoop], MediaPort] | None = None,
+        media_options: SipMediaOptions | None = None,
+        prompts: Prompts | None = None,
+        messages: MessageStore | None = None,
+    ) -> None:
         """Take calls: INVITEs from the trunk and the phones, run by `runner` (the B2BUA is
-        built when the endpoint starts)."""
+        built when the endpoint starts), their audio anchored in the engine `media` makes."""
         self._runner = runner
         self._trunk = trunk
+        self._media_factory = media
+        self._call_options = {
+            "media_options": media_options,
+            "prompts": prompts,
+            "messages": messages,
+        }
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, endpoint: SipEndpoint) -> None:
@@ -149,6 +170,8 @@ class SipService:
                 clock=endpoint.now,
             )
             self.trunk_registration.start()
+        if self._media_factory is not None and self.media is None:
+            self.media = self._media_factory(loop)
         if self._runner is not None:
             self.calls = SipCalls(
                 runner=self._runner,
@@ -166,6 +189,8 @@ class SipService:
                 send_stateless=endpoint.send_stateless,
                 local=local,
                 session=self.settings.session,
+                media=self.media,
+                **self._call_options,
             )
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="sip-expiry"))
         if self.settings.keepalive_seconds > 0:
@@ -180,6 +205,9 @@ class SipService:
         self._tasks.clear()
         if self.endpoint is not None:
             await self.endpoint.stop()
+        stop_media = getattr(self.media, "stop", None)
+        if stop_media is not None:
+            stop_media()
 
     def forget_user(self, user_id: str) -> None:
         self.registrar.forget_user(user_id)

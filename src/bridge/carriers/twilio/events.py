@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.calls.events import Event
+from bridge.calls.events import Event, LegDeclined
+
+__all__ = ["LegDeclined", "VoicemailRecorded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +24,3 @@ class VoicemailRecorded(Event):
     recording_sid: str
     url: str | None
     duration_seconds: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class LegDeclined(Event):
-    """A forwarded callee asked to press 1 (confirm_answer) did not: no key (a voicemail box
-    picked up, most likely) or another key. The leg counts as not answered."""
-
-    leg_id: str
-    user_id: str | None
-    digits: str

@@ -31,6 +31,7 @@ import structlog
 from bridge.calls.supervision import (
     MonitorView,
     NotPossibleNow,
+    NotSupportedOnCall,
     RecordingView,
     SupervisableCall,
     SupervisionFailed,
@@ -90,6 +91,8 @@ class TwilioSupervision:
     ) -> MonitorView:
         """Dial the supervisor into the call's conference in `mode`. The session is in the
         call record from the start (a second request sees it), and removed if dialing fails."""
+        if via == "ip_phone":
+            raise NotSupportedOnCall(IP_PHONE_ON_CARRIER)
         rest = self._rest()
         call = self._call(call_id)
         if mode == "whisper" and call.answered_sid() is None:
@@ -247,6 +250,10 @@ class TwilioSupervision:
         return call
 
 
+IP_PHONE_ON_CARRIER = (
+    "via ip_phone reaches a supervisor's desk phone on SIP calls; on a carrier call use "
+    "client or phone_number"
+)
 WHISPER_NEEDS_AGENT = "the answering leg's call is not known yet: whisper needs it"
 
 

@@ -1,0 +1,409 @@
+"""SIP calls anchored in the media engine, heard as audio: the bridge's SIP application with its
+messages on a wire the test reads and feeds (`InprocBridge`), and RTP on real loopback sockets
+through the embedded engine. The caller plays 440 Hz, the agent's desk phone 1 kHz, the
+supervisor's desk phone 2 kHz; an FFT of what each received says who heard whom.
+
+Covers: each side gets the bridge's own SDP (never the other's), PCMU caller to PCMA phone,
+listen / whisper / barge by `via: ip_phone` through the control service with a live switch and
+a BYE at `stop`, the supervisor's own BYE, the call's recording (left caller, right agent),
+an offer with no usable codec (488), a re-INVITE answered by the bridge alone, the RTP
+timeout, and voicemail over SIP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sim.phones.inproc import (
+    TRUNK,
+    InprocBridge,
+    body_of,
+    contact_uri,
+    desk_user,
+    header,
+    is_request,
+    is_response,
+    respond,
+    trunk_in_dialog,
+)
+
+from bridge.media import g711
+from bridge.media.sdp import parse_sdp
+from tests.media.audio import tones_in
+from tests.media.rtp_peers import Phone, audio_of
+
+LINE = "+15550100"
+AGENT_PHONE = ("127.0.0.1", 20001)
+SUPERVISOR_PHONE = ("127.0.0.1", 20002)
+CALLER, AGENT, SUPERVISOR = 440.0, 1000.0, 2000.0
+TONES = [CALLER, AGENT, SUPERVISOR]
+
+
+def directory(fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "timezone": "UTC",
+        "users": [
+            {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
+            desk_user("ana", "201", "pw-201"),
+            desk_user(
+                "sam",
+                "301",
+                "pw-301",
+                role="supervisor",
+                permissions=["barge_whisper", "recording_control"],
+            ),
+        ],
+        "ring_groups": [
+            {
+                "id": "desk",
+                "name": "Desk",
+                "layers": [{"members": ["ana"], "timeout_seconds": 20}],
+                "fallback": fallback or {"action": "hangup"},
+            }
+        ],
+        "lines": [{"number": LINE, "name": "Main", "route_to": {"ring_group": "desk"}}],
+    }
+
+
+def sdp_for(phone: Phone, payload_types: str, origin: str = "peer") -> bytes:
+    host, port = phone.address
+    return (
+        f"v=0\r\no={origin} 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {payload_types}\r\n"
+        "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    ).encode()
+
+
+def invite(n: int, bridge: str, body: bytes) -> bytes:
+    return (
+        f"INVITE sip:{LINE}@{bridge} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bK-a{n};rport\r\n"
+        f'From: "Caller" <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]}>;tag=trunk{n}\r\n'
+        f"To: <sip:{LINE}@{bridge}>\r\n"
+        f"Call-ID: call-{n}@{TRUNK[0]}\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]};transport=udp>\r\n"
+        "Max-Forwards: 70\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def media_port(message: bytes) -> int:
+    return parse_sdp(body_of(message)).media[0].port
+
+
+def ok_extra(username: str, port: int) -> bytes:
+    return f"Contact: <sip:{username}@127.0.0.1:{port}>\r\nContent-Type: application/sdp".encode()
+
+
+class Call:
+    """A trunk call the agent's desk phone answered, with its three RTP phones."""
+
+    def __init__(self, bridge: InprocBridge) -> None:
+        self.bridge = bridge
+        self.phones: dict[str, Phone] = {}
+        self.ports: dict[str, int] = {}
+        self.ok = b""
+
+    def close(self) -> None:
+        for phone in self.phones.values():
+            phone.close()
+
+    async def talk(self, seconds: float, tones: dict[str, float]) -> dict[str, bytes]:
+        for phone in self.phones.values():
+            phone.received()
+        await asyncio.gather(
+            *(self.phones[p].play(f, seconds, self.ports[p]) for p, f in tones.items())
+        )
+        await asyncio.sleep(0.15)
+        return {p: audio_of(phone.received()) for p, phone in self.phones.items()}
+
+
+async def answered_call(bridge: InprocBridge, n: int = 1) -> Call:
+    call = Call(bridge)
+    caller = call.phones["caller"] = Phone(g711.PCMU, 0xC1)
+    bridge.feed(invite(n, bridge.address, sdp_for(caller, "0 101", "trunk")), TRUNK)
+    [leg] = [d for d, a in bridge.take() if a == AGENT_PHONE and is_request(d, "INVITE")]
+    offer = body_of(leg).decode()
+    assert "o=trunk" not in offer  # the bridge's own offer, not the caller's SDP
+    assert parse_sdp(offer).media[0].payload_types[0] == 0  # the caller's codec first
+    agent = call.phones["agent"] = Phone(g711.PCMA, 0xA1)  # PCMA: transcoded by the bridge
+    call.ports["agent"] = media_port(leg)
+    bridge.feed(
+        respond(leg, "200 OK", b"ph1", ok_extra("201", AGENT_PHONE[1]), sdp_for(agent, "8 101")),
+        AGENT_PHONE,
+    )
+    [ok] = [d for d, a in bridge.take() if a == TRUNK and is_response(d, 200, "INVITE")]
+    answer = body_of(ok).decode()
+    assert "o=peer" not in answer  # the caller never sees the phone's SDP
+    call.ports["caller"] = media_port(ok)
+    call.ok = ok
+    bridge.feed(trunk_in_dialog("ACK", 1, n, header(ok, "To") or "", contact_uri(ok)), TRUNK)
+    await bridge.settle()
+    return call
+
+
+@pytest.fixture
+async def bridge(tmp_path: Path) -> AsyncIterator[InprocBridge]:
+    bridge = InprocBridge(directory(), folder=tmp_path)
+    await bridge.start()
+    assert bridge.register_phone("201", "pw-201", AGENT_PHONE[1])
+    assert bridge.register_phone("301", "pw-301", SUPERVISOR_PHONE[1], n=1)
+    try:
+        yield bridge
+    finally:
+        await bridge.stop()
+
+
+def only_call_id(bridge: InprocBridge) -> str:
+    [live] = bridge.ctx.calls.all()
+    return live.call_id
+
+
+async def test_caller_and_agent_hear_each_other_through_the_engine(bridge: InprocBridge) -> None:
+    call = await answered_call(bridge)
+    try:
+        heard = await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
+        assert tones_in(heard["caller"], TONES) == {AGENT}
+        assert tones_in(heard["agent"], TONES) == {CALLER}
+        # the agent's phone got PCMA (what it chose), the caller PCMU
+        assert {p[1] & 0x7F for p in call.phones["agent"].received()} <= {8}
+    finally:
+        call.close()
+
+
+async def join_supervisor(bridge: InprocBridge, call: Call, mode: str) -> bytes:
+    """`POST .../monitor` via ip_phone; the supervisor's phone answers the bridge's INVITE."""
+    ctx = bridge.ctx
+    assert ctx.control is not None
+    sam = ctx.store.current.user("sam")
+    assert sam is not None
+    joined = await ctx.control.monitor(sam, only_call_id(bridge), mode, "ip_phone", origin="test")
+    assert joined["status"] == "dialing" and joined["via"] == "ip_phone"
+    [leg] = [d for d, a in bridge.take() if a == SUPERVISOR_PHONE and is_request(d, "INVITE")]
+    supervisor = call.phones["sup"] = Phone(g711.PCMU, 0x5A)
+    call.ports["sup"] = media_port(leg)
+    bridge.feed(
+        respond(
+            leg, "200 OK", b"sup1", ok_extra("301", SUPERVISOR_PHONE[1]), sdp_for(supervisor, "0")
+        ),
+        SUPERVISOR_PHONE,
+    )
+    sent = bridge.take()
+    assert any(a == SUPERVISOR_PHONE and is_request(d, "ACK") for d, a in sent)
+    return leg
+
+
+HEARD = {
+    "listen": {"caller": {AGENT}, "agent": {CALLER}, "sup": {CALLER, AGENT}},
+    "whisper": {"caller": {AGENT}, "agent": {CALLER, SUPERVISOR}, "sup": {CALLER, AGENT}},
+    "barge": {
+        "caller": {AGENT, SUPERVISOR},
+        "agent": {CALLER, SUPERVISOR},
+        "sup": {CALLER, AGENT},
+    },
+}
+
+
+@pytest.mark.parametrize("mode", ["listen", "whisper", "barge"])
+async def test_supervisor_on_a_desk_phone_hears_as_the_mode_says(
+    bridge: InprocBridge, mode: str
+) -> None:
+    call = await answered_call(bridge)
+    try:
+        await join_supervisor(bridge, call, mode)
+        heard = await call.talk(1.2, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
+        for party, expected in HEARD[mode].items():
+            assert tones_in(heard[party], TONES) == expected, party
+        view = bridge.ctx.control.find(only_call_id(bridge))  # type: ignore[union-attr]
+        assert view is not None and view.monitors["sam"].status == "in-progress"
+    finally:
+        call.close()
+
+
+async def test_live_switch_then_stop_sends_bye_and_the_call_goes_on(
+    bridge: InprocBridge,
+) -> None:
+    call = await answered_call(bridge)
+    ctx = bridge.ctx
+    assert ctx.control is not None
+    sam = ctx.store.current.user("sam")
+    assert sam is not None
+    try:
+        await join_supervisor(bridge, call, "listen")
+        heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
+        assert SUPERVISOR not in tones_in(heard["caller"], TONES)
+        changed = await ctx.control.change_monitor(sam, only_call_id(bridge), "barge")
+        assert changed["mode"] == "barge"
+        assert not [d for d, a in bridge.take() if is_request(d, "INVITE")]  # no re-INVITE
+        heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
+        assert tones_in(heard["caller"], TONES) == {AGENT, SUPERVISOR}
+        await ctx.control.stop_monitor(sam, only_call_id(bridge))
+        sent = bridge.take()
+        assert [a for d, a in sent if is_request(d, "BYE")] == [SUPERVISOR_PHONE]
+        heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
+        assert tones_in(heard["caller"], TONES) == {AGENT}
+        assert heard["sup"] == b""
+    finally:
+        call.close()
+
+
+async def test_supervisors_own_bye_ends_only_their_session(bridge: InprocBridge) -> None:
+    call = await answered_call(bridge)
+    try:
+        leg = await join_supervisor(bridge, call, "barge")
+        to = (header(leg, "To") or "") + ";tag=sup1"
+        bye = (
+            f"BYE sip:bridge@{bridge.address} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{SUPERVISOR_PHONE[1]};branch=z9hG4bK-supbye;rport\r\n"
+            f"From: {to}\r\nTo: {header(leg, 'From')}\r\n"
+            f"Call-ID: {header(leg, 'Call-ID')}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        bridge.feed(bye, SUPERVISOR_PHONE)
+        sent = bridge.take()
+        assert any(is_response(d, 200, "BYE") for d, a in sent if a == SUPERVISOR_PHONE)
+        assert not [d for d, a in sent if is_request(d, "BYE")]  # nobody else is hung up
+        heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT})
+        assert tones_in(heard["caller"], TONES) == {AGENT}
+        view = bridge.ctx.control.find(only_call_id(bridge))  # type: ignore[union-attr]
+        assert view is not None and view.monitors == {}
+    finally:
+        call.close()
+
+
+async def test_recording_holds_caller_left_and_agent_right(
+    bridge: InprocBridge, tmp_path: Path
+) -> None:
+    call = await answered_call(bridge)
+    ctx = bridge.ctx
+    assert ctx.control is not None
+    sam = ctx.store.current.user("sam")
+    assert sam is not None
+    try:
+        started = await ctx.control.recording(sam, only_call_id(bridge), "start")
+        assert started["status"] == "in-progress"
+        await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
+        stopped = await ctx.control.recording(sam, only_call_id(bridge), "stop")
+        assert stopped["status"] == "completed" and stopped["duration_seconds"] >= 1
+        [path] = list((tmp_path / "recordings").rglob("*.wav"))
+        with wave.open(str(path)) as wav:
+            assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (2, 8000, 2)
+            frames = wav.readframes(wav.getnframes())
+        left = g711.audioop.tomono(frames, 2, 1, 0)
+        right = g711.audioop.tomono(frames, 2, 0, 1)
+        assert tones_in(left, TONES) == {CALLER}
+        assert tones_in(right, TONES) == {AGENT}
+    finally:
+        call.close()
+
+
+async def test_offer_without_a_usable_codec_gets_488(bridge: InprocBridge) -> None:
+    caller = Phone(g711.PCMU, 1)
+    try:
+        bridge.feed(invite(7, bridge.address, sdp_for(caller, "9", "trunk")), TRUNK)
+        sent = bridge.take()
+        [refusal] = [d for d, a in sent if a == TRUNK and is_response(d, 488, "INVITE")]
+        assert "305" in (header(refusal, "Warning") or "")
+        assert not [d for d, a in sent if a == AGENT_PHONE]  # nobody rang
+        assert bridge.ctx.calls.all() == []
+    finally:
+        caller.close()
+
+
+async def test_reinvite_is_answered_by_the_bridge_alone(bridge: InprocBridge) -> None:
+    call = await answered_call(bridge)
+    try:
+        moved = Phone(g711.PCMU, 0xC2)  # the caller moves its media (a new address)
+        call.phones["caller"].close()
+        call.phones["caller"] = moved
+        ok = call.ok
+        reinvite = trunk_in_dialog(
+            "INVITE", 2, 1, header(ok, "To") or "", contact_uri(ok), body=sdp_for(moved, "0 101")
+        )
+        bridge.feed(reinvite, TRUNK)
+        sent = bridge.take()
+        [answer] = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
+        assert media_port(answer) == call.ports["caller"]  # same port, the bridge's SDP
+        assert not [d for d, a in sent if a == AGENT_PHONE]  # the agent's phone saw nothing
+        heard = await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
+        assert tones_in(heard["agent"], TONES) == {CALLER}
+        assert tones_in(heard["caller"], TONES) == {AGENT}
+    finally:
+        call.close()
+
+
+async def test_silent_call_is_ended_by_the_rtp_timeout(tmp_path: Path) -> None:
+    bridge = InprocBridge(directory(), folder=tmp_path, media={"timeout_seconds": 1})
+    await bridge.start()
+    try:
+        assert bridge.register_phone("201", "pw-201", AGENT_PHONE[1])
+        call = await answered_call(bridge)
+        try:
+            await asyncio.sleep(2.6)
+            sent = bridge.take()
+            byes = sorted({a for d, a in sent if is_request(d, "BYE")})
+            assert byes == sorted({TRUNK, AGENT_PHONE})
+            assert bridge.ctx.calls.all() == []
+        finally:
+            call.close()
+    finally:
+        await bridge.stop()
+
+
+async def test_voicemail_records_the_caller_until_pound(tmp_path: Path) -> None:
+    from bridge.media.dtmf import build_event
+    from bridge.media.rtp import build_rtp
+
+    bridge = InprocBridge(directory({"action": "voicemail"}), folder=tmp_path)
+    await bridge.start()
+    caller = Phone(g711.PCMU, 0xC1)
+    try:
+        # nobody registered: the ring group has no one to ring, voicemail answers
+        bridge.feed(invite(3, bridge.address, sdp_for(caller, "0 101", "trunk")), TRUNK)
+        await bridge.settle()
+        [ok] = [d for d, a in bridge.take() if a == TRUNK and is_response(d, 200, "INVITE")]
+        port = media_port(ok)
+        bridge.feed(trunk_in_dialog("ACK", 1, 3, header(ok, "To") or "", contact_uri(ok)), TRUNK)
+        # the greeting and the beep come first (stock prompt: several seconds of speech)
+        deadline = asyncio.get_running_loop().time() + 20
+        greeting: list[bytes] = []
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            greeting += caller.received()
+            recorded = [e for e in bridge.ctx.sip.calls.media._calls.values() if e.messages]  # type: ignore[union-attr]
+            if recorded:
+                break
+        assert recorded, "the recording of the message never started"
+        assert tones_in(audio_of(greeting)[-4000:], [1000.0]) == {1000.0}  # the beep
+        await caller.play(CALLER, 1.5, port)
+        for i, end in enumerate((False, True, True, True)):
+            caller.send_raw(
+                build_rtp(
+                    101, caller.sequence + i, caller.timestamp, 0xC1, build_event("#", 800, end=end)
+                ),
+                port,
+            )
+        await asyncio.sleep(0.3)
+        sent = bridge.take()
+        assert [a for d, a in sent if is_request(d, "BYE")] == [TRUNK]  # goodbye
+        [path] = list((tmp_path / "recordings").rglob("*.wav"))
+        with wave.open(str(path)) as wav:
+            assert wav.getnchannels() == 1
+            pcm = wav.readframes(wav.getnframes())
+        assert 1.2 < len(pcm) / 16000 < 2.5
+        assert tones_in(pcm, TONES) == {CALLER}
+    finally:
+        caller.close()
+        await bridge.stop()
+
+
+_ = re

@@ -1,0 +1,198 @@
+"""Anchored SIP calls with real peers, heard as audio: a `bridge run` process, baresip phones
+(the caller on the trunk, the agent's and the supervisor's desk phones registered with digest)
+each playing its own tone, and SIPp playing G.711 and RFC 4733 pcaps. What each baresip heard
+(its decoded stream, `sndfile`) and what the bridge recorded go through an FFT.
+
+- listen and whisper through `POST /api/v1/calls/{id}/monitor` with `via: ip_phone`, a live
+  switch by PATCH and a BYE at DELETE; the call's recording (caller left, agent right);
+- voicemail over SIP: the greeting, the beep, the caller's tone recorded until `#`, listed
+  through `/api/v1/voicemails`;
+- press 1 on a forwarded leg through the trunk: `1` bridges it, `2` does not.
+"""
+
+from __future__ import annotations
+
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sim.phones.inproc import desk_user
+
+from bridge.media import g711
+from tests.media.audio import tones_in
+from tests.media.peers import BaresipPhone, needs_baresip
+from tests.sip.peers import RunningBridge, trunk_bridge
+
+LINE = "+15550100"
+CALLER, AGENT, SUPERVISOR = 440.0, 1000.0, 2000.0
+TONES = [CALLER, AGENT, SUPERVISOR]
+
+pytestmark = needs_baresip
+
+
+def directory(**line: Any) -> dict[str, Any]:
+    return {
+        "timezone": "UTC",
+        "users": [
+            {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
+            desk_user("ana", "201", "pw-201"),
+            desk_user(
+                "sam",
+                "301",
+                "pw-301",
+                role="supervisor",
+                permissions=["barge_whisper", "recording_control"],
+            ),
+        ],
+        "ring_groups": [
+            {
+                "id": "desk",
+                "name": "Desk",
+                "layers": [{"members": ["ana"], "timeout_seconds": 20}],
+                "fallback": {"action": "hangup"},
+            }
+        ],
+        "lines": [
+            {"number": LINE, "name": "Main", "route_to": {"ring_group": "desk"}, **line},
+        ],
+    }
+
+
+def desk_phone(tmp_path: Path, bridge: RunningBridge, user: str, password: str, tone: float):
+    return BaresipPhone(
+        tmp_path,
+        f"desk{user}",
+        tone=tone,
+        auto_answer=True,
+        registrar=f"sip:127.0.0.1:{bridge.sip}",
+        username=user,
+        password=password,
+        play_seconds=60,
+    )
+
+
+def wait_for(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def stretch(pcm: bytes, start: float, end: float) -> bytes:
+    """Seconds `start` to `end` of 8 kHz 16-bit mono audio."""
+    return pcm[int(start * 16000) & ~1 : int(end * 16000) & ~1]
+
+
+def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path) -> None:
+    with (
+        trunk_bridge(tmp_path, directory()) as bridge,
+        desk_phone(tmp_path, bridge, "201", "pw-201", AGENT) as agent,
+        desk_phone(tmp_path, bridge, "301", "pw-301", SUPERVISOR) as supervisor,
+        BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+    ):
+        agent.wait_registered(timeout=10)
+        supervisor.wait_registered(timeout=10)
+        caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+        caller.wait_call_established(timeout=10)
+        [live] = wait_for(lambda: bridge.api("/api/v1/calls"))
+        call_id = live["call_id"]
+        path = f"/api/v1/calls/{call_id}"
+        status, body = bridge.request("POST", f"{path}/recording", {"action": "start"}, user="sam")
+        assert status == 200, body
+        status, body = bridge.request(
+            "POST", f"{path}/monitor", {"mode": "listen", "via": "ip_phone"}, user="sam"
+        )
+        assert status == 201, body
+        assert body["via"] == "ip_phone" and body["status"] == "dialing"
+        supervisor.wait_call_established(timeout=10)
+        joined = time.monotonic()
+        listed = bridge.api("/api/v1/calls")[0]
+        assert listed["monitors"]["sam"]["status"] == "in-progress"
+        assert listed["recording"]["status"] == "in-progress"
+        time.sleep(3)
+        status, body = bridge.request("PATCH", f"{path}/monitor", {"mode": "whisper"}, user="sam")
+        assert status == 200, body
+        switched = time.monotonic() - joined
+        time.sleep(3)
+        status, _ = bridge.request("DELETE", f"{path}/monitor", user="sam")
+        assert status == 204
+        supervisor.wait_closed(timeout=5)  # the bridge's BYE
+        status, stopped = bridge.request(
+            "POST", f"{path}/recording", {"action": "stop"}, user="sam"
+        )
+        assert status == 200 and stopped["status"] == "completed", stopped
+        caller.hangup()
+        caller.wait_closed(timeout=5)
+        agent.wait_closed(timeout=5)
+
+        heard_by_supervisor = supervisor.received_audio()
+        assert tones_in(heard_by_supervisor, TONES) == {CALLER, AGENT}
+        # the caller never heard the supervisor (listen, then whisper: the agent alone)
+        assert tones_in(caller.received_audio(), TONES) == {AGENT}
+        # the agent heard the supervisor only once whispering: find the switch in their audio
+        heard_by_agent = agent.received_audio()
+        assert SUPERVISOR in tones_in(heard_by_agent, TONES)
+        seconds = len(heard_by_agent) / 16000
+        whisper_from = seconds - 3 - (3 - switched)  # roughly: the agent's call ends last
+        before = stretch(heard_by_agent, 1.0, max(1.5, whisper_from - 2.5))
+        assert SUPERVISOR not in tones_in(before, TONES)
+
+        recording = bridge.api(f"/api/v1/recordings/{stopped['recording_sid']}")
+        assert recording["call_id"] == call_id and recording["status"] == "completed"
+        audio = tmp_path / "recording.wav"
+        status, _ = bridge.request("GET", f"/api/v1/recordings/{recording['id']}", user="sam")
+        assert status == 200
+        wav = next((tmp_path / "var" / "recordings").rglob(f"{recording['id']}.wav"))
+        audio.write_bytes(wav.read_bytes())
+        with wave.open(str(audio)) as file:
+            assert file.getnchannels() == 2 and file.getframerate() == 8000
+            frames = file.readframes(file.getnframes())
+        assert tones_in(g711.audioop.tomono(frames, 2, 1, 0), TONES) == {CALLER}
+        # the right channel is what the caller heard: the agent, never the whisper
+        assert tones_in(g711.audioop.tomono(frames, 2, 0, 1), TONES) == {AGENT}
+
+
+@pytest.mark.parametrize(("digit", "bridged"), [("1", True), ("2", False)])
+def test_press_one_on_a_forwarded_leg(tmp_path: Path, digit: str, bridged: bool) -> None:
+    """The line forwards to a number through the trunk (a baresip 'provider' answering for
+    it); the forwarded phone must press 1 before the caller is connected."""
+    provider = BaresipPhone(tmp_path, "pstn", tone=AGENT, auto_answer=True, play_seconds=60)
+    with provider:
+        data = directory(confirm_answer=True)
+        data["users"].append(
+            {
+                "id": "fwd",
+                "name": "Forwarded",
+                "answer_by": "phone_number",
+                "phone_number": "+15559990000",
+            }
+        )
+        data["lines"][0]["route_to"] = {"user": "fwd"}
+        with (
+            trunk_bridge(tmp_path, data, sip__trunk_uri=f"sip:127.0.0.1:{provider.port}") as bridge,
+            BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+        ):
+            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+            provider.wait_call_established(timeout=10)
+            events = bridge.wait_events("sip_leg_awaiting_confirmation", timeout=5)
+            assert events, "the forwarded leg was not asked to confirm"
+            time.sleep(2.0)
+            provider.send_dtmf(digit)
+            if bridged:
+                caller.wait_call_established(timeout=10)
+                time.sleep(2)
+                caller.hangup()
+                caller.wait_closed(timeout=5)
+                provider.wait_closed(timeout=5)
+                assert tones_in(caller.received_audio(), TONES) == {AGENT}
+                heard = provider.received_audio()
+                assert CALLER in tones_in(stretch(heard, len(heard) / 16000 - 1.5, 1e9), TONES)
+            else:
+                provider.wait_closed(timeout=5)  # the bridge hung the leg up
+                assert bridge.wait_events("sip_leg_declined", timeout=5)
+                caller.wait_closed(timeout=10)  # nobody else to ring: the call ends
+                assert not caller.events("CALL_ESTABLISHED")
