@@ -160,7 +160,10 @@ def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path
 def test_press_one_on_a_forwarded_leg(tmp_path: Path, digit: str, bridged: bool) -> None:
     """The line forwards to a number through the trunk (a baresip 'provider' answering for
     it); the forwarded phone must press 1 before the caller is connected."""
-    provider = BaresipPhone(tmp_path, "pstn", tone=AGENT, auto_answer=True, play_seconds=60)
+    # the provider answers for the number (baresip takes calls to its own user only)
+    provider = BaresipPhone(
+        tmp_path, "+15559990000", tone=AGENT, auto_answer=True, play_seconds=60
+    )
     with provider:
         data = directory(confirm_answer=True)
         data["users"].append(
