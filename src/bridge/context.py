@@ -29,6 +29,8 @@ from bridge.directory.model import AccountStatus, Directory
 from bridge.directory.store import DirectoryStore
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
+from bridge.recordings.plugin import build_archive
+from bridge.recordings.store import MediaArchive
 from bridge.routing.service import RoutingService
 from bridge.sip.plugin import build_sip
 from bridge.sip.service import SipService
@@ -63,6 +65,8 @@ class AppContext:
     runner: CallRunner | None = None
     # Listen / whisper / barge and recording controls (HTTP routes and WebSocket frames).
     control: ControlService | None = None
+    # Recordings and voicemail messages of SIP calls (`[media] recordings_dir`).
+    archive: MediaArchive | None = None
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         checks: dict[str, object] = {
@@ -120,8 +124,15 @@ def build_context(
                 presence.forget(gone)
 
     store.subscribe(on_change)
-    archive = None  # the recordings archive: wired with bridge.recordings
-    sip = build_sip(settings, store=store, reachability=presence, metrics=metrics, runner=runner)
+    archive = build_archive(settings, clock=clock)
+    sip = build_sip(
+        settings,
+        store=store,
+        reachability=presence,
+        metrics=metrics,
+        runner=runner,
+        messages=archive,
+    )
     carrier = build_carrier(
         settings, runner=runner, metrics=metrics, directory=lambda: store.current
     )
@@ -167,6 +178,7 @@ def build_context(
         runner=runner,
         ws=ws,
         control=control,
+        archive=archive,
     )
 
 

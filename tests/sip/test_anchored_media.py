@@ -369,8 +369,8 @@ async def test_voicemail_records_the_caller_until_pound(tmp_path: Path) -> None:
     try:
         # nobody registered: the ring group has no one to ring, voicemail answers
         bridge.feed(invite(3, bridge.address, sdp_for(caller, "0 101", "trunk")), TRUNK)
-        await bridge.settle()
-        [ok] = [d for d, a in bridge.take() if a == TRUNK and is_response(d, 200, "INVITE")]
+        sent = await bridge.settle()
+        [ok] = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
         port = media_port(ok)
         bridge.feed(trunk_in_dialog("ACK", 1, 3, header(ok, "To") or "", contact_uri(ok)), TRUNK)
         # the greeting and the beep come first (stock prompt: several seconds of speech)

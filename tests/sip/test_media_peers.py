@@ -18,18 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sim.phones.inproc import desk_user
+from sim.phones.inproc import ha1
 
 from bridge.media import g711
 from tests.media.audio import tones_in
 from tests.media.peers import BaresipPhone, needs_baresip
-from tests.sip.peers import RunningBridge, trunk_bridge
+from tests.sip.peers import REALM, RunningBridge, trunk_bridge
 
 LINE = "+15550100"
 CALLER, AGENT, SUPERVISOR = 440.0, 1000.0, 2000.0
 TONES = [CALLER, AGENT, SUPERVISOR]
 
 pytestmark = needs_baresip
+
+
+def desk_user(uid: str, username: str, password: str, **extra: Any) -> dict[str, Any]:
+    """A desk-phone user whose HA1 is of the bridge process's realm."""
+    return {
+        "id": uid,
+        "name": f"Desk {username}",
+        "answer_by": "ip_phone",
+        "sip": {"username": username, "ha1_md5": ha1(username, password, REALM)},
+        **extra,
+    }
 
 
 def directory(**line: Any) -> dict[str, Any]:
@@ -66,7 +77,7 @@ def desk_phone(tmp_path: Path, bridge: RunningBridge, user: str, password: str, 
         f"desk{user}",
         tone=tone,
         auto_answer=True,
-        registrar=f"sip:127.0.0.1:{bridge.sip}",
+        registrar=f"127.0.0.1:{bridge.sip}",
         username=user,
         password=password,
         play_seconds=60,

@@ -21,6 +21,7 @@ from bridge.control import plugin as control_plugin
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
 from bridge.httpauth import Grant, HttpAuth
+from bridge.recordings import plugin as recordings_plugin
 from bridge.ws import plugin as ws_plugin
 
 log = structlog.get_logger("bridge.api")
@@ -116,6 +117,8 @@ def create_app(ctx: AppContext) -> BridgeApp:
     )
     app.include_router(users.routes(ctx, auth))
     app.include_router(directory_routes.routes(ctx, auth))
+    if ctx.archive is not None:
+        app.include_router(recordings_plugin.routes(ctx.archive, auth, lambda: ctx.store.current))
     if ctx.carrier is not None:
         for router in carrier_plugin.routes(ctx.carrier, ctx.settings, auth):
             app.include_router(router)

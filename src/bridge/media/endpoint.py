@@ -18,6 +18,7 @@ sources are dropped (counted) so a stray or hostile sender cannot take over a ca
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class MediaEndpoint:
         self._buffer = bytearray(BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
 
     @property
     def port(self) -> int:
@@ -106,13 +108,16 @@ class MediaEndpoint:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.rtp.sock.fileno(), self._readable)
+        self._fd = self.rtp.sock.fileno()
+        loop.add_reader(self._fd, self._readable)
 
     def stop(self) -> None:
-        """Stop reading (the pool closes the socket)."""
-        if self._loop is not None and self.rtp.sock.fileno() != -1:
-            self._loop.remove_reader(self.rtp.sock.fileno())
+        """Stop reading (the pool closes the socket). By the number the reader was added
+        with: a socket closed first would otherwise stay registered and spin the loop."""
+        if self._loop is not None and self._fd >= 0 and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
         self._loop = None
+        self._fd = -1
 
     def _readable(self) -> None:
         sock, buffer, view, stats = self.rtp.sock, self._buffer, self._view, self.stats
@@ -122,6 +127,9 @@ class MediaEndpoint:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ICMP port unreachable from an earlier send
+                if exc.errno == errno.EBADF:  # closed under us: stop, never spin
+                    self.stop()
+                    return
                 log.debug("media_receive_error", port=self.rtp.port, error=str(exc))
                 continue
             if size >= BUFFER_BYTES:

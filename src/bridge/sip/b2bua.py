@@ -798,7 +798,7 @@ class SipCalls:
                 user_id=user_id,
                 group_id=group_id,
             )
-        except (MediaError, OSError) as exc:
+        except Exception as exc:  # the store's own error: its folder cannot be written
             log.warning("sip_voicemail_unavailable", reason=str(exc))
             return False
         call.voicemail_id = message_id
@@ -844,7 +844,6 @@ class SipCalls:
             )
         except MediaError as exc:
             log.warning("sip_voicemail_record_failed", reason=exc.reason)
-            self._hangup_caller(call)
             self.runner.hangup(call.run, Side.CALLEE)
 
     def _voicemail_recorded(self, call: SipCall, event: MessageRecorded) -> None:
@@ -862,9 +861,8 @@ class SipCalls:
         self.runner.publish_on(
             call.run, VoicemailLeft(message_id, round(event.duration_seconds, 2), event.ended_by)
         )
-        if event.ended_by != "hangup":  # the caller is still there: goodbye
-            self._hangup_caller(call)
-            self.runner.hangup(call.run, Side.CALLEE)
+        if event.ended_by != "hangup":  # the caller is still there: goodbye (the call core's
+            self.runner.hangup(call.run, Side.CALLEE)  # HangupLeg sends the BYE)
 
     # supervisors: an INVITE from the bridge to their desk phone or number
     def supervisable(self, call_id: str) -> SipCall | None:
