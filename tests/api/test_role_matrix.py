@@ -399,8 +399,11 @@ def check_see_live_calls(b: Bridge, actor: str, role: Role, expected: Scope) -> 
             "state",
             "ringing",
             "answered_by",
+            "monitors",
+            "recording",
         }
         assert call["started_at"] == STARTED.isoformat()
+        assert call["monitors"] == {} and call["recording"] is None
 
 
 def with_permissions(user: User, permissions: set[Permission]) -> User:

@@ -362,7 +362,7 @@ def test_unknown_number_is_refused_404(tmp_path: Path) -> None:
 def test_voicemail_fallback_without_media_is_480_with_reason(tmp_path: Path) -> None:
     group = directory()
     group["ring_groups"][0]["fallback"] = {"action": "voicemail"}
-    with trunk_bridge(tmp_path, group) as bridge:
+    with trunk_bridge(tmp_path, group, media__engine="none") as bridge:
         result = run_trunk(tmp_path, bridge)  # nobody registered: straight to voicemail
         assert result.returncode != 0
         messages = (tmp_path / "trunk.msg").read_text(errors="replace")
