@@ -21,8 +21,19 @@ import pytest
 from sim.phones.inproc import ha1
 
 from bridge.media import g711
+from tests.media.audio import tone as make_tone
 from tests.media.audio import tones_in
-from tests.media.peers import BaresipPhone, needs_baresip
+from tests.media.peers import (
+    PCMU,
+    BaresipPhone,
+    build_rtp,
+    g711_encode,
+    needs_baresip,
+    needs_raw_socket,
+    needs_sipp,
+    run_sipp,
+    write_pcap,
+)
 from tests.sip.peers import REALM, RunningBridge, trunk_bridge
 
 LINE = "+15550100"
@@ -30,7 +41,7 @@ CALLER, AGENT, SUPERVISOR = 440.0, 1000.0, 2000.0
 PROVIDER = 1500.0  # the forwarded number's phone (not 1 kHz: the voicemail beep)
 TONES = [CALLER, AGENT, SUPERVISOR]
 
-pytestmark = needs_baresip
+SAMPLES_PER_PACKET = 160
 
 
 def desk_user(uid: str, username: str, password: str, **extra: Any) -> dict[str, Any]:
@@ -99,6 +110,7 @@ def stretch(pcm: bytes, start: float, end: float) -> bytes:
     return pcm[int(start * 16000) & ~1 : int(end * 16000) & ~1]
 
 
+@needs_baresip
 def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path) -> None:
     with (
         trunk_bridge(tmp_path, directory()) as bridge,
@@ -168,6 +180,7 @@ def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path
         assert tones_in(g711.audioop.tomono(frames, 2, 0, 1), TONES) == {AGENT}
 
 
+@needs_baresip
 @pytest.mark.parametrize(("digit", "bridged"), [("1", True), ("2", False)])
 def test_press_one_on_a_forwarded_leg(tmp_path: Path, digit: str, bridged: bool) -> None:
     """The line forwards to a number through the trunk (a baresip 'provider' answering for
@@ -216,3 +229,45 @@ def test_press_one_on_a_forwarded_leg(tmp_path: Path, digit: str, bridged: bool)
                 caller.hangup()
                 caller.wait_closed(timeout=5)
                 assert PROVIDER not in tones_in(caller.received_audio(), [PROVIDER])
+
+
+@needs_sipp
+@needs_raw_socket
+def test_voicemail_left_from_sipp_is_listed_and_holds_the_callers_tone(tmp_path: Path) -> None:
+    """SIPp calls a line whose fallback is voicemail and plays a pcap: silence while the
+    greeting and the beep play, then 2 s of 440 Hz, then hangs up. The message is listed
+    through the API and its audio holds the tone."""
+    greeting = 9.0  # the stock greeting and the beep take about 8 s
+    samples = SAMPLES_PER_PACKET
+    pcm = bytes(int(greeting * 16000)) + make_tone(CALLER, 2.0, 8000)
+    encoded = g711_encode(pcm, PCMU)
+    packets = [
+        (
+            i * 0.02,
+            build_rtp(
+                PCMU, 100 + i, i * samples, 0x5EED, encoded[i * samples : (i + 1) * samples], i == 0
+            ),
+        )
+        for i in range(len(encoded) // samples)
+    ]
+    pcap = write_pcap(tmp_path / "caller.pcap", packets)
+    data = directory()
+    data["ring_groups"][0]["fallback"] = {"action": "voicemail"}
+    with trunk_bridge(tmp_path, data) as bridge:  # nobody registered: straight to voicemail
+        run_sipp(
+            tmp_path,
+            "uac_pcap.xml",
+            f"127.0.0.1:{bridge.sip}",
+            "-key", "pcap", str(pcap), "-s", LINE, "-d", "11600",
+            timeout=30,
+        )  # fmt: skip
+        assert bridge.wait_events("sip_voicemail_recorded", timeout=5)
+        [message] = bridge.api("/api/v1/voicemails")
+        assert message["line"] == LINE and message["ended_by"] == "hangup"
+        assert message["group_id"] == "desk"
+        assert 1.5 <= message["duration_seconds"] <= 4.5
+        wav = next((tmp_path / "var" / "recordings").rglob(f"{message['id']}.wav"))
+        with wave.open(str(wav)) as file:
+            assert file.getnchannels() == 1 and file.getframerate() == 8000
+            audio = file.readframes(file.getnframes())
+        assert tones_in(audio, TONES) == {CALLER}

@@ -256,6 +256,7 @@ class SipCall:
     monitors: dict[str, SipMonitor] = field(default_factory=dict)  # by supervisor id
     voicemail_id: str | None = None
     voicemail_path: Path | None = None
+    finished: bool = False  # its SIP state is being dropped
     recording: Any = None  # the SIP supervision's record of the call's recording
 
     @property
@@ -1631,9 +1632,12 @@ class SipCalls:
 
     # -- timers and clean-up ----------------------------------------------------------------------
     def _finish(self, call: SipCall) -> None:
-        """The runner is done with the call: drop its SIP state."""
-        if self._calls.pop(call.call_id, None) is None:
+        """The runner is done with the call: drop its SIP state. The call stays known until
+        its media is released, so that what the release ends (a voicemail message cut by the
+        caller's hang-up) is still stored."""
+        if call.finished or self._calls.get(call.call_id) is not call:
             return
+        call.finished = True
         if call.ok_timer is not None:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None
@@ -1651,6 +1655,7 @@ class SipCalls:
                 log.exception("sip_call_end_listener_failed")
         if self.media is not None:
             self.media.release(call.call_id)
+        del self._calls[call.call_id]
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id in list(call.branches):
             self._by_branch.pop(transaction_id, None)
