@@ -50,6 +50,17 @@ const state = {
   monitoring: new Map(), // call id -> our monitoring session (from acks)
   recording: new Map(), // call id -> the recording as we last heard of it (from acks)
   busy: new Set(), // call ids with a control request in flight
+  voicemails: [], // GET /api/v1/voicemails
+  voicemailTimer: null,
+};
+
+const VOICEMAIL_REFRESH_MS = 30000;
+const MESSAGE_ENDED = {
+  pound: "ended with #",
+  silence: "ended by silence",
+  hangup: "caller hung up",
+  max_length: "cut at the longest length",
+  interrupted: "interrupted",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -133,6 +144,7 @@ async function login(token) {
   $("me-role").textContent = state.me.role;
   loadLines(token);
   connect();
+  loadVoicemails();
   return true;
 }
 
@@ -158,6 +170,9 @@ function logout(message = "") {
   for (const map of [state.offers, state.calls, state.agents, state.monitoring, state.recording]) map.clear();
   state.endings = [];
   state.busy.clear();
+  state.voicemails = [];
+  clearTimeout(state.voicemailTimer);
+  $("voicemail").hidden = true;
   $("app").hidden = true;
   $("whoami").hidden = true;
   $("login").hidden = false;
@@ -664,6 +679,104 @@ function boardRow(call, sig) {
   );
 }
 
+// -- voicemail ---------------------------------------------------------------------------------
+async function loadVoicemails() {
+  clearTimeout(state.voicemailTimer);
+  const token = state.token;
+  if (!token) return;
+  state.voicemailTimer = setTimeout(loadVoicemails, VOICEMAIL_REFRESH_MS);
+  let response;
+  try {
+    response = await fetch("/api/v1/voicemails", { headers: { Authorization: `Bearer ${token}` } });
+  } catch (error) {
+    $("voicemail-status").textContent = `Voicemail cannot be loaded: ${error.message}`;
+    return;
+  }
+  if (token !== state.token) return; // logged out meanwhile
+  if (response.status === 403 || response.status === 404) {
+    $("voicemail").hidden = true; // this role has no voicemail
+    return;
+  }
+  if (!response.ok) {
+    $("voicemail-status").textContent = `Voicemail cannot be loaded (${response.status})`;
+    return;
+  }
+  state.voicemails = await response.json();
+  $("voicemail").hidden = false;
+  renderVoicemails();
+}
+
+function renderVoicemails() {
+  const list = $("voicemails");
+  list.replaceChildren(...state.voicemails.map(voicemailItem));
+  $("no-voicemails").hidden = state.voicemails.length > 0;
+}
+
+function voicemailItem(message) {
+  const forWhom = message.user_id
+    ? `for ${userName(message.user_id)}`
+    : message.group_id ? `for ring group ${message.group_id}` : "";
+  const when = new Date(message.recorded_at).toLocaleString();
+  const player = h("div", { class: "player" });
+  const play = h("button", { type: "button", dataset: { action: "play" } }, "Play");
+  play.addEventListener("click", () => playVoicemail(message, player, play));
+  const remove = h("button", { type: "button", dataset: { action: "delete" } }, "Delete");
+  remove.addEventListener("click", () => deleteVoicemail(message, remove));
+  return h(
+    "li",
+    { class: "voicemail", dataset: { voicemailId: message.id } },
+    h("span", { class: "vm-caller" }, message.caller || "Unknown caller"),
+    " ",
+    h("span", { class: "vm-line" }, message.line ? `on ${lineLabel(message.line)}` : ""),
+    " ",
+    h("span", { class: "vm-for" }, forWhom),
+    h(
+      "p",
+      { class: "note" },
+      `${when} · ${clock(message.duration_seconds)} · ${MESSAGE_ENDED[message.ended_by] || ""}`,
+    ),
+    h("div", { class: "buttons", role: "group", "aria-label": "Message" }, play, remove),
+    player,
+  );
+}
+
+async function playVoicemail(message, player, button) {
+  // <audio> cannot send the token: fetch the WAV, play it from memory.
+  button.disabled = true;
+  try {
+    const response = await fetch(message.audio_url, {
+      headers: { Authorization: `Bearer ${state.token}` },
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      $("voicemail-status").textContent = `Cannot play: ${body.detail || response.status}`;
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const audio = h("audio", { controls: "", src: url });
+    player.replaceChildren(audio);
+    audio.play().catch(() => {}); // a page without a user gesture may not autoplay
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function deleteVoicemail(message, button) {
+  button.disabled = true;
+  const response = await fetch(`/api/v1/voicemails/${encodeURIComponent(message.id)}`, {
+    method: "DELETE",
+    headers: { Authorization: `Bearer ${state.token}` },
+  }).catch((error) => ({ ok: false, status: error.message, json: async () => ({}) }));
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    $("voicemail-status").textContent = `Cannot delete: ${body.detail || response.status}`;
+    button.disabled = false;
+    return;
+  }
+  $("voicemail-status").textContent = "Message deleted";
+  loadVoicemails();
+}
+
 // Countdowns and "since" clocks, once a second, without re-rendering anything else.
 function tick() {
   for (const el of document.querySelectorAll("[data-since]")) el.textContent = since(el.dataset.since);
@@ -680,6 +793,7 @@ function start() {
   });
   $("logout").addEventListener("click", () => logout());
   $("availability").addEventListener("change", (event) => setAvailability(event.target.value));
+  $("voicemail-refresh").addEventListener("click", () => loadVoicemails());
   setInterval(tick, 1000);
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) login(saved);
