@@ -13,7 +13,6 @@ timeout, and voicemail over SIP.
 from __future__ import annotations
 
 import asyncio
-import re
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,7 +31,9 @@ from sim.phones.inproc import (
     respond,
     trunk_in_dialog,
 )
+from structlog.testing import capture_logs
 
+from bridge.control.errors import ControlError, ControlErrorKind
 from bridge.media import g711
 from bridge.media.sdp import parse_sdp
 from tests.media.audio import tones_in
@@ -406,4 +407,79 @@ async def test_voicemail_records_the_caller_until_pound(tmp_path: Path) -> None:
         await bridge.stop()
 
 
-_ = re
+async def test_no_free_media_port_is_503_logged_and_counted(tmp_path: Path) -> None:
+    probe = Phone(g711.PCMU, 1)
+    base = probe.address[1] + 3000
+    probe.close()
+    base -= base % 2
+    bridge = InprocBridge(
+        directory(), folder=tmp_path, media={"port_min": base, "port_max": base + 3}
+    )
+    await bridge.start()
+    try:
+        assert bridge.register_phone("201", "pw-201", AGENT_PHONE[1])
+        call = await answered_call(bridge)  # the caller's and the agent's port: all there are
+        second = Phone(g711.PCMU, 2)
+        try:
+            with capture_logs() as logs:
+                bridge.feed(invite(2, bridge.address, sdp_for(second, "0", "trunk")), TRUNK)
+                sent = bridge.take()
+            [refusal] = [d for d, a in sent if a == TRUNK and is_response(d, 503, "INVITE")]
+            assert header(refusal, "Retry-After") is not None
+            assert any(e["event"] == "media_ports_exhausted" for e in logs)
+            metrics = bridge.ctx.metrics.render().decode()
+            assert 'bridge_sip_calls_refused_total{reason="media_ports"} 1.0' in metrics
+            assert "bridge_media_ports_exhausted_total 1.0" in metrics
+            assert 'bridge_media_ports{state="in_use"} 2.0' in metrics
+            # the call that holds the ports goes on
+            heard = await call.talk(0.6, {"caller": CALLER, "agent": AGENT})
+            assert tones_in(heard["caller"], TONES) == {AGENT}
+        finally:
+            second.close()
+            call.close()
+    finally:
+        await bridge.stop()
+
+
+async def test_metrics_show_the_anchored_call_and_its_packets(bridge: InprocBridge) -> None:
+    call = await answered_call(bridge)
+    try:
+        await call.talk(0.6, {"caller": CALLER, "agent": AGENT})
+        metrics = bridge.ctx.metrics.render().decode()
+        assert "bridge_media_anchored_calls 1.0" in metrics
+        assert "bridge_media_legs 2.0" in metrics
+        received = next(
+            line for line in metrics.splitlines()
+            if line.startswith('bridge_media_packets_total{direction="received"}')
+        )  # fmt: skip
+        assert float(received.split()[-1]) >= 50
+    finally:
+        call.close()
+
+
+async def test_recording_that_cannot_be_stored_is_an_error_and_the_call_goes_on(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the recordings folder should be")
+    bridge = InprocBridge(directory(), folder=tmp_path, media={"recordings_dir": str(blocker)})
+    await bridge.start()
+    try:
+        assert bridge.register_phone("201", "pw-201", AGENT_PHONE[1])
+        call = await answered_call(bridge)
+        try:
+            ctx = bridge.ctx
+            assert ctx.control is not None
+            sam = ctx.store.current.user("sam")
+            assert sam is not None
+            with pytest.raises(ControlError) as refused:
+                await ctx.control.recording(sam, only_call_id(bridge), "start")
+            assert refused.value.kind is ControlErrorKind.UPSTREAM_FAILED
+            assert "cannot be stored" in refused.value.reason
+            heard = await call.talk(0.6, {"caller": CALLER, "agent": AGENT})
+            assert tones_in(heard["caller"], TONES) == {AGENT}
+            assert len(bridge.ctx.calls) == 1
+        finally:
+            call.close()
+    finally:
+        await bridge.stop()
