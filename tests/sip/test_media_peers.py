@@ -28,11 +28,14 @@ from tests.media.peers import (
     PCMU,
     BaresipPhone,
     build_rtp,
+    describe,
     g711_encode,
     needs_baresip,
     needs_raw_socket,
     needs_sipp,
     run_sipp,
+    sipp_process,
+    tone_pcap,
     write_pcap,
 )
 from tests.sip.peers import REALM, RunningBridge, trunk_bridge
@@ -284,3 +287,49 @@ def test_voicemail_left_from_sipp_is_listed_and_holds_the_callers_tone(tmp_path:
             assert file.getnchannels() == 1 and file.getframerate() == 8000
             audio = file.readframes(file.getnframes())
         assert tones_in(audio, TONES) == {CALLER}
+
+
+@needs_sipp
+@needs_raw_socket
+def test_sipp_caller_to_an_echoing_sipp_desk_phone_is_heard_and_recorded(
+    tmp_path: Path,
+) -> None:
+    """SIPp on the trunk plays 440 Hz from a pcap; the desk phone is SIPp with `-rtp_echo`
+    (it sends back what it hears). The call's recording holds the caller's tone on the left
+    and, on the right, the phone's echo of it: audio went through the engine both ways."""
+    from tests.sip.test_sipp_calls import directory as sipp_directory
+    from tests.sip.test_sipp_calls import start_phone, wait_registered
+
+    pcap = tmp_path / "caller.pcap"
+    tone_pcap(pcap, CALLER, 4.0)
+    with trunk_bridge(tmp_path, sipp_directory()) as bridge:
+        phone = start_phone(
+            tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "200", "-rtp_echo"
+        )
+        wait_registered(bridge, 1)
+        with sipp_process(
+            tmp_path,
+            "uac_pcap.xml",
+            f"127.0.0.1:{bridge.sip}",
+            "-key", "pcap", str(pcap), "-s", LINE, "-d", "4500",
+            timeout=30,
+        ) as caller:  # fmt: skip
+            answered = wait_for(
+                lambda: [c for c in bridge.api("/api/v1/calls") if c["state"] == "answered"]
+            )
+            assert answered, "the phone did not answer"
+            status, started = bridge.request(
+                "POST", f"/api/v1/calls/{answered[0]['call_id']}/recording", {"action": "start"}
+            )
+            assert status == 200, started
+            result = caller.wait(30)
+            assert result.returncode == 0, describe(result)
+        phone.wait(timeout=20)
+        [recording] = wait_for(
+            lambda: [r for r in bridge.api("/api/v1/recordings") if r["status"] == "completed"]
+        )
+        frames = download_wav(bridge, recording["audio_url"], "admin", tmp_path / "r.wav")
+        left = g711.audioop.tomono(frames, 2, 1, 0)
+        right = g711.audioop.tomono(frames, 2, 0, 1)
+        assert tones_in(left, TONES) == {CALLER}
+        assert tones_in(right, TONES) == {CALLER}  # the echo, through the phone's leg
