@@ -33,6 +33,7 @@ from sim.phones.inproc import (
 )
 from structlog.testing import capture_logs
 
+from bridge.calls.events import LegDeclined
 from bridge.control.errors import ControlError, ControlErrorKind
 from bridge.media import g711
 from bridge.media.sdp import parse_sdp
@@ -483,3 +484,116 @@ async def test_recording_that_cannot_be_stored_is_an_error_and_the_call_goes_on(
             call.close()
     finally:
         await bridge.stop()
+
+
+PROVIDER = ("127.0.0.1", 5080)
+
+
+def confirm_directory() -> dict[str, Any]:
+    data = directory()
+    data["users"].append(
+        {
+            "id": "fwd",
+            "name": "Forwarded",
+            "answer_by": "phone_number",
+            "phone_number": "+15559990000",
+            "confirm_answer": True,
+        }
+    )
+    data["lines"][0]["route_to"] = {"user": "fwd"}
+    return data
+
+
+def info(ok: bytes, invite_sent: bytes, body: bytes, kind: str, cseq: int = 1) -> bytes:
+    """An INFO from the provider in the dialog of its 200 (`ok`) to our INVITE."""
+    return (
+        f"INFO {contact_uri(invite_sent)} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {PROVIDER[0]}:{PROVIDER[1]};branch=z9hG4bK-info{cseq};rport\r\n"
+        f"From: {header(ok, 'To')}\r\nTo: {header(ok, 'From')}\r\n"
+        f"Call-ID: {header(ok, 'Call-ID')}\r\nCSeq: {cseq} INFO\r\nMax-Forwards: 70\r\n"
+        f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "answered"),
+    [
+        (b"Signal=1\r\nDuration=160\r\n", "application/dtmf-relay", True),
+        (b"1", "application/dtmf", True),
+        (b"Signal=2\r\nDuration=160\r\n", "application/dtmf-relay", False),
+    ],
+)
+async def test_press_one_sent_as_sip_info(
+    tmp_path: Path, body: bytes, kind: str, answered: bool
+) -> None:
+    bridge = InprocBridge(
+        confirm_directory(),
+        folder=tmp_path,
+        sip={"trunk_uri": f"sip:{PROVIDER[0]}:{PROVIDER[1]}"},
+    )
+    await bridge.start()
+    caller = Phone(g711.PCMU, 0xC1)
+    provider = Phone(g711.PCMU, 0xF1)
+    try:
+        bridge.feed(invite(5, bridge.address, sdp_for(caller, "0 101", "trunk")), TRUNK)
+        [leg] = [d for d, a in bridge.take() if a == PROVIDER and is_request(d, "INVITE")]
+        extra = b"Contact: <sip:+15559990000@127.0.0.1:5080>\r\nContent-Type: application/sdp"
+        ok = respond(leg, "200 OK", b"pv1", extra, sdp_for(provider, "0 101"))
+        bridge.feed(ok, PROVIDER)
+        sent = bridge.take()
+        assert any(a == PROVIDER and is_request(d, "ACK") for d, a in sent)
+        assert not [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
+        bridge.feed(info(ok, leg, body, kind), PROVIDER)
+        sent = bridge.take()
+        assert any(a == PROVIDER and is_response(d, 200, "INFO") for d, a in sent)
+        caller_ok = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
+        byes = [a for d, a in sent if is_request(d, "BYE")]
+        run = bridge.ctx.runner.get(only_call_id(bridge))  # type: ignore[union-attr]
+        assert run is not None
+        declined = [r.event for r in run.events if isinstance(r.event, LegDeclined)]
+        if answered:
+            assert caller_ok and byes == [] and declined == []
+            assert run.machine.answered_by == "fwd"
+        else:
+            # hung up and counted as not answered: the plan goes on (the user's voicemail)
+            assert byes == [PROVIDER] and run.machine.answered_by is None
+            assert [d.digits for d in declined] == ["2"]
+    finally:
+        caller.close()
+        provider.close()
+        await bridge.stop()
+
+
+@pytest.mark.parametrize(("behavior", "kept"), [("skip", False), ("silence", True)])
+async def test_paused_recording_skips_or_keeps_the_stretch(
+    bridge: InprocBridge, tmp_path: Path, behavior: str, kept: bool
+) -> None:
+    call = await answered_call(bridge)
+    ctx = bridge.ctx
+    assert ctx.control is not None
+    sam = ctx.store.current.user("sam")
+    assert sam is not None
+    call_id = only_call_id(bridge)
+    try:
+        await ctx.control.recording(sam, call_id, "start")
+        await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
+        paused = await ctx.control.recording(sam, call_id, "pause", behavior)
+        assert paused["status"] == "paused" and paused["pause_behavior"] == behavior
+        await call.talk(1.0, {"caller": SUPERVISOR, "agent": SUPERVISOR})  # not recorded
+        resumed = await ctx.control.recording(sam, call_id, "resume")
+        assert resumed["status"] == "in-progress"
+        await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
+        stopped = await ctx.control.recording(sam, call_id, "stop")
+        [path] = list((tmp_path / "recordings").rglob("*.wav"))
+        with wave.open(str(path)) as wav:
+            seconds = wav.getnframes() / 8000
+            frames = wav.readframes(wav.getnframes())
+        left = g711.audioop.tomono(frames, 2, 1, 0)
+        assert SUPERVISOR not in tones_in(left, TONES)
+        if kept:
+            assert seconds >= 3.0, seconds
+        else:
+            assert 1.6 <= seconds <= 2.8, seconds
+        assert abs(stopped["duration_seconds"] - seconds) <= 1
+    finally:
+        call.close()

@@ -545,6 +545,19 @@ class SipCalls:
             if monitor is not None:
                 self._monitor_request(call, monitor, dialog, transaction_id, request)
                 return True
+            if request.method == "INFO" and call.branches:
+                # a key press sent as SIP INFO by a forwarded leg asked to press 1
+                branch = next(
+                    (b for b in call.branches.values() if b.dialog is dialog and b.confirming),
+                    None,
+                )
+                digit = _info_digit(request) if branch is not None else None
+                if branch is not None and digit:
+                    response = _reply(request, 200, "OK")
+                    dialog.response_sent(request, response)
+                    self._respond(transaction_id, response)
+                    self._confirmation(call, branch, digit)
+                    return True
             if request.method == "BYE":
                 response = _reply(request, 200, "OK")
                 dialog.response_sent(request, response)
@@ -1691,6 +1704,23 @@ def _allowed(
 ) -> bool:
     address = ip_address(host)
     return address is not None and any(address in network for network in networks)
+
+
+_DTMF_RELAY = re.compile(r"^\s*Signal\s*=\s*([0-9*#A-Da-d])", re.MULTILINE)
+
+
+def _info_digit(request: SipRequest) -> str | None:
+    """The key of an INFO carrying DTMF (`application/dtmf-relay`: `Signal=1`, or
+    `application/dtmf`: the key alone), else None."""
+    kind = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    body = request.body.decode("ascii", "replace")
+    if kind == "application/dtmf-relay":
+        found = _DTMF_RELAY.search(body)
+        return found.group(1).upper() if found else None
+    if kind == "application/dtmf":
+        key = body.strip().upper()
+        return key if len(key) == 1 and key in "0123456789*#ABCD" else None
+    return None
 
 
 def _warning(exc: MediaError) -> str:

@@ -113,13 +113,16 @@ class SipSupervision:
             answered_by=live.answered_by,
             monitors={uid: _monitor_view(m) for uid, m in call.monitors.items()},
             recording=_recording_view(recording) if recording is not None else None,
-            cannot_record=None if self._archive is not None else "no recordings_dir",
+            cannot_monitor=sip.media.capabilities().missing("monitor"),
+            cannot_record=sip.media.capabilities().missing("recording")
+            or (None if self._archive is not None else "no recordings_dir"),
         )
 
     async def join(
         self, call_id: str, user_id: str, mode: str, via: str, number: str | None
     ) -> MonitorView:
         sip, call = self._answered(call_id)
+        self._capable(sip, "monitor")
         if via == "client":
             raise NotSupportedOnCall(CLIENT_NEEDS_WEBRTC)
         if user_id in call.monitors:
@@ -150,6 +153,7 @@ class SipSupervision:
 
     async def start_recording(self, call_id: str) -> RecordingView:
         sip, call = self._answered(call_id)
+        self._capable(sip, "recording")
         if self._archive is None:
             raise NotSupportedOnCall("recordings have nowhere to go (media.recordings_dir)")
         current = call.recording.meta if isinstance(call.recording, _Recording) else None
@@ -214,6 +218,14 @@ class SipSupervision:
             if sip.media is not None:
                 sip.media.subscribe(self._media_event)
         return sip
+
+    @staticmethod
+    def _capable(sip: SipCalls, what: str) -> None:
+        """What the media backend says it cannot do is refused with its reason (409)."""
+        assert sip.media is not None
+        missing = sip.media.capabilities().missing(what)
+        if missing is not None:
+            raise NotSupportedOnCall(missing)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall(), UTC)
