@@ -343,3 +343,22 @@ async def test_dtmf_is_sent_as_rfc4733(rig: Rig) -> None:
     events = [parse_rtp(p) for p in leg.received()]
     assert {h.payload_type for h in events} == {101}
     assert any(h.marker for h in events)
+
+
+async def test_sdp_advertises_the_public_address(pool: PortPool) -> None:
+    loop = asyncio.get_running_loop()
+    engine = EmbeddedMedia(pool, advertised_address="192.0.2.10", clock=loop.time, loop=loop)
+    phone = Phone(g711.PCMU, 1)
+    try:
+        answer = parse_sdp(engine.answer("c1", "caller", phone_sdp(phone)))
+        offer = parse_sdp(engine.offer("c1", "leg-1"))
+        for sdp in (answer, offer):
+            assert sdp.media[0].connection is not None
+            assert sdp.media[0].connection.address == "192.0.2.10"
+            assert sdp.origin.address == "192.0.2.10"
+        assert pool.in_use == 2
+        engine.release("c1")
+        assert pool.in_use == 0
+    finally:
+        phone.close()
+        engine.stop()
