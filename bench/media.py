@@ -22,8 +22,8 @@ Engines (each step starts from nothing; the set-up is outside the measured windo
   `BlindRelay` per call. It runs on uvloop (the daemon's default) and on stock asyncio
   (--loops), with the daemon's garbage collector policy (`bridge.daemon.
   tune_garbage_collector`). `--loops` also takes `uvloop-drain1` / `asyncio-drain1`: the same
-  with `bridge.media.endpoint.DRAIN_LIMIT = 1` set in the child (one datagram per wake-up,
-  no read until `BlockingIOError`): an experiment, see docs/PERFORMANCE.md.
+  with `bridge.media.endpoint.DRAIN_LIMIT = 1` set in the child, for sources (--src) from
+  before the endpoint read one datagram per wake-up itself (a001b80 and earlier).
 - **rtpengine** (Debian `rtpengine-daemon`; `apt-get install -y rtpengine-daemon`): started in
   the foreground in userspace mode (`--table=-1`, no kernel module, `--num-threads=1`, no
   config file, `--delete-delay=0`), driven over the ng protocol (a cookie, a space, a bencoded
@@ -433,6 +433,8 @@ def serve_embedded(args: argparse.Namespace) -> None:
         # instead of reading until BlockingIOError
         import bridge.media.endpoint
 
+        if not hasattr(bridge.media.endpoint, "DRAIN_LIMIT"):
+            raise SystemExit("this engine reads one datagram per wake-up already: no drain1")
         bridge.media.endpoint.DRAIN_LIMIT = 1
     elif variant:
         raise SystemExit(f"unknown variant {variant!r} of the loop {args.loop!r}")

@@ -250,30 +250,47 @@ class StreamRewriter:
         bit when it starts a new input; see the class docstring). `header` is the packet's
         parsed header (`parse_rtp`), `now` the engine's clock in seconds. The packet is changed:
         a caller sending one packet into two streams rewrites a copy for each."""
-        if source == self._source and header.ssrc == self._source_ssrc:
-            ahead = (header.sequence - self._last_input_seq) % _SEQ_MOD
+        self.rewrite_fields(packet, header.sequence, header.timestamp, header.ssrc, source, now)
+
+    def rewrite_fields(
+        self,
+        packet: bytearray | memoryview,
+        in_sequence: int,
+        in_timestamp: int,
+        in_ssrc: int,
+        source: Hashable,
+        now: float,
+    ) -> None:
+        """`rewrite` from the packet's own sequence, timestamp and SSRC (the relay's fast path
+        reads them without building an `RtpHeader`)."""
+        if source == self._source and in_ssrc == self._source_ssrc:
+            ahead = (in_sequence - self._last_input_seq) % _SEQ_MOD
             if 0 < ahead < MAX_DROPOUT:  # in order, maybe after some loss
-                sequence = (header.sequence + self._seq_offset) % _SEQ_MOD
-                timestamp = (header.timestamp + self._ts_offset) % _TS_MOD
+                sequence = (in_sequence + self._seq_offset) % _SEQ_MOD
+                timestamp = (in_timestamp + self._ts_offset) % _TS_MOD
                 _SEQ_TS_SSRC.pack_into(packet, 2, sequence, timestamp, self.ssrc)
-                self._last_input_seq = header.sequence
-                self._advance(sequence, timestamp, now)
+                self._last_input_seq = in_sequence
+                # `_advance`, inline: this is every relayed packet
+                step = (timestamp - self._last_ts) % _TS_MOD
+                if ahead == 1 and 0 < step <= self.clock_rate // 5:
+                    self._step = step
+                self._last_seq, self._last_ts, self._last_time = sequence, timestamp, now
                 return
             if ahead == 0 or ahead >= _SEQ_MOD - MAX_MISORDER:  # duplicate or late
                 _SEQ_TS_SSRC.pack_into(
                     packet,
                     2,
-                    (header.sequence + self._seq_offset) % _SEQ_MOD,
-                    (header.timestamp + self._ts_offset) % _TS_MOD,
+                    (in_sequence + self._seq_offset) % _SEQ_MOD,
+                    (in_timestamp + self._ts_offset) % _TS_MOD,
                     self.ssrc,
                 )
                 return
             # a jump no loss explains: the source restarted its stream; continue from here
         sequence, timestamp = self._continue(now)
-        self._source, self._source_ssrc = source, header.ssrc
-        self._seq_offset = (sequence - header.sequence) % _SEQ_MOD
-        self._ts_offset = (timestamp - header.timestamp) % _TS_MOD
-        self._last_input_seq = header.sequence
+        self._source, self._source_ssrc = source, in_ssrc
+        self._seq_offset = (sequence - in_sequence) % _SEQ_MOD
+        self._ts_offset = (timestamp - in_timestamp) % _TS_MOD
+        self._last_input_seq = in_sequence
         _SEQ_TS_SSRC.pack_into(packet, 2, sequence, timestamp, self.ssrc)
         packet[1] |= 0x80
         self._last_seq, self._last_ts, self._last_time = sequence, timestamp, now
