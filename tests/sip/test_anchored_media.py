@@ -29,6 +29,7 @@ from sim.phones.inproc import (
     is_request,
     is_response,
     respond,
+    start_line,
     trunk_in_dialog,
 )
 from structlog.testing import capture_logs
@@ -37,7 +38,7 @@ from bridge.calls.events import LegDeclined
 from bridge.control.errors import ControlError, ControlErrorKind
 from bridge.media import g711
 from bridge.media.sdp import parse_sdp
-from tests.media.audio import tones_in
+from tests.media.audio import tone, tones_in
 from tests.media.rtp_peers import Phone, audio_of
 
 LINE = "+15550100"
@@ -597,3 +598,73 @@ async def test_paused_recording_skips_or_keeps_the_stretch(
         assert abs(stopped["duration_seconds"] - seconds) <= 1
     finally:
         call.close()
+
+
+async def test_a_refusals_prompt_is_played_as_early_media_before_the_refusal(
+    tmp_path: Path,
+) -> None:
+    with wave.open(str(tmp_path / "closed.wav"), "wb") as prompt:  # a 1 s "we are closed"
+        prompt.setnchannels(1)
+        prompt.setsampwidth(2)
+        prompt.setframerate(8000)
+        prompt.writeframes(tone(SUPERVISOR, 1.0))
+    bridge = InprocBridge(
+        directory({"action": "hangup", "prompt": str(tmp_path / "closed.wav")}), folder=tmp_path
+    )
+    await bridge.start()
+    caller = Phone(g711.PCMU, 0xC1)
+    try:
+        # nobody registered: the fallback refuses the call, with its prompt first
+        bridge.feed(invite(6, bridge.address, sdp_for(caller, "0 101", "trunk")), TRUNK)
+        sent = await bridge.settle()
+        [progress] = [d for d, a in sent if a == TRUNK and is_response(d, 183, "INVITE")]
+        assert media_port(progress) > 0
+        assert not [d for d, a in sent if a == TRUNK and is_response(d, 480)]
+        heard: list[bytes] = []
+        refusal: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + 5
+        while not refusal and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            heard += caller.received()
+            refusal = [
+                d for d, a in bridge.take() if a == TRUNK and start_line(d).split()[1] >= "400"
+            ]
+        assert refusal, "the refusal never came"
+        assert tones_in(audio_of(heard), TONES) == {SUPERVISOR}  # the prompt, before it
+        assert len(audio_of(heard)) >= 0.8 * 16000
+        await asyncio.sleep(0.1)
+        assert bridge.ctx.calls.all() == []
+        assert bridge.ctx.sip.calls.media.anchored_calls == 0  # type: ignore[union-attr]
+    finally:
+        caller.close()
+        await bridge.stop()
+
+
+async def test_a_caller_who_cancels_during_the_refusals_prompt_gets_487(tmp_path: Path) -> None:
+    with wave.open(str(tmp_path / "closed.wav"), "wb") as prompt:
+        prompt.setnchannels(1)
+        prompt.setsampwidth(2)
+        prompt.setframerate(8000)
+        prompt.writeframes(tone(SUPERVISOR, 3.0))
+    bridge = InprocBridge(
+        directory({"action": "hangup", "prompt": str(tmp_path / "closed.wav")}), folder=tmp_path
+    )
+    await bridge.start()
+    caller = Phone(g711.PCMU, 0xC1)
+    try:
+        offer = invite(8, bridge.address, sdp_for(caller, "0 101", "trunk"))
+        bridge.feed(offer, TRUNK)
+        sent = await bridge.settle()
+        assert [d for d, a in sent if a == TRUNK and is_response(d, 183, "INVITE")]
+        await asyncio.sleep(0.5)
+        head = offer.split(b"\r\nContent-Type")[0].replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+        cancel = head.replace(b"INVITE sip:", b"CANCEL sip:", 1) + b"\r\nContent-Length: 0\r\n\r\n"
+        bridge.feed(cancel, TRUNK)
+        sent = await bridge.settle()
+        assert [d for d, a in sent if is_response(d, 200, "CANCEL")]
+        assert [d for d, a in sent if is_response(d, 487, "INVITE")]
+        assert not [d for d, a in sent if is_response(d, 480, "INVITE")]
+        assert bridge.ctx.sip.calls.media.anchored_calls == 0  # type: ignore[union-attr]
+    finally:
+        caller.close()
+        await bridge.stop()

@@ -120,6 +120,10 @@ class Prompts(Protocol):
         """ "Press 1 to accept" for forwarded legs."""
         ...
 
+    async def announcement(self, spec: str) -> bytes:
+        """A prompt setting said before a call is refused (WAV path or text)."""
+        ...
+
 
 class MessageStore(Protocol):
     """Where voicemail messages go (the recordings archive)."""
@@ -153,6 +157,8 @@ class SipMediaOptions:
 
 
 CALLER_LEG = "caller"
+# The longest a refusal waits for its prompt to play before it is sent anyway.
+_ANNOUNCEMENT_MAX_SECONDS = 60.0
 APPS_LEG = "apps"  # one media leg for every app offered the call: the first accept takes it
 
 
@@ -257,6 +263,10 @@ class SipCall:
     voicemail_id: str | None = None
     voicemail_path: Path | None = None
     finished: bool = False  # its SIP state is being dropped
+    # A refusal held back while its prompt plays to the caller as early media (183): the
+    # final response, and the timer that sends it anyway.
+    refusal: SipResponse | None = None
+    refusal_timer: object | None = None
     recording: Any = None  # the SIP supervision's record of the call's recording
 
     @property
@@ -520,6 +530,13 @@ class SipCalls:
             return
         self._respond(transaction_id, _reply(cancel, 200, "OK"))
         with call_context(call.call_id):
+            if call.refusal is not None:  # gone while its refusal's prompt played
+                call.refusal = None
+                self._respond(
+                    call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
+                )
+                self._refuse_now(call)
+                return
             if not call.answered:
                 call.answered = True
                 self._respond(
@@ -778,6 +795,8 @@ class SipCalls:
                 branch = self._confirming_branch(call, event.leg)
                 if branch is not None:
                     self._confirmation(call, branch, event.digit)
+            elif isinstance(event, PlaybackDone) and call.refusal is not None:
+                self._refuse_now(call)
             elif isinstance(event, PlaybackDone):
                 branch = self._confirming_branch(call, event.leg)
                 if branch is not None:
@@ -1274,7 +1293,60 @@ class SipCalls:
         call.answered = True
         extra = [("Reason", format_reason(command.status, command.reason))]
         phrase = _REASON_PHRASES.get(command.status, command.reason)
-        self._respond(call.transaction_id, self._caller_reply(call, command.status, phrase, extra))
+        refusal = self._caller_reply(call, command.status, phrase, extra)
+        if command.prompt and self._announce_then_refuse(call, command.prompt, refusal):
+            return
+        self._respond(call.transaction_id, refusal)
+
+    def _announce_then_refuse(self, call: SipCall, spec: str, refusal: SipResponse) -> bool:
+        """The refusal's prompt ("we are closed") played to the caller as early media (183
+        with the engine's SDP), then the refusal itself; False when it cannot be played."""
+        if self.media is None or self.prompts is None or call.caller_answer is None:
+            return False
+        call.refusal = refusal
+        self._respond(
+            call.transaction_id,
+            self._caller_reply(
+                call,
+                183,
+                "Session Progress",
+                [("Content-Type", "application/sdp")],
+                body=call.caller_answer.encode(),
+            ),
+        )
+        # a prompt that never ends (a lost caller) still gets its refusal
+        call.refusal_timer = self._schedule(
+            self._now() + _ANNOUNCEMENT_MAX_SECONDS, lambda: self._refuse_now(call)
+        )
+        prompts = self.prompts
+
+        async def announce() -> None:
+            pcm = await prompts.announcement(spec)
+            if call.refusal is None or self.media is None:
+                return
+            try:
+                self.media.play(call.call_id, CALLER_LEG, pcm)
+            except MediaError as exc:
+                log.warning("sip_announcement_failed", reason=exc.reason)
+                self._refuse_now(call)
+
+        log.info("sip_refusal_announced", status=refusal.status)
+        self._spawn(announce())
+        return True
+
+    def _refuse_now(self, call: SipCall) -> None:
+        """Send the held refusal (the prompt ended, or the caller went away), then forget the
+        call."""
+        refusal, call.refusal = call.refusal, None
+        if call.refusal_timer is not None:
+            self._cancel_timer(call.refusal_timer)
+            call.refusal_timer = None
+        if refusal is not None:
+            try:
+                self._respond(call.transaction_id, refusal)
+            except Exception:  # the INVITE transaction is gone (the caller gave up)
+                log.info("sip_refusal_not_sent")
+        self._finish(call)
 
     def start_fallback(self, run: RunningCall, command: StartFallback) -> None:
         call = self._calls.get(run.call_id)
@@ -1328,8 +1400,9 @@ class SipCalls:
 
     def ended(self, run: RunningCall) -> None:
         call = self._calls.get(run.call_id)
-        if call is not None:
+        if call is not None and call.refusal is None:
             self._finish(call)
+        # else: kept until its refusal's prompt has played (`_refuse_now`)
 
     def _dial(self, call: SipCall, command: DialLeg) -> None:
         now = self._now()
@@ -1651,6 +1724,9 @@ class SipCalls:
         if call.finished or self._calls.get(call.call_id) is not call:
             return
         call.finished = True
+        if call.refusal_timer is not None:
+            self._cancel_timer(call.refusal_timer)
+            call.refusal_timer = None
         if call.ok_timer is not None:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None

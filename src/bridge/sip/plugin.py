@@ -96,6 +96,12 @@ class PromptLibrary:
         )
         return greeting.pcm + bytes(2400) + beep().pcm  # 150 ms, then the tone
 
+    async def announcement(self, spec: str) -> bytes:
+        prompt = await resolve_prompt_async(
+            spec, config_dir=self.config_dir, cache_dir=self.cache_dir, default="unavailable"
+        )
+        return prompt.pcm
+
     async def confirm(self) -> bytes:
         prompt = await resolve_prompt_async(
             None, config_dir=self.config_dir, cache_dir=self.cache_dir, default="confirm"
