@@ -31,7 +31,7 @@ FAST_WS = {
     "auth_timeout_seconds": 0.5,
     "grace_seconds": 0.3,
     "ping_interval_seconds": 0.3,
-    "ping_timeout_seconds": 0.3,
+    "ping_timeout_seconds": 1.0,  # a loaded CI machine may stall a client this long
     "refresh_seconds": 0.05,
     "max_frame_bytes": 4096,
     "rate_per_second": 20,
