@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,17 @@ CALLER, AGENT, SUPERVISOR = 440.0, 1000.0, 2000.0
 TONES = [CALLER, AGENT, SUPERVISOR]
 
 
-def directory(fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+def directory(
+    fallback: dict[str, Any] | None = None, *, desk: Callable[..., dict[str, Any]] = desk_user
+) -> dict[str, Any]:
+    """Ana (a desk phone, 201) rung on the line; Sam a supervisor with a desk phone (301) and
+    the barge/whisper and recording flags. `desk` builds desk users (their HA1's realm)."""
     return {
         "timezone": "UTC",
         "users": [
             {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
-            desk_user("ana", "201", "pw-201"),
-            desk_user(
+            desk("ana", "201", "pw-201"),
+            desk(
                 "sam",
                 "301",
                 "pw-301",
@@ -600,18 +604,24 @@ async def test_paused_recording_skips_or_keeps_the_stretch(
         call.close()
 
 
+async def refusing_bridge(tmp_path: Path, *, seconds: float) -> InprocBridge:
+    """A started bridge whose line's fallback refuses with a prompt: a WAV of the
+    supervisor's tone, `seconds` long (nobody is registered, so every call is refused)."""
+    prompt = tmp_path / "closed.wav"
+    with wave.open(str(prompt), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(tone(SUPERVISOR, seconds))
+    bridge = InprocBridge(directory({"action": "hangup", "prompt": str(prompt)}), folder=tmp_path)
+    await bridge.start()
+    return bridge
+
+
 async def test_a_refusals_prompt_is_played_as_early_media_before_the_refusal(
     tmp_path: Path,
 ) -> None:
-    with wave.open(str(tmp_path / "closed.wav"), "wb") as prompt:  # a 1 s "we are closed"
-        prompt.setnchannels(1)
-        prompt.setsampwidth(2)
-        prompt.setframerate(8000)
-        prompt.writeframes(tone(SUPERVISOR, 1.0))
-    bridge = InprocBridge(
-        directory({"action": "hangup", "prompt": str(tmp_path / "closed.wav")}), folder=tmp_path
-    )
-    await bridge.start()
+    bridge = await refusing_bridge(tmp_path, seconds=1.0)  # a 1 s "we are closed"
     caller = Phone(g711.PCMU, 0xC1)
     try:
         # nobody registered: the fallback refuses the call, with its prompt first
@@ -641,15 +651,7 @@ async def test_a_refusals_prompt_is_played_as_early_media_before_the_refusal(
 
 
 async def test_a_caller_who_cancels_during_the_refusals_prompt_gets_487(tmp_path: Path) -> None:
-    with wave.open(str(tmp_path / "closed.wav"), "wb") as prompt:
-        prompt.setnchannels(1)
-        prompt.setsampwidth(2)
-        prompt.setframerate(8000)
-        prompt.writeframes(tone(SUPERVISOR, 3.0))
-    bridge = InprocBridge(
-        directory({"action": "hangup", "prompt": str(tmp_path / "closed.wav")}), folder=tmp_path
-    )
-    await bridge.start()
+    bridge = await refusing_bridge(tmp_path, seconds=3.0)
     caller = Phone(g711.PCMU, 0xC1)
     try:
         offer = invite(8, bridge.address, sdp_for(caller, "0 101", "trunk"))

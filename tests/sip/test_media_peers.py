@@ -39,6 +39,7 @@ from tests.media.peers import (
     write_pcap,
 )
 from tests.sip.peers import REALM, RunningBridge, trunk_bridge
+from tests.sip.test_anchored_media import directory as anchored_directory
 
 LINE = "+15550100"
 CALLER, AGENT, SUPERVISOR = 440.0, 1000.0, 2000.0
@@ -60,31 +61,11 @@ def desk_user(uid: str, username: str, password: str, **extra: Any) -> dict[str,
 
 
 def directory(**line: Any) -> dict[str, Any]:
-    return {
-        "timezone": "UTC",
-        "users": [
-            {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
-            desk_user("ana", "201", "pw-201"),
-            desk_user(
-                "sam",
-                "301",
-                "pw-301",
-                role="supervisor",
-                permissions=["barge_whisper", "recording_control"],
-            ),
-        ],
-        "ring_groups": [
-            {
-                "id": "desk",
-                "name": "Desk",
-                "layers": [{"members": ["ana"], "timeout_seconds": 20}],
-                "fallback": {"action": "hangup"},
-            }
-        ],
-        "lines": [
-            {"number": LINE, "name": "Main", "route_to": {"ring_group": "desk"}, **line},
-        ],
-    }
+    """The in-process tests' directory (ana rung, sam supervising), with HA1s of the bridge
+    process's realm and `line` settings added to the line."""
+    data = anchored_directory(desk=desk_user)
+    data["lines"][0].update(line)
+    return data
 
 
 def desk_phone(tmp_path: Path, bridge: RunningBridge, user: str, password: str, tone: float):
