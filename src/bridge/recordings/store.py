@@ -436,6 +436,36 @@ class _Index:
         for index in range(end - 1, -1, -1):
             yield self.by_id[self.order[index]]
 
+    def select(
+        self,
+        *,
+        before: str | None,
+        limit: int,
+        since: datetime | None,
+        until: datetime | None,
+        when: Callable[[Any], datetime],
+        keep: Callable[[Any], bool],
+    ) -> list[Any]:
+        """Newest first: at most `limit` items older than the id `before`, whose time
+        (`when`) is in [since, until), for which `keep` holds."""
+        since = None if since is None else _utc(since)
+        until = None if until is None else _utc(until)
+        found: list[Any] = []
+        if limit <= 0:
+            return found
+        for meta in self.newest_first(before):
+            at = when(meta)
+            if since is not None and at < since:
+                continue
+            if until is not None and at >= until:
+                continue
+            if not keep(meta):
+                continue
+            found.append(meta)
+            if len(found) >= limit:
+                break
+        return found
+
 
 class MediaArchive:
     """Recordings and voicemail messages under `root` (see the module docstring).
@@ -716,7 +746,9 @@ class MediaArchive:
 
     def audio_path(self, recording_id: str) -> Path | None:
         """The recording's WAV, when it has one (whatever its status)."""
-        meta = self.recording(recording_id)
+        return self._wav_of(self.recording(recording_id))
+
+    def _wav_of(self, meta: RecordingMeta | VoicemailMeta | None) -> Path | None:
         if meta is None:
             return None
         wav = self.root / meta.file
@@ -737,29 +769,24 @@ class MediaArchive:
         """Newest first: at most `limit` recordings started in [since, until), of that call,
         line or participant, older than the recording `before` (an id, for paging), and for
         which `where` (the caller's visibility) holds."""
-        since = None if since is None else _utc(since)
-        until = None if until is None else _utc(until)
-        found: list[RecordingMeta] = []
-        if limit <= 0:
-            return found
+
+        def keep(meta: RecordingMeta) -> bool:
+            return (
+                (call_id is None or meta.call_id == call_id)
+                and (line is None or meta.line == line)
+                and (user is None or user in meta.users)
+                and (where is None or where(meta))
+            )
+
         with self._lock:
-            for meta in self._recordings.newest_first(before):
-                if since is not None and meta.started_at < since:
-                    continue
-                if until is not None and meta.started_at >= until:
-                    continue
-                if call_id is not None and meta.call_id != call_id:
-                    continue
-                if line is not None and meta.line != line:
-                    continue
-                if user is not None and user not in meta.users:
-                    continue
-                if where is not None and not where(meta):
-                    continue
-                found.append(meta)
-                if len(found) >= limit:
-                    break
-        return found
+            return self._recordings.select(
+                before=before,
+                limit=limit,
+                since=since,
+                until=until,
+                when=lambda meta: meta.started_at,
+                keep=keep,
+            )
 
     # -- voicemails --------------------------------------------------------------------------
     def new_voicemail(
@@ -828,11 +855,7 @@ class MediaArchive:
             return self._voicemails.by_id.get(voicemail_id)
 
     def voicemail_audio_path(self, voicemail_id: str) -> Path | None:
-        vm = self.voicemail(voicemail_id)
-        if vm is None:
-            return None
-        wav = self.root / vm.file
-        return wav if wav.is_file() else None
+        return self._wav_of(self.voicemail(voicemail_id))
 
     def voicemails(
         self,
@@ -850,33 +873,26 @@ class MediaArchive:
     ) -> list[VoicemailMeta]:
         """Newest first, as `recordings` (`user` / `group`: left for that user / ring group);
         messages still being left only with `include_pending`."""
-        since = None if since is None else _utc(since)
-        until = None if until is None else _utc(until)
-        found: list[VoicemailMeta] = []
-        if limit <= 0:
-            return found
+
+        def keep(vm: VoicemailMeta) -> bool:
+            return (
+                (include_pending or not vm.pending)
+                and (call_id is None or vm.call_id == call_id)
+                and (line is None or vm.line == line)
+                and (user is None or vm.user_id == user)
+                and (group is None or vm.group_id == group)
+                and (where is None or where(vm))
+            )
+
         with self._lock:
-            for vm in self._voicemails.newest_first(before):
-                if vm.pending and not include_pending:
-                    continue
-                if since is not None and vm.recorded_at < since:
-                    continue
-                if until is not None and vm.recorded_at >= until:
-                    continue
-                if call_id is not None and vm.call_id != call_id:
-                    continue
-                if line is not None and vm.line != line:
-                    continue
-                if user is not None and vm.user_id != user:
-                    continue
-                if group is not None and vm.group_id != group:
-                    continue
-                if where is not None and not where(vm):
-                    continue
-                found.append(vm)
-                if len(found) >= limit:
-                    break
-        return found
+            return self._voicemails.select(
+                before=before,
+                limit=limit,
+                since=since,
+                until=until,
+                when=lambda vm: vm.recorded_at,
+                keep=keep,
+            )
 
     def delete_voicemail(self, voicemail_id: str) -> bool:
         """Remove the message's WAV and sidecar; False when there is no such message.
