@@ -738,19 +738,42 @@ class SipCalls:
         self.media.collect_digits(call.call_id, branch.leg_id)
         timeout = self.media_options.confirm_timeout_seconds
 
-        async def play() -> None:
-            pcm = await self.prompts.confirm() if self.prompts is not None else b""
-            if not branch.confirming or call.call_id not in self._calls or self.media is None:
-                return
-            try:
-                self.media.play(call.call_id, branch.leg_id, pcm + bytes(320))
-            except MediaError as exc:
-                log.warning("sip_confirm_prompt_failed", reason=exc.reason)
-                self._arm_confirm(call, branch, timeout)
-
         # The timer starts when the prompt ends (PlaybackDone); a cap covers a prompt that
         # never ends (a lost leg).
         self._arm_confirm(call, branch, timeout + 30.0)
+        self._play_when_ready(
+            call,
+            branch.leg_id,
+            self.prompts.confirm() if self.prompts is not None else _no_audio(),
+            wanted=lambda: branch.confirming,
+            failed=lambda: self._arm_confirm(call, branch, timeout),
+            event="sip_confirm_prompt_failed",
+        )
+
+    def _play_when_ready(
+        self,
+        call: SipCall,
+        leg: str,
+        render: Coroutine[Any, Any, bytes],
+        *,
+        wanted: Callable[[], bool],
+        failed: Callable[[], None],
+        event: str,
+    ) -> None:
+        """Render a prompt (a task: espeak-ng may run for it), then play it to the leg if the
+        call still wants it; `failed` when the engine cannot play it (logged as `event`)."""
+
+        async def play() -> None:
+            pcm = await render
+            if not wanted() or call.call_id not in self._calls or self.media is None:
+                return
+            try:
+                # a frame of silence after it, so the prompt's last word is not cut
+                self.media.play(call.call_id, leg, pcm + bytes(320))
+            except MediaError as exc:
+                log.warning(event, reason=exc.reason)
+                failed()
+
         self._spawn(play())
 
     def _arm_confirm(self, call: SipCall, branch: _Branch, seconds: float) -> None:
@@ -839,18 +862,14 @@ class SipCalls:
         self._answer_caller(call, self._caller_body(call), "application/sdp")
         log.info("sip_voicemail_answered", voicemail_id=message_id)
         spec = command.step.prompt or self._voicemail_prompt(call)
-
-        async def greet() -> None:
-            pcm = await self.prompts.voicemail_greeting(spec) if self.prompts else b""
-            if call.call_id not in self._calls or self.media is None:
-                return
-            try:
-                self.media.play(call.call_id, CALLER_LEG, pcm)
-            except MediaError as exc:
-                log.warning("sip_voicemail_greeting_failed", reason=exc.reason)
-                self._record_voicemail(call)
-
-        self._spawn(greet())
+        self._play_when_ready(
+            call,
+            CALLER_LEG,
+            self.prompts.voicemail_greeting(spec) if self.prompts else _no_audio(),
+            wanted=lambda: call.voicemail_id is not None,
+            failed=lambda: self._record_voicemail(call),
+            event="sip_voicemail_greeting_failed",
+        )
         return True
 
     def _voicemail_prompt(self, call: SipCall) -> str | None:
@@ -1318,20 +1337,15 @@ class SipCalls:
         call.refusal_timer = self._schedule(
             self._now() + _ANNOUNCEMENT_MAX_SECONDS, lambda: self._refuse_now(call)
         )
-        prompts = self.prompts
-
-        async def announce() -> None:
-            pcm = await prompts.announcement(spec)
-            if call.refusal is None or self.media is None:
-                return
-            try:
-                self.media.play(call.call_id, CALLER_LEG, pcm)
-            except MediaError as exc:
-                log.warning("sip_announcement_failed", reason=exc.reason)
-                self._refuse_now(call)
-
         log.info("sip_refusal_announced", status=refusal.status)
-        self._spawn(announce())
+        self._play_when_ready(
+            call,
+            CALLER_LEG,
+            self.prompts.announcement(spec),
+            wanted=lambda: call.refusal is not None,
+            failed=lambda: self._refuse_now(call),
+            event="sip_announcement_failed",
+        )
         return True
 
     def _refuse_now(self, call: SipCall) -> None:
@@ -1803,6 +1817,10 @@ def _warning(exc: MediaError) -> str:
     """A `Warning` header (RFC 3261 20.43): 305 incompatible media format."""
     reason = exc.reason.replace('"', "'")
     return f'305 bridge "{reason}"'
+
+
+async def _no_audio() -> bytes:
+    return b""
 
 
 def _spawn_task(coroutine: Coroutine[Any, Any, None]) -> object:
