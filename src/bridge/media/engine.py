@@ -125,9 +125,6 @@ class _Leg:
     collect: bool = False
     active_since: float | None = None  # in a relay or mix since (for the RTP timeout)
 
-    def negotiated_leg(self) -> RelayLeg | None:
-        return self.relay
-
 
 @dataclass(eq=False)
 class _Call:
@@ -159,7 +156,6 @@ class EngineTotals:
     recording_failures: int = 0
     voicemails: int = 0
     ports_exhausted: int = 0
-    calls: int = 0
 
 
 class EmbeddedMedia:
@@ -445,7 +441,6 @@ class EmbeddedMedia:
             if not create:
                 raise UnknownMedia(f"no media session for call {call_id}")
             call = self._calls[call_id] = _Call(call_id)
-            self.totals.calls += 1
             self._schedule_housekeeping()
         entry = call.legs.get(leg)
         if entry is not None:

@@ -258,7 +258,6 @@ class SipCall:
     # The media engine's answer to the caller's offer (None: SDP passes end to end, or the
     # caller made no offer and gets ours in the 200).
     caller_answer: str | None = None
-    anchored: bool = False  # the media engine holds this call's audio
     monitors: dict[str, SipMonitor] = field(default_factory=dict)  # by supervisor id
     voicemail_id: str | None = None
     voicemail_path: Path | None = None
@@ -505,7 +504,6 @@ class SipCalls:
                 to_tag=random_hex(5),
                 caller_id=caller_id,
                 caller_answer=caller_answer,
-                anchored=self.media is not None,
             )
             if self.media is not None:
                 run.app_sdp = lambda: self._app_offer(call)
