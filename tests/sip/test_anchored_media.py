@@ -36,6 +36,8 @@ from structlog.testing import capture_logs
 
 from bridge.calls.events import LegDeclined
 from bridge.control.errors import ControlError, ControlErrorKind
+from bridge.control.service import ControlService
+from bridge.directory.model import User
 from bridge.media import g711
 from bridge.media.sdp import parse_sdp
 from tests.media.audio import tone, tones_in
@@ -187,13 +189,19 @@ async def test_caller_and_agent_hear_each_other_through_the_engine(bridge: Inpro
         call.close()
 
 
+def acting_supervisor(bridge: InprocBridge) -> tuple[ControlService, User]:
+    """The control service, and sam (the supervisor) as it acts through it."""
+    control = bridge.ctx.control
+    assert control is not None
+    sam = bridge.ctx.store.current.user("sam")
+    assert sam is not None
+    return control, sam
+
+
 async def join_supervisor(bridge: InprocBridge, call: Call, mode: str) -> bytes:
     """`POST .../monitor` via ip_phone; the supervisor's phone answers the bridge's INVITE."""
-    ctx = bridge.ctx
-    assert ctx.control is not None
-    sam = ctx.store.current.user("sam")
-    assert sam is not None
-    joined = await ctx.control.monitor(sam, only_call_id(bridge), mode, "ip_phone", origin="test")
+    control, sam = acting_supervisor(bridge)
+    joined = await control.monitor(sam, only_call_id(bridge), mode, "ip_phone", origin="test")
     assert joined["status"] == "dialing" and joined["via"] == "ip_phone"
     [leg] = [d for d, a in bridge.take() if a == SUPERVISOR_PHONE and is_request(d, "INVITE")]
     supervisor = call.phones["sup"] = Phone(g711.PCMU, 0x5A)
@@ -240,20 +248,17 @@ async def test_live_switch_then_stop_sends_bye_and_the_call_goes_on(
     bridge: InprocBridge,
 ) -> None:
     call = await answered_call(bridge)
-    ctx = bridge.ctx
-    assert ctx.control is not None
-    sam = ctx.store.current.user("sam")
-    assert sam is not None
+    control, sam = acting_supervisor(bridge)
     try:
         await join_supervisor(bridge, call, "listen")
         heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
         assert SUPERVISOR not in tones_in(heard["caller"], TONES)
-        changed = await ctx.control.change_monitor(sam, only_call_id(bridge), "barge")
+        changed = await control.change_monitor(sam, only_call_id(bridge), "barge")
         assert changed["mode"] == "barge"
         assert not [d for d, a in bridge.take() if is_request(d, "INVITE")]  # no re-INVITE
         heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
         assert tones_in(heard["caller"], TONES) == {AGENT, SUPERVISOR}
-        await ctx.control.stop_monitor(sam, only_call_id(bridge))
+        await control.stop_monitor(sam, only_call_id(bridge))
         sent = bridge.take()
         assert [a for d, a in sent if is_request(d, "BYE")] == [SUPERVISOR_PHONE]
         heard = await call.talk(0.8, {"caller": CALLER, "agent": AGENT, "sup": SUPERVISOR})
@@ -291,15 +296,12 @@ async def test_recording_holds_caller_left_and_agent_right(
     bridge: InprocBridge, tmp_path: Path
 ) -> None:
     call = await answered_call(bridge)
-    ctx = bridge.ctx
-    assert ctx.control is not None
-    sam = ctx.store.current.user("sam")
-    assert sam is not None
+    control, sam = acting_supervisor(bridge)
     try:
-        started = await ctx.control.recording(sam, only_call_id(bridge), "start")
+        started = await control.recording(sam, only_call_id(bridge), "start")
         assert started["status"] == "in-progress"
         await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
-        stopped = await ctx.control.recording(sam, only_call_id(bridge), "stop")
+        stopped = await control.recording(sam, only_call_id(bridge), "stop")
         assert stopped["status"] == "completed" and stopped["duration_seconds"] >= 1
         [path] = list((tmp_path / "recordings").rglob("*.wav"))
         with wave.open(str(path)) as wav:
@@ -474,12 +476,9 @@ async def test_recording_that_cannot_be_stored_is_an_error_and_the_call_goes_on(
         assert bridge.register_phone("201", "pw-201", AGENT_PHONE[1])
         call = await answered_call(bridge)
         try:
-            ctx = bridge.ctx
-            assert ctx.control is not None
-            sam = ctx.store.current.user("sam")
-            assert sam is not None
+            control, sam = acting_supervisor(bridge)
             with pytest.raises(ControlError) as refused:
-                await ctx.control.recording(sam, only_call_id(bridge), "start")
+                await control.recording(sam, only_call_id(bridge), "start")
             assert refused.value.kind is ControlErrorKind.UPSTREAM_FAILED
             assert "cannot be stored" in refused.value.reason
             heard = await call.talk(0.6, {"caller": CALLER, "agent": AGENT})
@@ -574,21 +573,18 @@ async def test_paused_recording_skips_or_keeps_the_stretch(
     bridge: InprocBridge, tmp_path: Path, behavior: str, kept: bool
 ) -> None:
     call = await answered_call(bridge)
-    ctx = bridge.ctx
-    assert ctx.control is not None
-    sam = ctx.store.current.user("sam")
-    assert sam is not None
+    control, sam = acting_supervisor(bridge)
     call_id = only_call_id(bridge)
     try:
-        await ctx.control.recording(sam, call_id, "start")
+        await control.recording(sam, call_id, "start")
         await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
-        paused = await ctx.control.recording(sam, call_id, "pause", behavior)
+        paused = await control.recording(sam, call_id, "pause", behavior)
         assert paused["status"] == "paused" and paused["pause_behavior"] == behavior
         await call.talk(1.0, {"caller": SUPERVISOR, "agent": SUPERVISOR})  # not recorded
-        resumed = await ctx.control.recording(sam, call_id, "resume")
+        resumed = await control.recording(sam, call_id, "resume")
         assert resumed["status"] == "in-progress"
         await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
-        stopped = await ctx.control.recording(sam, call_id, "stop")
+        stopped = await control.recording(sam, call_id, "stop")
         [path] = list((tmp_path / "recordings").rglob("*.wav"))
         with wave.open(str(path)) as wav:
             seconds = wav.getnframes() / 8000
