@@ -1,6 +1,6 @@
 """A media leg's socket on the loop (real loopback sockets): latching to the signalled source or
-(behind NAT) to the first one, foreign and oversized datagrams dropped and counted, sending to
-where the peer's packets come from, and a handler's failure not stopping the leg."""
+(behind NAT) to the first one and connecting to it, foreign and oversized datagrams dropped,
+sending to where the peer's packets come from, and a handler's failure not stopping the leg."""
 
 from __future__ import annotations
 
@@ -93,10 +93,81 @@ async def test_latches_to_the_signalled_source_and_drops_others(rtp_socket: RtpS
         assert endpoint.send(b"to the phone")
         assert phone.sock.recvfrom(100) == (b"to the phone", ("127.0.0.1", rtp_socket.port))
         assert endpoint.stats.sent == 1
+        assert endpoint.peer == phone.address
+        stranger.send(b"once connected", rtp_socket.port)  # the kernel drops it
+        phone.send(b"third", rtp_socket.port)
+        await until(lambda: len(received) == 3)
+        assert received[2] == (b"third", phone.address)
+        assert endpoint.stats.foreign == 2
     finally:
         endpoint.stop()
         phone.close()
         stranger.close()
+
+
+async def test_a_new_address_in_the_sdp_unlatches_until_its_first_packet(
+    rtp_socket: RtpSocket,
+) -> None:
+    old, new = Peer(), Peer()
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    endpoint = MediaEndpoint(
+        rtp_socket,
+        Latch(old.address, behind_nat=False),
+        lambda packet, source: received.append((bytes(packet), source)),
+        clock=lambda: 0.0,
+    )
+    endpoint.start(asyncio.get_running_loop())
+    try:
+        old.send(b"before", rtp_socket.port)
+        await until(lambda: endpoint.peer == old.address)
+        endpoint.signal(new.address, behind_nat=False)  # a re-INVITE moved the stream
+        assert endpoint.peer is None and endpoint.latch.latched is None
+        old.send(b"stale", rtp_socket.port)  # not the signalled address any more
+        new.send(b"after", rtp_socket.port)
+        await until(lambda: len(received) == 2)
+        assert received == [(b"before", old.address), (b"after", new.address)]
+        assert endpoint.peer == new.address and endpoint.stats.foreign == 1
+        assert endpoint.send(b"to the new one")
+        assert new.sock.recvfrom(100)[0] == b"to the new one"
+        endpoint.signal(new.address, behind_nat=False)  # the same address: stays latched
+        assert endpoint.peer == new.address
+    finally:
+        endpoint.stop()
+        old.close()
+        new.close()
+
+
+async def test_a_direct_reader_reads_while_connected_and_a_new_handler_removes_it(
+    rtp_socket: RtpSocket,
+) -> None:
+    phone = Peer()
+    generic: list[bytes] = []
+    direct: list[bytes] = []
+    endpoint = MediaEndpoint(
+        rtp_socket,
+        Latch(phone.address, behind_nat=False),
+        lambda packet, source: generic.append(bytes(packet)),
+        clock=lambda: 0.0,
+    )
+
+    def reader() -> None:
+        size = rtp_socket.sock.recv_into(endpoint.buffer)
+        direct.append(bytes(endpoint.buffer[:size]))
+
+    endpoint.read_directly(reader)
+    endpoint.start(asyncio.get_running_loop())
+    try:
+        phone.send(b"latches", rtp_socket.port)  # unconnected: the generic path latches
+        await until(lambda: generic == [b"latches"])
+        phone.send(b"direct", rtp_socket.port)
+        await until(lambda: direct == [b"direct"])
+        endpoint.on_packet = lambda packet, source: generic.append(b"new:" + bytes(packet))
+        phone.send(b"generic", rtp_socket.port)
+        await until(lambda: generic == [b"latches", b"new:generic"])
+        assert direct == [b"direct"]
+    finally:
+        endpoint.stop()
+        phone.close()
 
 
 async def test_behind_nat_the_first_source_wins(rtp_socket: RtpSocket) -> None:
@@ -112,8 +183,12 @@ async def test_behind_nat_the_first_source_wins(rtp_socket: RtpSocket) -> None:
     try:
         nat_side.send(b"x", rtp_socket.port)
         await until(lambda: received == [nat_side.address])
-        signalled.send(b"y", rtp_socket.port)
-        await until(lambda: endpoint.stats.foreign == 1)
+        assert endpoint.peer == nat_side.address  # latched: the socket is connected to it
+        signalled.send(b"y", rtp_socket.port)  # dropped by the kernel now
+        nat_side.send(b"z", rtp_socket.port)
+        await until(lambda: len(received) == 2)
+        assert received == [nat_side.address, nat_side.address]
+        assert endpoint.stats.received == 2
         assert endpoint.send(b"back")
         assert nat_side.sock.recvfrom(10)[0] == b"back"  # to where the packets came from
     finally:

@@ -45,7 +45,7 @@ from bridge.calls.media import (
 )
 from bridge.media import g711
 from bridge.media.dtmf import DtmfError, DtmfReceiver, DtmfSender, parse_event
-from bridge.media.endpoint import Latch, MediaEndpoint, resolve
+from bridge.media.endpoint import BUFFER_BYTES, Latch, MediaEndpoint, resolve
 from bridge.media.mixer import MixPlan, Monitor, PlanError, plan_for
 from bridge.media.ports import PortPool, PortsExhausted, RtpSocket
 from bridge.media.prompts import SilenceDetector
@@ -181,6 +181,8 @@ class EmbeddedMedia:
         self._listeners: list[Callable[[MediaEvent], None]] = []
         self.totals = EngineTotals()
         self._housekeeping: asyncio.TimerHandle | None = None
+        # every leg reads into this one (they are read one at a time, on this loop)
+        self._buffer = bytearray(BUFFER_BYTES)
         self._dtmf_sender = DtmfSender()
 
     # -- the port ------------------------------------------------------------------------------
@@ -455,7 +457,9 @@ class EmbeddedMedia:
             if not call.legs:
                 del self._calls[call_id]
             raise MediaUnavailable("no free media port") from None
-        endpoint = MediaEndpoint(rtp, Latch(None, behind_nat=True), _drop, clock=self._clock)
+        endpoint = MediaEndpoint(
+            rtp, Latch(None, behind_nat=True), _drop, clock=self._clock, buffer=self._buffer
+        )
         endpoint.start(self._loop)
         rand = self._rng.getrandbits
         entry = _Leg(
@@ -476,11 +480,7 @@ class EmbeddedMedia:
         # The peer's SDP names the address its packets come from unless it is behind NAT: when
         # it names another one than the signalling source, latch on its first packet instead.
         behind_nat = source is not None and address[0] != source
-        if entry.negotiated is None:
-            entry.endpoint.latch = Latch(address, behind_nat=behind_nat)
-        else:
-            entry.endpoint.latch.behind_nat = behind_nat
-            entry.endpoint.latch.resignal(address)
+        entry.endpoint.signal(address, behind_nat=behind_nat)
         entry.negotiated = chosen
         if entry.relay is None:
             entry.relay = RelayLeg(
