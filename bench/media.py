@@ -225,49 +225,7 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-# -- bencode and the ng protocol -------------------------------------------------------------
-def bencode(value: Any) -> bytes:
-    if isinstance(value, str):
-        value = value.encode()
-    if isinstance(value, bytes | bytearray):
-        return b"%d:%s" % (len(value), bytes(value))
-    if isinstance(value, int):
-        return b"i%de" % value
-    if isinstance(value, list | tuple):
-        return b"l" + b"".join(bencode(v) for v in value) + b"e"
-    if isinstance(value, dict):
-        items = sorted((k.encode() if isinstance(k, str) else k, v) for k, v in value.items())
-        return b"d" + b"".join(bencode(k) + bencode(v) for k, v in items) + b"e"
-    raise TypeError(f"cannot bencode {type(value).__name__}")
-
-
-def bdecode(data: bytes) -> Any:
-    value, end = _bdecode(data, 0)
-    if end != len(data):
-        raise ValueError(f"{len(data) - end} bytes after the bencoded value")
-    return value
-
-
-def _bdecode(data: bytes, i: int) -> tuple[Any, int]:
-    head = data[i : i + 1]
-    if head == b"i":
-        end = data.index(b"e", i)
-        return int(data[i + 1 : end]), end + 1
-    if head in (b"l", b"d"):
-        items: list[Any] = []
-        i += 1
-        while data[i : i + 1] != b"e":
-            item, i = _bdecode(data, i)
-            items.append(item)
-        if head == b"l":
-            return items, i + 1
-        return dict(zip(items[::2], items[1::2], strict=True)), i + 1
-    colon = data.index(b":", i)
-    size = int(data[i:colon])
-    raw = data[colon + 1 : colon + 1 + size]
-    return raw.decode("utf-8", "replace"), colon + 1 + size
-
-
+# -- the ng protocol (bencode/bdecode: bridge.media.ng) -----------------------------------------
 class NgClient:
     """rtpengine's ng control protocol over UDP: `cookie d...e` out, `cookie d...e` back."""
 
@@ -279,6 +237,10 @@ class NgClient:
         self._n = 0
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        # imported here, not at the top: the engine child (--role engine) may run another copy
+        # of the package (--src, an older commit without bridge.media.ng)
+        from bridge.media.ng import bdecode, bencode
+
         self._n += 1
         cookie = f"{os.getpid()}_{self._n}".encode()
         self.sock.sendto(cookie + b" " + bencode(message), self.address)
