@@ -138,6 +138,27 @@ class AuthSettings(_Section):
         default="change-me-change-me-change-me", repr=False
     )
     token_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 3600
+    # Console login (POST /api/v1/auth/login): the access token's lifetime, and how long a
+    # login lasts at most (its refresh session, renewed by /auth/refresh until then).
+    access_ttl_seconds: Annotated[int, Field(ge=60, le=3600)] = 300
+    session_ttl_seconds: Annotated[int, Field(ge=300, le=30 * 86400)] = 12 * 3600
+    # Refresh sessions one user may hold at once (browsers, tabs after a log-in each); the
+    # oldest is ended when one more starts.
+    max_sessions_per_user: Annotated[int, Field(ge=1, le=100)] = 10
+    # Shortest password accepted (the longest is fixed: 256 characters, bounding hashing cost).
+    password_min_length: Annotated[int, Field(ge=8, le=128)] = 10
+    # Lockout: this many failed logins for one account within the window lock it this long
+    # (429 with Retry-After); login_max_failures_per_ip does the same per client address.
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    login_window_seconds: Annotated[int, Field(ge=1, le=86400)] = 900
+    login_lockout_seconds: Annotated[int, Field(ge=1, le=86400)] = 900
+    login_max_failures_per_ip: Annotated[int, Field(ge=1, le=100000)] = 50
+
+    @model_validator(mode="after")
+    def _session_longer(self) -> AuthSettings:
+        if self.access_ttl_seconds > self.session_ttl_seconds:
+            raise ValueError("access_ttl_seconds must not exceed session_ttl_seconds")
+        return self
 
 
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")

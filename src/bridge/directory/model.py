@@ -120,6 +120,9 @@ Permissions = Annotated[
 Identifier = Annotated[str, Field(pattern=ID_RE)]
 HexMd5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 HexSha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# An argon2id hash in its PHC string form, as `bridge.passwords` makes it (never a password).
+ARGON2ID_RE = r"^\$argon2id\$v=19\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$"
+Argon2idHash = Annotated[str, Field(pattern=ARGON2ID_RE)]
 
 
 class _Frozen(BaseModel):
@@ -157,6 +160,9 @@ class User(_Frozen):
     # so a voicemail box or a carrier announcement that picks up does not count as an answer.
     confirm_answer: bool = False
     sip: SipCredentials | None = None
+    # The console password, as an argon2id hash (set with `PUT /api/v1/users/{id}/password`
+    # or `bridge set-password`). Never shown by the API, never in a repr or a log line.
+    password_hash: Argon2idHash | None = Field(default=None, repr=False)
     working_hours: WeeklyHours | None = None
     timezone: TimeZoneName | None = None
     wrap_up_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
