@@ -27,6 +27,7 @@ from bridge.control.service import ControlService
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import AccountStatus, Directory
 from bridge.directory.store import DirectoryStore
+from bridge.logins import LoginService
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
 from bridge.recordings.plugin import build_archive
@@ -67,6 +68,8 @@ class AppContext:
     control: ControlService | None = None
     # Recordings and voicemail messages of SIP calls (`[media] recordings_dir`).
     archive: MediaArchive | None = None
+    # Console logins: passwords, refresh sessions, lockouts (`/api/v1/auth/*`).
+    logins: LoginService | None = None
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         checks: dict[str, object] = {
@@ -153,6 +156,7 @@ def build_context(
         metrics=metrics,
     )
     tokens = TokenService(settings.auth.jwt_secret, settings.auth.token_ttl_seconds)
+    logins = LoginService(settings.auth, lambda: store.current, tokens)
     ws = build_gateway(
         settings,
         store=store,
@@ -179,6 +183,7 @@ def build_context(
         ws=ws,
         control=control,
         archive=archive,
+        logins=logins,
     )
 
 

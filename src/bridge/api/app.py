@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from bridge import __version__
-from bridge.api import directory_routes, users
+from bridge.api import directory_routes, login, users
 from bridge.carriers.twilio import plugin as carrier_plugin
 from bridge.console import http as console_http
 from bridge.context import AppContext
@@ -117,6 +117,8 @@ def create_app(ctx: AppContext) -> BridgeApp:
     )
     app.include_router(users.routes(ctx, auth))
     app.include_router(directory_routes.routes(ctx, auth))
+    if ctx.logins is not None:
+        app.include_router(login.routes(ctx.logins, ctx, auth))
     if ctx.archive is not None:
         app.include_router(recordings_plugin.routes(ctx.archive, auth, lambda: ctx.store.current))
     if ctx.carrier is not None:

@@ -32,7 +32,7 @@ def change_directory(
     store: DirectoryStore,
     request: Request,
     grant: Grant,
-    action: Action,
+    action: Action | str,
     target: str,
     edit: Callable[[Document], Document | None],
 ) -> Directory:

@@ -24,11 +24,27 @@ from bridge.presence.model import Availability
 
 
 def public_user(user: User) -> dict[str, Any]:
-    """A user as the API shows it: everything but the digest hashes."""
-    data = user.model_dump(mode="json")
+    """A user as the API shows it: everything but the digest hashes and the password hash."""
+    data = user.model_dump(mode="json", exclude={"password_hash"})
     if user.sip is not None:
         data["sip"] = {"username": user.sip.username}
     return data
+
+
+def _no_password_hash(body: Document | User) -> None:
+    """A password is set through its own route (hashed by the bridge), never as a field."""
+    sent = body.password_hash if isinstance(body, User) else body.get("password_hash")
+    if sent is not None or (isinstance(body, dict) and "password_hash" in body):
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {
+                    "loc": "password_hash",
+                    "msg": "set passwords with PUT /api/v1/users/{user_id}/password",
+                    "type": "invalid",
+                }
+            ],
+        )
 
 
 def _visible(grant: Grant, user: User) -> bool:
@@ -70,6 +86,8 @@ def routes(ctx: AppContext, auth: HttpAuth) -> APIRouter:
     def create_user(
         request: Request, body: User, grant: Grant = Depends(auth.require(Action.CHANGE_DIRECTORY))
     ) -> dict[str, Any]:
+        _no_password_hash(body)
+
         def edit(doc: Document) -> None:
             doc.setdefault("users", []).append(body.model_dump(mode="json", exclude_defaults=True))
 
@@ -101,6 +119,10 @@ def routes(ctx: AppContext, auth: HttpAuth) -> APIRouter:
                 and sent["username"] == old_sip.get("username")
             ):
                 new["sip"] = old_sip
+            # The password stays what it was: it is not a field of the bodies.
+            new.pop("password_hash", None)
+            if users[index].get("password_hash"):
+                new["password_hash"] = users[index]["password_hash"]
             users[index] = new
 
         directory = change_directory(
@@ -116,6 +138,7 @@ def routes(ctx: AppContext, auth: HttpAuth) -> APIRouter:
         grant: Grant = Depends(auth.require(Action.CHANGE_DIRECTORY)),
     ) -> dict[str, Any]:
         check_key_unchanged(body, "id", user_id)
+        _no_password_hash(body)
         return _replace_user(request, grant, user_id, {**body, "id": user_id})
 
     @router.patch("/{user_id}", summary="Change some fields of a user")
@@ -126,6 +149,7 @@ def routes(ctx: AppContext, auth: HttpAuth) -> APIRouter:
         grant: Grant = Depends(auth.require(Action.CHANGE_DIRECTORY)),
     ) -> dict[str, Any]:
         check_key_unchanged(body, "id", user_id)
+        _no_password_hash(body)
         if ctx.store.current.user(user_id) is None:
             raise not_found("user", user_id)
 
