@@ -1,4 +1,5 @@
-"""Command line: `bridge run | check-config | route | token | hash-password | version`.
+"""Command line: `bridge run | check-config | route | token | hash-password | set-password |
+version`.
 
 Exit codes: 0 success, 1 a runtime failure (daemon unreachable, unknown line), 2 bad
 configuration or bad arguments (with `field: reason` lines on stderr).
@@ -204,6 +205,51 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_set_password(args: argparse.Namespace) -> int:
+    """Hash a console password (argon2id) into the user's record in the directory file."""
+    from bridge.directory.loader import DirectoryError, build_directory, save_directory
+    from bridge.passwords import PasswordRejected, Passwords, check_policy
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    settings, directory = loaded
+    user = directory.user(args.user_id)
+    if user is None:
+        return _usage(f"set-password: no user {args.user_id!r} in the directory")
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"new console password for {user.id}: ")
+        if getpass.getpass("again: ") != password:
+            return _usage("set-password: the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        check_policy(password, settings.auth.password_min_length)
+    except PasswordRejected as exc:
+        return _usage(f"set-password: {exc}")
+    hashed = Passwords().hash(password)
+
+    document = directory.to_document()
+    for record in document.get("users", []):
+        if record.get("id") == user.id:
+            record["password_hash"] = hashed
+    path = settings.directory_path
+    try:
+        # Validated whole and written atomically, as the API's changes are.
+        save_directory(build_directory(document), path)
+    except (DirectoryError, OSError) as exc:
+        print(f"set-password: cannot write {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"password set for {user.id} in {path}")
+    print(
+        "a running daemon reads it after a reload (SIGHUP or POST /api/v1/directory/reload)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"bridge {__version__}")
     return EXIT_OK
@@ -248,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     hashp.add_argument("username")
     hashp.add_argument("--realm", help="digest realm (default: [sip] realm from the settings)")
     hashp.set_defaults(func=cmd_hash_password)
+
+    setp = sub.add_parser(
+        "set-password",
+        help="set a user's console password (prompted, or the first line of stdin)",
+    )
+    _config_arg(setp)
+    setp.add_argument("user_id")
+    setp.set_defaults(func=cmd_set_password)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
