@@ -88,6 +88,19 @@ class MediaTimeout(MediaEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class MediaConnected(MediaEvent):
+    """A leg whose transport needs a handshake (a WebRTC app's ICE and DTLS) carries audio."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFailed(MediaEvent):
+    """A leg's transport could not be set up (ICE never checked in time, a DTLS certificate
+    that does not match the answer's fingerprint, a failed handshake): the leg is lost."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RecordingFailed(MediaEvent):
     """The call's recording stopped on an error (a full disk); the call goes on."""
 

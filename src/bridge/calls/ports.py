@@ -240,13 +240,22 @@ class MediaPort(Protocol):
         latched on its first packet."""
         ...
 
-    def offer(self, call_id: str, leg: str, *, like: str | None = None) -> str:
-        """Our offer toward a leg (its INVITE). `like`: a leg whose codec goes first (so the
-        two sides of a bridge need no transcoding)."""
+    def offer(
+        self, call_id: str, leg: str, *, like: str | None = None, webrtc: bool = False
+    ) -> str:
+        """Our offer toward a leg (its INVITE, or an app's `call.offer`). `like`: a leg whose
+        codec goes first (so the two sides of a bridge need no transcoding). `webrtc`: the
+        leg is a WebRTC app's (ICE-lite, DTLS-SRTP, `UDP/TLS/RTP/SAVPF`); an app that answers
+        plain RTP/AVP instead is taken as a plain leg."""
         ...
 
     def accept(self, call_id: str, leg: str, answer: str, *, source: str | None = None) -> None:
         """The peer's answer to our offer (its 2xx, or the app's accept)."""
+        ...
+
+    def connecting(self, call_id: str, leg: str) -> bool:
+        """Whether the leg's transport is still being set up after its answer (a WebRTC app's
+        ICE and DTLS): `MediaConnected` or `MediaFailed` follows."""
         ...
 
     def local_sdp(self, call_id: str, leg: str) -> str | None:

@@ -31,10 +31,14 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from bridge.media.ports import RtpSocket
+
+if TYPE_CHECKING:
+    from bridge.media.webrtc import WebRtcLeg
 
 __all__ = ["Address", "EndpointStats", "Latch", "MediaEndpoint"]
 
@@ -117,10 +121,14 @@ class MediaEndpoint:
         "_fd",
         "_loop",
         "_on_packet",
+        "_secure_reported",
+        "_secure_timer",
         "buffer",
         "latch",
+        "on_secure",
         "peer",
         "rtp",
+        "secure",
         "stats",
         "view",
     )
@@ -148,6 +156,13 @@ class MediaEndpoint:
         self._on_packet = on_packet
         self._direct: Callable[[], None] | None = None
         self._armed: Callable[[], None] | None = None
+        # A WebRTC leg: ICE-lite and DTLS-SRTP between the socket and `on_packet`, which sees
+        # plain RTP as from any other leg. `on_secure(None)` once it is connected,
+        # `on_secure(reason)` when it failed.
+        self.secure: WebRtcLeg | None = None
+        self.on_secure: Callable[[str | None], None] | None = None
+        self._secure_reported = False
+        self._secure_timer: asyncio.TimerHandle | None = None
 
     @property
     def port(self) -> int:
@@ -178,7 +193,10 @@ class MediaEndpoint:
         """Register the reader the socket's state calls for."""
         if self._loop is None or self._fd < 0:
             return
-        reader = self._readable if self.peer is None else self._direct or self._read_peer
+        if self.peer is None or self.secure is not None:
+            reader = self._readable
+        else:
+            reader = self._direct or self._read_peer
         if reader != self._armed:
             self._loop.add_reader(self._fd, reader)
             self._armed = reader
@@ -205,6 +223,9 @@ class MediaEndpoint:
         self._loop = None
         self._fd = -1
         self._armed = None
+        if self._secure_timer is not None:
+            self._secure_timer.cancel()
+            self._secure_timer = None
 
     def _readable(self) -> None:
         """The reader before latching: one datagram, its source checked by the latch."""
@@ -221,6 +242,9 @@ class MediaEndpoint:
             return
         if len(source) != 2:
             source = (source[0], source[1])  # IPv6 gives (host, port, flow, scope)
+        if self.secure is not None:
+            self._read_secure(size, source)
+            return
         latch = self.latch
         latched = latch.latched
         if latched is not None:
@@ -233,6 +257,59 @@ class MediaEndpoint:
             self._connect(source)
         else:
             self.stats.foreign += 1
+
+    # -- WebRTC legs ---------------------------------------------------------------------------
+    def make_secure(self, leg: WebRtcLeg) -> None:
+        """From now on the socket speaks ICE-lite and DTLS-SRTP (a WebRTC app's leg)."""
+        if self.peer is not None:
+            self.signal(None, behind_nat=True)
+        self.secure = leg
+        self._secure_reported = False
+        self._arm()
+        self._after_secure()
+
+    def _read_secure(self, size: int, source: Address) -> None:
+        secure = self.secure
+        assert secure is not None
+        if size >= BUFFER_BYTES:
+            self.stats.oversized += 1
+            return
+        plain = secure.receive(bytes(self.view[:size]), source)
+        self._after_secure()
+        if plain is not None:
+            length = len(plain)
+            if length < BUFFER_BYTES:
+                self.buffer[:length] = plain
+                self._deliver(length, source)
+
+    def _after_secure(self) -> None:
+        """Send what the WebRTC leg has to send, report its state, arm its DTLS timer."""
+        secure = self.secure
+        if secure is None:
+            return
+        sock = self.rtp.sock
+        for datagram, address in secure.outgoing:
+            try:
+                sock.sendto(datagram, address)
+            except OSError:
+                self.stats.send_errors += 1
+        secure.outgoing.clear()
+        if not self._secure_reported and (secure.connected or secure.failed is not None):
+            self._secure_reported = True
+            if self.on_secure is not None:
+                self.on_secure(secure.failed)
+        if self._secure_timer is not None:
+            self._secure_timer.cancel()
+            self._secure_timer = None
+        delay = secure.timeout()
+        if delay is not None and self._loop is not None:
+            self._secure_timer = self._loop.call_later(delay, self._secure_timeout)
+
+    def _secure_timeout(self) -> None:
+        self._secure_timer = None
+        if self.secure is not None:
+            self.secure.on_timeout()
+            self._after_secure()
 
     def _read_peer(self) -> None:
         """The reader of a connected socket: only the latched peer's datagrams arrive."""
@@ -295,7 +372,13 @@ class MediaEndpoint:
         """Send to the latched (or signalled) peer; False when there is nowhere to send yet or
         the kernel refused (counted; UDP: a lost packet, not an error of the call)."""
         try:
-            if self.peer is not None:
+            secure = self.secure
+            if secure is not None:
+                protected = secure.protect(bytes(data))
+                if protected is None or secure.remote is None:
+                    return False
+                self.rtp.sock.sendto(protected, secure.remote)
+            elif self.peer is not None:
                 self.rtp.sock.send(data)
             else:
                 latch = self.latch

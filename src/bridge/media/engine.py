@@ -31,8 +31,10 @@ import structlog
 from bridge.calls.media import (
     DtmfReceived,
     MediaCapabilities,
+    MediaConnected,
     MediaError,
     MediaEvent,
+    MediaFailed,
     MediaTimeout,
     MediaUnavailable,
     MessageEnd,
@@ -53,15 +55,19 @@ from bridge.media.recording import RecordingError, RecordingWriter, VoicemailWri
 from bridge.media.relay import BlindRelay, RelayLeg
 from bridge.media.rtp import RtpHeader, StreamRewriter
 from bridge.media.sdp import (
+    RTP_AVP,
+    SAVPF,
     Negotiated,
     SdpError,
     SessionDescription,
     build_answer,
     build_offer,
+    build_webrtc_offer,
     negotiate,
     parse_sdp,
 )
 from bridge.media.session import MixingSession
+from bridge.media.webrtc import DtlsIdentity, WebRtcLeg, check_candidates, read_remote
 
 __all__ = ["EMBEDDED", "EmbeddedMedia", "EngineTotals"]
 
@@ -75,7 +81,7 @@ EMBEDDED = MediaCapabilities(
     messages=True,
     dtmf=True,
     transcoding=True,
-    webrtc=False,
+    webrtc=True,
 )
 _FRAME_BYTES = 320
 _HOUSEKEEPING_SECONDS = 1.0
@@ -124,6 +130,8 @@ class _Leg:
     dtmf: DtmfReceiver = field(default_factory=DtmfReceiver)
     collect: bool = False
     active_since: float | None = None  # in a relay or mix since (for the RTP timeout)
+    webrtc: WebRtcLeg | None = None  # offered to a WebRTC app (ICE-lite, DTLS-SRTP)
+    connecting: asyncio.TimerHandle | None = None  # the WebRTC handshake's deadline
 
 
 @dataclass(eq=False)
@@ -169,6 +177,7 @@ class EmbeddedMedia:
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop,
         timeout_seconds: float = 60.0,
+        connect_timeout_seconds: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
         self.pool = pool
@@ -176,6 +185,8 @@ class EmbeddedMedia:
         self._clock = clock
         self._loop = loop
         self.timeout_seconds = timeout_seconds
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self._identity: DtlsIdentity | None = None  # made at the first WebRTC leg
         self._rng = rng or random.SystemRandom()
         self._calls: dict[str, _Call] = {}
         self._listeners: list[Callable[[MediaEvent], None]] = []
@@ -211,7 +222,9 @@ class EmbeddedMedia:
         self._rewire(self._calls[call_id])
         return entry.local
 
-    def offer(self, call_id: str, leg: str, *, like: str | None = None) -> str:
+    def offer(
+        self, call_id: str, leg: str, *, like: str | None = None, webrtc: bool = False
+    ) -> str:
         entry = self._leg(call_id, leg, create=True)
         codecs = ("PCMU", "PCMA")
         other = self._calls[call_id].legs.get(like) if like is not None else None
@@ -220,18 +233,110 @@ class EmbeddedMedia:
             codecs = (first, *(c for c in codecs if c != first))
         entry.offered_codecs = codecs
         entry.version += 1
-        entry.local = build_offer(
-            entry.session_id, entry.version, self.advertised, entry.rtp.port, codecs
+        if not webrtc:
+            entry.local = build_offer(
+                entry.session_id, entry.version, self.advertised, entry.rtp.port, codecs
+            )
+            return entry.local
+        if entry.webrtc is None:
+            if self._identity is None:
+                self._identity = DtlsIdentity()
+            entry.webrtc = WebRtcLeg(self._identity)
+            # the app's checks can come before its answer reaches us: answer them already
+            entry.endpoint.on_secure = lambda failed, c=call_id, n=leg: self._secured(c, n, failed)
+            entry.endpoint.make_secure(entry.webrtc)
+        entry.local = build_webrtc_offer(
+            entry.session_id,
+            entry.version,
+            self.advertised,
+            entry.rtp.port,
+            ice_ufrag=entry.webrtc.ice.ufrag,
+            ice_pwd=entry.webrtc.ice.pwd,
+            fingerprint=entry.webrtc.identity.fingerprint,
+            ssrc=entry.stream.ssrc,
+            codecs=codecs,
         )
         return entry.local
 
     def accept(self, call_id: str, leg: str, answer: str, *, source: str | None = None) -> None:
         entry = self._leg(call_id, leg)
-        chosen = negotiate(_parse(answer), supported=entry.offered_codecs)
-        if chosen is None:
-            raise NoCommonCodec("the answer has no codec of our offer")
-        self._set_remote(entry, chosen, source)
+        description = _parse(answer)
+        if entry.webrtc is None:
+            chosen = negotiate(description, supported=entry.offered_codecs)
+            if chosen is None:
+                raise NoCommonCodec("the answer has no codec of our offer")
+            self._set_remote(entry, chosen, source)
+        else:
+            chosen = negotiate(description, supported=entry.offered_codecs, protos=(SAVPF, RTP_AVP))
+            if chosen is None:
+                raise NoCommonCodec("the answer has no codec of our offer")
+            media = description.media[chosen.media_index]
+            if media.proto == RTP_AVP:
+                # An app that answers plain RTP (a native client, a test peer) is one: its
+                # address is in its SDP, as a phone's
+                entry.webrtc = None
+                entry.endpoint.secure = None
+                entry.endpoint.on_secure = None
+                self._set_remote(entry, chosen, source)
+            else:
+                try:
+                    remote = read_remote(description, media)
+                    check_candidates(media)
+                except SdpError as exc:
+                    raise NoCommonCodec(f"the WebRTC answer cannot be used: {exc}") from None
+                entry.webrtc.set_remote(remote)
+                entry.endpoint.make_secure(entry.webrtc)  # sends what the answer started
+                self._negotiated(entry, chosen)
+                if not entry.webrtc.connected and entry.webrtc.failed is None:
+                    entry.connecting = self._loop.call_later(
+                        self.connect_timeout_seconds, self._connect_timeout, call_id, leg
+                    )
         self._rewire(self._calls[call_id])
+
+    def connecting(self, call_id: str, leg: str) -> bool:
+        """Whether the leg's transport is still being set up (a WebRTC app's ICE and DTLS):
+        `MediaConnected` or `MediaFailed` follows."""
+        call = self._calls.get(call_id)
+        entry = call.legs.get(leg) if call is not None else None
+        return (
+            entry is not None
+            and entry.webrtc is not None
+            and entry.webrtc.dtls is not None
+            and not entry.webrtc.connected
+            and entry.webrtc.failed is None
+        )
+
+    def _secured(self, call_id: str, leg: str, failed: str | None) -> None:
+        call = self._calls.get(call_id)
+        entry = call.legs.get(leg) if call is not None else None
+        if entry is None:
+            return
+        if entry.connecting is not None:
+            entry.connecting.cancel()
+            entry.connecting = None
+        if failed is None:
+            log.info("media_webrtc_connected", call_id=call_id, leg=leg)
+            self._emit(MediaConnected(call_id, leg))
+        else:
+            log.info("media_webrtc_failed", call_id=call_id, leg=leg, reason=failed)
+            self._emit(MediaFailed(call_id, leg, failed))
+
+    def _connect_timeout(self, call_id: str, leg: str) -> None:
+        call = self._calls.get(call_id)
+        entry = call.legs.get(leg) if call is not None else None
+        if entry is None or entry.webrtc is None:
+            return
+        entry.connecting = None
+        if entry.webrtc.connected or entry.webrtc.failed is not None:
+            return
+        seconds = self.connect_timeout_seconds
+        if entry.webrtc.remote is None:
+            reason = f"no ICE connectivity check from the app within {seconds:g} s"
+        else:
+            reason = f"the DTLS handshake did not finish within {seconds:g} s"
+        entry.webrtc.failed = reason
+        entry.endpoint.on_secure = None
+        self._secured(call_id, leg, reason)
 
     def local_sdp(self, call_id: str, leg: str) -> str | None:
         call = self._calls.get(call_id)
@@ -481,6 +586,9 @@ class EmbeddedMedia:
         # it names another one than the signalling source, latch on its first packet instead.
         behind_nat = source is not None and address[0] != source
         entry.endpoint.signal(address, behind_nat=behind_nat)
+        self._negotiated(entry, chosen)
+
+    def _negotiated(self, entry: _Leg, chosen: Negotiated) -> None:
         entry.negotiated = chosen
         if entry.relay is None:
             entry.relay = RelayLeg(
@@ -657,6 +765,10 @@ class EmbeddedMedia:
         entry.endpoint.send(packet)
 
     def _free(self, entry: _Leg) -> None:
+        if entry.connecting is not None:
+            entry.connecting.cancel()
+            entry.connecting = None
+        entry.endpoint.on_secure = None
         entry.endpoint.stop()
         _add_leg(self.totals, entry)
         self.pool.release(entry.rtp)

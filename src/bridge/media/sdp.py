@@ -10,8 +10,10 @@ ptime, direction, rtcp-mux) and every attribute raw (ICE, crypto, DTLS fingerpri
 WebRTC side reads those). Malformed input is an `SdpError` and never another exception, since
 the body comes from the network.
 
-Only plain RTP/AVP is negotiated: an SAVP/SAVPF (SRTP, DTLS) stream answered as RTP/AVP would
-be wrong in both directions, so such an offer has no usable codec here.
+Peers of the SIP side negotiate plain RTP/AVP only: an SAVP/SAVPF (SRTP, DTLS) stream answered
+as RTP/AVP would be wrong in both directions, so such an offer has no usable codec there. The
+WebRTC legs (apps) get `build_webrtc_offer` and their answers are read with
+`negotiate(..., protos=(SAVPF,))` (media/webrtc.py does the transport).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "answer_direction",
     "build_answer",
     "build_offer",
+    "build_webrtc_offer",
     "negotiate",
     "parse_sdp",
 ]
@@ -44,6 +47,7 @@ _ANSWER_DIRECTION = {  # RFC 3264 section 6.1
     "inactive": "inactive",
 }
 RTP_AVP = "RTP/AVP"
+SAVPF = "UDP/TLS/RTP/SAVPF"
 
 
 class SdpError(ValueError):
@@ -331,14 +335,17 @@ def negotiate(
     offer: SessionDescription,
     supported: Iterable[str] = ("PCMU", "PCMA"),
     telephone_event: bool = True,
+    protos: Iterable[str] = (RTP_AVP,),
 ) -> Negotiated | None:
-    """The codec to answer an offer with: in the first RTP/AVP audio stream (port not 0) that
-    has one, the first of the offer's payload types the bridge supports (the offerer's order is
-    its preference). Static 0/8 count without an rtpmap; dynamic ones by rtpmap name
-    (case-insensitive) at 8000 Hz, mono. None: no usable codec, the SIP layer answers 488."""
+    """The codec to answer an offer with: in the first audio stream of one of `protos` (port
+    not 0) that has one, the first of the offer's payload types the bridge supports (the
+    offerer's order is its preference). Static 0/8 count without an rtpmap; dynamic ones by
+    rtpmap name (case-insensitive) at 8000 Hz, mono. None: no usable codec, the SIP layer
+    answers 488. Also reads an answer to our offer the same way."""
     wanted = {name.upper() for name in supported}
+    allowed = set(protos)
     for index, media in enumerate(offer.media):
-        if media.media != "audio" or media.port == 0 or media.proto != RTP_AVP:
+        if media.media != "audio" or media.port == 0 or media.proto not in allowed:
             continue
         chosen = next((pt for pt in media.payload_types if _is_g711(media.codec(pt), wanted)), None)
         if chosen is None or media.connection is None:
@@ -358,7 +365,8 @@ def negotiate(
                 None,
             )
         offered = media.direction
-        if media.connection.on_hold and offered == "sendrecv":
+        # (ICE peers write 0.0.0.0 and port 9 as a placeholder: no hold there)
+        if media.connection.on_hold and offered == "sendrecv" and media.proto == RTP_AVP:
             offered = "sendonly"  # RFC 2543 hold: it may send, it wants nothing back
         return Negotiated(
             media_index=index,
@@ -463,4 +471,56 @@ def build_answer(
         lines += [f"a=ptime:{ptime}", f"a={negotiated.direction}"]
         if negotiated.rtcp_mux:
             lines.append("a=rtcp-mux")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def build_webrtc_offer(
+    session_id: int,
+    version: int,
+    address: str,
+    port: int,
+    *,
+    ice_ufrag: str,
+    ice_pwd: str,
+    fingerprint: str,
+    ssrc: int,
+    codecs: Sequence[str] = ("PCMU", "PCMA"),
+    telephone_event_pt: int | None = 101,
+) -> str:
+    """The bridge's offer to a WebRTC app: one `UDP/TLS/RTP/SAVPF` audio stream, bundled and
+    rtcp-muxed (browsers require both), ICE-lite with our one host candidate, DTLS `actpass`
+    with our certificate's sha-256 fingerprint, G.711 and telephone-event."""
+    pts = [_STATIC_BY_NAME[name.upper()] for name in codecs if name.upper() in _STATIC_BY_NAME]
+    if not pts:
+        raise ValueError("an offer needs at least one codec")
+    formats = [*pts, *([telephone_event_pt] if telephone_event_pt is not None else [])]
+    kind = _address_type(address)
+    lines = [
+        "v=0",
+        f"o=- {session_id} {version} IN {kind} {address}",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=ice-lite",
+        "a=msid-semantic: WMS bridge",
+        f"m=audio {port} {SAVPF} {' '.join(map(str, formats))}",
+        f"c=IN {kind} {address}",
+        f"a=candidate:1 1 udp 2130706431 {address} {port} typ host",
+        "a=end-of-candidates",
+        f"a=ice-ufrag:{ice_ufrag}",
+        f"a=ice-pwd:{ice_pwd}",
+        f"a=fingerprint:sha-256 {fingerprint}",
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendrecv",
+        "a=msid:bridge audio",
+        "a=rtcp-mux",
+    ]
+    lines += [f"a=rtpmap:{pt} {STATIC_PAYLOAD_TYPES[pt].encoding}/8000" for pt in pts]
+    if telephone_event_pt is not None:
+        lines += [
+            f"a=rtpmap:{telephone_event_pt} telephone-event/8000",
+            f"a=fmtp:{telephone_event_pt} 0-16",
+        ]
+    lines += ["a=ptime:20", f"a=ssrc:{ssrc} cname:bridge", f"a=ssrc:{ssrc} msid:bridge audio"]
     return "\r\n".join(lines) + "\r\n"
