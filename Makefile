@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/bridge.toml
 # Debian packages the test suite drives as real peers (installed by `make test` when missing).
-DEB_PACKAGES ?= sip-tester baresip chromium espeak-ng
+DEB_PACKAGES ?= sip-tester baresip chromium espeak-ng rtpengine-daemon
 PYTEST_ARGS ?=
 
 .PHONY: run test install install-test deb-packages lint bench check-config clean
