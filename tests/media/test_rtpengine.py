@@ -116,7 +116,7 @@ def rtpengine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         f"--dtmf-log-dest={HOST}:{dtmf_port}",
     ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
     try:
         deadline = time.monotonic() + 10
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
