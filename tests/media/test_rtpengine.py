@@ -431,3 +431,54 @@ async def test_dtmf_both_ways(rtpengine: Daemon) -> None:
         await media.close()
         caller.close()
         agent.close()
+
+
+async def test_a_webrtc_peer_and_a_plain_peer_hear_each_other(media: RtpengineMedia) -> None:
+    pytest.importorskip("aiortc", reason="aiortc is a test extra (the WebRTC peer)")
+    from sim.apps.audio import WebRtcPhone
+
+    caller = Phone(0, 0x3333)
+    app = WebRtcPhone(tone(1000, 10.0))
+    try:
+        media.caller_offer("webrtc", sdp(caller.address[1]), source=HOST)
+        offer = await media.offer("webrtc", "leg-app", webrtc=True)
+        for needed in ("UDP/TLS/RTP/SAVPF", "a=ice-ufrag:", "a=fingerprint:", "a=rtcp-mux"):
+            assert needed in offer
+        assert "opus" not in offer.lower()
+        answer = await media.accept("webrtc", "leg-app", await app.answer(offer))
+        assert "RTP/AVP" in answer and "a=ice-" not in answer and "fingerprint" not in answer
+        to_caller_side = port_of(answer)
+        await asyncio.wait_for(app.connected.wait(), 10)
+        mark = app.mark()
+        caller.received()
+        await caller.play(440, 2.0, to_caller_side)
+        await asyncio.sleep(0.3)
+        caller_heard = audio_of(caller.received())
+        app_heard = app.heard[mark:]
+        report("the plain caller heard (from the WebRTC app)", caller_heard)
+        report("the WebRTC app heard (from the plain caller)", app_heard)
+        assert len(caller_heard) >= 16000 * 1.5
+        assert tones_in(caller_heard) == {1000}
+        assert tones_in(app_heard) == {440}
+    finally:
+        await media.release("webrtc")
+        await app.close()
+        caller.close()
+
+
+async def test_rtpengine_out_of_ports_is_media_unavailable() -> None:
+    from bridge.media.ng import bdecode, bencode
+    from tests.media.test_ng import serve
+
+    def out_of_ports(n: int, cookie: bytes, body: bytes) -> list[bytes]:
+        if bdecode(body)["command"] == "ping":
+            return [cookie + b" " + bencode({"result": "pong"})]
+        reply = {"result": "error", "error-reason": "Ran out of ports"}
+        return [cookie + b" " + bencode(reply)]
+
+    _, port = await serve(out_of_ports)
+    engine = await RtpengineMedia(NgClient(HOST, port, timeout=0.5)).start()
+    engine.caller_offer("full", sdp(40000))
+    with pytest.raises(MediaUnavailable, match="Ran out of ports"):
+        await engine.offer("full", "leg-1")
+    await engine.close()
