@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,7 @@ class _Leg:
     local: str | None = None  # the SDP rtpengine made for this leg (our last one to it)
     answered: bool = False
     playing: asyncio.TimerHandle | None = None
+    blocked_for_prompt: str | None = None  # the peer blocked while a prompt plays to this leg
 
 
 @dataclass(eq=False)
@@ -177,6 +178,7 @@ class RtpengineMedia:
         self._by_ng_id: dict[str, _Call] = {}
         self._listeners: list[Callable[[MediaEvent], None]] = []
         self._dtmf_transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- life ----------------------------------------------------------------------------------
     async def start(self) -> RtpengineMedia:
@@ -376,14 +378,20 @@ class RtpengineMedia:
         seconds = int(reply.get("duration", 0) or 0) / 1000
         if entry.playing is not None:
             entry.playing.cancel()
+        entry.blocked_for_prompt = other if alone else None
         loop = asyncio.get_running_loop()
-        entry.playing = loop.call_later(
-            seconds, lambda: loop.create_task(self._played(call, entry, other if alone else None))
-        )
+        # (the coroutine made when the timer fires: a stopped prompt leaves none unawaited)
+        entry.playing = loop.call_later(seconds, lambda: self._spawn(self._played(call, entry)))
         return seconds
 
-    async def _played(self, call: _Call, entry: _Leg, blocked: str | None) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _played(self, call: _Call, entry: _Leg) -> None:
         entry.playing = None
+        blocked, entry.blocked_for_prompt = entry.blocked_for_prompt, None
         if blocked is not None and self._calls.get(call.call_id) is call:
             with contextlib.suppress(MediaError):
                 await self._ask(self._select("unblock media", call, blocked))
@@ -398,10 +406,10 @@ class RtpengineMedia:
         entry.playing = None
         with contextlib.suppress(MediaError):
             await self._ask(self._select("stop media", call, leg))
-        other = self._other(call, leg)
-        if other is not None:
+        blocked, entry.blocked_for_prompt = entry.blocked_for_prompt, None
+        if blocked is not None:
             with contextlib.suppress(MediaError):
-                await self._ask(self._select("unblock media", call, other))
+                await self._ask(self._select("unblock media", call, blocked))
 
     async def send_dtmf(self, call_id: str, leg: str, digits: str) -> None:
         """Send RFC 4733 digits to the leg (or tones, if it has no telephone-event)."""
