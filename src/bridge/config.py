@@ -140,7 +140,7 @@ class AuthSettings(_Section):
     token_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 3600
     # Console login (POST /api/v1/auth/login): the access token's lifetime, and how long a
     # login lasts at most (its refresh session, renewed by /auth/refresh until then).
-    access_ttl_seconds: Annotated[int, Field(ge=60, le=3600)] = 300
+    access_ttl_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
     session_ttl_seconds: Annotated[int, Field(ge=300, le=30 * 86400)] = 12 * 3600
     # Refresh sessions one user may hold at once (browsers, tabs after a log-in each); the
     # oldest is ended when one more starts.

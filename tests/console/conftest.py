@@ -167,11 +167,13 @@ def shots(tmp_path: Path) -> Path:
 
 
 async def open_console(browser: Browser, bridge: RunningBridge, user_id: str) -> Page:
-    """A tab on /console, logged in as `user_id` the way a person does it: paste the token,
-    press "Log in"; returns once the page says it is connected."""
+    """A tab on /console, logged in as `user_id` the way an operator does it: "use an API
+    token", paste the token, press "Log in"; returns once the page says it is connected.
+    (People log in with their email and password: tests/console/test_login.py.)"""
     page = await browser.new_page()
     await page.navigate(f"{bridge.url}/console")
     await page.wait_for("document.body.dataset.ready === 'true'")
+    await page.click("#use-token")
     await page.type_into("#token", bridge.token(user_id))
     await page.click("#login-form button[type=submit]")
     await page.wait_for(CONNECTED)

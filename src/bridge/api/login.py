@@ -98,6 +98,7 @@ def routes(logins: LoginService, ctx: AppContext, auth: HttpAuth) -> APIRouter:
                 "token_type": "Bearer",
                 "expires_in": issued.expires_in,
                 "user": public_user(issued.user),
+                "password_min_length": ctx.settings.auth.password_min_length,
             },
             headers={"Cache-Control": "no-store"},
         )

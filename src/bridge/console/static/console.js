@@ -6,7 +6,7 @@
 // What the buttons allow mirrors docs/ROLES.md (bridge.directory.roles) so that a user sees
 // *why* a control is not offered; the server checks every frame again and its refusal is shown.
 
-const TOKEN_KEY = "bridge.console.token";
+const TOKEN_KEY = "bridge.console.token"; // a pasted API token (the "use an API token" login)
 const DEVICE = "web console"; // what other sessions read as "answered by ... on web console"
 const PONG = '{"v":1,"type":"pong"}'; // the exact text the gateway handles without parsing
 const REQUEST_TIMEOUT_MS = 20000; // a control waits for the carrier (retries included: 15 s)
@@ -31,7 +31,11 @@ const MONITOR_LABELS = { listen: "Listen", whisper: "Whisper", barge: "Barge" };
 const MONITOR_DOING = { listen: "listening", whisper: "whispering", barge: "barging" };
 
 const state = {
-  token: null,
+  token: null, // the bearer token: an access token of a password login, or a pasted one
+  auth: null, // "password" (a login session: refreshed through its cookie) or "token"
+  refreshTimer: null,
+  renewedAt: 0, // when a closed connection last got a renewed token (no loop on refusals)
+  passwordMinLength: null, // from the login answer
   me: null, // GET /api/v1/me, then the user of auth.ok
   ws: null,
   nextId: 1,
@@ -118,30 +122,162 @@ function since(iso) {
 }
 
 // -- log in / out ------------------------------------------------------------------------------
-async function login(token) {
-  $("login-error").textContent = "";
+// Two ways in. People: email and password (POST /api/v1/auth/login) give an access token valid
+// for minutes and a refresh session in an HttpOnly cookie, which /api/v1/auth/refresh exchanges
+// for a fresh token before the old one expires; a reload resumes the session through the cookie.
+// Operators and scripts: a pasted API token, kept in this tab (sessionStorage).
+
+function setLoginError(text) {
+  $("login-error").textContent = text;
+}
+
+function showLoginForm(mode) {
+  const password = mode !== "token";
+  $("password-form").hidden = !password;
+  $("login-form").hidden = password;
+  (password ? $("email") : $("token")).focus();
+}
+
+function minutes(seconds) {
+  const s = Math.max(1, Math.ceil(seconds));
+  if (s < 60) return `${s} second${s === 1 ? "" : "s"}`;
+  const m = Math.ceil(s / 60);
+  return `${m} minute${m === 1 ? "" : "s"}`;
+}
+
+// What a refused login (or password change) means, in words.
+async function refusal(response, wrongText) {
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) return wrongText;
+  if (response.status === 429) {
+    const wait = Number(response.headers.get("Retry-After")) || body.retry_after || 60;
+    return `Too many failed attempts: locked out. Try again in ${minutes(wait)}.`;
+  }
+  if (response.status === 403 && body.detail === "account suspended") return "This account is suspended: ask an admin.";
+  if (response.status === 422) {
+    const first = Array.isArray(body.detail) ? body.detail[0] : null;
+    const text = first && first.msg ? first.msg : "check what you typed";
+    return `${text.charAt(0).toUpperCase()}${text.slice(1)}.`;
+  }
+  if (response.status === 502 || response.status === 503 || response.status === 504) {
+    return `The bridge cannot be reached (${response.status}). Try again in a moment.`;
+  }
+  return typeof body.detail === "string" ? `Refused: ${body.detail}` : `The bridge answered ${response.status}. Try again.`;
+}
+
+async function passwordLogin(email, password) {
+  setLoginError("");
+  let response;
+  try {
+    response = await fetch("/api/v1/auth/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ email, password }),
+      credentials: "same-origin",
+    });
+  } catch {
+    setLoginError("The bridge cannot be reached: check your connection and try again.");
+    return false;
+  }
+  if (!response.ok) {
+    setLoginError(await refusal(response, "Wrong email or password."));
+    $("password").value = "";
+    $("password").focus();
+    return false;
+  }
+  const body = await response.json();
+  $("password").value = "";
+  return startSession(body);
+}
+
+// A login session: its access token now, a refresh before it expires.
+async function startSession(body) {
+  state.passwordMinLength = body.password_min_length || state.passwordMinLength;
+  scheduleRefresh(body.expires_in);
+  const ok = await login(body.access_token, "password");
+  if (!ok) clearTimeout(state.refreshTimer);
+  return ok;
+}
+
+function scheduleRefresh(expiresIn) {
+  clearTimeout(state.refreshTimer);
+  // A minute ahead, or a quarter of a short lifetime.
+  const lead = Math.min(60, expiresIn / 4);
+  state.refreshTimer = setTimeout(() => refreshAccess(), Math.max(1, expiresIn - lead) * 1000);
+}
+
+// Exchange the refresh cookie for a fresh access token; the WebSocket gets it in a new `auth`
+// frame (docs/ws-protocol.md), so the session goes on. True when a token was had.
+async function refreshAccess() {
+  clearTimeout(state.refreshTimer);
+  let response;
+  try {
+    response = await fetch("/api/v1/auth/refresh", { method: "POST", credentials: "same-origin" });
+  } catch {
+    showBanner("The bridge cannot be reached: your session is kept and retried in 10 s.");
+    state.refreshTimer = setTimeout(() => refreshAccess(), 10000);
+    return false;
+  }
+  if (state.auth !== "password") return false; // logged out meanwhile
+  if (response.status >= 500) {
+    showBanner(`The bridge answered ${response.status}: retrying in 10 s.`);
+    state.refreshTimer = setTimeout(() => refreshAccess(), 10000);
+    return false;
+  }
+  if (!response.ok) {
+    logout("Your session ended: log in again.", { remote: false });
+    return false;
+  }
+  const body = await response.json();
+  state.token = body.access_token;
+  scheduleRefresh(body.expires_in);
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    const reply = await request("auth", { token: state.token, device: DEVICE });
+    if (reply.type === "error") showBanner(`The bridge refused the renewed token: ${reply.message}`);
+  }
+  return true;
+}
+
+// At start, without a pasted token: a login session this browser still has (its cookie).
+async function resumeSession() {
+  let response;
+  try {
+    response = await fetch("/api/v1/auth/refresh", { method: "POST", credentials: "same-origin" });
+  } catch {
+    setLoginError("The bridge cannot be reached: check your connection, then reload the page.");
+    return;
+  }
+  if (response.ok) await startSession(await response.json());
+}
+
+async function login(token, mode = "token") {
+  setLoginError("");
   let response;
   try {
     response = await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${token}` } });
   } catch (error) {
-    $("login-error").textContent = `The bridge cannot be reached: ${error.message}`;
+    setLoginError(`The bridge cannot be reached: ${error.message}`);
     return false;
   }
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
-    $("login-error").textContent = `Token refused: ${body.detail || response.status}`;
-    sessionStorage.removeItem(TOKEN_KEY);
+    setLoginError(`${mode === "token" ? "Token refused" : "Login refused"}: ${body.detail || response.status}`);
+    if (mode === "token") sessionStorage.removeItem(TOKEN_KEY);
     return false;
   }
   state.token = token;
+  state.auth = mode;
   state.me = await response.json();
   state.names.set(state.me.id, state.me.name);
-  sessionStorage.setItem(TOKEN_KEY, token);
+  if (mode === "token") sessionStorage.setItem(TOKEN_KEY, token);
   $("login").hidden = true;
   $("app").hidden = false;
   $("whoami").hidden = false;
   $("me-name").textContent = state.me.name;
   $("me-role").textContent = state.me.role;
+  $("new-password-help").textContent = state.passwordMinLength
+    ? `At least ${state.passwordMinLength} characters; a long phrase is best.`
+    : "A long phrase is best; the bridge says when one is too short.";
   loadLines(token);
   connect();
   loadVoicemails();
@@ -160,25 +296,90 @@ async function loadLines(token) {
   }
 }
 
-function logout(message = "") {
+// Back to the login form. `remote`: also end the login session at the bridge (the log-out
+// button); not when the bridge has already ended it.
+async function logout(message = "", { remote = true } = {}) {
+  const mode = state.auth || "password";
+  const token = state.token;
+  const endSession = remote && state.auth === "password";
+  state.auth = null; // no renewal from here on
   sessionStorage.removeItem(TOKEN_KEY);
   clearTimeout(state.retryTimer);
+  clearTimeout(state.refreshTimer);
   const ws = state.ws;
   state.ws = null;
   if (ws) ws.close(1000, "logged out");
-  state.token = state.me = state.presence = state.current = state.wrapUntil = null;
+  state.token = state.me = state.presence = state.current = state.wrapUntil = state.auth = null;
   for (const map of [state.offers, state.calls, state.agents, state.monitoring, state.recording]) map.clear();
   state.endings = [];
   state.busy.clear();
   state.voicemails = [];
   clearTimeout(state.voicemailTimer);
   $("voicemail").hidden = true;
+  if (endSession) {
+    setConnection("offline", "Logging out…");
+    try {
+      await fetch("/api/v1/auth/logout", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { Authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(3000),
+      });
+    } catch {
+      // unreachable: the session ends by itself at its expiry
+    }
+  }
   $("app").hidden = true;
   $("whoami").hidden = true;
   $("login").hidden = false;
   $("token").value = "";
-  $("login-error").textContent = message;
+  $("password").value = "";
+  $("change-password-form").reset();
+  $("change-password-status").textContent = "";
+  $("password-change").open = false;
+  hideBanner();
+  showLoginForm(mode);
+  setLoginError(message);
   setConnection("offline", "Not connected");
+}
+
+async function changePassword() {
+  const status = $("change-password-status");
+  const say = (text, kind = "error") => {
+    status.textContent = text;
+    status.dataset.kind = kind;
+  };
+  const current = $("current-password").value;
+  const next = $("new-password").value;
+  if (next !== $("confirm-password").value) {
+    say("The two new passwords differ.");
+    return;
+  }
+  const button = $("change-password-form").querySelector("button[type=submit]");
+  button.disabled = true;
+  let response;
+  try {
+    response = await fetch("/api/v1/me/password", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${state.token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ current_password: current, new_password: next }),
+    });
+  } catch {
+    say("The bridge cannot be reached: your password is unchanged.");
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  if (response.status === 204) {
+    $("change-password-form").reset();
+    say("Password changed. Your other logins were logged out.", "ok");
+    return;
+  }
+  if (response.status === 403) {
+    say("The current password is wrong: your password is unchanged.");
+    return;
+  }
+  say(await refusal(response, "Your session ended: log in again."));
 }
 
 // -- the WebSocket -----------------------------------------------------------------------------
@@ -221,7 +422,25 @@ function closed(code, reason) {
     resolve({ type: "error", code: "disconnected", message: "the connection closed" });
   }
   state.pending.clear();
-  // docs/ws-protocol.md "Close codes": a bad, expired or revoked token is not retried.
+  // docs/ws-protocol.md "Close codes": a bad, expired or revoked token is not retried; a
+  // login session gets a fresh token first (the connection comes back with it).
+  const renewed = state.renewedAt && Date.now() - state.renewedAt < 5000;
+  if ((code === 4001 || code === 4002) && state.auth === "password" && !renewed) {
+    state.renewedAt = Date.now();
+    setConnection("connecting", "Renewing the session…");
+    refreshAccess().then((ok) => {
+      if (ok && state.auth === "password" && !state.ws) connect();
+    });
+    return;
+  }
+  if (code === 4003 && state.auth === "password") {
+    logout(`Access revoked${reason ? `: ${reason}` : ""}.`);
+    return;
+  }
+  if (state.auth === "password" && (code === 4001 || code === 4002)) {
+    logout(`The bridge refused the session${reason ? `: ${reason}` : ""}. Log in again.`);
+    return;
+  }
   if (code === 4001 || code === 4002 || code === 4003) {
     const why = { 4001: "Token refused", 4002: "Your token expired", 4003: "Access revoked" }[code];
     logout(`${why}${reason ? `: ${reason}` : ""}. Paste a new token.`);
@@ -786,18 +1005,44 @@ function tick() {
 
 // -- start -------------------------------------------------------------------------------------
 function start() {
+  $("password-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const email = $("email").value.trim();
+    const password = $("password").value;
+    if (email && password) passwordLogin(email, password);
+  });
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const token = $("token").value.trim();
-    if (token) login(token);
+    if (token) login(token, "token");
+  });
+  $("use-token").addEventListener("click", () => {
+    setLoginError("");
+    showLoginForm("token");
+  });
+  $("use-password").addEventListener("click", () => {
+    setLoginError("");
+    showLoginForm("password");
+  });
+  $("change-password-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    changePassword();
   });
   $("logout").addEventListener("click", () => logout());
   $("availability").addEventListener("change", (event) => setAvailability(event.target.value));
   $("voicemail-refresh").addEventListener("click", () => loadVoicemails());
   setInterval(tick, 1000);
   const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) login(saved);
-  document.body.dataset.ready = "true";
+  if (saved) {
+    showLoginForm("token");
+    login(saved, "token");
+    document.body.dataset.ready = "true";
+  } else {
+    // Ready once it is known whether this browser is still logged in.
+    resumeSession().finally(() => {
+      document.body.dataset.ready = "true";
+    });
+  }
 }
 
 start();
