@@ -240,6 +240,9 @@ class MediaSettings(_Section):
     voicemail_silence_seconds: Annotated[float, Field(ge=1, le=60)] = 5.0
     # An answered call whose legs send no RTP for this long is ended (BYE to both). 0: never.
     timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # An app (browser) that accepted must complete its ICE check and DTLS handshake within
+    # this long, else its accept fails (`media_failed`) and the call rings on.
+    webrtc_connect_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
 
     @field_validator("address", "public_address")
     @classmethod

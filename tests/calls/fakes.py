@@ -140,6 +140,9 @@ class FakeDriver:
         self.log.append(("app_answer_refused", (user_id, sdp)))
         return self.refuse
 
+    def app_media_ready(self, call: RunningCall, user_id: str) -> None:
+        return None
+
     def leg_reference(self, call: RunningCall, leg_id: str) -> str | None:
         return f"{self.path}-ref:{leg_id}"
 

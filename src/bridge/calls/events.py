@@ -75,6 +75,7 @@ class LegReason(StrEnum):
     TIMEOUT = "timeout"
     REJECTED = "rejected"
     LAYER_MOVED_ON = "layer_moved_on"
+    MEDIA_FAILED = "media_failed"  # the app accepted, its audio could not be set up (ICE, DTLS)
     CALLEE_HANGUP = "callee_hangup"
 
 
@@ -88,6 +89,7 @@ class LegFailure(StrEnum):
     BUSY = "busy"
     REJECTED = "rejected"  # the user declined this call
     UNREACHABLE = "unreachable"  # no endpoint answered the offer / INVITE, 4xx/5xx, timeout
+    MEDIA_FAILED = "media_failed"  # answered, but its audio could not be set up (ICE, DTLS)
 
     @classmethod
     def from_sip_status(cls, status: int) -> LegFailure:

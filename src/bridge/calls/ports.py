@@ -80,6 +80,12 @@ class LegDriver(Protocol):
         """Why an app's accept (with this SDP answer) cannot answer this call, or None."""
         ...
 
+    def app_media_ready(self, call: RunningCall, user_id: str) -> Awaitable[str | None] | None:
+        """After an accepted answer: something to await while the app's audio is being set up
+        (a browser's ICE and DTLS), giving None once it is up or the reason it failed; None
+        when there is nothing to wait for."""
+        ...
+
     def leg_reference(self, call: RunningCall, leg_id: str) -> str | None:
         """The path's own id of a leg (the carrier's CallSid), for published events."""
         ...
@@ -102,6 +108,15 @@ class Answerer:
 
 
 CallStateName = Literal["answered", "held", "ended"]
+
+
+class AnswerRefused(Exception):
+    """An app's accept carried an answer that cannot be used (no SDP, an SDP the media engine
+    cannot take): said to that session as an error, and its offer keeps ringing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class OfferListener(Protocol):

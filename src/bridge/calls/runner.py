@@ -26,7 +26,7 @@ Nothing here blocks: every input is handled in one synchronous step on the loop.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -105,7 +105,7 @@ class RunningCall:
     caller_sdp: str | None = None  # the caller's SDP offer, handed to apps that answer
     # The SDP offered to apps, made when the first app is rung (a path that anchors media
     # offers its own, not the caller's); None: `caller_sdp`.
-    app_sdp: Callable[[], str | None] | None = None
+    app_sdp: Callable[[str], str | None] | None = None  # the offer for an app user
     timer: object | None = None
     setup_measured: bool = False
     # Users offered the call on their apps (user id -> leg id), the accept being decided
@@ -402,7 +402,7 @@ class CallRunner:
             line=plan.line,
             ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
             expires_at=self._wall_now() + timedelta(seconds=rings_for),
-            sdp=(call.app_sdp() if call.app_sdp is not None else call.caller_sdp)
+            sdp=(call.app_sdp(user_id) if call.app_sdp is not None else call.caller_sdp)
             if answers
             else None,
             listener=self,
@@ -429,26 +429,60 @@ class CallRunner:
     # OfferListener: what the gateway tells us about our offers.
     def on_accept(
         self, call_id: str, user_id: str, session_id: str, sdp: str | None
-    ) -> bool | None:
+    ) -> bool | Awaitable[bool | None] | None:
         call = self._calls.get(call_id)
         if call is None:
             return False
         if not call.driver.app_accept_answers:
             return None  # answered in the voice SDK, not here
-        leg = call.app_legs.get(user_id)
-        ringing = call.machine.state is CallState.RINGING
-        if leg is None or call.app_winner is not None or not ringing:
+        if not self._may_answer(call, user_id):
             return False
         with call_context(call_id):
             refused = call.driver.app_answer_refused(call, user_id, sdp)
             if refused is not None:
                 log.warning(f"{call.path}_app_accept_refused", user_id=user_id, why=refused)
                 return False
+            ready = call.driver.app_media_ready(call, user_id)
+        if ready is not None:
+            # A browser: its ICE and DTLS take a moment, and the call keeps ringing meanwhile
+            # (a desk phone may still win); the accept counts once its audio is up.
+            return self._accept_when_ready(call, user_id, session_id, sdp, ready)
+        return self._answer_app(call, user_id, session_id, sdp)
+
+    def _may_answer(self, call: RunningCall, user_id: str) -> bool:
+        leg = call.app_legs.get(user_id)
+        ringing = call.machine.state is CallState.RINGING
+        return leg is not None and call.app_winner is None and ringing
+
+    def _answer_app(
+        self, call: RunningCall, user_id: str, session_id: str, sdp: str | None
+    ) -> bool:
+        with call_context(call.call_id):
             call.app_answer = (user_id, sdp)
-            self.leg_answered(call, leg)
+            self.leg_answered(call, call.app_legs[user_id])
             won = call.app_winner == user_id
             log.info(f"{call.path}_app_accept", user_id=user_id, session_id=session_id, won=won)
         return won
+
+    async def _accept_when_ready(
+        self,
+        call: RunningCall,
+        user_id: str,
+        session_id: str,
+        sdp: str | None,
+        ready: Awaitable[str | None],
+    ) -> bool:
+        failed = await ready
+        if self._calls.get(call.call_id) is not call or not self._may_answer(call, user_id):
+            return False
+        if failed is None:
+            return self._answer_app(call, user_id, session_id, sdp)
+        with call_context(call.call_id):
+            log.warning(f"{call.path}_app_media_failed", user_id=user_id, why=failed)
+            if self.offers is not None:  # the app hears why, then the ring race goes on
+                self.offers.end_offer(call.call_id, user_id, LegReason.MEDIA_FAILED)
+            self.leg_failed(call, call.app_legs[user_id], LegFailure.MEDIA_FAILED)
+        return False
 
     def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
         self._app_leg_failed(call_id, user_id, LegFailure.REJECTED)

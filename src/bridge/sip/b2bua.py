@@ -38,15 +38,17 @@ from bridge.calls.events import (
 from bridge.calls.machine import CallMachine
 from bridge.calls.media import (
     DtmfReceived,
+    MediaConnected,
     MediaError,
     MediaEvent,
+    MediaFailed,
     MediaTimeout,
     MediaUnavailable,
     MessageRecorded,
     NoCommonCodec,
     PlaybackDone,
 )
-from bridge.calls.ports import MediaPort
+from bridge.calls.ports import AnswerRefused, MediaPort
 from bridge.calls.registry import NotAcceptingCalls
 from bridge.calls.runner import CallRunner, RunningCall
 from bridge.directory.model import Directory, FallbackAction, normalize_number
@@ -159,7 +161,12 @@ class SipMediaOptions:
 CALLER_LEG = "caller"
 # The longest a refusal waits for its prompt to play before it is sent anyway.
 _ANNOUNCEMENT_MAX_SECONDS = 60.0
-APPS_LEG = "apps"  # one media leg for every app offered the call: the first accept takes it
+
+
+def app_leg(user_id: str) -> str:
+    """The media leg of an app user offered the call (each gets its own WebRTC offer: two
+    users' handshakes can be under way at once, the first to connect and win is bridged)."""
+    return f"apps:{user_id}"
 
 
 def supervisor_leg(user_id: str) -> str:
@@ -350,6 +357,8 @@ class SipCalls:
         self._local = local
         self._timers = _Timers(clock, schedule, cancel_timer)
         self._calls: dict[str, SipCall] = {}
+        # accepted apps whose WebRTC handshake is under way: the runner awaits these
+        self._connecting: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._by_invite: dict[str, SipCall] = {}  # caller INVITE transaction id -> call
         self._by_branch: dict[str, tuple[SipCall, _Branch]] = {}
         self._dialogs = DialogTable()
@@ -506,7 +515,7 @@ class SipCalls:
                 caller_answer=caller_answer,
             )
             if self.media is not None:
-                run.app_sdp = lambda: self._app_offer(call)
+                run.app_sdp = lambda user_id: self._app_offer(call, user_id)
             self._calls[call_id] = call
             self._by_invite[transaction_id] = call
             log.info(
@@ -680,7 +689,7 @@ class SipCalls:
         for branch in call.branches.values():
             if branch.dialog is dialog:
                 return branch.leg_id
-        return APPS_LEG
+        return app_leg(call.run.app_winner or "")
 
     def _answer_locally(
         self, call: SipCall, leg: str, dialog: Dialog, transaction_id: str, request: SipRequest
@@ -826,6 +835,21 @@ class SipCalls:
                     self._record_voicemail(call)
             elif isinstance(event, MessageRecorded):
                 self._voicemail_recorded(call, event)
+            elif isinstance(event, MediaConnected | MediaFailed):
+                future = self._connecting.pop((call.call_id, event.leg), None)
+                reason = event.reason if isinstance(event, MediaFailed) else None
+                if future is not None and not future.done():
+                    future.set_result(reason)
+                    if reason is not None and self.media is not None:
+                        self.media.release(call.call_id, event.leg)  # that app lost its turn
+                elif (
+                    reason is not None
+                    and call.answered
+                    and event.leg == app_leg(call.run.app_winner or "")
+                ):
+                    # lost after it was bridged (a DTLS close): the call cannot go on
+                    log.warning("sip_app_media_failed", leg=event.leg, reason=reason)
+                    self._end_after_session_timeout(call, Side.CALLEE)
             elif isinstance(event, MediaTimeout):
                 log.warning("sip_media_timeout", leg=event.leg, silent=event.silent_seconds)
                 self.metrics.sip_media_timeouts.inc()
@@ -1387,22 +1411,45 @@ class SipCalls:
             return "the call is answered already"
         if self.media is not None:
             if not sdp:
-                return "an answer without SDP cannot be bridged"
+                raise AnswerRefused("an accept on the SIP path needs the SDP answer (sdp)")
             try:
-                self.media.accept(call.call_id, APPS_LEG, sdp)
+                self.media.accept(call.call_id, app_leg(user_id), sdp)
             except MediaError as exc:
-                return f"the app's SDP answer cannot be used: {exc.reason}"
+                raise AnswerRefused(f"the SDP answer cannot be used: {exc.reason}") from None
             return None
         if call.invite.body and not sdp:
             return "the caller made an SDP offer: an answer without SDP cannot be bridged"
         return None
 
-    def _app_offer(self, call: SipCall) -> str | None:
-        """The SDP apps are offered: the media engine's, for one leg all apps share."""
+    def app_media_ready(self, run: RunningCall, user_id: str) -> asyncio.Future[str | None] | None:
+        """For an accepted app whose transport is still being set up (a browser's ICE and
+        DTLS): a future of None once it carries audio, or of the reason it failed. None when
+        there is nothing to wait for."""
+        media = self.media
+        leg = app_leg(user_id)
+        if media is None or not media.connecting(run.call_id, leg):
+            return None
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._connecting[(run.call_id, leg)] = future
+        return future
+
+    def _release_app_legs(self, call: SipCall, *, but: str | None = None) -> None:
+        """The other app users' media legs, once the call is answered (their offers end)."""
+        if self.media is None:
+            return
+        for user_id in call.run.app_legs:
+            if user_id != but:
+                self.media.release(call.call_id, app_leg(user_id))
+                future = self._connecting.pop((call.call_id, app_leg(user_id)), None)
+                if future is not None and not future.done():
+                    future.set_result("the call was answered elsewhere")
+
+    def _app_offer(self, call: SipCall, user_id: str) -> str | None:
+        """The SDP an app user is offered: the media engine's WebRTC offer, on a leg of theirs."""
         if self.media is None:
             return call.run.caller_sdp
         try:
-            return self.media.offer(call.call_id, APPS_LEG, like=CALLER_LEG)
+            return self.media.offer(call.call_id, app_leg(user_id), like=CALLER_LEG, webrtc=True)
         except MediaError as exc:
             log.warning("sip_app_offer_failed", reason=exc.reason)
             return None
@@ -1583,9 +1630,10 @@ class SipCalls:
             return
         if self.media is not None:
             try:
-                self.media.bridge(call.call_id, CALLER_LEG, APPS_LEG)
+                self.media.bridge(call.call_id, CALLER_LEG, app_leg(user_id))
             except MediaError as exc:
                 log.warning("sip_bridge_failed", reason=exc.reason)
+            self._release_app_legs(call, but=user_id)
             self._answer_caller(call, self._caller_body(call), "application/sdp")
             return
         body = (answer[1] or "").encode()
@@ -1756,6 +1804,10 @@ class SipCalls:
                 log.exception("sip_call_end_listener_failed")
         if self.media is not None:
             self.media.release(call.call_id)
+        for key in [k for k in self._connecting if k[0] == call.call_id]:
+            future = self._connecting.pop(key)
+            if not future.done():
+                future.set_result("the call ended")
         del self._calls[call.call_id]
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id in list(call.branches):

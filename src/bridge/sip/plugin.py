@@ -74,6 +74,7 @@ def media_engine(
             clock=loop.time,
             loop=loop,
             timeout_seconds=media.timeout_seconds,
+            connect_timeout_seconds=media.webrtc_connect_seconds,
         )
         metrics.watch_media(engine)
         return engine

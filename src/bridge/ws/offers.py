@@ -45,7 +45,7 @@ from typing import Protocol
 import structlog
 
 from bridge.calls.events import LegReason
-from bridge.calls.ports import Answerer, OfferListener
+from bridge.calls.ports import Answerer, AnswerRefused, OfferListener
 from bridge.observability.metrics import Metrics
 from bridge.ws.exceptions import ErrorCode, FrameError
 from bridge.ws.schemas import (
@@ -269,6 +269,14 @@ class OfferService:
             )
             if inspect.isawaitable(verdict):
                 verdict = await verdict
+        except AnswerRefused as exc:
+            # the answer was unusable, not the accept: say why, and the offer keeps ringing
+            offer.accepting = None
+            offer.replies.pop(session.session_id, None)
+            if offer.deferred is not None:  # ended while we asked: settle it now
+                self._finish(offer, *offer.deferred)
+            log.info("offer_answer_refused", call_id=frame.call_id, user_id=key[1], why=exc.reason)
+            raise FrameError(ErrorCode.INVALID_FRAME, exc.reason, field="sdp") from None
         except Exception:
             log.exception("offer_listener_failed", call_id=frame.call_id, user_id=key[1])
             verdict = False

@@ -499,6 +499,9 @@ class TwilioCalls:
     def app_answer_refused(self, run: RunningCall, user_id: str, sdp: str | None) -> str | None:
         return "apps answer carrier calls in the carrier's voice SDK"
 
+    def app_media_ready(self, run: RunningCall, user_id: str) -> None:
+        return None  # the voice SDK carries the audio
+
     def leg_reference(self, run: RunningCall, leg_id: str) -> str | None:
         call = self.find(run.call_id)
         return call.leg_sid(leg_id) if call is not None else None

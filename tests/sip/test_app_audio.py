@@ -1,0 +1,166 @@
+"""An app answering a SIP trunk call with audio, the way a browser does: the bridge's WebRTC
+offer over the WebSocket, an aiortc peer's answer in `call.accept`, ICE-lite and DTLS-SRTP to
+the bridge's media engine, plain RTP toward the trunk. Real peers: a `bridge run` process, a
+baresip caller on the trunk playing 440 Hz, the app (sim.apps, aiortc) playing 1 kHz; an FFT
+of what each heard says they heard each other.
+
+Also the ways an app's accept can go wrong on this path: an unusable SDP answer is an `error`
+frame and the offer keeps ringing; an app whose ICE never completes loses its accept with
+`media_failed` and the call rings the next layer (a desk phone), which answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sim.apps.audio import WebRtcPhone
+from sim.apps.client import AppClient
+
+from tests.media.audio import tone, tones_in
+from tests.media.peers import BaresipPhone, needs_baresip
+from tests.sip.peers import trunk_bridge
+from tests.sip.test_apps_legs import app_session
+from tests.sip.test_sipp_calls import start_phone, wait_registered
+from tests.sip.test_sipp_register import ha1
+
+pytestmark = needs_baresip
+
+LINE, LAYERED = "+15550100", "+15550101"
+CALLER, APP = 440.0, 1000.0
+TONES = [CALLER, APP]
+
+
+def directory() -> dict[str, Any]:
+    return {
+        "timezone": "UTC",
+        "users": [
+            {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
+            {"id": "ana", "name": "Ana", "answer_by": "apps"},
+            {
+                "id": "ben",
+                "name": "Ben",
+                "answer_by": "ip_phone",
+                "sip": {"username": "302", "ha1_md5": ha1("302", "pw-302")},
+            },
+        ],
+        "ring_groups": [
+            {
+                "id": "layered",
+                "name": "Ana, then Ben",
+                "layers": [
+                    {"members": ["ana"], "timeout_seconds": 30},
+                    {"members": ["ben"], "timeout_seconds": 20},
+                ],
+                "fallback": {"action": "hangup"},
+            }
+        ],
+        "lines": [
+            {"number": LINE, "name": "Ana", "route_to": {"user": "ana"}},
+            {"number": LAYERED, "name": "Layered", "route_to": {"ring_group": "layered"}},
+        ],
+    }
+
+
+async def offer_for(ana: AppClient) -> dict[str, Any]:
+    offer = await ana.expect("call.offer", timeout=15)
+    assert "UDP/TLS/RTP/SAVPF" in offer["sdp"] and "a=ice-lite" in offer["sdp"]
+    return offer
+
+
+async def test_an_app_over_webrtc_and_a_trunk_caller_hear_each_other(tmp_path: Path) -> None:
+    with (
+        trunk_bridge(tmp_path, directory()) as bridge,
+        BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+    ):
+        ana = await app_session(bridge, "ana")
+        phone = WebRtcPhone(tone(APP, 60.0))
+        try:
+            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+            offer = await offer_for(ana)
+            await ana.accept(offer["call_id"], sdp=await phone.answer(offer["sdp"]))
+            state = await ana.expect("call.state", timeout=15, call_id=offer["call_id"])
+            assert state["state"] == "answered"
+            await asyncio.to_thread(caller.wait_call_established, timeout=10)
+            await asyncio.wait_for(phone.connected.wait(), 5)
+            await asyncio.sleep(1.0)  # the first packets of both sides
+            start = phone.mark()
+            await asyncio.sleep(3.0)
+            heard_by_app = phone.heard[start:]
+            caller.hangup()
+            await asyncio.to_thread(caller.wait_closed, timeout=5)
+            ended = await ana.expect("call.state", timeout=10, state="ended")
+            assert ended["reason"] == "caller_hangup"
+            assert len(heard_by_app) > 2 * 8000 * 2  # more than two seconds of audio
+            assert tones_in(heard_by_app, TONES) == {CALLER}
+            assert tones_in(caller.received_audio(), TONES) == {APP}
+        finally:
+            await phone.close()
+            await ana.close()
+        connected = [e for e in bridge.log_events() if e.get("event") == "media_webrtc_connected"]
+        assert len(connected) == 1
+
+
+async def test_an_unusable_answer_is_an_error_and_a_good_one_then_answers(tmp_path: Path) -> None:
+    with (
+        trunk_bridge(tmp_path, directory()) as bridge,
+        BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+    ):
+        ana = await app_session(bridge, "ana")
+        phone = WebRtcPhone(tone(APP, 60.0))
+        try:
+            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+            offer = await offer_for(ana)
+            call_id = offer["call_id"]
+            answer = await phone.answer(offer["sdp"])
+            for bad, why in (
+                ("", "needs the SDP answer"),
+                ("v=0\r\nthis is not SDP\r\n", "cannot be used"),
+                (answer.replace("a=fingerprint:", "a=x-fingerprint:"), "fingerprint"),
+                (answer.replace("a=mid:0", "a=mid:0\r\na=candidate:1 1 udp x"), "candidate"),
+            ):
+                request = await ana.accept(call_id, sdp=bad)
+                error = await ana.expect("error", timeout=10, id=request)
+                assert error["code"] == "invalid_frame" and error["field"] == "sdp"
+                assert why in error["message"], error
+            await ana.accept(call_id, sdp=answer)  # still ringing: this one answers
+            state = await ana.expect("call.state", timeout=15, call_id=call_id)
+            assert state["state"] == "answered"
+            await asyncio.to_thread(caller.wait_call_established, timeout=10)
+            caller.hangup()
+            await asyncio.to_thread(caller.wait_closed, timeout=5)
+        finally:
+            await phone.close()
+            await ana.close()
+
+
+async def test_an_app_whose_ice_never_completes_loses_and_the_next_layer_answers(
+    tmp_path: Path,
+) -> None:
+    with trunk_bridge(tmp_path, directory(), media__webrtc_connect_seconds="2") as bridge:
+        ben = start_phone(tmp_path, "phone_answer.xml", "302", bridge.sip, "-d", "2000")
+        wait_registered(bridge, 1)
+        with BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller:
+            ana = await app_session(bridge, "ana")
+            phone = WebRtcPhone(tone(APP, 5.0))
+            try:
+                caller.dial(f"sip:{LAYERED}@127.0.0.1:{bridge.sip}")
+                offer = await offer_for(ana)
+                answer = await phone.answer(offer["sdp"])
+                await phone.close()  # the app's side is gone: its handshake will not complete
+                await ana.accept(offer["call_id"], sdp=answer)
+                ended = await ana.expect("call.ended", timeout=10, call_id=offer["call_id"])
+                assert ended["reason"] == "media_failed"
+                # the ring group moved on to Ben's desk phone, which answers
+                await asyncio.to_thread(caller.wait_call_established, timeout=15)
+                caller.hangup()
+                await asyncio.to_thread(caller.wait_closed, timeout=5)
+            finally:
+                await ana.close()
+        assert ben.wait(timeout=30) == 0
+        failed = [e for e in bridge.log_events() if e.get("event") == "media_webrtc_failed"]
+        # (aiortc may have sent its first checks before it closed: then DTLS is what never came)
+        assert failed and ("ICE" in failed[0]["reason"] or "DTLS" in failed[0]["reason"])
+        answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]
+        assert [e["user_id"] for e in answered] == ["ben"]
