@@ -377,7 +377,9 @@ class LoginService:
     def _issue(self, user: User, session: _Session, cookie: str | None, now: float) -> Issued:
         left = max(1, int(session.expires - now))
         ttl = min(self.settings.access_ttl_seconds, left)
-        token = self._tokens.issue(user.id, ttl=ttl, sid=session.id, amr=["pwd"])
+        token = self._tokens.issue(
+            user.id, ttl=ttl, sid=session.id, amr=["pwd"], jti=secrets.token_urlsafe(9)
+        )
         return Issued(
             user=user,
             access_token=token,

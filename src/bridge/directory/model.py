@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from bridge.directory.schedule import ScheduleError, WeekRanges, parse_week
 
@@ -162,7 +163,8 @@ class User(_Frozen):
     sip: SipCredentials | None = None
     # The console password, as an argon2id hash (set with `PUT /api/v1/users/{id}/password`
     # or `bridge set-password`). Never shown by the API, never in a repr or a log line.
-    password_hash: Argon2idHash | None = Field(default=None, repr=False)
+    # Not in the API's schema either: bodies may not carry it.
+    password_hash: SkipJsonSchema[Argon2idHash | None] = Field(default=None, repr=False)
     working_hours: WeeklyHours | None = None
     timezone: TimeZoneName | None = None
     wrap_up_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
