@@ -6,6 +6,16 @@
 Tokens are signed with the bridge's `[auth] jwt_secret` (read from --config, or
 --jwt-secret), so it needs the same settings file as the bridge. Prints a summary of the
 offers at exit (after --seconds, or Ctrl-C).
+
+With audio (the SIP path, where apps are WebRTC peers of the bridge's media engine):
+
+    python -m sim.apps -c config/bridge.toml --users ava --play tone.wav \
+        --record-dir heard/ --seconds 60
+
+answers each offer with a WebRTC answer (aiortc), plays tone.wav into the call (looped;
+any rate or channel count, converted to 8 kHz mono) and writes what it heard to
+heard/<call_id>.wav, 8 kHz 16-bit mono, when the call ends. On the carrier path the app's
+audio is the carrier's voice SDK's, not this.
 """
 
 from __future__ import annotations
@@ -16,10 +26,11 @@ import contextlib
 import json
 import signal
 import sys
+from pathlib import Path
 
 from bridge.config import load_settings
 from bridge.tokens import TokenService
-from sim.apps.client import AnswerPolicy
+from sim.apps.client import AnswerPolicy, AppAudio
 from sim.apps.load import AppFleet
 
 
@@ -36,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", choices=["frame", "subprotocol", "query"], default="frame")
     parser.add_argument("--seconds", type=float, default=0, help="run time; 0: until Ctrl-C")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--play", help="a WAV file played (looped) into every call answered")
+    parser.add_argument(
+        "--record-dir", help="write what each call's app heard to DIR/<call_id>.wav (8 kHz mono)"
+    )
     return parser.parse_args(argv)
 
 
@@ -54,6 +69,19 @@ async def run(args: argparse.Namespace) -> int:
         reject_others=args.reject,
         seed=args.seed,
     )
+    audio = None
+    if args.play or args.record_dir:
+        from sim.apps.audio import load_pcm
+
+        record_dir = Path(args.record_dir) if args.record_dir else None
+        if record_dir is not None:
+            record_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            source = load_pcm(args.play) if args.play else bytes(320)
+        except (OSError, ValueError, EOFError) as exc:
+            print(f"--play {args.play}: {exc}", file=sys.stderr)
+            return 2
+        audio = AppAudio(source, record_dir)
     tokens = TokenService(secret)
     fleet = AppFleet(
         url,
@@ -62,6 +90,7 @@ async def run(args: argparse.Namespace) -> int:
         sessions_per_user=args.sessions,
         policy=policy,
         auth=args.auth,
+        audio=audio,
     )
     report = await fleet.connect()
     print(f"connected {report.connected} sessions, refused {len(report.refused)}", flush=True)

@@ -16,10 +16,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+if TYPE_CHECKING:
+    from sim.apps.audio import WebRtcPhone
 
 # "none": open without credentials and send no auth frame (tests of the auth timeout).
 AuthMode = Literal["frame", "subprotocol", "query", "none"]
@@ -54,6 +58,16 @@ class AnswerPolicy:
     def decide(self) -> tuple[bool, float]:
         accept = self.rng.random() < self.probability
         return accept, self.rng.uniform(self.delay_min, max(self.delay_min, self.delay_max))
+
+
+@dataclass
+class AppAudio:
+    """Answer with audio (the SIP path's WebRTC offers): play `source` (8 kHz 16-bit mono PCM,
+    looped) into every call accepted, and write what was heard to `record_dir/<call_id>.wav`
+    when the call ends (8 kHz mono)."""
+
+    source: bytes
+    record_dir: Path | None = None
 
 
 @dataclass
@@ -93,8 +107,12 @@ class AppClient:
         open_timeout: float = 10.0,
         compression: bool = False,
         keep_frames: bool = True,
+        audio: AppAudio | None = None,
     ) -> None:
         self.url = url
+        self.audio = audio
+        self.offers_sdp: dict[str, str] = {}  # the SDP of each offer still ringing
+        self.phones: dict[str, WebRtcPhone] = {}  # the audio of each call accepted
         self.token = token
         self.device = device
         self.auth_mode = auth
@@ -168,6 +186,12 @@ class AppClient:
                 await asyncio.wait_for(self._reader, 5)
         for task in list(self._tasks):
             task.cancel()
+        for call_id in list(self.phones):  # calls still up: keep what was heard so far
+            phone = self.phones.pop(call_id)
+            if self.audio is not None and self.audio.record_dir is not None:
+                phone.write_wav(self.audio.record_dir / f"{call_id}.wav")
+            with contextlib.suppress(Exception):
+                await phone.close()
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake (a crashed client)."""
@@ -266,6 +290,8 @@ class AppClient:
             self.stats.offers += 1
             self.stats.offer_at[call_id] = time.monotonic()
             self.ringing.add(call_id)
+            if isinstance(frame.get("sdp"), str):
+                self.offers_sdp[call_id] = frame["sdp"]
             if self.policy is not None:
                 self._spawn(self._answer(call_id))
         elif kind == "call.state" and frame.get("state") == "answered":
@@ -274,12 +300,31 @@ class AppClient:
             if sent is not None:
                 self.stats.won += 1
                 self.stats.accept_rtt.append(time.monotonic() - sent)
+        elif kind == "call.state" and frame.get("state") == "ended":
+            self._hang_up(call_id or "")
         elif kind == "call.ended":
             reason = str(frame.get("reason"))
             self.ringing.discard(call_id or "")
+            self.offers_sdp.pop(call_id or "", None)
+            self._hang_up(call_id or "")
             self.stats.ended[reason] = self.stats.ended.get(reason, 0) + 1
             if self._accept_sent.pop(call_id or "", None) is not None:
                 self.stats.lost += 1
+
+    async def _answer_with_audio(self, call_id: str) -> str:
+        from sim.apps.audio import WebRtcPhone  # aiortc: only for clients that answer with audio
+
+        assert self.audio is not None
+        phone = self.phones[call_id] = WebRtcPhone(self.audio.source)
+        return await phone.answer(self.offers_sdp.pop(call_id))
+
+    def _hang_up(self, call_id: str) -> None:
+        phone = self.phones.pop(call_id, None)
+        if phone is None:
+            return
+        if self.audio is not None and self.audio.record_dir is not None:
+            phone.write_wav(self.audio.record_dir / f"{call_id}.wav")
+        self._spawn(phone.close())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -294,7 +339,9 @@ class AppClient:
         if call_id not in self.ringing:  # ended (or answered elsewhere) while we waited
             return
         with contextlib.suppress(ConnectionClosed):
-            if accept:
+            if accept and self.audio is not None and call_id in self.offers_sdp:
+                await self.accept(call_id, sdp=await self._answer_with_audio(call_id))
+            elif accept:
                 await self.accept(call_id)
             elif self.policy.reject_others:
                 await self.reject(call_id)

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sim.apps.client import AnswerPolicy, AppClient, AuthMode, CallStats, Closed
+from sim.apps.client import AnswerPolicy, AppAudio, AppClient, AuthMode, CallStats, Closed
 
 
 @dataclass
@@ -33,8 +33,10 @@ class AppFleet:
         auth: AuthMode = "frame",
         connect_concurrency: int = 200,
         keep_frames: bool = False,
+        audio: AppAudio | None = None,
     ) -> None:
         self.url = url
+        self.audio = audio
         self.users = users
         self.token_for = token_for
         self.sessions_per_user = sessions_per_user
@@ -57,6 +59,7 @@ class AppFleet:
                 auth=self.auth,
                 policy=self.policy,
                 keep_frames=self.keep_frames,
+                audio=self.audio,
             )
             async with gate:
                 try:

@@ -12,6 +12,9 @@ frame and the offer keeps ringing; an app whose ICE never completes loses its ac
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from sim.apps.audio import WebRtcPhone
 from sim.apps.client import AppClient
 
 from tests.media.audio import tone, tones_in
-from tests.media.peers import BaresipPhone, needs_baresip
+from tests.media.peers import BaresipPhone, needs_baresip, write_wav
 from tests.sip.peers import trunk_bridge
 from tests.sip.test_apps_legs import app_session
 from tests.sip.test_sipp_calls import start_phone, wait_registered
@@ -164,3 +167,44 @@ async def test_an_app_whose_ice_never_completes_loses_and_the_next_layer_answers
         assert failed and ("ICE" in failed[0]["reason"] or "DTLS" in failed[0]["reason"])
         answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]
         assert [e["user_id"] for e in answered] == ["ben"]
+
+
+async def test_sim_apps_answers_with_a_wav_and_records_what_it_heard(tmp_path: Path) -> None:
+    played = write_wav(tmp_path / "app-tone.wav", tone(APP, 20.0))
+    heard_dir = tmp_path / "heard"
+    with (
+        trunk_bridge(tmp_path, directory()) as bridge,
+        BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+    ):
+        sim = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sim.apps", "-c", str(bridge.config), "--users", "ana",
+            "--play", str(played), "--record-dir", str(heard_dir), "--seconds", "12",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            assert sim.stdout is not None
+            line = b""
+            while b"connected" not in line:  # (warnings on stderr may come first)
+                line = await asyncio.wait_for(sim.stdout.readline(), 15)
+                assert line, "sim.apps ended before it connected"
+            assert b"connected 1 sessions" in line, line
+            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+            await asyncio.to_thread(caller.wait_call_established, timeout=15)
+            await asyncio.sleep(3.0)
+            caller.hangup()
+            await asyncio.to_thread(caller.wait_closed, timeout=5)
+            output, _ = await asyncio.wait_for(sim.communicate(), 30)
+        finally:
+            if sim.returncode is None:
+                sim.kill()
+                await sim.wait()
+        assert sim.returncode == 0, output
+        summary = json.loads(output.decode().strip().splitlines()[-1])
+        assert summary["won"] == 1, summary
+        [recorded] = list(heard_dir.glob("*.wav"))
+        with wave.open(str(recorded), "rb") as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (8000, 1, 2)
+            heard = wav.readframes(wav.getnframes())
+        assert len(heard) > 2 * 8000 * 2
+        assert tones_in(heard, TONES) == {CALLER}
+        assert tones_in(caller.received_audio(), TONES) == {APP}
