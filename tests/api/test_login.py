@@ -134,6 +134,12 @@ def test_login_answers_an_access_token_and_a_refresh_cookie(lb: Bridge) -> None:
     assert line["client"] == "testclient" and line["session"] == claims["sid"]
 
 
+def test_the_demo_users_log_in_with_the_documented_passwords(lb: Bridge) -> None:
+    # config/directory.yaml's comment and the README's quick start name them.
+    response = login(lb, "sam@example.com", "sam-demo-password")
+    assert response.status_code == 200 and response.json()["user"]["id"] == "sam"
+
+
 def test_the_cookie_is_secure_behind_https(
     login_bridge: Callable[..., Bridge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
