@@ -221,8 +221,13 @@ class LoginService:
         if account_locked:
             raise self._locked(account_locked)
 
+        self.passwords.warm()  # the first attempt costs the same whoever it names
         matched = self.passwords.verify(user.password_hash if user else None, password)
         now = self.clock()
+        # Attempts that were hashing while the lock fell learn nothing: not even a match.
+        locked = self._locked_now(account, address, now)
+        if locked:
+            raise self._locked(locked)
         if not matched:
             self._failed(user, account, address, client, now, "login")
             raise LoginRefused(401, WRONG_CREDENTIALS)
@@ -307,9 +312,14 @@ class LoginService:
             raise self._locked(locked)
         if not user.password_hash:
             raise LoginRefused(409, "no password is set for you: ask an admin to set one")
-        if not self.passwords.verify(user.password_hash, password):
-            address = f"ip:{client or 'unknown'}"
-            self._failed(user, account, address, client, self.clock(), "change_password")
+        matched = self.passwords.verify(user.password_hash, password)
+        address = f"ip:{client or 'unknown'}"
+        now = self.clock()
+        locked = self._locked_now(account, address, now)
+        if locked:
+            raise self._locked(locked)
+        if not matched:
+            self._failed(user, account, address, client, now, "change_password")
             raise LoginRefused(403, "the current password is wrong")
 
     # -- sessions --------------------------------------------------------------------------
@@ -388,6 +398,12 @@ class LoginService:
             refresh=cookie,
             refresh_max_age=left,
         )
+
+    def _locked_now(self, account: str, address: str, now: float) -> float:
+        with self._lock:
+            return max(
+                self._accounts.locked_for(account, now), self._addresses.locked_for(address, now)
+            )
 
     def _locked(self, seconds: float) -> LoginRefused:
         wait = max(1, math.ceil(seconds))

@@ -50,10 +50,15 @@ class Passwords:
         with self._slots:
             return self.hasher.hash(password)
 
+    def warm(self) -> None:
+        """Make the dummy hash now (the first login pays for it, whoever it names)."""
+        if self._dummy is None:
+            self._dummy = self.hash(secrets.token_urlsafe(24))
+
     def verify(self, stored: str | None, password: str) -> bool:
         """True when `password` matches `stored`; None (no hash) costs the same and is False."""
-        if stored is None and self._dummy is None:
-            self._dummy = self.hash(secrets.token_urlsafe(24))
+        if stored is None:
+            self.warm()
         with self._slots:
             try:
                 return self.hasher.verify(stored or self._dummy, password) and stored is not None

@@ -4,6 +4,7 @@ hashes never shown."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from argon2 import PasswordHasher
 from structlog.testing import capture_logs
 
+from bridge.logins import LoginRefused
 from bridge.passwords import Passwords
 from tests.api.helpers import API, assert_unchanged, snapshot
 from tests.conftest import Bridge
@@ -220,6 +222,30 @@ def test_failures_lock_the_account_for_a_while_and_are_audited(lb: Bridge) -> No
     assert login(lb, "bob@example.com", "bob-long-password").status_code == 200
     clock(lb).now += 61
     assert login(lb).status_code == 200
+
+
+def test_an_attempt_checked_while_the_lock_fell_learns_nothing(
+    lb: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guesses sent at once are hashed one after the other: those still hashing when the
+    account locks answer 429 too, even the right one (they cannot tell it matched)."""
+    logins = lb.ctx.logins
+    assert logins is not None
+    counting = hasher(lb)
+    original = counting.verify
+    others: list[int] = []
+
+    def verify(hash: str | bytes, password: str | bytes) -> bool:
+        if not others:  # meanwhile, five wrong guesses from elsewhere lock the account
+            others.append(1)
+            for _ in range(5):
+                with contextlib.suppress(LoginRefused):
+                    logins.login(ALICE_EMAIL, "someone-else-guessing", "198.51.100.7")
+        return original(hash, password)
+
+    monkeypatch.setattr(counting, "verify", verify)
+    response = login(lb)
+    assert response.status_code == 429 and response.headers["retry-after"] == "900"
 
 
 def test_failures_outside_the_window_do_not_add_up(lb: Bridge) -> None:
