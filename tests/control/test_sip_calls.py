@@ -29,7 +29,7 @@ from structlog.testing import capture_logs
 
 from bridge.api.app import create_app
 from bridge.calls.registry import LiveCall
-from bridge.sip.supervision import CLIENT_NEEDS_WEBRTC, NEEDS_MEDIA
+from bridge.sip.supervision import NEEDS_MEDIA
 
 # The in-process bridge's API secret is a short test one.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -204,13 +204,14 @@ async def test_with_the_engine_what_cannot_be_done_is_a_409_with_the_reason(
 
 
 @pytest.mark.parametrize("bridge", ["embedded"], indirect=True)
-async def test_with_the_engine_an_app_or_a_phoneless_supervisor_is_refused(
+async def test_with_the_engine_a_sessionless_or_phoneless_supervisor_is_refused(
     bridge: InprocBridge, http: httpx.AsyncClient
 ) -> None:
     call = answered_sip_call(bridge)
     path = f"/api/v1/calls/{call.call_id}/monitor"
     client = await http.post(path, json={"mode": "listen"}, headers=auth(bridge, "sam"))
-    assert (client.status_code, client.json()["detail"]) == (409, CLIENT_NEEDS_WEBRTC)
+    assert client.status_code == 409  # on the app (WebRTC), but sam has no app session
+    assert client.json()["detail"] == "the supervisor has no app session connected"
     phoneless = await http.post(
         path, json={"mode": "listen", "via": "ip_phone"}, headers=auth(bridge, "sam")
     )

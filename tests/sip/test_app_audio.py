@@ -31,8 +31,8 @@ from tests.sip.test_sipp_register import ha1
 pytestmark = needs_baresip
 
 LINE, LAYERED = "+15550100", "+15550101"
-CALLER, APP = 440.0, 1000.0
-TONES = [CALLER, APP]
+CALLER, APP, SUPERVISOR = 440.0, 1000.0, 2000.0
+TONES = [CALLER, APP, SUPERVISOR]
 
 
 def directory() -> dict[str, Any]:
@@ -41,6 +41,13 @@ def directory() -> dict[str, Any]:
         "users": [
             {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
             {"id": "ana", "name": "Ana", "answer_by": "apps"},
+            {
+                "id": "sam",
+                "name": "Sam",
+                "role": "supervisor",
+                "answer_by": "will_not_answer",
+                "permissions": ["barge_whisper"],
+            },
             {
                 "id": "ben",
                 "name": "Ben",
@@ -208,3 +215,88 @@ async def test_sim_apps_answers_with_a_wav_and_records_what_it_heard(tmp_path: P
         assert len(heard) > 2 * 8000 * 2
         assert tones_in(heard, TONES) == {CALLER}
         assert tones_in(caller.received_audio(), TONES) == {APP}
+
+
+async def test_a_supervisor_barges_from_their_app_then_whispers_then_leaves(
+    tmp_path: Path,
+) -> None:
+    with (
+        trunk_bridge(tmp_path, directory()) as bridge,
+        BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+    ):
+        ana, sam = await app_session(bridge, "ana"), await app_session(bridge, "sam")
+        agent, supervisor = WebRtcPhone(tone(APP, 60.0)), WebRtcPhone(tone(SUPERVISOR, 60.0))
+        try:
+            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+            offer = await offer_for(ana)
+            call_id = offer["call_id"]
+            await ana.accept(call_id, sdp=await agent.answer(offer["sdp"]))
+            await ana.expect("call.state", timeout=15, call_id=call_id, state="answered")
+            await asyncio.to_thread(caller.wait_call_established, timeout=10)
+
+            joined = await sam.request("call.monitor", call_id=call_id, mode="barge")
+            assert joined["type"] == "ack", joined
+            assert joined["result"]["via"] == "client" and joined["result"]["status"] == "dialing"
+            # (pushed before the ack: `request` skipped it in the queue, `frames` has it)
+            [monitor_offer] = sam.received("monitor.offer")
+            assert monitor_offer["call_id"] == call_id
+            assert monitor_offer["mode"] == "barge" and "a=ice-lite" in monitor_offer["sdp"]
+            answered = await sam.request(
+                "monitor.answer", call_id=call_id, sdp=await supervisor.answer(monitor_offer["sdp"])
+            )
+            assert answered["type"] == "ack", answered
+            assert answered["result"]["status"] == "in-progress"
+            listed = bridge.api("/api/v1/calls")[0]
+            assert listed["monitors"]["sam"]["via"] == "client"
+
+            await asyncio.sleep(1.0)
+            marks = (agent.mark(), supervisor.mark())
+            await asyncio.sleep(2.5)
+            barge = (agent.heard[marks[0] :], supervisor.heard[marks[1] :])
+            switched = await sam.request("call.monitor", call_id=call_id, mode="whisper")
+            assert switched["type"] == "ack" and switched["result"]["mode"] == "whisper"
+            await asyncio.sleep(0.5)
+            marks = (agent.mark(), supervisor.mark())
+            await asyncio.sleep(2.5)
+            whisper = (agent.heard[marks[0] :], supervisor.heard[marks[1] :])
+            left = await sam.request("call.monitor", call_id=call_id, mode="stop")
+            assert left["type"] == "ack"
+            [ended] = sam.received("monitor.ended")
+            assert ended["call_id"] == call_id and ended["reason"] == "stopped"
+            caller.hangup()
+            await asyncio.to_thread(caller.wait_closed, timeout=5)
+        finally:
+            for phone in (agent, supervisor):
+                await phone.close()
+            await ana.close()
+            await sam.close()
+        # barge: everybody hears everybody; whisper: the agent hears the supervisor, the
+        # supervisor hears both, and the caller never hears the supervisor after the switch
+        assert tones_in(barge[0], TONES) == {CALLER, SUPERVISOR}
+        assert tones_in(barge[1], TONES) == {CALLER, APP}
+        assert tones_in(whisper[0], TONES) == {CALLER, SUPERVISOR}
+        assert tones_in(whisper[1], TONES) == {CALLER, APP}
+        assert SUPERVISOR in tones_in(caller.received_audio(), TONES)  # from the barge
+
+
+async def test_a_supervisor_without_an_app_session_is_refused(tmp_path: Path) -> None:
+    with (
+        trunk_bridge(tmp_path, directory()) as bridge,
+        BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+    ):
+        ana = await app_session(bridge, "ana")
+        agent = WebRtcPhone(tone(APP, 30.0))
+        try:
+            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+            offer = await offer_for(ana)
+            await ana.accept(offer["call_id"], sdp=await agent.answer(offer["sdp"]))
+            await ana.expect("call.state", timeout=15, call_id=offer["call_id"], state="answered")
+            status, body = bridge.request(
+                "POST", f"/api/v1/calls/{offer['call_id']}/monitor", {"mode": "listen"}, user="sam"
+            )
+            assert status == 409 and "no app session" in body["detail"]
+            caller.hangup()
+            await asyncio.to_thread(caller.wait_closed, timeout=5)
+        finally:
+            await agent.close()
+            await ana.close()

@@ -179,6 +179,15 @@ class AppOffers(Protocol):
         """The user answered some other way (the carrier's voice SDK): offer over."""
         ...
 
+    def offer_monitor(self, call_id: str, user_id: str, mode: str, sdp: str) -> int:
+        """A supervisor's join on their apps (SIP path): the engine's WebRTC offer to every
+        session of theirs (`monitor.offer`); how many sessions got it."""
+        ...
+
+    def end_monitor(self, call_id: str, user_id: str, reason: str) -> None:
+        """That join is over (`monitor.ended`): the apps close their peer connection."""
+        ...
+
 
 # -- supervision (listen / whisper / barge, recording) -------------------------------------
 
@@ -215,6 +224,12 @@ class Supervision(Protocol):
 
     async def switch(self, call_id: str, user_id: str, mode: str) -> MonitorView:
         """The supervisor's session to another mode, live (nothing to do if it is in it)."""
+        ...
+
+    async def answer_monitor(self, call_id: str, user_id: str, sdp: str) -> MonitorView:
+        """The supervisor's app answered the WebRTC offer of a `via="client"` join on the SIP
+        path: in the call once its audio is up. `AnswerUnusable` for an SDP that cannot be
+        used; `NotPossibleNow` when no such join waits for an answer."""
         ...
 
     async def leave(self, call_id: str, user_id: str) -> None:

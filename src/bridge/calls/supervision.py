@@ -56,6 +56,11 @@ class NotPossibleNow(SupervisionError):
     """The call could take it, but not in its present state."""
 
 
+class AnswerUnusable(SupervisionError):
+    """The supervisor app's SDP answer cannot be used (not SDP, no ICE credentials or
+    fingerprint, no common codec)."""
+
+
 class SupervisionUnavailable(SupervisionError):
     """The path cannot supervise any call now (the carrier's REST API is not configured)."""
 
@@ -171,6 +176,9 @@ class Unsupervised:
     async def switch(self, call_id: str, user_id: str, mode: str) -> MonitorView:
         raise NotSupportedOnCall(self.reason)
 
+    async def answer_monitor(self, call_id: str, user_id: str, sdp: str) -> MonitorView:
+        raise NotSupportedOnCall(self.reason)
+
     async def leave(self, call_id: str, user_id: str) -> None:
         raise NotSupportedOnCall(self.reason)
 
@@ -233,6 +241,9 @@ class SupervisionByPath:
 
     async def switch(self, call_id: str, user_id: str, mode: str) -> MonitorView:
         return await self.of(call_id).switch(call_id, user_id, mode)
+
+    async def answer_monitor(self, call_id: str, user_id: str, sdp: str) -> MonitorView:
+        return await self.of(call_id).answer_monitor(call_id, user_id, sdp)
 
     async def leave(self, call_id: str, user_id: str) -> None:
         await self.of(call_id).leave(call_id, user_id)

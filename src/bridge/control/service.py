@@ -39,6 +39,7 @@ from bridge.calls.supervision import (
     MONITOR_MODES,
     MONITOR_VIA,
     PAUSE_BEHAVIORS,
+    AnswerUnusable,
     MonitorView,
     SupervisableCall,
     SupervisionError,
@@ -151,6 +152,8 @@ class _Attempt:
 
 def _control_error(error: SupervisionError) -> ControlError:
     """The supervision's error as the control's value."""
+    if isinstance(error, AnswerUnusable):
+        return Invalid(error.reason)
     if isinstance(error, SupervisionFailed):
         return UpstreamFailed(error.reason)
     if isinstance(error, SupervisionUnavailable):
@@ -229,6 +232,20 @@ class ControlService:
             _whisper_possible(call, mode)
             if mode != session.mode:
                 session = await self.supervision.switch(call_id, user.id, mode)
+            return {"call_id": call_id, **session.to_dict()}
+
+    async def answer_monitor(
+        self, user: User, call_id: str, sdp: str, *, origin: str | None = "ws"
+    ) -> dict[str, Any]:
+        """The supervisor's own app answers the offer of their `via="client"` join (SIP path):
+        no permission beyond being that supervisor, whose join was checked and audited."""
+        async with _Attempt(
+            self, user, Action.MONITOR_CALLS, "monitor_answer", "answer", call_id, origin
+        ) as attempt:
+            attempt.allowed = True
+            call = self._live_call(call_id)
+            _session(call, user)
+            session = await self.supervision.answer_monitor(call_id, user.id, sdp)
             return {"call_id": call_id, **session.to_dict()}
 
     async def stop_monitor(self, user: User, call_id: str, *, origin: str | None = None) -> None:

@@ -948,6 +948,8 @@ class SipCalls:
         """Ring the supervisor; they join in `mode` when they answer (`monitor.answered`)."""
         if self.media is None:
             raise MediaError("no media engine")
+        if via == "client":
+            return self._offer_supervisor_app(call, user_id, mode)
         targets: list[tuple[str, Address, str]] = []
         if via == "ip_phone":
             for binding in self.bindings.reachable_bindings(user_id, self._now()):
@@ -991,6 +993,57 @@ class SipCalls:
         )
         log.info("sip_monitor_dialed", user_id=user_id, mode=mode, via=via)
         return monitor
+
+    def _offer_supervisor_app(self, call: SipCall, user_id: str, mode: str) -> SipMonitor:
+        """`via="client"`: the engine's WebRTC offer to every app session of the supervisor
+        (`monitor.offer`); they join once an app answers (`answer_supervisor`) and its audio
+        is up."""
+        assert self.media is not None
+        offers = self.runner.offers
+        if offers is None:
+            raise MediaError("this daemon has no app sessions (WebSocket) to reach the supervisor")
+        leg = supervisor_leg(user_id)
+        sdp = self.media.offer(call.call_id, leg, like=CALLER_LEG, webrtc=True)
+        if not offers.offer_monitor(call.call_id, user_id, mode, sdp):
+            self.media.release(call.call_id, leg)
+            raise MediaError("the supervisor has no app session connected")
+        monitor = SipMonitor(user_id, mode, "client", f"client:{user_id}")
+        monitor.answered = asyncio.get_running_loop().create_future()
+        call.monitors[user_id] = monitor
+        monitor.timer = self._schedule(
+            self._now() + self.media_options.monitor_ring_seconds,
+            lambda: self._monitor_ring_timeout(call, monitor),
+        )
+        log.info("sip_monitor_offered", user_id=user_id, mode=mode, via="client")
+        return monitor
+
+    async def answer_supervisor(self, call: SipCall, monitor: SipMonitor, sdp: str) -> None:
+        """The supervisor's app answered its `monitor.offer`: in the call in its mode once
+        the audio is up. `AnswerRefused` for an unusable answer (the offer still waits),
+        `MediaError` when the audio could not be set up (the join is over)."""
+        media = self.media
+        assert media is not None
+        try:
+            media.accept(call.call_id, monitor.leg, sdp)
+        except MediaError as exc:
+            raise AnswerRefused(f"the SDP answer cannot be used: {exc.reason}") from None
+        if media.connecting(call.call_id, monitor.leg):
+            future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            self._connecting[(call.call_id, monitor.leg)] = future
+            failed = await future
+            if failed is not None:
+                self._end_monitor(call, monitor, bye=False, why=failed)
+                raise MediaError(failed)
+        if call.monitors.get(monitor.user_id) is not monitor or monitor.status != "dialing":
+            raise MediaError("the join was given up meanwhile")
+        media.monitor(call.call_id, monitor.leg, monitor.mode)
+        monitor.status = "in-progress"
+        if monitor.timer is not None:
+            self._cancel_timer(monitor.timer)
+            monitor.timer = None
+        log.info("sip_monitor_joined", user_id=monitor.user_id, mode=monitor.mode, via="client")
+        if not monitor.answered.done():
+            monitor.answered.set_result(True)
 
     def _monitor_ring_timeout(self, call: SipCall, monitor: SipMonitor) -> None:
         monitor.timer = None
@@ -1070,6 +1123,11 @@ class SipCalls:
                     log.info("sip_monitor_bye_skipped", error=str(exc))
         if self.media is not None:
             self.media.release(call.call_id, monitor.leg)
+        future = self._connecting.pop((call.call_id, monitor.leg), None)
+        if future is not None and not future.done():
+            future.set_result(why)
+        if monitor.via == "client" and self.runner.offers is not None:
+            self.runner.offers.end_monitor(call.call_id, monitor.user_id, why)
         if monitor.answered is not None and not monitor.answered.done():
             monitor.answered.set_exception(MediaError(why))
         log.info("sip_monitor_left", user_id=monitor.user_id, was=previous, why=why)

@@ -27,8 +27,10 @@ import structlog
 
 from bridge.calls.events import CallState
 from bridge.calls.media import MediaError, MediaEvent, RecordingFailed
+from bridge.calls.ports import AnswerRefused
 from bridge.calls.registry import CallRegistry
 from bridge.calls.supervision import (
+    AnswerUnusable,
     MonitorView,
     NotPossibleNow,
     NotSupportedOnCall,
@@ -47,7 +49,7 @@ NEEDS_MEDIA = (
     "which this daemon does not run ([media] engine = \"none\")"
 )
 CLIENT_NEEDS_WEBRTC = (
-    "a supervisor's app cannot join a SIP call yet (browser audio comes with WebRTC legs): "
+    "this media engine has no WebRTC legs, so a supervisor's app cannot join a SIP call: "
     "use via ip_phone (a registered desk phone) or phone_number"
 )
 NOT_ANSWERED = "the call is not answered yet"
@@ -123,7 +125,7 @@ class SipSupervision:
     ) -> MonitorView:
         sip, call = self._answered(call_id)
         self._capable(sip, "monitor")
-        if via == "client":
+        if via == "client" and not (sip.media is not None and sip.media.capabilities().webrtc):
             raise NotSupportedOnCall(CLIENT_NEEDS_WEBRTC)
         if user_id in call.monitors:
             raise NotPossibleNow(f"user {user_id!r} already monitors this call")
@@ -131,6 +133,19 @@ class SipSupervision:
             monitor = sip.dial_supervisor(call, user_id, mode, via, number)
         except MediaError as exc:
             raise NotPossibleNow(exc.reason) from None
+        return _monitor_view(monitor)
+
+    async def answer_monitor(self, call_id: str, user_id: str, sdp: str) -> MonitorView:
+        sip, call = self._live(call_id)
+        monitor = call.monitors.get(user_id)
+        if monitor is None or monitor.via != "client" or monitor.status != "dialing":
+            raise NotPossibleNow(f"no join of user {user_id!r} waits for an answer on this call")
+        try:
+            await sip.answer_supervisor(call, monitor, sdp)
+        except AnswerRefused as exc:
+            raise AnswerUnusable(exc.reason) from None
+        except MediaError as exc:
+            raise SupervisionFailed(exc.reason) from None
         return _monitor_view(monitor)
 
     async def switch(self, call_id: str, user_id: str, mode: str) -> MonitorView:

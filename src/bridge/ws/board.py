@@ -42,6 +42,7 @@ from bridge.ws.schemas import (
     CallsUpdate,
     ErrorFrame,
     FrameId,
+    MonitorAnswer,
     MonitorMode,
 )
 from bridge.ws.sessions import Session
@@ -138,7 +139,10 @@ class Board:
 
     # -- supervisor controls ---------------------------------------------------------------
     async def control(
-        self, user: User, frame: CallMonitor | CallRecording, service: ControlService | None
+        self,
+        user: User,
+        frame: CallMonitor | CallRecording | MonitorAnswer,
+        service: ControlService | None,
     ) -> Ack:
         """`call.monitor` / `call.recording` through the control service the HTTP API uses: the
         same permission checks, call checks, audit (`origin="ws"`) and carrier commands. The
@@ -147,8 +151,12 @@ class Board:
         if service is None:
             raise FrameError(ErrorCode.UNAVAILABLE, "call controls are not part of this daemon")
         try:
-            if isinstance(frame, CallRecording):
-                result: dict[str, Any] | None = await service.recording(
+            if isinstance(frame, MonitorAnswer):
+                result: dict[str, Any] | None = await service.answer_monitor(
+                    user, frame.call_id, frame.sdp
+                )
+            elif isinstance(frame, CallRecording):
+                result = await service.recording(
                     user, frame.call_id, frame.action.value, frame.pause_behavior, origin="ws"
                 )
             elif frame.mode is MonitorMode.STOP:
@@ -164,6 +172,9 @@ class Board:
                     user, frame.call_id, frame.mode.value, frame.via, origin="ws"
                 )
         except ControlError as exc:
+            if isinstance(frame, MonitorAnswer) and exc.kind is ControlErrorKind.INVALID:
+                # an unusable answer, as for `call.accept`
+                raise FrameError(ErrorCode.INVALID_FRAME, exc.reason, "sdp") from None
             raise FrameError(_error_code(exc), exc.reason) from None
         return Ack(id=frame.id, result=result)
 

@@ -57,6 +57,8 @@ from bridge.ws.schemas import (
     CallStateFrame,
     CallStateName,
     FrameId,
+    MonitorEnded,
+    MonitorOffer,
 )
 from bridge.ws.sessions import Session
 
@@ -169,6 +171,19 @@ class OfferService:
         for session in sessions:
             session.send(offer.text, "call.offer")
         return OfferStatus.DELIVERED if sessions else OfferStatus.PENDING
+
+    def offer_monitor(self, call_id: str, user_id: str, mode: str, sdp: str) -> int:
+        """A supervisor's `monitor.offer` to every session of theirs; how many got it."""
+        text = MonitorOffer(call_id=call_id, mode=mode, sdp=sdp).text()
+        sessions = self._hub.sessions_of(user_id)
+        for session in sessions:
+            session.send(text, "monitor.offer")
+        return len(sessions)
+
+    def end_monitor(self, call_id: str, user_id: str, reason: str) -> None:
+        text = MonitorEnded(call_id=call_id, reason=reason).text()
+        for session in self._hub.sessions_of(user_id):
+            session.send(text, "monitor.ended")
 
     def end_offer(
         self,

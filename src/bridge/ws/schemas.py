@@ -60,7 +60,7 @@ class PresenceSet(_ClientFrame):
 class CallAccept(_ClientFrame):
     type: Literal["call.accept"]
     call_id: CallId
-    # The answer SDP on the SIP path (the offer carried the caller's).
+    # The app's WebRTC answer to the offer's SDP, on the SIP path.
     sdp: Sdp | None = None
 
 
@@ -97,6 +97,16 @@ class CallMonitor(_ClientFrame):
     via: MonitorVia = "client"
 
 
+class MonitorAnswer(_ClientFrame):
+    """The supervisor's app answers a `monitor.offer` (its WebRTC answer SDP): once its audio
+    is up the supervisor is in the call in the mode asked, and the `ack` carries the
+    monitoring session."""
+
+    type: Literal["monitor.answer"]
+    call_id: CallId
+    sdp: Sdp
+
+
 class RecordingAction(StrEnum):
     START = "start"
     PAUSE = "pause"
@@ -123,6 +133,7 @@ ClientFrame = Annotated[
     | CallsSubscribe
     | CallsUnsubscribe
     | CallMonitor
+    | MonitorAnswer
     | CallRecording,
     Field(discriminator="type"),
 ]
@@ -136,6 +147,7 @@ CLIENT_MODELS: tuple[type[_ClientFrame], ...] = (
     CallsSubscribe,
     CallsUnsubscribe,
     CallMonitor,
+    MonitorAnswer,
     CallRecording,
 )
 # The `type` of every client frame (metrics label only these, never what a client sent).
@@ -209,7 +221,7 @@ class CallOffer(_ServerFrame):
     line: str | None = None
     ring_group: str | None = None
     expires_at: datetime
-    sdp: str | None = None  # the caller's SDP on the SIP path
+    sdp: str | None = None  # the bridge's WebRTC offer for this user, on the SIP path
 
 
 class CallStateName(StrEnum):
@@ -240,6 +252,26 @@ class CallEndedFrame(_ServerFrame):
     call_id: str
     reason: LegReason
     answered_by: AnsweredBy | None = None
+
+
+class MonitorOffer(_ServerFrame):
+    """A supervisor joins a SIP call on their app (`via: client`): the bridge's WebRTC offer,
+    to answer with `monitor.answer` (every session of the user gets it; the first answer
+    counts)."""
+
+    type: Literal["monitor.offer"] = "monitor.offer"
+    call_id: str
+    mode: str  # listen, whisper, barge
+    sdp: str
+
+
+class MonitorEnded(_ServerFrame):
+    """The supervisor's session on the call is over (they left, the call ended, or its audio
+    could not be set up): close the peer connection."""
+
+    type: Literal["monitor.ended"] = "monitor.ended"
+    call_id: str
+    reason: str
 
 
 class BoardCall(BaseModel):
@@ -307,6 +339,8 @@ ServerFrame = Annotated[
     | CallOffer
     | CallStateFrame
     | CallEndedFrame
+    | MonitorOffer
+    | MonitorEnded
     | CallsBoard
     | CallsUpdate
     | Ack

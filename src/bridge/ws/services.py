@@ -59,6 +59,7 @@ from bridge.ws.schemas import (
     FrameId,
     Heartbeat,
     Limits,
+    MonitorAnswer,
     Ping,
     Pong,
     PresenceFrame,
@@ -351,7 +352,7 @@ class Gateway:
         elif isinstance(frame, CallsUnsubscribe):
             self.board.unsubscribe(session)
             session.send(Ack(id=frame.id).text(), "ack")
-        elif isinstance(frame, CallMonitor | CallRecording):
+        elif isinstance(frame, CallMonitor | CallRecording | MonitorAnswer):
             # The control service is the daemon's (`ctx.control`, as the HTTP routes find it).
             # It may wait for the carrier (up to the REST client's retry budget): run it beside
             # the session's reading, after the session's previous control (Barge then Leave
@@ -371,7 +372,7 @@ class Gateway:
         self,
         session: Session,
         user: User,
-        frame: CallMonitor | CallRecording,
+        frame: CallMonitor | CallRecording | MonitorAnswer,
         control: Any,
         previous: asyncio.Task[None] | None,
     ) -> None:

@@ -136,6 +136,11 @@ class TwilioSupervision:
             call.conference_sid = made.conference_sid
         return _monitor_view(call, session)
 
+    async def answer_monitor(self, call_id: str, user_id: str, sdp: str) -> MonitorView:
+        raise NotSupportedOnCall(
+            "on the carrier path the supervisor's app joins through the voice SDK, not an SDP"
+        )
+
     async def switch(self, call_id: str, user_id: str, mode: str) -> MonitorView:
         rest = self._rest()
         call = self._call(call_id)
