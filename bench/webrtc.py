@@ -72,7 +72,7 @@ Per step (N calls), in order:
    bench/media.py's (`_delays`, `Bench._fill`). A step passes with zero loss and PDV p99 <
    --max-jitter-ms; a failed set-up (a leg not up within --connect-timeout) fails it too.
 
-`--find-max` steps N up (--max-steps: 50, 100, 200, 300, 400, 500) for each engine, the
+`--find-max` steps N up (--max-steps: 50, 100, 200, 300, 400, 500, 750) for each engine, the
 engines taking turns, runs a failing step once more (--retries, 1; not when the generator
 saturated) and stops an engine at its first step no run passes. The summary: per engine the
 largest passing N (WebRTC legs bridged to RTP on one core), the CPU per relayed packet there
@@ -150,7 +150,7 @@ from media import (
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SAVPF = "UDP/TLS/RTP/SAVPF"
-FIND_MAX_STEPS = (50, 100, 200, 300, 400, 500)
+FIND_MAX_STEPS = (50, 100, 200, 300, 400, 500, 750)
 CONSENT_SECONDS = 5.0  # RFC 7675: a browser's consent check on each leg every ~5 s
 CHECK_RETRY = 0.1  # s between an unanswered check and the next
 SRTP_BYTES = PACKET_BYTES + 10  # AES_CM_128_HMAC_SHA1_80's tag
@@ -775,15 +775,25 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
         elif word in ("quit", ""):
             done.set()
 
-    def command() -> None:
-        task = loop.create_task(handle(sys.stdin.readline()))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    pending = bytearray()
+    stdin = sys.stdin.fileno()
 
-    loop.add_reader(sys.stdin.fileno(), command)
+    def command() -> None:
+        # os.read, not readline: the loop may have made the pipe non-blocking, and an `accept`
+        # line (every answer) is larger than the pipe's buffer
+        chunk = os.read(stdin, 1 << 20)
+        pending.extend(chunk if chunk else b"quit\n")
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            task = loop.create_task(handle(line.decode()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    loop.add_reader(stdin, command)
     emit({"pid": os.getpid()})
     await done.wait()
-    loop.remove_reader(sys.stdin.fileno())
+    loop.remove_reader(stdin)
     if policy is not None:
         policy.stop()
     media.stop()
