@@ -168,6 +168,7 @@ def build_context(
     )
     ws.use_control(control)  # call-control frames use the same service as the HTTP routes
     runner.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
+    ws.offers.hangup_call = runner.app_hangup  # and hang up the call they answered there
     return AppContext(
         settings=settings,
         store=store,

@@ -56,11 +56,11 @@ def free_port() -> int:
 class Chromium:
     """The browser process (its own process group, killed whole by `stop`)."""
 
-    def __init__(self, profile: Path, log: Path) -> None:
+    def __init__(self, profile: Path, log: Path, extra_flags: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.log = log
         with log.open("w") as out:
-            command = [str(CHROMIUM), *FLAGS, f"--remote-debugging-port={self.port}"]
+            command = [str(CHROMIUM), *FLAGS, *extra_flags, f"--remote-debugging-port={self.port}"]
             command += [f"--user-data-dir={profile}", "about:blank"]
             self.process = subprocess.Popen(
                 command,

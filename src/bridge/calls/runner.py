@@ -484,6 +484,21 @@ class CallRunner:
             self.leg_failed(call, call.app_legs[user_id], LegFailure.MEDIA_FAILED)
         return False
 
+    def app_hangup(self, call_id: str, user_id: str) -> str | None:
+        """The app user who answered the call hangs up (`call.hangup`): None when done, else
+        why not (on the carrier path the voice SDK hangs up, where it answered)."""
+        call = self._calls.get(call_id)
+        if call is None or call.app_winner != user_id:
+            return "no call with that id is answered by you"
+        if not call.driver.app_accept_answers:
+            return "hang up carrier calls in the carrier's voice SDK, where they were answered"
+        if call.machine.state is not CallState.ANSWERED:
+            return "the call is not answered"
+        with call_context(call_id):
+            log.info(f"{call.path}_app_hangup", user_id=user_id)
+            self.hangup(call, Side.CALLEE)
+        return None
+
     def on_reject(self, call_id: str, user_id: str, session_id: str) -> None:
         self._app_leg_failed(call_id, user_id, LegFailure.REJECTED)
 

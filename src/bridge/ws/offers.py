@@ -49,9 +49,11 @@ from bridge.calls.ports import Answerer, AnswerRefused, OfferListener
 from bridge.observability.metrics import Metrics
 from bridge.ws.exceptions import ErrorCode, FrameError
 from bridge.ws.schemas import (
+    Ack,
     AnsweredBy,
     CallAccept,
     CallEndedFrame,
+    CallHangup,
     CallOffer,
     CallReject,
     CallStateFrame,
@@ -133,6 +135,8 @@ class OfferService:
         self._ended: OrderedDict[tuple[str, str], tuple[LegReason, AnsweredBy | None]] = (
             OrderedDict()
         )
+        # `call.hangup`: (call id, user id) -> None when hung up, else why not (the runner's)
+        self.hangup_call: Callable[[str, str], str | None] | None = None
 
     # -- the call layer's API --------------------------------------------------------------
     def offer(
@@ -311,6 +315,19 @@ class OfferService:
             return
         reason, answered_by = offer.deferred or (LegReason.ANSWERED_ELSEWHERE, None)
         self._finish(offer, reason, answered_by)
+
+    def hangup(self, session: Session, frame: CallHangup) -> None:
+        """The user ends the call they answered in the app (the caller gets a BYE); the
+        `call.state ended` that follows goes to every session of theirs."""
+        assert session.user_id is not None
+        refused = (
+            self.hangup_call(frame.call_id, session.user_id)
+            if self.hangup_call is not None
+            else "calls are not hung up here"
+        )
+        if refused is not None:
+            raise FrameError(ErrorCode.NOT_FOUND, refused)
+        session.send(Ack(id=frame.id).text(), "ack")
 
     def reject(self, session: Session, frame: CallReject) -> None:
         assert session.user_id is not None

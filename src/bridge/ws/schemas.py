@@ -69,6 +69,13 @@ class CallReject(_ClientFrame):
     call_id: CallId
 
 
+class CallHangup(_ClientFrame):
+    """Hang up the call this user answered in the app (SIP path): the caller gets a BYE."""
+
+    type: Literal["call.hangup"]
+    call_id: CallId
+
+
 class CallsSubscribe(_ClientFrame):
     """The live board: the calls and agents this user's role may see, then updates."""
 
@@ -130,6 +137,7 @@ ClientFrame = Annotated[
     | PresenceSet
     | CallAccept
     | CallReject
+    | CallHangup
     | CallsSubscribe
     | CallsUnsubscribe
     | CallMonitor
@@ -144,6 +152,7 @@ CLIENT_MODELS: tuple[type[_ClientFrame], ...] = (
     PresenceSet,
     CallAccept,
     CallReject,
+    CallHangup,
     CallsSubscribe,
     CallsUnsubscribe,
     CallMonitor,

@@ -50,6 +50,7 @@ from bridge.ws.schemas import (
     Auth,
     AuthOk,
     CallAccept,
+    CallHangup,
     CallMonitor,
     CallRecording,
     CallReject,
@@ -345,6 +346,8 @@ class Gateway:
             await self.offers.accept(session, frame)
         elif isinstance(frame, CallReject):
             self.offers.reject(session, frame)
+        elif isinstance(frame, CallHangup):
+            self.offers.hangup(session, frame)
         elif isinstance(frame, PresenceSet):
             self._set_presence(session, user, frame)
         elif isinstance(frame, CallsSubscribe):

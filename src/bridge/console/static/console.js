@@ -26,7 +26,10 @@ const ENDED = {
   rejected: "You declined the call",
   layer_moved_on: "Moved on to the next layer",
   callee_hangup: "The other side hung up",
+  media_failed: "The call's audio could not be set up",
 };
+const MIC_REFUSED =
+  "The browser refused the microphone: allow it for this site (the icon in the address bar), then try again.";
 const MONITOR_LABELS = { listen: "Listen", whisper: "Whisper", barge: "Barge" };
 const MONITOR_DOING = { listen: "listening", whisper: "whispering", barge: "barging" };
 
@@ -54,6 +57,7 @@ const state = {
   monitoring: new Map(), // call id -> our monitoring session (from acks)
   recording: new Map(), // call id -> the recording as we last heard of it (from acks)
   busy: new Set(), // call ids with a control request in flight
+  media: new Map(), // "call:<id>" / "monitor:<id>" -> this page's audio of it (WebRTC)
   voicemails: [], // GET /api/v1/voicemails
   voicemailTimer: null,
 };
@@ -309,6 +313,7 @@ async function logout(message = "", { remote = true } = {}) {
   const ws = state.ws;
   state.ws = null;
   if (ws) ws.close(1000, "logged out");
+  stopAllAudio();
   state.token = state.me = state.presence = state.current = state.wrapUntil = state.auth = null;
   for (const map of [state.offers, state.calls, state.agents, state.monitoring, state.recording]) map.clear();
   state.endings = [];
@@ -503,6 +508,14 @@ function handle(frame) {
     case "call.offer":
       state.offers.set(frame.call_id, { ...frame, answering: false });
       break;
+    case "monitor.offer":
+      joinWithAudio(frame);
+      break;
+    case "monitor.ended":
+      stopAudio(frame.call_id, "monitor");
+      state.monitoring.delete(frame.call_id);
+      $("control-status").textContent = `You left the call (${frame.reason})`;
+      break;
     case "call.ended":
       onEnded(frame);
       break;
@@ -561,6 +574,7 @@ function onAuthOk(frame) {
 function onEnded(frame) {
   const offer = state.offers.get(frame.call_id);
   state.offers.delete(frame.call_id);
+  stopAudio(frame.call_id, "call");
   addEnding(frame.call_id, offer ? offer.caller : null, frame.reason, whyEnded(frame));
 }
 
@@ -572,6 +586,7 @@ function onCallState(frame) {
   } else if (frame.state === "held" && state.current) {
     state.current.state = "held";
   } else if (frame.state === "ended") {
+    stopAudio(frame.call_id, "call");
     const caller = state.current ? state.current.caller : null;
     if (state.current && state.current.call_id === frame.call_id) state.current = null;
     const why = frame.reason ? ENDED[frame.reason] || frame.reason : "Call ended";
@@ -582,6 +597,7 @@ function onCallState(frame) {
 
 // The answered call is over without a `call.state ended` for it (its reason is not known).
 function endCurrent() {
+  stopAudio(state.current.call_id, "call");
   addEnding(state.current.call_id, state.current.caller, "ended", "Call ended");
   state.current = null;
 }
@@ -607,12 +623,148 @@ async function answer(callId, accept) {
   if (!offer || offer.answering) return;
   offer.answering = true;
   render();
-  const reply = await request(accept ? "call.accept" : "call.reject", { call_id: callId });
+  const fields = { call_id: callId };
+  if (accept && offer.sdp) {
+    // A SIP call: this page is the phone (microphone in, the caller's audio out).
+    try {
+      fields.sdp = await startAudio(callId, "call", offer.sdp);
+    } catch (err) {
+      offer.answering = false;
+      showBanner(`Could not accept the call: ${err.message}`);
+      render();
+      return;
+    }
+  }
+  const reply = await request(accept ? "call.accept" : "call.reject", fields);
   if (reply.type === "error") {
+    stopAudio(callId, "call");
     offer.answering = false;
     showBanner(`Could not ${accept ? "accept" : "reject"} the call: ${reply.message}`);
     render();
+  } else if (reply.type === "call.ended") {
+    stopAudio(callId, "call");
   }
+}
+
+// -- audio: on SIP calls this page is a WebRTC peer of the bridge's media engine ---------------
+async function microphone() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error("this browser cannot use a microphone on this page (it must be served over https, or from localhost)");
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } });
+  } catch (err) {
+    if (err.name === "NotAllowedError" || err.name === "SecurityError") throw new Error(MIC_REFUSED);
+    if (err.name === "NotFoundError") throw new Error("no microphone was found: plug one in, then try again");
+    throw new Error(`the microphone cannot be used (${err.message || err.name})`);
+  }
+}
+
+// Answer the bridge's WebRTC offer: the answer SDP to send. The bridge is ICE-lite with one
+// host candidate, so nothing is trickled: the browser's checks find it.
+async function startAudio(callId, kind, offerSdp, { micOptional = false } = {}) {
+  let mic = null;
+  try {
+    mic = await microphone();
+  } catch (err) {
+    if (!micOptional) throw err;
+    $("control-status").textContent = `Listening without a microphone: ${err.message}`;
+  }
+  stopAudio(callId, kind);
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const audio = document.createElement("audio");
+  audio.autoplay = true;
+  audio.hidden = true;
+  audio.dataset.callId = callId;
+  audio.dataset.kind = kind;
+  document.body.append(audio);
+  const entry = { pc, mic, audio, kind, muted: false, problem: null, connection: "new", keys: "" };
+  state.media.set(`${kind}:${callId}`, entry);
+  if (mic) for (const track of mic.getAudioTracks()) pc.addTrack(track, mic);
+  else pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.ontrack = (event) => {
+    audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+    audio.play().catch(() => {}); // autoplay may wait for a click; the audio element stays
+  };
+  pc.onconnectionstatechange = () => {
+    entry.connection = pc.connectionState;
+    if (pc.connectionState === "failed") {
+      entry.problem = "The audio connection failed: this browser cannot reach the bridge's media address (ICE or DTLS failed).";
+      showBanner(entry.problem);
+    }
+    render();
+  };
+  try {
+    await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+  } catch (err) {
+    stopAudio(callId, kind);
+    throw new Error(`the call's audio could not be set up (${err.message || err.name})`);
+  }
+  return pc.localDescription.sdp;
+}
+
+function stopAudio(callId, kind) {
+  const key = `${kind}:${callId}`;
+  const entry = state.media.get(key);
+  if (!entry) return;
+  state.media.delete(key);
+  entry.pc.close();
+  if (entry.mic) for (const track of entry.mic.getTracks()) track.stop();
+  entry.audio.srcObject = null;
+  entry.audio.remove();
+}
+
+function stopAllAudio() {
+  for (const entry of [...state.media.values()]) stopAudio(entry.audio.dataset.callId, entry.kind);
+}
+
+function toggleMute(callId) {
+  const entry = state.media.get(`call:${callId}`);
+  if (!entry || !entry.mic) return;
+  entry.muted = !entry.muted;
+  for (const track of entry.mic.getAudioTracks()) track.enabled = !entry.muted;
+  render();
+}
+
+// Key presses as RFC 4733 events in the call's audio (what an IVR on the other side hears).
+function pressKey(callId, key) {
+  const entry = state.media.get(`call:${callId}`);
+  const sender = entry ? entry.pc.getSenders().find((s) => s.track && s.track.kind === "audio") : null;
+  if (!sender || !sender.dtmf || !sender.dtmf.canInsertDTMF) {
+    showBanner("Keys cannot be sent on this call now.");
+    return;
+  }
+  sender.dtmf.insertDTMF(key, 120, 70);
+  entry.keys += key;
+  render();
+}
+
+async function hangUp(callId) {
+  const reply = await request("call.hangup", { call_id: callId });
+  if (reply.type === "error") showBanner(`Could not hang up: ${reply.message}`);
+}
+
+// A supervisor joins a SIP call in this page (`monitor.offer`, after Listen / Whisper / Barge).
+async function joinWithAudio(frame) {
+  let sdp;
+  try {
+    sdp = await startAudio(frame.call_id, "monitor", frame.sdp, { micOptional: frame.mode === "listen" });
+  } catch (err) {
+    $("control-status").textContent = `Could not join: ${err.message}`;
+    showBanner(`Could not join the call: ${err.message}`);
+    request("call.monitor", { call_id: frame.call_id, mode: "stop" });
+    return;
+  }
+  const reply = await request("monitor.answer", { call_id: frame.call_id, sdp });
+  if (reply.type === "ack") {
+    state.monitoring.set(frame.call_id, reply.result);
+    $("control-status").textContent = `${MONITOR_LABELS[reply.result.mode]}: you are in the call`;
+  } else {
+    stopAudio(frame.call_id, "monitor");
+    $("control-status").textContent = `Could not join: ${reply.message}`;
+  }
+  render();
 }
 
 async function setAvailability(value) {
@@ -634,8 +786,12 @@ async function control(callId, type, fields, label) {
   state.busy.delete(callId);
   if (reply.type === "ack") {
     if (type === "call.monitor") {
-      if (fields.mode === "stop") state.monitoring.delete(callId);
-      else state.monitoring.set(callId, reply.result);
+      if (fields.mode === "stop") {
+        state.monitoring.delete(callId);
+        stopAudio(callId, "monitor");
+      } else {
+        state.monitoring.set(callId, reply.result);
+      }
     } else {
       state.recording.set(callId, reply.result);
     }
@@ -651,7 +807,6 @@ function monitorBlocked(call) {
   const { role, permissions = [] } = state.me;
   if (!MONITOR_ROLES.has(role)) return `Your role (${role}) may not listen, whisper or barge`;
   if (!permissions.includes("barge_whisper")) return "You lack the barge_whisper permission";
-  if (call.path !== "carrier") return "Only carrier calls (conference mode) can be monitored";
   if (call.state !== "answered") return "Not answered yet";
   if (call.answered_by === state.me.id) return "This is your own call";
   return null;
@@ -665,7 +820,6 @@ function recordingBlocked(call) {
   } else if (!RECORD_ANY_CALL.has(role)) {
     return `Your role (${role}) may not control recordings`;
   }
-  if (call.path !== "carrier") return "Only carrier calls can be recorded";
   if (call.state !== "answered") return "Not answered yet";
   return null;
 }
@@ -698,9 +852,28 @@ function renderCalls() {
     status.textContent =
       current.state === "held" ? `On hold with ${current.caller || "the caller"}` : `On a call with ${current.caller || "the caller"}`;
     $("current-call").hidden = false;
+    const media = state.media.get(`call:${current.call_id}`);
+    const keys = "123456789*0#".split("").map((key) =>
+      h("button", { type: "button", class: "key", dataset: { key }, "aria-label": `Key ${key}`, onclick: () => pressKey(current.call_id, key) }, key),
+    );
     $("current-call").replaceChildren(
       h("p", {}, "Line: ", lineLabel(current.line)),
       h("p", {}, "Talking for ", h("span", { dataset: { since: current.since.toISOString() } }, since(current.since.toISOString()))),
+      media
+        ? h(
+            "div",
+            { class: "call-audio" },
+            h("p", { class: "note", dataset: { audio: media.connection } }, media.problem || audioStatus(media)),
+            h(
+              "div",
+              { class: "buttons" },
+              h("button", { type: "button", id: "mute", "aria-pressed": media.muted ? "true" : "false", onclick: () => toggleMute(current.call_id) }, media.muted ? "Unmute" : "Mute"),
+              h("button", { type: "button", id: "hang-up", class: "reject", onclick: () => hangUp(current.call_id) }, "Hang up"),
+            ),
+            h("div", { class: "keypad", role: "group", "aria-label": "Keypad" }, keys),
+            media.keys ? h("p", { class: "note" }, "Keys sent: ", h("span", { id: "keys-sent" }, media.keys)) : null,
+          )
+        : h("p", { class: "note" }, "The audio of this call is in your carrier voice app or on your phone."),
     );
   } else {
     $("current-call").hidden = true;
@@ -750,6 +923,12 @@ function renderCalls() {
     ),
   );
   renderWrapUp();
+}
+
+function audioStatus(media) {
+  if (media.connection === "connected") return media.muted ? "Audio connected — you are muted" : "Audio connected";
+  if (media.connection === "failed") return "Audio failed";
+  return "Connecting audio…";
 }
 
 function renderWrapUp() {
