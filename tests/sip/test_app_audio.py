@@ -2,7 +2,7 @@
 offer over the WebSocket, an aiortc peer's answer in `call.accept`, ICE-lite and DTLS-SRTP to
 the bridge's media engine, plain RTP toward the trunk. Real peers: a `bridge run` process, a
 baresip caller on the trunk playing 440 Hz, the app (sim.apps, aiortc) playing 1 kHz; an FFT
-of what each heard says they heard each other.
+of what each heard, and of the call's recording, says they heard each other.
 
 Also the ways an app's accept can go wrong on this path: an unusable SDP answer is an `error`
 frame and the offer keeps ringing; an app whose ICE never completes loses its accept with
@@ -21,10 +21,12 @@ from typing import Any
 from sim.apps.audio import WebRtcPhone
 from sim.apps.client import AppClient
 
+from bridge.media import g711
 from tests.media.audio import tone, tones_in
 from tests.media.peers import BaresipPhone, needs_baresip, write_wav
 from tests.sip.peers import trunk_bridge
 from tests.sip.test_apps_legs import app_session
+from tests.sip.test_media_peers import download_wav
 from tests.sip.test_sipp_calls import start_phone, wait_registered
 from tests.sip.test_sipp_register import ha1
 
@@ -98,6 +100,17 @@ async def test_an_app_over_webrtc_and_a_trunk_caller_hear_each_other(tmp_path: P
             start = phone.mark()
             await asyncio.sleep(3.0)
             heard_by_app = phone.heard[start:]
+            # the call's recording, with the app's leg as the other side
+            path = f"/api/v1/calls/{offer['call_id']}/recording"
+            status, body = bridge.request("POST", path, {"action": "start"})
+            assert status == 200, body
+            await asyncio.sleep(2.0)
+            status, stopped = bridge.request("POST", path, {"action": "stop"})
+            assert status == 200 and stopped["status"] == "completed", stopped
+            recording = bridge.api(f"/api/v1/recordings/{stopped['recording_sid']}")
+            frames = await asyncio.to_thread(
+                download_wav, bridge, recording["audio_url"], "admin", tmp_path / "call.wav"
+            )
             caller.hangup()
             await asyncio.to_thread(caller.wait_closed, timeout=5)
             ended = await ana.expect("call.state", timeout=10, state="ended")
@@ -105,6 +118,8 @@ async def test_an_app_over_webrtc_and_a_trunk_caller_hear_each_other(tmp_path: P
             assert len(heard_by_app) > 2 * 8000 * 2  # more than two seconds of audio
             assert tones_in(heard_by_app, TONES) == {CALLER}
             assert tones_in(caller.received_audio(), TONES) == {APP}
+            assert tones_in(g711.audioop.tomono(frames, 2, 1, 0), TONES) == {CALLER}  # left
+            assert tones_in(g711.audioop.tomono(frames, 2, 0, 1), TONES) == {APP}  # right
         finally:
             await phone.close()
             await ana.close()
