@@ -233,3 +233,38 @@ async def test_a_refused_microphone_is_said_in_words_and_the_call_rings_on(
                 await browser.close()
     finally:
         chromium.stop()
+
+
+async def test_audio_that_cannot_connect_ends_the_ring_in_words(tmp_path: Path) -> None:
+    # The engine advertises an address where nothing listens (still loopback): the browser's
+    # ICE checks go nowhere, and after `webrtc_connect_seconds` the accept fails.
+    chromium = browser_with_microphone(tmp_path, "agent", AGENT)
+    try:
+        with (
+            trunk_bridge(
+                tmp_path,
+                directory(),
+                media__public_address="127.0.0.2",
+                media__webrtc_connect_seconds="2",
+            ) as bridge,
+            BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
+        ):
+            browser = await Browser.connect(chromium)
+            try:
+                alice = await console(browser, bridge, "alice")
+                caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+                await alice.wait_for("document.querySelector('[data-action=accept]') !== null", 15)
+                await alice.click("[data-action=accept]")
+                ending = await alice.wait_for(
+                    "document.querySelector('#endings [data-reason=media_failed]')"
+                    " && document.querySelector('#endings [data-reason=media_failed]').textContent",
+                    15,
+                )
+                assert "audio could not be set up" in ending
+                await alice.wait_for("document.querySelector('audio') === null", 5)
+                caller.hangup()
+                await asyncio.to_thread(caller.wait_closed, timeout=5)
+            finally:
+                await browser.close()
+    finally:
+        chromium.stop()
