@@ -83,6 +83,13 @@ async def console(browser: Browser, bridge: RunningBridge, user: str) -> Page:
     return page
 
 
+async def ring_and_accept(page: Page, bridge: RunningBridge, caller: BaresipPhone) -> None:
+    """The caller dials the line; the page's Accept is clicked as soon as it shows."""
+    caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+    await page.wait_for("document.querySelector('[data-action=accept]') !== null", 15)
+    await page.click("[data-action=accept]")
+
+
 # The levels (dB, WebAudio's scale) at our tones in what the page's <audio> element of a call
 # plays, over `seconds`: an AnalyserNode on the element's stream, averaged over many reads.
 HEARD_JS = """
@@ -147,9 +154,7 @@ async def test_an_agent_answers_in_the_console_and_a_supervisor_barges_in_from_t
             try:
                 alice = await console(agent_browser, bridge, "alice")
                 sam = await console(supervisor_browser, bridge, "sam")
-                caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
-                await alice.wait_for("document.querySelector('[data-action=accept]') !== null", 15)
-                await alice.click("[data-action=accept]")
+                await ring_and_accept(alice, bridge, caller)
                 await asyncio.to_thread(caller.wait_call_established, timeout=15)
                 await alice.wait_for(
                     "document.querySelector('[data-audio=connected]') !== null", 15
@@ -214,9 +219,7 @@ async def test_a_refused_microphone_is_said_in_words_and_the_call_rings_on(
             browser = await Browser.connect(chromium)
             try:
                 alice = await console(browser, bridge, "alice")
-                caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
-                await alice.wait_for("document.querySelector('[data-action=accept]') !== null", 15)
-                await alice.click("[data-action=accept]")
+                await ring_and_accept(alice, bridge, caller)
                 banner = await alice.wait_for(
                     "!document.querySelector('#banner').hidden && "
                     "document.querySelector('#banner').textContent",
@@ -252,9 +255,7 @@ async def test_audio_that_cannot_connect_ends_the_ring_in_words(tmp_path: Path) 
             browser = await Browser.connect(chromium)
             try:
                 alice = await console(browser, bridge, "alice")
-                caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
-                await alice.wait_for("document.querySelector('[data-action=accept]') !== null", 15)
-                await alice.click("[data-action=accept]")
+                await ring_and_accept(alice, bridge, caller)
                 ending = await alice.wait_for(
                     "document.querySelector('#endings [data-reason=media_failed]')"
                     " && document.querySelector('#endings [data-reason=media_failed]').textContent",

@@ -101,6 +101,11 @@ async def test_an_app_over_webrtc_and_a_plain_caller_hear_each_other(engine: Emb
         assert tones_in(heard_by_app, [CALLER, APP]) == {CALLER}
         assert tones_in(heard_by_caller, [CALLER, APP]) == {APP}
         assert not [e for e in engine.events if isinstance(e, MediaFailed)]
+        # both directions on the relay's direct readers (SRTP unprotected and protected there)
+        legs = engine._calls["c1"].legs  # type: ignore[attr-defined]
+        for name in ("app", "caller"):
+            endpoint = legs[name].endpoint
+            assert endpoint._armed is endpoint._direct is not None, name
     finally:
         await app.close()
         caller.close()

@@ -81,6 +81,18 @@ async def offer_for(ana: AppClient) -> dict[str, Any]:
     return offer
 
 
+async def answered_in_app(
+    bridge: Any, caller: BaresipPhone, ana: AppClient, phone: WebRtcPhone
+) -> str:
+    """The caller dials the line, Ana's app accepts with `phone`'s WebRTC answer: the call id,
+    once the bridge says answered."""
+    caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
+    offer = await offer_for(ana)
+    await ana.accept(offer["call_id"], sdp=await phone.answer(offer["sdp"]))
+    await ana.expect("call.state", timeout=15, call_id=offer["call_id"], state="answered")
+    return str(offer["call_id"])
+
+
 async def test_an_app_over_webrtc_and_a_trunk_caller_hear_each_other(tmp_path: Path) -> None:
     with (
         trunk_bridge(tmp_path, directory()) as bridge,
@@ -89,11 +101,7 @@ async def test_an_app_over_webrtc_and_a_trunk_caller_hear_each_other(tmp_path: P
         ana = await app_session(bridge, "ana")
         phone = WebRtcPhone(tone(APP, 60.0))
         try:
-            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
-            offer = await offer_for(ana)
-            await ana.accept(offer["call_id"], sdp=await phone.answer(offer["sdp"]))
-            state = await ana.expect("call.state", timeout=15, call_id=offer["call_id"])
-            assert state["state"] == "answered"
+            call_id = await answered_in_app(bridge, caller, ana, phone)
             await asyncio.to_thread(caller.wait_call_established, timeout=10)
             await asyncio.wait_for(phone.connected.wait(), 5)
             await asyncio.sleep(1.0)  # the first packets of both sides
@@ -101,7 +109,7 @@ async def test_an_app_over_webrtc_and_a_trunk_caller_hear_each_other(tmp_path: P
             await asyncio.sleep(3.0)
             heard_by_app = phone.heard[start:]
             # the call's recording, with the app's leg as the other side
-            path = f"/api/v1/calls/{offer['call_id']}/recording"
+            path = f"/api/v1/calls/{call_id}/recording"
             status, body = bridge.request("POST", path, {"action": "start"})
             assert status == 200, body
             await asyncio.sleep(2.0)
@@ -242,11 +250,7 @@ async def test_a_supervisor_barges_from_their_app_then_whispers_then_leaves(
         ana, sam = await app_session(bridge, "ana"), await app_session(bridge, "sam")
         agent, supervisor = WebRtcPhone(tone(APP, 60.0)), WebRtcPhone(tone(SUPERVISOR, 60.0))
         try:
-            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
-            offer = await offer_for(ana)
-            call_id = offer["call_id"]
-            await ana.accept(call_id, sdp=await agent.answer(offer["sdp"]))
-            await ana.expect("call.state", timeout=15, call_id=call_id, state="answered")
+            call_id = await answered_in_app(bridge, caller, ana, agent)
             await asyncio.to_thread(caller.wait_call_established, timeout=10)
 
             joined = await sam.request("call.monitor", call_id=call_id, mode="barge")
@@ -302,12 +306,9 @@ async def test_a_supervisor_without_an_app_session_is_refused(tmp_path: Path) ->
         ana = await app_session(bridge, "ana")
         agent = WebRtcPhone(tone(APP, 30.0))
         try:
-            caller.dial(f"sip:{LINE}@127.0.0.1:{bridge.sip}")
-            offer = await offer_for(ana)
-            await ana.accept(offer["call_id"], sdp=await agent.answer(offer["sdp"]))
-            await ana.expect("call.state", timeout=15, call_id=offer["call_id"], state="answered")
+            call_id = await answered_in_app(bridge, caller, ana, agent)
             status, body = bridge.request(
-                "POST", f"/api/v1/calls/{offer['call_id']}/monitor", {"mode": "listen"}, user="sam"
+                "POST", f"/api/v1/calls/{call_id}/monitor", {"mode": "listen"}, user="sam"
             )
             assert status == 409 and "no app session" in body["detail"]
             caller.hangup()

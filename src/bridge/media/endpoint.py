@@ -193,7 +193,10 @@ class MediaEndpoint:
         """Register the reader the socket's state calls for."""
         if self._loop is None or self._fd < 0:
             return
-        if self.peer is None or self.secure is not None:
+        if self.secure is not None:  # a WebRTC leg: directly only once its SRTP keys are there
+            direct = self._direct if self.secure.connected else None
+            reader = direct or self._readable
+        elif self.peer is None:
             reader = self._readable
         else:
             reader = self._direct or self._read_peer
@@ -268,6 +271,11 @@ class MediaEndpoint:
         self._arm()
         self._after_secure()
 
+    def secure_datagram(self, size: int, source: Address) -> None:
+        """A datagram of a WebRTC leg, in the buffer: STUN, DTLS or SRTP, handled as such (what
+        a direct reader does not handle itself)."""
+        self._read_secure(size, source)
+
     def _read_secure(self, size: int, source: Address) -> None:
         secure = self.secure
         assert secure is not None
@@ -275,7 +283,8 @@ class MediaEndpoint:
             self.stats.oversized += 1
             return
         plain = secure.receive(bytes(self.view[:size]), source)
-        self._after_secure()
+        if secure.outgoing or not self._secure_reported or self._secure_timer is not None:
+            self._after_secure()  # (a connected leg's SRTP needs none of it)
         if plain is not None:
             length = len(plain)
             if length < BUFFER_BYTES:
@@ -296,6 +305,7 @@ class MediaEndpoint:
         secure.outgoing.clear()
         if not self._secure_reported and (secure.connected or secure.failed is not None):
             self._secure_reported = True
+            self._arm()  # a direct reader may take over now
             if self.on_secure is not None:
                 self.on_secure(secure.failed)
         if self._secure_timer is not None:
@@ -325,6 +335,10 @@ class MediaEndpoint:
     def deliver(self, size: int) -> None:
         """Hand the datagram of `size` bytes in the buffer, from the connected peer, on."""
         self._deliver(size, self.peer)  # type: ignore[arg-type]
+
+    def deliver_from(self, size: int, source: Address) -> None:
+        """Hand the packet of `size` bytes in the buffer, from `source`, on."""
+        self._deliver(size, source)
 
     def _deliver(self, size: int, source: Address) -> None:
         stats = self.stats

@@ -10,8 +10,9 @@ not parse, payload types the leg did not negotiate.
 
 This is the path of a call with no monitor, recording or prompt active. The packet is rewritten
 in the receiving endpoint's buffer and sent from there: no copy when no transcoding is needed.
-Once both legs are latched (their sockets connected), each direction is one function on the
-socket's reader (`_reader`): read, check, rewrite, send.
+Once a leg is latched (its socket connected; for a WebRTC app, its SRTP keys agreed), its
+direction is one function on the socket's reader (`_reader`): read (and unprotect), check,
+rewrite, send (and protect). The rest goes through `forward`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pylibsrtp
 import structlog
 
 from bridge.media import g711
@@ -126,43 +128,102 @@ class BlindRelay:
 
     def attach(self) -> None:
         a, b = self.a, self.b
-        a.endpoint.on_packet = self._forwarder(a, b)
-        b.endpoint.on_packet = self._forwarder(b, a)
+        forward = self.forward
+        a.endpoint.on_packet = lambda packet, source: forward(a, b, packet)
+        b.endpoint.on_packet = lambda packet, source: forward(b, a, packet)
         a.endpoint.read_directly(self._reader(a, b))
         b.endpoint.read_directly(self._reader(b, a))
 
     def _reader(self, src: RelayLeg, dst: RelayLeg) -> Callable[[], None]:
-        """The whole packet path of one direction in one function, for `src`'s connected
-        socket: read, the fast path's checks, rewrite, send. Every other packet (see
-        `_forwarder`), and every packet while `dst` is not latched yet, goes to the
-        endpoint's `deliver` and so to `forward`. Bound to the two sockets' own methods and
-        the objects it updates, it touches nothing else: at 1,000 legs this is what keeps the
-        packet path in the cache (docs/PERFORMANCE.md, "Media relay")."""
-        source, target = src.endpoint, dst.endpoint
-        recv_into = source.rtp.sock.recv_into
-        send = target.rtp.sock.send
+        """The whole packet path of one direction in one function, for `src`'s socket once it
+        is connected (a phone latched; a WebRTC app's SRTP keys agreed): read, the fast path's
+        checks, rewrite, send (`_relay_one`). Every other packet, and every packet while
+        `dst` is not ready yet, goes the endpoint's general way and so to `forward`. Bound to
+        the sockets' own methods and the objects it updates, it touches nothing else: at
+        1,000 legs this is what keeps the packet path in the cache (docs/PERFORMANCE.md,
+        "Media relay")."""
+        source = src.endpoint
         buffer, view = source.buffer, source.view
-        unpack = _FIXED.unpack_from
-        deliver, failed = source.deliver, source.receive_failed
-        received, sent, stats = source.stats, target.stats, self.stats
-        reception, stream, clock = src.reception, dst.stream, self._clock
+        relay = self._relay_one(src, dst)
+        failed = source.receive_failed
+        secure = source.secure
+        if secure is None:
+            recv_into, deliver = source.rtp.sock.recv_into, source.deliver
 
-        def read() -> None:
+            def read() -> None:
+                try:
+                    size = recv_into(buffer)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    failed(exc)
+                    return
+                if size >= BUFFER_BYTES or not relay(size):
+                    deliver(size)
+
+            return read
+
+        # A WebRTC app's leg: SRTP from the pair its ICE chose is unprotected into the buffer
+        # and relayed as above; STUN (consent checks), DTLS and RTCP go the endpoint's way.
+        recvfrom_into = source.rtp.sock.recvfrom_into
+        other, deliver_from = source.secure_datagram, source.deliver_from
+        ice = secure.ice
+
+        def read_secure() -> None:
             try:
-                size = recv_into(buffer)
+                size, address = recvfrom_into(buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 failed(exc)
                 return
-            if size < 12 or size >= BUFFER_BYTES or target.peer is None:
-                deliver(size)
+            if len(address) != 2:
+                address = (address[0], address[1])
+            if (
+                size >= BUFFER_BYTES
+                or address != ice.selected
+                or not 127 < buffer[0] < 192
+                or 191 < buffer[1] < 224  # RTCP
+            ):
+                other(size, address)
                 return
+            try:
+                plain = secure.dtls.unprotect(bytes(view[:size]))  # type: ignore[union-attr]
+            except pylibsrtp.Error:
+                secure.dropped += 1
+                return
+            size = len(plain)
+            buffer[:size] = plain
+            if not relay(size):
+                deliver_from(size, address)
+
+        return read_secure
+
+    def _relay_one(self, src: RelayLeg, dst: RelayLeg) -> Callable[[int], bool]:
+        """The fast path for the plain RTP packet of `size` bytes in `src`'s buffer: a version
+        2 header of 12 bytes carrying the codec both legs negotiated, toward a `dst` that is
+        ready. True when it was relayed (or lost to the kernel), False to take the general
+        way."""
+        source, target = src.endpoint, dst.endpoint
+        buffer, view = source.buffer, source.view
+        send, sendto = target.rtp.sock.send, target.rtp.sock.sendto
+        unpack = _FIXED.unpack_from
+        received, sent, stats = source.stats, target.stats, self.stats
+        reception, stream, clock = src.reception, dst.stream, self._clock
+
+        def relay(size: int) -> bool:
+            if size < 12:
+                return False
             first, second, sequence, timestamp, ssrc = unpack(buffer, 0)
             pt = second & 0x7F
             if first != 0x80 or pt != src.payload_type or pt != dst.payload_type:
-                deliver(size)
-                return
+                return False
+            secure = target.secure
+            if secure is None:
+                if target.peer is None:
+                    return False
+            elif not secure.connected or secure.ice.selected is None:
+                return False
             now = clock()
             received.received += 1
             received.received_bytes += size
@@ -170,50 +231,22 @@ class BlindRelay:
             try:
                 reception.update(sequence, timestamp, now, 8000)
                 stream.rewrite_fields(buffer, sequence, timestamp, ssrc, src, now)
-                send(view[:size])
+                if secure is None:
+                    send(view[:size])
+                else:
+                    sendto(secure.protect(bytes(view[:size])), secure.ice.selected)
             except OSError:  # UDP: a lost packet, not an error of the call
                 sent.send_errors += 1
-                return
+                return True
             except Exception:  # a bug must not stop the leg
                 log.exception("media_packet_failed", port=source.port)
-                return
+                return True
             sent.sent += 1
             sent.sent_bytes += size
             stats.relayed += 1
+            return True
 
-        return read
-
-    def _forwarder(self, src: RelayLeg, dst: RelayLeg) -> Callable[[memoryview, object], None]:
-        """`forward` for one direction, with the common packet on a fast path: a version 2
-        header of 12 bytes (no padding, extension or CSRC) carrying the codec both legs
-        negotiated. Its fields are read with one `unpack_from` and rewritten in place; no
-        `RtpHeader` is built, and the time is the one the endpoint read on arrival. Anything
-        else (RTCP, telephone-event, transcoding, other payload types, malformed packets)
-        takes `forward`, which counts what it drops."""
-        unpack = _FIXED.unpack_from
-        stats = self.stats
-        arrivals = src.endpoint.stats
-        reception = src.reception
-        stream = dst.stream
-        endpoint = dst.endpoint
-        slow = self.forward
-
-        def forward(packet: memoryview, source: object) -> None:
-            if len(packet) < 12:
-                slow(src, dst, packet)
-                return
-            first, second, sequence, timestamp, ssrc = unpack(packet, 0)
-            pt = second & 0x7F
-            if first != 0x80 or pt != src.payload_type or pt != dst.payload_type:
-                slow(src, dst, packet)
-                return
-            now = arrivals.last_received
-            reception.update(sequence, timestamp, now, 8000)
-            stream.rewrite_fields(packet, sequence, timestamp, ssrc, src, now)
-            if endpoint.send(packet):
-                stats.relayed += 1
-
-        return forward
+        return relay
 
     def forward(self, src: RelayLeg, dst: RelayLeg, packet: memoryview) -> None:
         """One packet from `src`'s peer to `dst`'s peer."""
