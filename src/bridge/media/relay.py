@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pylibsrtp
 import structlog
+from pylibsrtp._binding import ffi as _ffi
 
 from bridge.media import g711
 from bridge.media.endpoint import BUFFER_BYTES, MediaEndpoint
@@ -168,6 +169,7 @@ class BlindRelay:
         recvfrom_into = source.rtp.sock.recvfrom_into
         other, deliver_from = source.secure_datagram, source.deliver_from
         ice = secure.ice
+        pointer = _ffi.from_buffer(buffer)  # libsrtp unprotects in place
 
         def read_secure() -> None:
             try:
@@ -187,13 +189,21 @@ class BlindRelay:
             ):
                 other(size, address)
                 return
-            try:
-                plain = secure.dtls.unprotect(bytes(view[:size]))  # type: ignore[union-attr]
-            except pylibsrtp.Error:
-                secure.dropped += 1
-                return
-            size = len(plain)
-            buffer[:size] = plain
+            dtls = secure.dtls
+            assert dtls is not None  # connected: the reader runs only then
+            if dtls.in_place:
+                size = dtls.unprotect_into(pointer, size)
+                if size < 0:
+                    secure.dropped += 1
+                    return
+            else:
+                try:
+                    plain = dtls.unprotect(bytes(view[:size]))
+                except pylibsrtp.Error:
+                    secure.dropped += 1
+                    return
+                size = len(plain)
+                buffer[:size] = plain
             if not relay(size):
                 deliver_from(size, address)
 
@@ -210,6 +220,7 @@ class BlindRelay:
         unpack = _FIXED.unpack_from
         received, sent, stats = source.stats, target.stats, self.stats
         reception, stream, clock = src.reception, dst.stream, self._clock
+        pointer = _ffi.from_buffer(buffer)  # libsrtp protects in place (room for its tag)
 
         def relay(size: int) -> bool:
             if size < 12:
@@ -233,6 +244,12 @@ class BlindRelay:
                 stream.rewrite_fields(buffer, sequence, timestamp, ssrc, src, now)
                 if secure is None:
                     send(view[:size])
+                elif secure.dtls.in_place:  # type: ignore[union-attr]
+                    protected = secure.dtls.protect_into(pointer, size)  # type: ignore[union-attr]
+                    if protected < 0:
+                        sent.send_errors += 1
+                        return True
+                    sendto(view[:protected], secure.ice.selected)
                 else:
                     sendto(secure.protect(bytes(view[:size])), secure.ice.selected)
             except OSError:  # UDP: a lost packet, not an error of the call
