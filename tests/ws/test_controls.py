@@ -163,3 +163,36 @@ async def test_a_ringing_call_cannot_be_monitored(world: World, connect: Connect
     )
     world.carrier.hangup(inbound.sid)
     await world.ended(inbound.sid)
+
+
+async def test_hangups_and_monitor_answers_that_cannot_be_are_error_frames(
+    world: World, connect: Connect
+) -> None:
+    """`call.hangup` and `monitor.answer` (the SIP path's WebRTC frames) on a carrier call, on
+    calls that do not exist, and malformed: each an `error` frame, the session kept."""
+    call = await answered_by_ana(world)
+    ana, sam = await connect("ana"), await connect("sam")
+    cases = [
+        (ana, "call.hangup", {"call_id": "CAnope"}, "not_found",
+         "no call with that id is answered by you"),
+        (sam, "call.hangup", {"call_id": call.call_id}, "not_found",
+         "no call with that id is answered by you"),
+        (sam, "monitor.answer", {"call_id": "CAnope", "sdp": "v=0"}, "not_found",
+         "no live call 'CAnope'"),
+        (sam, "monitor.answer", {"call_id": call.call_id, "sdp": "v=0"}, "conflict",
+         f"user 'sam' is not monitoring call {call.call_id!r}"),
+    ]  # fmt: skip
+    for client, kind, fields, code, message in cases:
+        reply = await client.request(kind, **fields)
+        assert (reply["type"], reply["code"], reply["message"]) == ("error", code, message)
+        assert client.is_open
+    for client, kind, fields in (
+        (sam, "monitor.answer", {"call_id": call.call_id}),  # no sdp
+        (sam, "monitor.answer", {"call_id": call.call_id, "sdp": 5}),
+        (ana, "call.hangup", {}),
+    ):
+        reply = await client.request(kind, **fields)
+        assert (reply["type"], reply["code"]) == ("error", "invalid_frame"), reply
+        assert client.is_open
+    world.carrier.hangup(call.call_id)
+    await world.ended(call.call_id)
