@@ -795,6 +795,21 @@ class Step:
         return self.engine if self.engine == "rtpengine" else f"embedded/{self.loop}"
 
 
+@dataclass
+class Window:
+    """What `Bench.follow_window` read of one step's measured window."""
+
+    ticks0: tuple[int, int] = (0, 0)  # the engine's utime, stime at the start
+    ticks1: tuple[int, int] = (0, 0)
+    busy0: tuple[int, int] = (0, 0)  # the engine's core: busy, total
+    busy1: tuple[int, int] = (0, 0)
+    gbusy0: tuple[int, int] = (0, 0)  # the generator's core
+    gbusy1: tuple[int, int] = (0, 0)
+    engine_stats: dict[str, int] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    sampler: Any = None
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -882,30 +897,8 @@ class Bench:
             assert gen.stdin is not None and gen.stdout is not None
             gen.stdin.write(json.dumps(cfg) + "\n")
             gen.stdin.close()
-            sampler = None
-            ticks0 = ticks1 = (0, 0)
-            busy0 = busy1 = gbusy0 = gbusy1 = (0, 0)
-            engine_stats: dict[str, int] = {}
-            result: dict[str, Any] | None = None
-            for line in gen.stdout:
-                if line.startswith("started"):
-                    ticks0 = proc_ticks(pid)
-                    busy0 = core_busy(self.engine_core)
-                    gbusy0 = core_busy(self.gen_core)
-                    if runner is not None:
-                        runner.command("reset")
-                    if profile:
-                        sampler = self._start_profile(pid)
-                elif line.startswith("stopped"):
-                    ticks1 = proc_ticks(pid)
-                    busy1 = core_busy(self.engine_core)
-                    gbusy1 = core_busy(self.gen_core)
-                    if runner is not None:
-                        engine_stats = runner.stats()
-                elif line.startswith(PROTOCOL):
-                    result = json.loads(line[len(PROTOCOL) :])
-                else:
-                    sys.stderr.write("  | " + line)
+            window = self.follow_window(gen, pid, runner, profile)
+            sampler, result = window.sampler, window.result
             gen.wait()
             step.extra["drops_engine"] = udp_drops({p for call in ports for p in call})
             step.extra["drops_generator"] = udp_drops({p[1] for p in peers})
@@ -920,18 +913,53 @@ class Bench:
                 self.rtpengine.teardown()
             for s in socks:
                 s.close()
-        user, system = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
-        self._fill(step, result, engine_stats, (user + system) / CLK_TCK)
-        step.cpu_user_share = user / (user + system) if user + system else None
-        busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
-        step.core_busy_share = busy / total if total else 0.0
-        step.others_share = max(0.0, step.core_busy_share - step.cpu_share)
-        step.load_average = os.getloadavg()[0]
-        busy, total = gbusy1[0] - gbusy0[0], gbusy1[1] - gbusy0[1]
-        step.gen_core_others_share = max(0.0, (busy / total if total else 0.0) - step.gen_cpu_share)
+        self.account(step, window)
         if not profile:
             self.steps.append(step)
         return step
+
+    def follow_window(
+        self, gen: subprocess.Popen[str], pid: int, runner: Any, profile: bool
+    ) -> Window:
+        """Read the generator's lines: the engine's and both cores' CPU counters taken when
+        the measured window starts and stops, the engine's own figures (`runner`, the
+        embedded engine's child), the generator's result; a profiler around the window."""
+        assert gen.stdout is not None
+        window = Window()
+        for line in gen.stdout:
+            if line.startswith("started"):
+                window.ticks0 = proc_ticks(pid)
+                window.busy0 = core_busy(self.engine_core)
+                window.gbusy0 = core_busy(self.gen_core)
+                if runner is not None:
+                    runner.command("reset")
+                if profile:
+                    window.sampler = self._start_profile(pid)
+            elif line.startswith("stopped"):
+                window.ticks1 = proc_ticks(pid)
+                window.busy1 = core_busy(self.engine_core)
+                window.gbusy1 = core_busy(self.gen_core)
+                if runner is not None:
+                    window.engine_stats = runner.stats()
+            elif line.startswith(PROTOCOL):
+                window.result = json.loads(line[len(PROTOCOL) :])
+            else:
+                sys.stderr.write("  | " + line)
+        return window
+
+    def account(self, step: Step, window: Window) -> None:
+        """The step's CPU figures from the window's counters (and the generator's result)."""
+        assert window.result is not None
+        (u0, s0), (u1, s1) = window.ticks0, window.ticks1
+        user, system = u1 - u0, s1 - s0
+        self._fill(step, window.result, window.engine_stats, (user + system) / CLK_TCK)
+        step.cpu_user_share = user / (user + system) if user + system else None
+        busy, total = window.busy1[0] - window.busy0[0], window.busy1[1] - window.busy0[1]
+        step.core_busy_share = busy / total if total else 0.0
+        step.others_share = max(0.0, step.core_busy_share - step.cpu_share)
+        step.load_average = os.getloadavg()[0]
+        busy, total = window.gbusy1[0] - window.gbusy0[0], window.gbusy1[1] - window.gbusy0[1]
+        step.gen_core_others_share = max(0.0, (busy / total if total else 0.0) - step.gen_cpu_share)
 
     def _fill(self, step: Step, r: dict[str, Any], es: dict[str, int], cpu: float) -> None:
         args = self.args

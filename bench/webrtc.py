@@ -121,7 +121,6 @@ from media import (
     HOST,
     PACKET_BYTES,
     PCMU,
-    PROTOCOL,
     RELAY_HEAD,
     RELAY_UNITS,
     SAMPLES,
@@ -131,7 +130,6 @@ from media import (
     Step,
     _delays,
     _percentile,
-    core_busy,
     emit,
     fmt,
     importlib_spec,
@@ -1002,30 +1000,8 @@ class WebRtcBench(Bench):
                     "period": args.gen_period / 1000,
                 }
             )
-            sampler = None
-            ticks0 = ticks1 = (0, 0)
-            busy0 = busy1 = gbusy0 = gbusy1 = (0, 0)
-            engine_stats: dict[str, int] = {}
-            result: dict[str, Any] | None = None
-            for line in gen.stdout:
-                if line.startswith("started"):
-                    ticks0 = proc_ticks(pid)
-                    busy0 = core_busy(self.engine_core)
-                    gbusy0 = core_busy(self.gen_core)
-                    if runner is not None:
-                        runner.command("reset")
-                    if profile:
-                        sampler = self._start_profile(pid)
-                elif line.startswith("stopped"):
-                    ticks1 = proc_ticks(pid)
-                    busy1 = core_busy(self.engine_core)
-                    gbusy1 = core_busy(self.gen_core)
-                    if runner is not None:
-                        engine_stats = runner.stats()
-                elif line.startswith(PROTOCOL):
-                    result = json.loads(line[len(PROTOCOL) :])
-                else:
-                    sys.stderr.write("  | " + line)
+            window = self.follow_window(gen, pid, runner, profile)
+            sampler, result = window.sampler, window.result
             gen.wait()
             step.extra["drops_engine"] = udp_drops(engine_ports)
             step.extra["drops_generator"] = udp_drops({p[1] for p in peers})
@@ -1043,15 +1019,7 @@ class WebRtcBench(Bench):
                 self._rtpengine_teardown()
             for s in socks:
                 s.close()
-        user, system = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
-        self._fill(step, result, engine_stats, (user + system) / CLK_TCK)
-        step.cpu_user_share = user / (user + system) if user + system else None
-        busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
-        step.core_busy_share = busy / total if total else 0.0
-        step.others_share = max(0.0, step.core_busy_share - step.cpu_share)
-        step.load_average = os.getloadavg()[0]
-        busy, total = gbusy1[0] - gbusy0[0], gbusy1[1] - gbusy0[1]
-        step.gen_core_others_share = max(0.0, (busy / total if total else 0.0) - step.gen_cpu_share)
+        self.account(step, window)
         if step.setup_up < n:
             step.passed = False
             step.note += f" set-up: {n - step.setup_up} legs not up ({setup['reasons']})"
