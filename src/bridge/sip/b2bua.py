@@ -185,7 +185,6 @@ class SipMonitor:
     dialog: Dialog | None = None
     destination: Address | None = None
     transport: str = "udp"
-    answered: Any = None  # an asyncio.Future resolved at the answer (or failure)
     timer: object | None = None
 
     @property
@@ -945,7 +944,7 @@ class SipCalls:
     def dial_supervisor(
         self, call: SipCall, user_id: str, mode: str, via: str, number: str | None
     ) -> SipMonitor:
-        """Ring the supervisor; they join in `mode` when they answer (`monitor.answered`)."""
+        """Ring the supervisor; they join in `mode` when they answer."""
         if self.media is None:
             raise MediaError("no media engine")
         if via == "client":
@@ -968,7 +967,6 @@ class SipCalls:
         leg = supervisor_leg(user_id)
         offer = self.media.offer(call.call_id, leg, like=CALLER_LEG).encode()
         monitor = SipMonitor(user_id, mode, via, to)
-        monitor.answered = asyncio.get_running_loop().create_future()
         call.monitors[user_id] = monitor
         for uri, destination, transport in targets:
             invite = self._leg_invite(call, uri, transport, [], body=offer)
@@ -1008,7 +1006,6 @@ class SipCalls:
             self.media.release(call.call_id, leg)
             raise MediaError("the supervisor has no app session connected")
         monitor = SipMonitor(user_id, mode, "client", f"client:{user_id}")
-        monitor.answered = asyncio.get_running_loop().create_future()
         call.monitors[user_id] = monitor
         monitor.timer = self._schedule(
             self._now() + self.media_options.monitor_ring_seconds,
@@ -1042,8 +1039,6 @@ class SipCalls:
             self._cancel_timer(monitor.timer)
             monitor.timer = None
         log.info("sip_monitor_joined", user_id=monitor.user_id, mode=monitor.mode, via="client")
-        if not monitor.answered.done():
-            monitor.answered.set_result(True)
 
     def _monitor_ring_timeout(self, call: SipCall, monitor: SipMonitor) -> None:
         monitor.timer = None
@@ -1080,8 +1075,6 @@ class SipCalls:
             self._cancel_timer(monitor.timer)
             monitor.timer = None
         log.info("sip_monitor_joined", user_id=monitor.user_id, mode=monitor.mode)
-        if not monitor.answered.done():
-            monitor.answered.set_result(True)
 
     def _supervisor_failed(self, call: SipCall, branch: _Branch, status: int) -> None:
         monitor = call.monitors.get(branch.supervisor or "")
@@ -1128,8 +1121,6 @@ class SipCalls:
             future.set_result(why)
         if monitor.via == "client" and self.runner.offers is not None:
             self.runner.offers.end_monitor(call.call_id, monitor.user_id, why)
-        if monitor.answered is not None and not monitor.answered.done():
-            monitor.answered.set_exception(MediaError(why))
         log.info("sip_monitor_left", user_id=monitor.user_id, was=previous, why=why)
 
     def drop_supervisor(self, call: SipCall, monitor: SipMonitor) -> None:
