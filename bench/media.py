@@ -462,47 +462,15 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
             media.start_recording(call_id, Path(args.record_dir) / f"call-{i}.wav")
         ports.append(legs)
     policy = tune_garbage_collector()  # as the daemon does once started
-    pauses = {"count": 0, "ns": 0, "max_ns": 0, "started": 0}
-
-    def gc_watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            pauses["started"] = time.perf_counter_ns()
-        else:
-            took = time.perf_counter_ns() - pauses["started"]
-            pauses["count"] += 1
-            pauses["ns"] += took
-            pauses["max_ns"] = max(pauses["max_ns"], took)
-
-    gc.callbacks.append(gc_watch)
-
-    def totals() -> dict[str, int]:
-        figures = media.live_figures()
-        return {
-            "received": figures.received,
-            "sent": figures.sent,
-            "foreign": figures.foreign,
-            "malformed": figures.malformed,
-            "ticks": ticks["count"],
-            "late_ticks": ticks["late"],
-            "tick_ns": ticks["ns"],
-            "gc_count": pauses["count"],
-            "gc_ns": pauses["ns"],
-        }
-
-    base = totals()
+    figures = EngineFigures(media, ticks)
     done = asyncio.Event()
 
     def command() -> None:
-        nonlocal base
         line = sys.stdin.readline().strip()
-        if line == "reset":
-            base = totals()
-            pauses["max_ns"] = 0
-        elif line == "stats":
-            now = totals()
-            emit({k: now[k] - base[k] for k in now} | {"gc_max_ns": pauses["max_ns"]})
-        elif line in ("quit", ""):
+        if line in ("quit", ""):
             done.set()
+        else:
+            figures.command(line)
 
     loop.add_reader(sys.stdin.fileno(), command)
     emit({"pid": os.getpid(), "ports": ports})
@@ -511,6 +479,53 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
     if policy is not None:
         policy.stop()
     media.stop()
+
+
+class EngineFigures:
+    """The engine child's figures for the parent: packets from the engine, the mixer's ticks,
+    the garbage collector's pauses (gc.callbacks); `reset` starts a window, `stats` emits what
+    changed since."""
+
+    def __init__(self, media: Any, ticks: dict[str, int] | None = None) -> None:
+        self.media = media
+        self.ticks = ticks or {"ns": 0, "count": 0, "late": 0}
+        self.pauses = {"count": 0, "ns": 0, "max_ns": 0, "started": 0}
+        gc.callbacks.append(self._gc_watch)
+        self.base = self.totals()
+
+    def _gc_watch(self, phase: str, info: dict[str, int]) -> None:
+        pauses = self.pauses
+        if phase == "start":
+            pauses["started"] = time.perf_counter_ns()
+        else:
+            took = time.perf_counter_ns() - pauses["started"]
+            pauses["count"] += 1
+            pauses["ns"] += took
+            pauses["max_ns"] = max(pauses["max_ns"], took)
+
+    def totals(self) -> dict[str, int]:
+        figures = self.media.live_figures()
+        return {
+            "received": figures.received,
+            "sent": figures.sent,
+            "foreign": figures.foreign,
+            "malformed": figures.malformed,
+            "ticks": self.ticks["count"],
+            "late_ticks": self.ticks["late"],
+            "tick_ns": self.ticks["ns"],
+            "gc_count": self.pauses["count"],
+            "gc_ns": self.pauses["ns"],
+        }
+
+    def command(self, word: str) -> None:
+        """`reset` or `stats` from the parent."""
+        if word == "reset":
+            self.base = self.totals()
+            self.pauses["max_ns"] = 0
+        elif word == "stats":
+            now = self.totals()
+            changed = {k: now[k] - self.base[k] for k in now}
+            emit(changed | {"gc_max_ns": self.pauses["max_ns"]})
 
 
 class Embedded:

@@ -94,7 +94,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import platform
@@ -126,6 +125,7 @@ from media import (
     SAMPLES,
     TAG_OFFSET,
     Bench,
+    EngineFigures,
     RtpEngine,
     Step,
     _delays,
@@ -703,40 +703,12 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
 
     media.subscribe(on_event)
     policy = tune_garbage_collector()  # as the daemon does once started
-    pauses = {"count": 0, "ns": 0, "max_ns": 0, "started": 0}
-
-    def gc_watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            pauses["started"] = time.perf_counter_ns()
-        else:
-            took = time.perf_counter_ns() - pauses["started"]
-            pauses["count"] += 1
-            pauses["ns"] += took
-            pauses["max_ns"] = max(pauses["max_ns"], took)
-
-    gc.callbacks.append(gc_watch)
-
-    def totals() -> dict[str, int]:
-        figures = media.live_figures()
-        return {
-            "received": figures.received,
-            "sent": figures.sent,
-            "foreign": figures.foreign,
-            "malformed": figures.malformed,
-            "ticks": 0,
-            "late_ticks": 0,
-            "tick_ns": 0,
-            "gc_count": pauses["count"],
-            "gc_ns": pauses["ns"],
-        }
-
-    base = totals()
+    figures = EngineFigures(media)
     done = asyncio.Event()
     calls: list[str] = []
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(line: str) -> None:
-        nonlocal base
         word, _, rest = line.strip().partition(" ")
         if word == "offer":
             peer, n = (int(x) for x in rest.split())
@@ -764,12 +736,8 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
                     "reasons": sorted(set(failed.values()))[:3],
                 }
             )
-        elif word == "reset":
-            base = totals()
-            pauses["max_ns"] = 0
-        elif word == "stats":
-            now = totals()
-            emit({k: now[k] - base[k] for k in now} | {"gc_max_ns": pauses["max_ns"]})
+        elif word in ("reset", "stats"):
+            figures.command(word)
         elif word in ("quit", ""):
             done.set()
 
