@@ -177,6 +177,11 @@ def port_of(text: str) -> int:
     raise AssertionError(f"no m=audio in {text!r}")
 
 
+def version_of(text: str) -> int:
+    origin = next(line for line in text.splitlines() if line.startswith("o="))
+    return int(origin.split()[2])
+
+
 def report(what: str, pcm: bytes, freqs: tuple[int, ...] = (440, 1000, 2000)) -> None:
     levels = ", ".join(f"{f} Hz {level_at(pcm, f):.1f} dBFS" for f in freqs)
     print(f"\n{what}: {len(pcm) / 16000:.2f} s of audio; {levels}")
@@ -213,6 +218,51 @@ async def test_each_side_hears_the_others_tone(media: RtpengineMedia) -> None:
         await media.release("tones")
         caller.close()
         agent.close()
+
+
+async def test_a_new_offer_from_either_side_moves_its_audio_and_the_other_side_hears_on(
+    media: RtpengineMedia,
+) -> None:
+    """A re-INVITE (a desk phone's new address, then the caller's) is answered by rtpengine
+    with the other side's last SDP: the other side is not asked, and both hear each other
+    again at the new addresses."""
+    caller, agent, to_caller_side, to_agent_side = await two_party_call(media, "moves")
+    moved_agent, moved_caller = Phone(0, 0x3333), Phone(0, 0x4444)
+    first_to_caller = media.local_sdp("moves", "caller") or ""
+    first_to_agent = media.local_sdp("moves", "leg-1") or ""
+    try:
+        for_agent = await media.renegotiate(
+            "moves", "leg-1", sdp(moved_agent.address[1], "0 101", 2), source=HOST
+        )
+        assert port_of(for_agent) == to_agent_side  # rtpengine keeps its side's port
+        for_caller = await media.renegotiate(
+            "moves", "caller", sdp(moved_caller.address[1]), source=HOST
+        )
+        to_caller_side = port_of(for_caller)  # (rtpengine may open the caller a new port)
+        # a changed SDP in a dialog has a higher version (RFC 3264 §8)
+        assert version_of(for_caller) > version_of(first_to_caller)
+        assert version_of(for_agent) > version_of(first_to_agent)
+        assert media.local_sdp("moves", "caller") == for_caller
+        await asyncio.gather(
+            moved_caller.play(440, 1.5, to_caller_side),
+            moved_agent.play(1000, 1.5, to_agent_side),
+        )
+        await asyncio.sleep(0.2)
+        caller_heard = audio_of(moved_caller.received())
+        agent_heard = audio_of(moved_agent.received())
+        report("after the moves, the caller heard", caller_heard)
+        report("after the moves, the agent heard", agent_heard)
+        assert tones_in(caller_heard) == {1000}
+        assert tones_in(agent_heard) == {440}
+        assert caller.received() == [] and agent.received() == []  # the old addresses: none
+        with pytest.raises(NoCommonCodec):
+            await media.renegotiate("moves", "leg-1", "not SDP")
+        with pytest.raises(MediaError):
+            await media.renegotiate("moves", "leg-elsewhere", sdp(40000))
+    finally:
+        await media.release("moves")
+        for phone in (caller, agent, moved_agent, moved_caller):
+            phone.close()
 
 
 async def test_several_legs_ring_and_the_one_that_answers_is_joined(

@@ -124,6 +124,7 @@ class _Leg:
     name: str
     webrtc: bool = False
     local: str | None = None  # the SDP rtpengine made for this leg (our last one to it)
+    remote: str | None = None  # the leg's own last SDP (its answer, or a later offer)
     answered: bool = False
     playing: asyncio.TimerHandle | None = None
     blocked_for_prompt: str | None = None  # the peer blocked while a prompt plays to this leg
@@ -179,6 +180,9 @@ class RtpengineMedia:
         self._listeners: list[Callable[[MediaEvent], None]] = []
         self._dtmf_transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # False once rtpengine stopped answering (a request timed out), True again on the
+        # next reply: `/readyz` says so.
+        self.answering = True
 
     # -- life ----------------------------------------------------------------------------------
     async def start(self) -> RtpengineMedia:
@@ -225,6 +229,13 @@ class RtpengineMedia:
         return call.peer if call is not None else None
 
     # -- offer / answer -------------------------------------------------------------------------
+    @staticmethod
+    def check(sdp: str, *, webrtc: bool = False, what: str = "the answer") -> None:
+        """`NoCommonCodec` when `sdp` has no PCMU/PCMA stream in the transport expected (a
+        WebRTC app's: `UDP/TLS/RTP/SAVPF`), without asking rtpengine: an answer checked before
+        its leg wins, joined (`accept`) once it does."""
+        _check_codecs(sdp, webrtc, what)
+
     def caller_offer(
         self, call_id: str, sdp: str, *, source: str | None = None, webrtc: bool = False
     ) -> None:
@@ -293,13 +304,53 @@ class RtpengineMedia:
         reply = await self._ask(message)
         caller.local = _sdp_of(reply)
         entry.answered = True
+        entry.remote = answer
         call.peer = leg
         return caller.local
+
+    async def renegotiate(
+        self, call_id: str, leg: str, sdp: str, *, source: str | None = None
+    ) -> str:
+        """A new offer from a joined leg (the caller or its peer: a re-INVITE or UPDATE with
+        SDP for hold, a new address, a session refresh). rtpengine takes it as an offer from
+        that side, and the other side's last SDP answers it, so the other side is not asked
+        again (each side of a B2BUA negotiates on its own). Returns the SDP for `leg` (the
+        body of our 2xx)."""
+        call = self._call(call_id)
+        other = self._other(call, leg)
+        if other is None:
+            raise MediaError(f"leg {leg!r} is not joined to another leg")
+        entry, peer = self._leg(call, leg), self._leg(call, other)
+        peer_sdp = call.caller_sdp if other == CALLER else peer.remote
+        if peer_sdp is None:
+            raise MediaError(f"no SDP of leg {other!r} to answer with")
+        _check_codecs(sdp, entry.webrtc, "the offer")
+        # the branch (`via-branch`) is the leg's that is not the caller: the caller's ports
+        # toward each leg rung are that branch's own
+        branch = other if leg == CALLER else leg
+        tags = {"call-id": call.ng_id, "from-tag": leg, "to-tag": other, "via-branch": branch}
+        offer: dict[str, Any] = {"command": "offer", "sdp": sdp, **tags}
+        offer |= self._toward(peer.webrtc, offerer_webrtc=entry.webrtc)
+        if source is not None:
+            offer["received-from"] = ["IP4", source]
+        await self._ask(offer)
+        answer: dict[str, Any] = {"command": "answer", "sdp": peer_sdp, **tags}
+        answer |= self._toward(entry.webrtc, offerer_webrtc=peer.webrtc)
+        reply = await self._ask(answer)
+        if leg == CALLER:
+            call.caller_sdp = sdp
+        else:
+            entry.remote = sdp
+        entry.local = _sdp_of(reply)
+        return entry.local
 
     def _toward(self, webrtc: bool, *, offerer_webrtc: bool) -> dict[str, Any]:
         """The ng keys for an SDP going toward a side of this kind."""
         flags = ["inject DTMF"] if self.inject_dtmf else []
-        out: dict[str, Any] = {"replace": ["origin", "session-connection"], "SDES": ["off"]}
+        out: dict[str, Any] = {
+            "replace": ["origin", "session-connection", "SDP-version"],
+            "SDES": ["off"],
+        }
         if flags:
             out["flags"] = flags
         if self.advertised_address:
@@ -514,8 +565,9 @@ class RtpengineMedia:
     async def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
         command = message["command"]
         try:
-            return await self.client.send(message)
+            reply = await self.client.send(message)
         except NgErrorReply as exc:
+            self.answering = True
             reason = exc.reason
             lowered = reason.lower()
             if "port" in lowered and ("ran out" in lowered or "no free" in lowered):
@@ -524,9 +576,12 @@ class RtpengineMedia:
                 raise UnknownMedia(f"rtpengine {command}: {reason}") from None
             raise MediaError(f"rtpengine {command}: {reason}") from None
         except (NgTimeout, NgClosed) as exc:
+            self.answering = False
             raise MediaUnavailable(f"rtpengine does not answer: {exc}") from None
         except NgError as exc:
             raise MediaError(str(exc)) from None
+        self.answering = True
+        return reply
 
     def _emit(self, event: MediaEvent) -> None:
         for listener in list(self._listeners):
