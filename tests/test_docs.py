@@ -41,13 +41,23 @@ def readme() -> str:
 
 # -- (a) settings ----------------------------------------------------------------------------
 def _settings_keys() -> list[tuple[str, str]]:
+    """(section, key) of every setting; a table inside a section (`[media.rtpengine]`) is a
+    section of its own, named with a dot."""
     keys = []
-    for section, field in Settings.model_fields.items():
-        if section == "config_dir":
-            continue
-        model = field.annotation
+    sections = [
+        (name, field.annotation)
+        for name, field in Settings.model_fields.items()
+        if name != "config_dir"
+    ]
+    while sections:
+        section, model = sections.pop(0)
         assert isinstance(model, type) and issubclass(model, BaseModel), section
-        keys += [(section, key) for key in model.model_fields]
+        for key, field in model.model_fields.items():
+            inner = field.annotation
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                sections.append((f"{section}.{key}", inner))
+            else:
+                keys.append((section, key))
     return keys
 
 
@@ -57,6 +67,7 @@ SETTINGS_KEYS = _settings_keys()
 def test_settings_are_found() -> None:
     assert ("http", "port") in SETTINGS_KEYS
     assert ("daemon", "drain_timeout_seconds") in SETTINGS_KEYS
+    assert ("media.rtpengine", "ng") in SETTINGS_KEYS
     assert not any(section == "config_dir" for section, _ in SETTINGS_KEYS)
 
 
@@ -65,7 +76,7 @@ def test_settings_are_found() -> None:
 )
 def test_readme_documents_every_setting(readme: str, section: str, key: str) -> None:
     dotted = f"{section}.{key}"
-    env = f"BRIDGE_{section.upper()}__{key.upper()}"
+    env = f"BRIDGE_{section.upper().replace('.', '__')}__{key.upper()}"
     assert re.search(rf"(?<![\w.]){re.escape(dotted)}(?![\w])", readme), f"{dotted} not in README"
     assert re.search(rf"(?<!\w){re.escape(env)}(?!\w)", readme), f"{env} not in README"
 

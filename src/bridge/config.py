@@ -217,13 +217,47 @@ class EventsSettings(_Section):
     outbox_path: Path = Path("var/events.sqlite")
 
 
+class RtpengineSettings(_Section):
+    """`[media.rtpengine]`: the rtpengine daemon that anchors SIP calls' audio when
+    `[media] engine = "rtpengine"` (docs/media.md, "rtpengine")."""
+
+    # Its ng control socket (`--listen-ng`), host:port.
+    ng: str = "127.0.0.1:2223"
+    # How long one ng request waits for the reply before it is sent again (same cookie), and
+    # how many times: a request fails after (retries + 1) * timeout_seconds.
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @field_validator("ng")
+    @classmethod
+    def _ng(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            number = int(port)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address and port (like 127.0.0.1:2223)"
+            ) from None
+        if not 1 <= number <= 65535:
+            raise ValueError(f"port {number} is not between 1 and 65535")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.ng.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class MediaSettings(_Section):
     """The media engine that anchors the audio of SIP calls (docs/media.md)."""
 
-    # embedded: the engine inside the daemon (nothing to install). none: SDP passes end to end
-    # between the SIP peers (signalling only: no listen/whisper/barge, recording, voicemail
-    # or press-1 on SIP calls).
-    engine: Literal["embedded", "none"] = "embedded"
+    # embedded: the engine inside the daemon (nothing to install). rtpengine: an rtpengine
+    # daemon ([media.rtpengine]) relays the audio and bridges browsers' WebRTC to RTP, without
+    # a mixer: no listen/whisper/barge, recording, voicemail or press-1 on SIP calls. none:
+    # SDP passes end to end between the SIP peers (signalling only, the same refusals).
+    engine: Literal["embedded", "rtpengine", "none"] = "embedded"
+    rtpengine: RtpengineSettings = RtpengineSettings()
     # Where the RTP sockets are bound, and the address put in our SDP (`c=`) when peers reach
     # us through NAT (default: `address`).
     address: str = "127.0.0.1"

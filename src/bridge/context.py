@@ -85,7 +85,12 @@ class AppContext:
         if trunk is not None:
             checks["trunk_registration"] = trunk.status()
             trunk_failed = trunk.state == "failed"
-        return (not missing and not self.draining and not trunk_failed), checks
+        relay = self.sip.relay if self.sip is not None else None
+        relay_down = relay is not None and not relay.answering
+        if relay is not None:  # SIP calls get 503 while rtpengine does not answer
+            checks["rtpengine"] = "answering" if relay.answering else "not answering"
+        ready = not missing and not self.draining and not trunk_failed and not relay_down
+        return ready, checks
 
     def reload_directory(self) -> Directory:
         """Re-read the directory file; a bad file is refused and logged, the old one kept."""

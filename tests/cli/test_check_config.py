@@ -95,6 +95,21 @@ def test_demo_config_is_valid(demo_dir: Path, capsys: pytest.CaptureFixture[str]
             'port = 8080\npublic_url = "ftp://x"',
             "http.public_url: must start with http://",
         ),
+        (
+            'engine = "embedded"',
+            'engine = "rtpengin"',
+            "media.engine: Input should be 'embedded', 'rtpengine' or 'none'",
+        ),
+        (
+            'ng = "127.0.0.1:2223"',
+            'ng = "rtpengine.local:2223"',
+            "media.rtpengine.ng: 'rtpengine.local:2223' is not an IP address and port",
+        ),
+        (
+            'ng = "127.0.0.1:2223"',
+            'ng = "127.0.0.1:70000"',
+            "media.rtpengine.ng: port 70000 is not between 1 and 65535",
+        ),
     ],
 )
 def test_bad_settings_exit_2_naming_the_field(

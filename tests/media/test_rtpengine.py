@@ -1,6 +1,6 @@
 """`RtpengineMedia` (bridge.media.rtpengine) against a real rtpengine on loopback.
 
-One rtpengine 10.5 for the module (Debian `rtpengine-daemon`, `make test` installs it):
+One rtpengine 10.5 for the module (tests/media/rtpengine_daemon.py):
 userspace only (`--table=-1`), in the foreground, no config file, its own ng port and a small
 free port range, `--delete-delay=0`, pcap recording into a temporary directory, DTMF events
 logged to a UDP port of the test; stopped by the fixture (SIGTERM, then SIGKILL after 5 s).
@@ -13,17 +13,10 @@ it heard the other one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
-import signal
-import socket
 import struct
-import subprocess
-import time
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,101 +35,21 @@ from bridge.media.rtp import build_rtp, parse_rtp
 from bridge.media.rtpengine import RtpengineMedia
 from tests.media.audio import level_at, tone, tones_in
 from tests.media.rtp_peers import Phone, audio_of
-
-BINARY = os.environ.get("RTPENGINE", "/usr/bin/rtpengine")
-HOST = "127.0.0.1"
-PORTS = 60  # rtpengine's media range for the module (even/odd pairs, a branch takes 2-4)
-
-pytestmark = pytest.mark.skipif(
-    shutil.which(BINARY) is None,
-    reason=f"rtpengine is not installed ({BINARY}; Debian package rtpengine-daemon, "
-    "which `make test` installs)",
+from tests.media.rtpengine_daemon import (
+    HOST,
+    Daemon,
+    free_udp_port,
+    needs_rtpengine,
+    running_rtpengine,
 )
 
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def free_range(size: int) -> int:
-    """The first port of `size` consecutive free UDP ports (checked by binding them all)."""
-    for _ in range(50):
-        base = free_udp_port() & ~1
-        if base + size > 65535:
-            continue
-        held = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(s)
-                s.bind((HOST, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError(f"no {size} consecutive free UDP ports")
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    ng_port: int
-    recording_dir: Path
-    dtmf_port: int
-    log: Path
+pytestmark = needs_rtpengine
 
 
 @pytest.fixture(scope="module")
 def rtpengine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("rtpengine")
-    recordings = tmp / "spool"
-    recordings.mkdir()
-    ng_port, dtmf_port = free_udp_port(), free_udp_port()
-    base = free_range(PORTS)
-    log = tmp / "rtpengine.log"
-    command = [
-        BINARY,
-        "--config-file=none",
-        "--table=-1",
-        "--foreground",
-        f"--interface={HOST}",
-        f"--listen-ng={HOST}:{ng_port}",
-        f"--port-min={base}",
-        f"--port-max={base + PORTS - 1}",
-        "--delete-delay=0",
-        "--num-threads=2",
-        "--log-stderr",
-        "--log-level=6",
-        f"--recording-dir={recordings}",
-        "--recording-method=pcap",
-        f"--dtmf-log-dest={HOST}:{dtmf_port}",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
-    try:
-        deadline = time.monotonic() + 10
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.settimeout(0.2)
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"rtpengine did not start: {log.read_text()[-2000:]}")
-                probe.sendto(b"probe d7:command4:pinge", (HOST, ng_port))
-                with contextlib.suppress(OSError):
-                    if probe.recv(1000).startswith(b"probe "):
-                        break
-        yield Daemon(proc, ng_port, recordings, dtmf_port, log)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with running_rtpengine(tmp_path_factory.mktemp("rtpengine")) as daemon:
+        yield daemon
 
 
 @pytest.fixture
@@ -255,6 +168,11 @@ async def test_a_new_offer_from_either_side_moves_its_audio_and_the_other_side_h
         assert tones_in(caller_heard) == {1000}
         assert tones_in(agent_heard) == {440}
         assert caller.received() == [] and agent.received() == []  # the old addresses: none
+        # the caller puts the call on hold: answered recvonly (RFC 3264 §6.1), then resumed
+        hold = sdp(moved_caller.address[1]).replace("a=sendrecv", "a=sendonly")
+        assert "a=recvonly" in await media.renegotiate("moves", "caller", hold)
+        resumed = await media.renegotiate("moves", "caller", sdp(moved_caller.address[1]))
+        assert "a=sendrecv" in resumed and "a=recvonly" not in resumed
         with pytest.raises(NoCommonCodec):
             await media.renegotiate("moves", "leg-1", "not SDP")
         with pytest.raises(MediaError):

@@ -344,3 +344,59 @@ class MediaPort(Protocol):
     def release(self, call_id: str, leg: str | None = None) -> None:
         """Free a leg (its port), or the whole call's session (None)."""
         ...
+
+
+class RelayMediaPort(Protocol):
+    """A media relay that rewrites SDP in transit (rtpengine, `[media] engine = "rtpengine"`):
+    the SIP path asks it at each offer and answer, the way a proxy with rtpengine does, and it
+    relays the audio (and bridges a browser's WebRTC to RTP) on ports of its own. It has no
+    mixer: no supervisor, recording, prompt or message on it (`capabilities()` says why).
+    Offers and answers are coroutines (a round trip to the relay).
+
+    Legs are named as on the `MediaPort`: `"caller"`, a call-core leg id, `"apps:<user>"`.
+    Raises (`bridge.calls.media`): `NoCommonCodec`, `MediaUnavailable` (no reply, no port),
+    `UnknownMedia`, `MediaError`."""
+
+    answering: bool  # False once the relay stopped answering, until it answers again
+
+    def capabilities(self) -> MediaCapabilities: ...
+
+    def check(self, sdp: str, *, webrtc: bool = False, what: str = "the answer") -> None:
+        """`NoCommonCodec` when `sdp` cannot be relayed (no round trip)."""
+        ...
+
+    def caller_offer(
+        self, call_id: str, sdp: str, *, source: str | None = None, webrtc: bool = False
+    ) -> None:
+        """The caller's offer, kept for the legs' offers (no round trip)."""
+        ...
+
+    async def offer(self, call_id: str, leg: str, *, webrtc: bool = False) -> str:
+        """The relay's offer toward a leg rung (the caller's, on the relay's ports)."""
+        ...
+
+    async def accept(
+        self, call_id: str, leg: str, answer: str, *, source: str | None = None
+    ) -> str:
+        """The winning leg's answer: the relay joins it to the caller; returns the caller's
+        answer (our 200)."""
+        ...
+
+    async def renegotiate(
+        self, call_id: str, leg: str, sdp: str, *, source: str | None = None
+    ) -> str:
+        """A joined leg's new offer (re-INVITE, UPDATE), answered by the relay with the other
+        side's last SDP; returns the SDP for that leg."""
+        ...
+
+    def local_sdp(self, call_id: str, leg: str) -> str | None: ...
+
+    def legs(self, call_id: str) -> list[str]: ...
+
+    async def ping(self) -> None:
+        """Ask the relay whether it answers (`answering` follows); `MediaUnavailable`."""
+        ...
+
+    async def release(self, call_id: str, leg: str | None = None) -> None:
+        """Free a leg's ports, or the whole call's (None)."""
+        ...

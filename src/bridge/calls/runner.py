@@ -25,6 +25,7 @@ Nothing here blocks: every input is handled in one synchronous step on the loop.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -104,8 +105,9 @@ class RunningCall:
     started: float  # on `clock`, when the call was admitted
     caller_sdp: str | None = None  # the caller's SDP offer, handed to apps that answer
     # The SDP offered to apps, made when the first app is rung (a path that anchors media
-    # offers its own, not the caller's); None: `caller_sdp`.
-    app_sdp: Callable[[str], str | None] | None = None  # the offer for an app user
+    # offers its own, not the caller's; awaitable when a media relay, a round trip away,
+    # makes it); None: `caller_sdp`.
+    app_sdp: Callable[[str], str | Awaitable[str | None] | None] | None = None
     timer: object | None = None
     setup_measured: bool = False
     # Users offered the call on their apps (user id -> leg id), the accept being decided
@@ -153,6 +155,7 @@ class CallRunner:
         self._seed = seed
         self.offers = offers
         self._calls: dict[str, RunningCall] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # app offers awaiting a relay's SDP
         self._listeners: list[CallEventListener] = []
         # The wall-clock time of the outputs being applied: read once per input, not once
         # per event (an input's outputs happen at one moment).
@@ -392,6 +395,39 @@ class CallRunner:
     def _offer_app(
         self, call: RunningCall, command: DialLeg, user_id: str, offers: AppOffers
     ) -> None:
+        sdp: str | Awaitable[str | None] | None = None
+        if call.driver.app_accept_answers:
+            sdp = call.app_sdp(user_id) if call.app_sdp is not None else call.caller_sdp
+        if sdp is None or isinstance(sdp, str):
+            self._send_app_offer(call, command, user_id, offers, sdp)
+            return
+        # The offer's SDP comes from a media relay (a round trip to rtpengine): the app is
+        # offered the call once it is here, if the leg still rings by then.
+        pending = sdp
+
+        async def when_ready() -> None:
+            ready = await pending
+            leg = call.machine.leg(command.leg_id)
+            if self._calls.get(call.call_id) is not call or leg is None or not leg.state.live:
+                return
+            with call_context(call.call_id):
+                if ready is None:  # the relay could not make one (logged by the path)
+                    self.feed_later(call, _failed(call, command.leg_id, LegFailure.UNREACHABLE))
+                    return
+                self._send_app_offer(call, command, user_id, offers, ready)
+
+        task = asyncio.get_running_loop().create_task(when_ready())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_app_offer(
+        self,
+        call: RunningCall,
+        command: DialLeg,
+        user_id: str,
+        offers: AppOffers,
+        sdp: str | None,
+    ) -> None:
         plan = call.machine.plan
         answers = call.driver.app_accept_answers
         rings_for = max(1.0, command.timeout_at - call.now)  # on the call's own clock
@@ -402,9 +438,7 @@ class CallRunner:
             line=plan.line,
             ring_group=plan.target_id if plan.target_kind == "ring_group" else None,
             expires_at=self._wall_now() + timedelta(seconds=rings_for),
-            sdp=(call.app_sdp(user_id) if call.app_sdp is not None else call.caller_sdp)
-            if answers
-            else None,
+            sdp=sdp,
             listener=self,
         )
         log.info(f"{call.path}_leg_offered", leg_id=command.leg_id, user_id=user_id, status=status)

@@ -197,6 +197,10 @@ class RtpengineMedia:
         await self._ask({"command": "ping"})
         return self
 
+    async def ping(self) -> None:
+        """`MediaUnavailable` when rtpengine does not answer (`answering` says it too)."""
+        await self._ask({"command": "ping"})
+
     async def close(self) -> None:
         """Delete every call still anchored, close the sockets."""
         for call_id in list(self._calls):
@@ -274,6 +278,10 @@ class RtpengineMedia:
         if call.caller_source is not None:
             message["received-from"] = ["IP4", call.caller_source]
         reply = await self._ask(message)
+        if self._calls.get(call_id) is not call:
+            # released while rtpengine was asked: its offer made the call again there
+            await self._delete({"command": "delete", "call-id": call.ng_id})
+            raise UnknownMedia(f"call {call_id} was released")
         entry = call.legs.setdefault(leg, _Leg(leg))
         entry.webrtc = webrtc
         entry.local = _sdp_of(reply)
@@ -325,6 +333,7 @@ class RtpengineMedia:
         if peer_sdp is None:
             raise MediaError(f"no SDP of leg {other!r} to answer with")
         _check_codecs(sdp, entry.webrtc, "the offer")
+        peer_sdp = _answering(sdp, peer_sdp)
         # the branch (`via-branch`) is the leg's that is not the caller: the caller's ports
         # toward each leg rung are that branch's own
         branch = other if leg == CALLER else leg
@@ -613,6 +622,38 @@ def _check_codecs(sdp: str, webrtc: bool, what: str) -> None:
     protos = (SAVPF, "RTP/SAVPF") if webrtc else (RTP_AVP,)
     if negotiate(description, protos=protos) is None:
         raise NoCommonCodec(f"no PCMU or PCMA audio stream over {'/'.join(protos)} in {what}")
+
+
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_ANSWER_DIRECTION = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+
+
+def _answering(offer: str, answer: str) -> str:
+    """`answer` (a side's last SDP) with the direction that answers `offer`'s (RFC 3264
+    §6.1: a hold's `sendonly` is answered `recvonly`), in each of its media sections."""
+    offered = "sendrecv"
+    for line in offer.splitlines():
+        if line.startswith("a=") and line[2:].strip() in _DIRECTIONS:
+            offered = line[2:].strip()  # (the media section's wins over the session's)
+    direction = f"a={_ANSWER_DIRECTION[offered]}"
+    out: list[str] = []
+    in_media = False
+    for line in answer.splitlines():
+        if line.startswith("a=") and line[2:].strip() in _DIRECTIONS:
+            continue
+        if line.startswith("m=") and in_media:
+            out.append(direction)
+        in_media = in_media or line.startswith("m=")
+        if line:
+            out.append(line)
+    if in_media:
+        out.append(direction)
+    return "\r\n".join(out) + "\r\n"
 
 
 def _sdp_of(reply: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ from bridge.calls.media import (
     NoCommonCodec,
     PlaybackDone,
 )
-from bridge.calls.ports import AnswerRefused, MediaPort
+from bridge.calls.ports import AnswerRefused, MediaPort, RelayMediaPort
 from bridge.calls.registry import NotAcceptingCalls
 from bridge.calls.runner import CallRunner, RunningCall
 from bridge.directory.model import Directory, FallbackAction, normalize_number
@@ -264,6 +264,9 @@ class SipCall:
     # The media engine's answer to the caller's offer (None: SDP passes end to end, or the
     # caller made no offer and gets ours in the 200).
     caller_answer: str | None = None
+    # Its audio relayed by a `RelayMediaPort` (rtpengine): each SDP is rewritten in transit.
+    anchored: bool = False
+    dialing: set[str] = field(default_factory=set)  # legs whose relay offer is awaited
     monitors: dict[str, SipMonitor] = field(default_factory=dict)  # by supervisor id
     voicemail_id: str | None = None
     voicemail_path: Path | None = None
@@ -329,10 +332,13 @@ class SipCalls:
         prompts: Prompts | None = None,
         messages: MessageStore | None = None,
         spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
+        relay: RelayMediaPort | None = None,
     ) -> None:
         self.runner = runner
-        # None: signalling only, SDP passes end to end ([media] engine = "none").
+        # None: signalling only, SDP passes end to end ([media] engine = "none"), or
+        # rewritten in transit by `relay` ([media] engine = "rtpengine").
         self.media = media
+        self.relay = relay if media is None else None
         self.media_options = media_options or SipMediaOptions()
         self.prompts = prompts
         self.messages = messages
@@ -456,14 +462,19 @@ class SipCalls:
         call_id = request.call_id
         with call_context(call_id):
             caller_answer = None
-            if self.media is not None and invite.body:
+            anchored = False
+            if (self.media is not None or self.relay is not None) and invite.body:
+                offer = invite.body.decode("utf-8", "replace")
                 try:
-                    caller_answer = self.media.answer(
-                        call_id,
-                        CALLER_LEG,
-                        invite.body.decode("utf-8", "replace"),
-                        source=source[0],
-                    )
+                    if self.media is not None:
+                        caller_answer = self.media.answer(
+                            call_id, CALLER_LEG, offer, source=source[0]
+                        )
+                    elif self.relay is not None:
+                        if not self.relay.answering:
+                            raise MediaUnavailable("rtpengine does not answer")
+                        self.relay.caller_offer(call_id, offer, source=source[0])
+                        anchored = True
                 except NoCommonCodec as exc:
                     log.info("sip_call_refused_sdp", reason=exc.reason)
                     self.metrics.sip_calls_refused.labels(reason="no_codec").inc()
@@ -497,6 +508,8 @@ class SipCalls:
             except NotAcceptingCalls:
                 if self.media is not None:
                     self.media.release(call_id)
+                if anchored:
+                    self._release_relayed(call_id)
                 self._respond(
                     transaction_id,
                     _reply(invite, 503, "Service Unavailable", [("Retry-After", "30")]),
@@ -512,9 +525,12 @@ class SipCalls:
                 to_tag=random_hex(5),
                 caller_id=caller_id,
                 caller_answer=caller_answer,
+                anchored=anchored,
             )
             if self.media is not None:
                 run.app_sdp = lambda user_id: self._app_offer(call, user_id)
+            elif anchored:
+                run.app_sdp = lambda user_id: self._relayed_app_offer(call, user_id)
             self._calls[call_id] = call
             self._by_invite[transaction_id] = call
             log.info(
@@ -598,6 +614,9 @@ class SipCalls:
             elif request.method in ("INVITE", "UPDATE") and self.media is not None:
                 leg = CALLER_LEG if dialog is call.caller_dialog else self._leg_of(call, dialog)
                 self._answer_locally(call, leg, dialog, transaction_id, request)
+            elif request.method in ("INVITE", "UPDATE") and call.anchored:
+                leg = CALLER_LEG if dialog is call.caller_dialog else self._leg_of(call, dialog)
+                self._spawn(self._answer_relayed(call, leg, dialog, transaction_id, request))
             elif request.method in _RELAYED and self._relay(call, dialog, transaction_id, request):
                 pass
             elif request.method == "INVITE" and call.app_winner is not None:
@@ -714,6 +733,57 @@ class SipCalls:
                 return
         elif request.method == "INVITE":
             body = (self.media.local_sdp(call.call_id, leg) or "").encode()
+        self._local_answer(call, dialog, transaction_id, request, body)
+
+    async def _answer_relayed(
+        self, call: SipCall, leg: str, dialog: Dialog, transaction_id: str, request: SipRequest
+    ) -> None:
+        """`_answer_locally` on a relayed call: a new offer is rtpengine's to answer (with the
+        other side's last SDP, so that side is not asked), one without SDP gets what we last
+        sent that leg."""
+        relay = self.relay
+        assert relay is not None
+        body = b""
+        if request.body:
+            try:
+                body = (
+                    await relay.renegotiate(
+                        call.call_id,
+                        leg,
+                        request.body.decode("utf-8", "replace"),
+                        source=address_of(str(dialog.remote_target), call.source)[0],
+                    )
+                ).encode()
+            except MediaError as exc:
+                with call_context(call.call_id):
+                    log.info("sip_reoffer_refused", leg=leg, reason=exc.reason)
+                status = 500 if isinstance(exc, MediaUnavailable) else 488
+                phrase = "Server Internal Error" if status == 500 else "Not Acceptable Here"
+                extra = [("Warning", _warning(exc))]
+                if status == 500:
+                    extra.append(("Retry-After", "5"))
+                response = _reply(request, status, phrase, extra)
+                dialog.response_sent(request, response)
+                self._respond(transaction_id, response)
+                return
+        elif request.method == "INVITE":
+            body = (relay.local_sdp(call.call_id, leg) or "").encode()
+        if self._calls.get(call.call_id) is not call:
+            response = _reply(request, 481, "Call/Transaction Does Not Exist")
+            self._respond(transaction_id, response)
+            return
+        with call_context(call.call_id):
+            self._local_answer(call, dialog, transaction_id, request, body)
+
+    def _local_answer(
+        self,
+        call: SipCall,
+        dialog: Dialog,
+        transaction_id: str,
+        request: SipRequest,
+        body: bytes,
+    ) -> None:
+        """Our 2xx to an in-dialog INVITE or UPDATE answered by the media engine."""
         local = self._local(call.transport)
         extra = [("Contact", f"<sip:bridge@{local.sent_by}>")]
         if body:
@@ -1258,6 +1328,15 @@ class SipCalls:
                 if branch.confirm:
                     self._ask_to_confirm(call, branch)
                     return
+            elif call.anchored and self.relay is not None:
+                try:  # joined by rtpengine if it wins (`_bridge`): checked now
+                    self.relay.check(response.body.decode("utf-8", "replace"))
+                except MediaError as exc:
+                    log.warning("sip_leg_answer_unusable", leg_id=branch.leg_id, reason=exc.reason)
+                    self._bye(branch)
+                    branch.final = 488
+                    self._leg_maybe_failed(call, branch, 488)
+                    return
             self.runner.leg_answered(call.run, branch.leg_id)
             return
         if status in (401, 407) and self._answer_challenge(call, branch, response):
@@ -1344,6 +1423,7 @@ class SipCalls:
         if call is None:
             return
         reason = ANSWERED_ELSEWHERE if command.reason is LegReason.ANSWERED_ELSEWHERE else None
+        call.dialing.discard(command.leg_id)  # not INVITEd yet: it never will be
         for branch in self._branches(call, command.leg_id):
             if branch.confirming:  # answered, still asked to press 1: hang it up
                 branch.confirming = False
@@ -1466,6 +1546,14 @@ class SipCalls:
             except MediaError as exc:
                 raise AnswerRefused(f"the SDP answer cannot be used: {exc.reason}") from None
             return None
+        if call.anchored and self.relay is not None:
+            if not sdp:
+                raise AnswerRefused("an accept on the SIP path needs the SDP answer (sdp)")
+            try:  # rtpengine joins the app if it wins (`_bridge_app`)
+                self.relay.check(sdp, webrtc=True)
+            except MediaError as exc:
+                raise AnswerRefused(f"the SDP answer cannot be used: {exc.reason}") from None
+            return None
         if call.invite.body and not sdp:
             return "the caller made an SDP offer: an answer without SDP cannot be bridged"
         return None
@@ -1484,6 +1572,11 @@ class SipCalls:
 
     def _release_app_legs(self, call: SipCall, *, but: str | None = None) -> None:
         """The other app users' media legs, once the call is answered (their offers end)."""
+        if call.anchored:
+            for user_id in call.run.app_legs:
+                if user_id != but:
+                    self._release_relayed(call.call_id, app_leg(user_id))
+            return
         if self.media is None:
             return
         for user_id in call.run.app_legs:
@@ -1502,6 +1595,30 @@ class SipCalls:
         except MediaError as exc:
             log.warning("sip_app_offer_failed", reason=exc.reason)
             return None
+
+    async def _relayed_app_offer(self, call: SipCall, user_id: str) -> str | None:
+        """`_app_offer` on a relayed call: rtpengine's WebRTC offer (ICE, DTLS-SRTP) of the
+        caller's audio, on a branch of the app user's."""
+        assert self.relay is not None
+        try:
+            return await self.relay.offer(call.call_id, app_leg(user_id), webrtc=True)
+        except MediaError as exc:
+            log.warning("sip_app_offer_failed", reason=exc.reason)
+            return None
+
+    def _release_relayed(self, call_id: str, leg: str | None = None) -> None:
+        """Free a leg's ports on rtpengine, or the whole call's (None), in the background."""
+        relay = self.relay
+        if relay is None:
+            return
+
+        async def release() -> None:
+            try:
+                await relay.release(call_id, leg)
+            except MediaError as exc:
+                log.warning("sip_relay_release_failed", call_id=call_id, leg=leg, reason=exc.reason)
+
+        self._spawn(release())
 
     def leg_reference(self, run: RunningCall, leg_id: str) -> str | None:
         return None
@@ -1546,6 +1663,10 @@ class SipCalls:
                 call.run, lambda now: call.machine.leg_failed(leg_id, LegFailure.UNREACHABLE, now)
             )
             return
+        if call.anchored:
+            call.dialing.add(command.leg_id)
+            self._spawn(self._dial_relayed(call, command, targets))
+            return
         offer: bytes | None = None
         if self.media is not None:
             try:
@@ -1559,6 +1680,46 @@ class SipCalls:
                 )
                 return
         confirm = self.media is not None and self._needs_confirmation(call, command)
+        self._send_leg_invites(call, command, targets, offer, confirm=confirm)
+
+    async def _dial_relayed(
+        self,
+        call: SipCall,
+        command: DialLeg,
+        targets: list[tuple[str, Address, str, list[tuple[str, str]]]],
+    ) -> None:
+        """`_dial` on a relayed call: rtpengine's offer for the leg first (a round trip), then
+        the INVITEs, unless the leg was cancelled meanwhile."""
+        assert self.relay is not None
+        leg_id = command.leg_id
+        try:
+            offer = await self.relay.offer(call.call_id, leg_id)
+        except MediaError as exc:
+            if leg_id in call.dialing and self._calls.get(call.call_id) is call:
+                call.dialing.discard(leg_id)
+                with call_context(call.call_id, leg_id=leg_id):
+                    log.warning("sip_leg_media_failed", leg_id=leg_id, reason=exc.reason)
+                self.runner.feed_later(
+                    call.run,
+                    lambda now: call.machine.leg_failed(leg_id, LegFailure.UNREACHABLE, now),
+                )
+            return
+        if leg_id not in call.dialing or self._calls.get(call.call_id) is not call:
+            self._release_relayed(call.call_id, leg_id)  # cancelled while rtpengine was asked
+            return
+        call.dialing.discard(leg_id)
+        with call_context(call.call_id):
+            self._send_leg_invites(call, command, targets, offer.encode(), confirm=False)
+
+    def _send_leg_invites(
+        self,
+        call: SipCall,
+        command: DialLeg,
+        targets: list[tuple[str, Address, str, list[tuple[str, str]]]],
+        offer: bytes | None,
+        *,
+        confirm: bool,
+    ) -> None:
         for uri, destination, transport, extra in targets:
             trunk_leg = command.via is Channel.PHONE_NUMBER
             invite = self._leg_invite(call, uri, transport, extra, trunk_leg=trunk_leg, body=offer)
@@ -1666,6 +1827,10 @@ class SipCalls:
             except MediaError as exc:
                 log.warning("sip_bridge_failed", reason=exc.reason)
             self._answer_caller(call, self._caller_body(call), "application/sdp")
+        elif call.anchored:
+            answer = winner.answer.body.decode("utf-8", "replace")
+            self._spawn(self._join_relayed(call, leg_id, answer, winner.destination[0]))
+            return
         else:
             self._answer_caller(call, winner.answer.body, winner.answer.headers.get("Content-Type"))
         call.sdp_out[Side.CALLEE] = winner.invite.body
@@ -1685,8 +1850,35 @@ class SipCalls:
             self._release_app_legs(call, but=user_id)
             self._answer_caller(call, self._caller_body(call), "application/sdp")
             return
+        if call.anchored:
+            self._spawn(self._join_relayed(call, app_leg(user_id), answer[1] or "", None))
+            return
         body = (answer[1] or "").encode()
         self._answer_caller(call, body, "application/sdp" if body else None)
+
+    async def _join_relayed(self, call: SipCall, leg: str, answer: str, source: str | None) -> None:
+        """The winner of a relayed call: rtpengine joins it to the caller (its answer), the
+        caller gets rtpengine's answer in our 200, the legs that lost free their ports. A
+        join that fails ends the call (the winner's BYE, the caller's refusal)."""
+        assert self.relay is not None
+        try:
+            body = (await self.relay.accept(call.call_id, leg, answer, source=source)).encode()
+        except MediaError as exc:
+            if self._calls.get(call.call_id) is call and not call.answered:
+                with call_context(call.call_id):
+                    log.warning("sip_bridge_failed", leg=leg, reason=exc.reason)
+                    self._end_after_session_timeout(call, Side.CALLEE)
+            return
+        if self._calls.get(call.call_id) is not call or call.answered:
+            return  # the caller went away meanwhile (its release frees rtpengine's call)
+        with call_context(call.call_id):
+            for other in self.relay.legs(call.call_id):
+                if other not in (CALLER_LEG, leg):
+                    self._release_relayed(call.call_id, other)
+            self._answer_caller(call, body, "application/sdp")
+            if call.winner is not None:
+                call.sdp_out[Side.CALLEE] = call.winner.invite.body
+                self.sessions.arm(call, Side.CALLEE)
 
     def _caller_body(self, call: SipCall) -> bytes:
         """The SDP of our 2xx to the caller: the engine's answer to its offer, or (an INVITE
@@ -1853,6 +2045,8 @@ class SipCalls:
                 log.exception("sip_call_end_listener_failed")
         if self.media is not None:
             self.media.release(call.call_id)
+        if call.anchored:
+            self._release_relayed(call.call_id)
         for key in [k for k in self._connecting if k[0] == call.call_id]:
             future = self._connecting.pop(key)
             if not future.done():

@@ -363,8 +363,7 @@ def make_response(
             lines.append(value)
     if to_tag and status > 100:
         copied["To"] = [
-            value if "tag" in _params(value) else f"{value};tag={to_tag}"
-            for value in copied["To"]
+            value if "tag" in _params(value) else f"{value};tag={to_tag}" for value in copied["To"]
         ]
     items = [(name, value) for name, lines in copied.items() for value in lines]
     items.extend((canonical_name(name), value) for name, value in extra)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from bridge.config import Settings
 from bridge.directory.model import AccountStatus, Directory
 from bridge.directory.store import DirectoryStore
 from bridge.media.engine import EmbeddedMedia
+from bridge.media.ng import NgClient
 from bridge.media.ports import PortPool
 from bridge.media.prompts import beep, resolve_prompt_async
+from bridge.media.rtpengine import RtpengineMedia
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import MessageStore, SipMediaOptions, TrunkSettings
@@ -55,6 +58,7 @@ def build_sip(
         ),
         prompts=PromptLibrary(settings.config_dir, settings.recordings_path.parent / "prompts"),
         messages=messages,
+        relay=rtpengine_relay(settings) if media.engine == "rtpengine" else None,
     )
     store.subscribe(forget_users_without_access(sip.forget_user))
     return sip
@@ -78,6 +82,20 @@ def media_engine(
         )
         metrics.watch_media(engine)
         return engine
+
+    return make
+
+
+def rtpengine_relay(settings: Settings) -> Callable[[], RtpengineMedia]:
+    """The rtpengine of `[media.rtpengine]` (its ng socket opened when SIP starts). Its own
+    `--interface` sets the address in its SDP (a public one behind NAT): not ours."""
+    rtpengine = settings.media.rtpengine
+
+    def make() -> RtpengineMedia:
+        host, port = rtpengine.address
+        client = NgClient(host, port, timeout=rtpengine.timeout_seconds, retries=rtpengine.retries)
+        # one prefix per daemon start: calls of an earlier run still in rtpengine never clash
+        return RtpengineMedia(client, call_prefix=f"bridge-{secrets.token_hex(3)}-")
 
     return make
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import structlog
 
+from bridge.calls.media import MediaError
 from bridge.calls.ports import MediaPort
 from bridge.calls.runner import CallRunner
 from bridge.config import Settings
 from bridge.config import SipSettings as SipSettingsModel
 from bridge.directory.model import Directory
+from bridge.media.rtpengine import RtpengineMedia
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import MessageStore, Prompts, SipCalls, SipMediaOptions, TrunkSettings
@@ -125,6 +127,9 @@ class SipService:
         self._media_factory: Callable[[asyncio.AbstractEventLoop], MediaPort] | None = None
         self._call_options: dict[str, Any] = {}
         self.media: MediaPort | None = None
+        # rtpengine instead ([media] engine = "rtpengine"): SDP rewritten in transit.
+        self._relay_factory: Callable[[], RtpengineMedia] | None = None
+        self.relay: RtpengineMedia | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
 
@@ -137,12 +142,15 @@ class SipService:
         media_options: SipMediaOptions | None = None,
         prompts: Prompts | None = None,
         messages: MessageStore | None = None,
+        relay: Callable[[], RtpengineMedia] | None = None,
     ) -> None:
         """Take calls: INVITEs from the trunk and the phones, run by `runner` (the B2BUA is
-        built when the endpoint starts), their audio anchored in the engine `media` makes."""
+        built when the endpoint starts), their audio anchored in the engine `media` makes,
+        or relayed by the rtpengine `relay` makes."""
         self._runner = runner
         self._trunk = trunk
         self._media_factory = media
+        self._relay_factory = relay
         self._call_options = {
             "media_options": media_options,
             "prompts": prompts,
@@ -172,6 +180,16 @@ class SipService:
             self.trunk_registration.start()
         if self._media_factory is not None and self.media is None:
             self.media = self._media_factory(loop)
+        if self._relay_factory is not None and self.relay is None:
+            self.relay = self._relay_factory()
+            try:
+                await self.relay.start()
+                log.info("rtpengine_answering", ng=self.relay.client.address)
+            except MediaError as exc:
+                # Calls get 503 until it answers; the check below says when it does.
+                ng = self.relay.client.address
+                log.error("rtpengine_not_answering", ng=ng, reason=exc.reason)
+            self._tasks.append(asyncio.create_task(self._relay_check_loop(), name="sip-rtpengine"))
         if self._runner is not None:
             self.calls = SipCalls(
                 runner=self._runner,
@@ -190,6 +208,7 @@ class SipService:
                 local=local,
                 session=self.settings.session,
                 media=self.media,
+                relay=self.relay,
                 **self._call_options,
             )
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="sip-expiry"))
@@ -208,6 +227,23 @@ class SipService:
         stop_media = getattr(self.media, "stop", None)
         if stop_media is not None:
             stop_media()
+        if self.relay is not None:
+            with contextlib.suppress(MediaError):
+                await self.relay.close()
+
+    async def _relay_check_loop(self, every: float = 5.0) -> None:
+        """Ask rtpengine whether it answers, so that calls refused while it did not (503)
+        are taken again once it is back, and `/readyz` says which."""
+        relay = self.relay
+        assert relay is not None
+        while True:
+            await asyncio.sleep(every)
+            was = relay.answering
+            with contextlib.suppress(MediaError):
+                await relay.ping()
+            if relay.answering != was:
+                event = "rtpengine_answering" if relay.answering else "rtpengine_not_answering"
+                (log.info if relay.answering else log.error)(event, ng=relay.client.address)
 
     def forget_user(self, user_id: str) -> None:
         self.registrar.forget_user(user_id)

@@ -117,7 +117,6 @@ class SessionTimers:
             self._cancel_timer(handle)
         call.session_timers.clear()
 
-
     def caller_headers(self, invite: SipRequest) -> list[tuple[str, str]]:
         """Session-Expires (+ Require) for our 2xx to the caller."""
         if invite.headers.get("Session-Expires") is not None:

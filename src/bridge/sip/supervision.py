@@ -13,7 +13,8 @@ call's mix (live, no re-INVITE to caller or agent) and the recording is a tap of
 - recording: dual-channel WAV through the archive (`bridge.recordings`), caller left, the other
   side right; pause `skip` / `silence`; stopped by the control or when the call ends.
 
-With `[media] engine = "none"` every control is refused with `NEEDS_MEDIA`.
+With `[media] engine = "none"` every control is refused with `NEEDS_MEDIA`; with
+`"rtpengine"` (no mixer) with `NEEDS_MIXER`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ log = structlog.get_logger("bridge.sip.supervision")
 
 NEEDS_MEDIA = (
     "listen, whisper, barge and recording on SIP calls need the media engine, "
-    "which this daemon does not run ([media] engine = \"none\")"
+    'which this daemon does not run ([media] engine = "none")'
+)
+NEEDS_MIXER = (
+    "listen, whisper, barge and recording on SIP calls need the embedded media engine: "
+    'rtpengine (10.5, [media] engine = "rtpengine") has no mixer, and records a call only '
+    "as a pcap of its packets"
 )
 CLIENT_NEEDS_WEBRTC = (
     "this media engine has no WebRTC legs, so a supervisor's app cannot join a SIP call: "
@@ -95,14 +101,13 @@ class SipSupervision:
         self._calls = calls
         self._archive = archive
         self._wall = wall_clock
-        self._unsupervised = Unsupervised(registry, NEEDS_MEDIA)
         self._bound: SipCalls | None = None
 
     # -- the port ------------------------------------------------------------------------------
     def call(self, call_id: str) -> SupervisableCall | None:
         sip = self._sip()
         if sip is None or sip.media is None:
-            return self._unsupervised.call(call_id)
+            return Unsupervised(self._registry, _no_media(sip)).call(call_id)
         live = self._registry.get(call_id)
         call = sip.supervisable(call_id)
         if live is None or call is None:
@@ -248,7 +253,7 @@ class SipSupervision:
     def _live(self, call_id: str) -> tuple[SipCalls, SipCall]:
         sip = self._sip()
         if sip is None or sip.media is None:
-            raise NotSupportedOnCall(NEEDS_MEDIA)
+            raise NotSupportedOnCall(_no_media(sip))
         call = sip.supervisable(call_id)
         if call is None:
             raise NotPossibleNow("the call has ended")
@@ -337,3 +342,8 @@ def _recording_view(meta: Any) -> RecordingView:
         url=f"/api/v1/recordings/{meta.id}/audio",
         duration_seconds=round(duration) if duration is not None else None,
     )
+
+
+def _no_media(sip: SipCalls | None) -> str:
+    """Why SIP calls cannot be supervised here: no engine, or one without a mixer."""
+    return NEEDS_MIXER if sip is not None and sip.relay is not None else NEEDS_MEDIA
