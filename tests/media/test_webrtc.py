@@ -106,6 +106,12 @@ async def test_an_app_over_webrtc_and_a_plain_caller_hear_each_other(engine: Emb
         for name in ("app", "caller"):
             endpoint = legs[name].endpoint
             assert endpoint._armed is endpoint._direct is not None, name
+        # the app's socket is connected to the pair its ICE nominated (read and sent without
+        # an address, as a latched phone's)
+        app_leg = legs["app"].endpoint
+        assert app_leg.secure is not None and app_leg.secure.ice.nominated
+        assert app_leg.peer == app_leg.secure.ice.selected
+        assert app_leg.rtp.sock.getpeername()[:2] == app_leg.peer
     finally:
         await app.close()
         caller.close()

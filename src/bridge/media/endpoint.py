@@ -121,6 +121,7 @@ class MediaEndpoint:
         "_fd",
         "_loop",
         "_on_packet",
+        "_secure_connect_failed",
         "_secure_reported",
         "_secure_timer",
         "buffer",
@@ -162,6 +163,7 @@ class MediaEndpoint:
         self.secure: WebRtcLeg | None = None
         self.on_secure: Callable[[str | None], None] | None = None
         self._secure_reported = False
+        self._secure_connect_failed = False
         self._secure_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -193,8 +195,10 @@ class MediaEndpoint:
         """Register the reader the socket's state calls for."""
         if self._loop is None or self._fd < 0:
             return
-        if self.secure is not None:  # a WebRTC leg: directly only once its SRTP keys are there
-            direct = self._direct if self.secure.connected else None
+        if self.secure is not None:
+            # a WebRTC leg: directly once its SRTP keys are there and its socket is connected
+            # to the pair its ICE nominated
+            direct = self._direct if self.secure.connected and self.peer is not None else None
             reader = direct or self._readable
         elif self.peer is None:
             reader = self._readable
@@ -303,6 +307,8 @@ class MediaEndpoint:
             except OSError:
                 self.stats.send_errors += 1
         secure.outgoing.clear()
+        if self.peer is None and secure.connected and secure.ice.nominated:
+            self._connect_secure(secure.ice.selected)
         if not self._secure_reported and (secure.connected or secure.failed is not None):
             self._secure_reported = True
             self._arm()  # a direct reader may take over now
@@ -314,6 +320,22 @@ class MediaEndpoint:
         delay = secure.timeout()
         if delay is not None and self._loop is not None:
             self._secure_timer = self._loop.call_later(delay, self._secure_timeout)
+
+    def _connect_secure(self, selected: Address | None) -> None:
+        """Connect a WebRTC leg's socket to the pair its ICE nominated, once its SRTP keys are
+        there: the packet path then reads and sends without an address (as a latched phone's;
+        bench/webrtc.py). Datagrams from the app's other candidates are dropped by the kernel
+        from then on; its consent checks come on the nominated pair."""
+        if selected is None or self._secure_connect_failed:
+            return
+        try:
+            self.rtp.sock.connect(selected)
+        except OSError as exc:  # stay unconnected: the general reader checks each source
+            self._secure_connect_failed = True
+            log.debug("media_connect_failed", port=self.rtp.port, error=str(exc))
+            return
+        self.peer = selected
+        self._arm()
 
     def _secure_timeout(self) -> None:
         self._secure_timer = None

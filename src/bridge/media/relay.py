@@ -164,30 +164,23 @@ class BlindRelay:
 
             return read
 
-        # A WebRTC app's leg: SRTP from the pair its ICE chose is unprotected into the buffer
-        # and relayed as above; STUN (consent checks), DTLS and RTCP go the endpoint's way.
-        recvfrom_into = source.rtp.sock.recvfrom_into
-        other, deliver_from = source.secure_datagram, source.deliver_from
-        ice = secure.ice
+        # A WebRTC app's leg, its socket connected to the pair its ICE nominated: SRTP is
+        # unprotected into the buffer and relayed as above; STUN (consent checks), DTLS and
+        # RTCP go the endpoint's way.
+        recv_into = source.rtp.sock.recv_into
+        other, deliver = source.secure_datagram, source.deliver
         pointer = _ffi.from_buffer(buffer)  # libsrtp unprotects in place
 
         def read_secure() -> None:
             try:
-                size, address = recvfrom_into(buffer)
+                size = recv_into(buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 failed(exc)
                 return
-            if len(address) != 2:
-                address = (address[0], address[1])
-            if (
-                size >= BUFFER_BYTES
-                or address != ice.selected
-                or not 127 < buffer[0] < 192
-                or 191 < buffer[1] < 224  # RTCP
-            ):
-                other(size, address)
+            if size >= BUFFER_BYTES or not 127 < buffer[0] < 192 or 191 < buffer[1] < 224:
+                other(size, source.peer)  # (RTCP: 192-223 in the second byte)
                 return
             dtls = secure.dtls
             assert dtls is not None  # connected: the reader runs only then
@@ -205,7 +198,7 @@ class BlindRelay:
                 size = len(plain)
                 buffer[:size] = plain
             if not relay(size):
-                deliver_from(size, address)
+                deliver(size)
 
         return read_secure
 
@@ -216,7 +209,7 @@ class BlindRelay:
         way."""
         source, target = src.endpoint, dst.endpoint
         buffer, view = source.buffer, source.view
-        send, sendto = target.rtp.sock.send, target.rtp.sock.sendto
+        send = target.rtp.sock.send
         unpack = _FIXED.unpack_from
         received, sent, stats = source.stats, target.stats, self.stats
         reception, stream, clock = src.reception, dst.stream, self._clock
@@ -230,10 +223,7 @@ class BlindRelay:
             if first != 0x80 or pt != src.payload_type or pt != dst.payload_type:
                 return False
             secure = target.secure
-            if secure is None:
-                if target.peer is None:
-                    return False
-            elif not secure.connected or secure.ice.selected is None:
+            if target.peer is None:  # (a WebRTC leg's: connected once its keys are there)
                 return False
             now = clock()
             received.received += 1
@@ -249,9 +239,9 @@ class BlindRelay:
                     if protected < 0:
                         sent.send_errors += 1
                         return True
-                    sendto(view[:protected], secure.ice.selected)
+                    send(view[:protected])
                 else:
-                    sendto(secure.protect(bytes(view[:size])), secure.ice.selected)
+                    send(secure.protect(bytes(view[:size])))
             except OSError:  # UDP: a lost packet, not an error of the call
                 sent.send_errors += 1
                 return True
