@@ -213,8 +213,101 @@ class StateSettings(_Section):
         return value
 
 
+class WebhookEndpointSettings(_Section):
+    """`[[events.endpoints]]`: a receiver of the outbox's events (Standard Webhooks)."""
+
+    # Names the endpoint in the API, logs and metrics (`config:<name>`).
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    url: str
+    # whsec_<base64 of 24 to 64 random bytes>, as the Standard Webhooks spec writes it.
+    secret: str = Field(repr=False)
+    # Event types it takes ("call.ended", or a prefix "call.*"); empty: every type.
+    types: list[Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_]+)*(\.\*)?$")]] = []
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_webhook_url(value)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return check_webhook_secret(value)
+
+
 class EventsSettings(_Section):
+    """The durable outbox of events, and the webhooks that push them out (docs/events.md)."""
+
     outbox_path: Path = Path("var/events.sqlite")
+    # A delivery that failed is tried again after an exponential backoff with jitter, never
+    # longer than this (so an endpoint back from an outage gets its backlog within it); a 408
+    # or 429 waits its Retry-After.
+    retry_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # Dead-lettered after this many tries, or this long after the first one.
+    max_attempts: Annotated[int, Field(ge=1, le=10000)] = 50
+    dead_after_seconds: Annotated[float, Field(ge=60, le=30 * 86400)] = 86400.0
+    # One try's time limit (connect, send, answer).
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Deliveries in flight per endpoint (of different calls: one call's go in order).
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    endpoints: list[WebhookEndpointSettings] = []
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, value: list[WebhookEndpointSettings]) -> list[WebhookEndpointSettings]:
+        names = [e.name for e in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two endpoints have the same name")
+        return value
+
+
+def check_webhook_url(value: str) -> str:
+    """An http(s) URL with a host (what else an endpoint must not be, the settings and the
+    API check against the bridge's own address: `points_at`)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    return value
+
+
+def check_webhook_secret(value: str) -> str:
+    import base64
+    import binascii
+
+    if not value.startswith("whsec_"):
+        raise ValueError("must be whsec_ followed by base64 (the Standard Webhooks form)")
+    try:
+        key = base64.b64decode(value[6:], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"the key is {len(key)} bytes; 24 to 64 are accepted")
+    return value
+
+
+def points_at(url: str, host: str, port: int, public_url: str | None) -> bool:
+    """Whether `url` is the bridge's own HTTP listener (its host:port, or its public URL's):
+    an endpoint there would post the bridge's events to itself."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    target_host = (parts.hostname or "").lower()
+    target_port = parts.port or (443 if parts.scheme == "https" else 80)
+    own = {(host.lower(), port)}
+    if host in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+        own |= {(h, port) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0")}
+    if public_url:
+        public = urlsplit(public_url)
+        default = 443 if public.scheme == "https" else 80
+        own.add(((public.hostname or "").lower(), public.port or default))
+    return (target_host, target_port) in own
 
 
 class RtpengineSettings(_Section):
@@ -363,6 +456,20 @@ class Settings(BaseSettings):
     # Where the file was read from (not a setting): relative paths resolve against it.
     config_dir: Path = Field(default=Path("."), exclude=True)
 
+    @model_validator(mode="after")
+    def _endpoints_elsewhere(self) -> Settings:
+        for index, endpoint in enumerate(self.events.endpoints):
+            if points_at(endpoint.url, self.http.host, self.http.port, self.http.public_url):
+                raise ValueError(
+                    f"events.endpoints[{index}].url: {endpoint.url!r} is this bridge's own HTTP "
+                    "address: it would post its events to itself"
+                )
+        return self
+
+    @property
+    def outbox_file(self) -> Path:
+        return self.resolve(self.events.outbox_path)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -448,7 +555,11 @@ def _problems(exc: ValidationError) -> list[Problem]:
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             reason = "unknown setting"
-        found.append(Problem(path=location(error["loc"]) or "config", reason=reason))
+        path = location(error["loc"])
+        named = re.match(r"([a-z_]+(?:\.[a-z0-9_]+|\[\d+\])+): (.*)", reason, re.S)
+        if not path and named:  # a check across sections names its field itself
+            path, reason = named.group(1), named.group(2)
+        found.append(Problem(path=path or "config", reason=reason))
     return found
 
 

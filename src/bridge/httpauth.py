@@ -110,5 +110,6 @@ def audit_request(
         target=target,
         reason=reason,
         path=request.url.path,
+        **({"source": request.client.host} if request.client is not None else {}),
         **details,
     )

@@ -11,11 +11,24 @@ the HTTP routes and the WebSocket frames alike) and the WebSocket gateway call i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 log = structlog.get_logger("bridge.audit")
+
+# Who else hears of each audit record (the durable outbox), as the line's fields.
+_sinks: list[Callable[[dict[str, Any]], None]] = []
+
+
+def add_audit_sink(sink: Callable[[dict[str, Any]], None]) -> None:
+    _sinks.append(sink)
+
+
+def remove_audit_sink(sink: Callable[[dict[str, Any]], None]) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
 
 
 def audit(
@@ -33,14 +46,19 @@ def audit(
     its own (`directory_reload`, `set_availability`); `target` like `user:alice` or
     `call:CA...`; `path` the HTTP path when the attempt came over HTTP; `details` any other
     fields of the line (`origin`, `channel`, `outcome`, `version`, ...)."""
-    log.info(
-        "audit",
-        actor=actor,
-        actor_role=actor_role,
-        action=str(action),
-        target=target,
-        allowed=allowed,
-        reason=reason,
-        path=path,
+    fields = {
+        "actor": actor,
+        "actor_role": actor_role,
+        "action": str(action),
+        "target": target,
+        "allowed": allowed,
+        "reason": reason,
+        "path": path,
         **details,
-    )
+    }
+    log.info("audit", **fields)
+    for sink in list(_sinks):
+        try:
+            sink(fields)
+        except Exception:  # a sink's bug must not fail the audited request
+            log.exception("audit_sink_failed")

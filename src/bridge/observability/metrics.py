@@ -142,6 +142,51 @@ class Metrics:
             registry=r,
         )
         self.live_calls = Gauge("bridge_live_calls", "Calls in progress", registry=r)
+        # The durable outbox and its webhooks (bridge.events; read every 5 s, not per scrape).
+        self.events_written = Counter(
+            "bridge_events_written_total", "Events stored in the outbox", registry=r
+        )
+        self.events_dropped = Counter(
+            "bridge_events_dropped_total",
+            "Events that could not be stored (the outbox not writable, or its queue full)",
+            registry=r,
+        )
+        self.outbox_healthy = Gauge(
+            "bridge_outbox_healthy", "1 while the outbox can be written, 0 otherwise", registry=r
+        )
+        self.outbox_healthy.set(1)
+        self.outbox_bytes = Gauge(
+            "bridge_outbox_bytes", "Size of the outbox database and its WAL", registry=r
+        )
+        self.outbox_queued = Gauge(
+            "bridge_outbox_queued_events", "Events waiting in memory for the writer", registry=r
+        )
+        self.outbox_pending = Gauge(
+            "bridge_outbox_pending_deliveries", "Webhook deliveries not done yet", registry=r
+        )
+        self.outbox_oldest_pending_seconds = Gauge(
+            "bridge_outbox_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not done yet (0: none)",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "bridge_webhook_deliveries_total",
+            "Webhook delivery tries, by endpoint and outcome (delivered, retry, dead)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.webhook_dead_letters = Counter(
+            "bridge_webhook_dead_letters_total",
+            "Webhook deliveries given up on (dead-lettered), by endpoint",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_delivery_seconds = Histogram(
+            "bridge_webhook_delivery_seconds",
+            "From an event to its delivery (2xx) to an endpoint",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
         self.draining = Gauge(
             "bridge_draining", "1 while the daemon drains for shutdown", registry=r
         )

@@ -1,0 +1,1 @@
+"""Durable records: the event outbox and its webhooks (docs/events.md)."""

@@ -1,0 +1,142 @@
+"""What the outbox stores: one `StoredEvent` per thing that happened (docs/events.md).
+
+An event has a stable id (a UUIDv7: time-ordered, unique without coordination), a type
+(`call.answered`, `audit.recorded`, ...), a payload version, the time it happened, the call's
+correlation id when it is about a call, and a JSON payload. Pure data and pure functions: the
+call runner's typed events (`bridge.calls.events`) and the audit records become stored events
+here, without I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.calls.events import (
+    CallAnswered,
+    CallEnded,
+    CallEventRecord,
+    CallRinging,
+    Event,
+    FallbackStarted,
+    LayerExhausted,
+    LegDeclined,
+    LegRinging,
+    VoicemailLeft,
+)
+
+VERSION = 1  # of every payload below; a change that is not additive raises it
+
+# The call runner's events, by class: their stored type. Events of other features (the
+# controls' `ControlAttempted`, the call core's additions) get `call.<snake_case name>`.
+CALL_EVENT_TYPES: dict[type[Event], str] = {
+    CallRinging: "call.layer_ringing",
+    LegRinging: "leg.ringing",
+    CallAnswered: "call.answered",
+    LayerExhausted: "call.layer_exhausted",
+    FallbackStarted: "call.fallback_started",
+    CallEnded: "call.ended",
+    LegDeclined: "leg.declined",
+    VoicemailLeft: "voicemail.left",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: str
+    type: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+    call_id: str | None = None
+    version: int = VERSION
+    seq: int | None = None  # its place in the outbox, once stored
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as webhooks carry it and the API shows it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "version": self.version,
+            "timestamp": self.occurred_at.isoformat().replace("+00:00", "Z"),
+            "call_id": self.call_id,
+            "data": self.payload,
+        }
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
+    value &= ~(0xF << 76)
+    value |= 0x7 << 76  # version 7
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62  # variant 10
+    return str(uuid.UUID(int=value))
+
+
+def from_call_record(record: CallEventRecord) -> StoredEvent:
+    """A call event of the runner (either path) as a stored event."""
+    event = record.event
+    kind = CALL_EVENT_TYPES.get(type(event)) or f"call.{_snake(type(event).__name__)}"
+    payload = {"path": record.path, **plain(event)}
+    if record.leg_ref is not None:
+        payload["leg_ref"] = record.leg_ref
+    return StoredEvent(
+        id=new_event_id(int(record.at.timestamp() * 1000)),
+        type=kind,
+        occurred_at=record.at.astimezone(UTC),
+        payload=payload,
+        call_id=record.call_id,
+    )
+
+
+def audit_event(fields: dict[str, Any], at: datetime) -> StoredEvent:
+    """One audit record (`bridge.observability.audit.audit`) as a stored event; a call's
+    control names the call (`target` = `call:<id>`)."""
+    target = fields.get("target")
+    call_id = target[5:] if isinstance(target, str) and target.startswith("call:") else None
+    return StoredEvent(
+        id=new_event_id(int(at.timestamp() * 1000)),
+        type="audit.recorded",
+        occurred_at=at.astimezone(UTC),
+        payload=plain(fields),
+        call_id=call_id,
+    )
+
+
+def directory_event(version: int, previous: int | None, at: datetime) -> StoredEvent:
+    """The directory changed (an API change, a reload): its new version."""
+    return StoredEvent(
+        id=new_event_id(int(at.timestamp() * 1000)),
+        type="directory.changed",
+        occurred_at=at.astimezone(UTC),
+        payload={"version": version, "previous_version": previous},
+    )
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON values: dataclasses as objects, enums by value, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

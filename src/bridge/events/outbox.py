@@ -1,0 +1,430 @@
+"""The durable outbox: every stored event, the webhook endpoints and their deliveries, in one
+SQLite database (`[events] outbox_path`; docs/events.md).
+
+- **Never on the call path's clock.** `append` puts the event in memory and returns; one
+  writer task commits what has accumulated as one transaction (a batch), in one thread of its
+  own (SQLite's calls block), so the event loop never waits on the disk. While a batch is
+  being written the next one accumulates: the busier, the bigger the batches.
+- **Durable once committed.** WAL journal, `synchronous=NORMAL`: a committed batch survives
+  the process being killed (`kill -9`); a batch being written when it dies is rolled back by
+  SQLite at the next open, and nobody was told it was stored (`flush` returns after the
+  commit). The database stays readable.
+- **Deliveries with the events.** The batch that stores an event also queues its delivery to
+  every enabled endpoint whose `types` take it, in the same transaction: an event is never
+  stored without its deliveries, nor delivered twice under two ids.
+- **A disk that fails** (full, read-only, gone) does not stop calls: the batch is counted as
+  dropped and logged, `healthy` turns false with the reason (`/readyz`, an alert metric), and
+  the next batch tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from bridge.events.model import StoredEvent
+
+log = structlog.get_logger("bridge.events")
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    occurred_at TEXT NOT NULL,
+    call_id TEXT,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_call ON events (call_id, seq);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    types TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    endpoint_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ordering TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_at REAL NOT NULL,
+    next_at REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    done_at REAL,
+    PRIMARY KEY (endpoint_id, seq)
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (endpoint_id, state, seq);
+CREATE INDEX IF NOT EXISTS deliveries_ordering ON deliveries (endpoint_id, ordering, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A webhook endpoint: where events are POSTed, signed with its secret."""
+
+    id: str
+    url: str
+    secret: str  # whsec_<base64>
+    types: tuple[str, ...] = ()  # () : every type; "call.*" : a prefix
+    enabled: bool = True
+    source: str = "api"  # "config" ([[events.endpoints]]) or "api"
+    created_at: str = ""
+
+    def takes(self, event_type: str) -> bool:
+        if not self.types:
+            return True
+        return any(
+            event_type == t or (t.endswith(".*") and event_type.startswith(t[:-1]))
+            for t in self.types
+        )
+
+    def public(self) -> dict[str, Any]:
+        """As the API shows it: never the secret."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "types": list(self.types),
+            "enabled": self.enabled,
+            "source": self.source,
+            "created_at": self.created_at,
+        }
+
+
+class Outbox:
+    """See the module doc. `start` opens (and creates) the database, `append` stores an event
+    in the background, `flush` waits until everything appended so far is committed, `run`
+    does any other database work in the outbox's thread, `close` writes what is left."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_max: int = 2000,
+        queue_max: int = 200_000,
+        wall: Callable[[], float] = time.time,
+        on_stored: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.batch_max = batch_max
+        self.queue_max = queue_max
+        self._wall = wall
+        # Told the endpoints that got new deliveries after each commit (the dispatcher).
+        self.on_stored = on_stored
+        self._queue: collections.deque[StoredEvent] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._db: sqlite3.Connection | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._endpoints_lock = threading.Lock()
+        self._appended = 0  # events handed to `append`
+        self._settled = 0  # of those, stored or dropped
+        self._settled_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.written = 0
+        self.dropped = 0
+        self.batches = 0
+        self.healthy = True
+        self.problem: str | None = None
+        self._closing = False
+
+    # -- life ----------------------------------------------------------------------------------
+    async def start(self) -> Outbox:
+        self._wakeup = asyncio.Event()
+        await self.run(self._open)
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="outbox")
+        return self
+
+    def _open(self, _: sqlite3.Connection | None = None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        self._db = db
+        self._load_endpoints(db)
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer, close the database."""
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self.run(lambda db: db.close())
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, event: StoredEvent) -> None:
+        """Store `event` in the background (see the module doc); never blocks."""
+        self._appended += 1
+        if len(self._queue) >= self.queue_max:
+            self.dropped += 1
+            self._settle(1)
+            log.warning("outbox_full", dropped=self.dropped, queued=len(self._queue))
+            return
+        self._queue.append(event)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Return once every event appended before this call is stored (or dropped)."""
+        target = self._appended
+        if self._settled >= target:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settled_waiters.append((target, future))
+        await future
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _write_loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.batch_max))]
+            try:
+                endpoints = await self.run(lambda db, b=batch: self._store(db, b))
+            except sqlite3.Error as exc:  # a full disk, a read-only file: calls go on
+                self.dropped += len(batch)
+                self._fail(str(exc), len(batch))
+            else:
+                self.written += len(batch)
+                self.batches += 1
+                if not self.healthy:
+                    log.info("outbox_writable_again", path=str(self.path))
+                self.healthy, self.problem = True, None
+                if endpoints and self.on_stored is not None:
+                    self.on_stored(endpoints)
+            self._settle(len(batch))
+
+    def _fail(self, reason: str, count: int) -> None:
+        if self.healthy:
+            log.error("outbox_write_failed", path=str(self.path), reason=reason, dropped=count)
+        else:
+            log.warning("outbox_events_dropped", reason=reason, dropped=count)
+        self.healthy, self.problem = False, reason
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        waiting = []
+        for target, future in self._settled_waiters:
+            if self._settled >= target:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((target, future))
+        self._settled_waiters = waiting
+
+    def _store(self, db: sqlite3.Connection, batch: list[StoredEvent]) -> list[str]:
+        """One transaction: the events and their deliveries. The endpoints that got some."""
+        now = self._wall()
+        with self._endpoints_lock:
+            endpoints = [e for e in self._endpoints.values() if e.enabled]
+        touched: set[str] = set()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for event in batch:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO events (id, type, version, occurred_at, call_id,"
+                    " payload) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        event.id,
+                        event.type,
+                        event.version,
+                        event.occurred_at.isoformat(),
+                        event.call_id,
+                        json.dumps(event.payload, separators=(",", ":")),
+                    ),
+                )
+                if cursor.rowcount == 0:
+                    continue  # stored already (the same id appended twice)
+                seq = cursor.lastrowid
+                ordering = event.call_id or event.id
+                for endpoint in endpoints:
+                    if endpoint.takes(event.type):
+                        db.execute(
+                            "INSERT INTO deliveries (endpoint_id, seq, ordering, state,"
+                            " first_at, next_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                            (endpoint.id, seq, ordering, now, now),
+                        )
+                        touched.add(endpoint.id)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return sorted(touched)
+
+    # -- the database, off the loop --------------------------------------------------------------
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(db)` in the outbox's thread (one at a time, with the writer's batches)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._call, work)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            return work(None)  # type: ignore[arg-type]  # (opening)
+        return work(self._db)
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def endpoints(self) -> list[Endpoint]:
+        with self._endpoints_lock:
+            return sorted(self._endpoints.values(), key=lambda e: e.id)
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        with self._endpoints_lock:
+            return self._endpoints.get(endpoint_id)
+
+    def _load_endpoints(self, db: sqlite3.Connection) -> None:
+        rows = db.execute(
+            "SELECT id, url, secret, types, enabled, source, created_at FROM endpoints"
+        ).fetchall()
+        with self._endpoints_lock:
+            self._endpoints = {
+                row[0]: Endpoint(
+                    id=row[0],
+                    url=row[1],
+                    secret=row[2],
+                    types=tuple(json.loads(row[3])),
+                    enabled=bool(row[4]),
+                    source=row[5],
+                    created_at=row[6],
+                )
+                for row in rows
+            }
+
+    async def save_endpoint(self, endpoint: Endpoint) -> None:
+        def save(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO endpoints (id, url, secret, types, enabled, source, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET url=excluded.url,"
+                " secret=excluded.secret, types=excluded.types, enabled=excluded.enabled,"
+                " source=excluded.source",
+                (
+                    endpoint.id,
+                    endpoint.url,
+                    endpoint.secret,
+                    json.dumps(list(endpoint.types)),
+                    int(endpoint.enabled),
+                    endpoint.source,
+                    endpoint.created_at,
+                ),
+            )
+            with self._endpoints_lock:
+                self._endpoints[endpoint.id] = endpoint
+
+        await self.run(save)
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM deliveries WHERE endpoint_id = ?", (endpoint_id,))
+            db.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+            db.execute("COMMIT")
+            with self._endpoints_lock:
+                self._endpoints.pop(endpoint_id, None)
+
+        await self.run(delete)
+
+    async def sync_config_endpoints(self, configured: Iterable[Endpoint]) -> None:
+        """The endpoints of the settings (`source="config"`): added or updated; those no
+        longer configured are deleted, with their deliveries."""
+        wanted = {e.id: e for e in configured}
+        for endpoint in self.endpoints():
+            if endpoint.source == "config" and endpoint.id not in wanted:
+                await self.delete_endpoint(endpoint.id)
+        for endpoint in wanted.values():
+            old = self.endpoint(endpoint.id)
+            created = old.created_at if old is not None else endpoint.created_at
+            await self.save_endpoint(
+                Endpoint(
+                    endpoint.id,
+                    endpoint.url,
+                    endpoint.secret,
+                    endpoint.types,
+                    endpoint.enabled,
+                    "config",
+                    created or datetime.now().astimezone().isoformat(),
+                )
+            )
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def event(self, event_id: str) -> StoredEvent | None:
+        rows = await self.run(
+            lambda db: db.execute(_SELECT_EVENTS + " WHERE id = ?", (event_id,)).fetchall()
+        )
+        return _event(rows[0]) if rows else None
+
+    async def events(
+        self, *, after_seq: int = 0, call_id: str | None = None, limit: int = 100
+    ) -> list[StoredEvent]:
+        query = _SELECT_EVENTS + " WHERE seq > ?"
+        args: list[Any] = [after_seq]
+        if call_id is not None:
+            query += " AND call_id = ?"
+            args.append(call_id)
+        query += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        rows = await self.run(lambda db: db.execute(query, args).fetchall())
+        return [_event(row) for row in rows]
+
+    async def count(self) -> int:
+        row = await self.run(lambda db: db.execute("SELECT count(*) FROM events").fetchone())
+        return int(row[0])
+
+    def size_bytes(self) -> int:
+        """The database and its WAL on disk."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
+
+
+_SELECT_EVENTS = "SELECT seq, id, type, version, occurred_at, call_id, payload FROM events"
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0],
+        id=row[1],
+        type=row[2],
+        version=row[3],
+        occurred_at=datetime.fromisoformat(row[4]),
+        call_id=row[5],
+        payload=json.loads(row[6]),
+    )

@@ -1,0 +1,177 @@
+"""The events feature's wiring (like the other features' `plugin.py`): what it listens to,
+what it stores, where it pushes (docs/events.md).
+
+- **In**: every call event of the call runner (both paths), every audit record
+  (`bridge.observability.audit`), every directory change. Appended to the outbox at once (the
+  listeners never wait on the disk).
+- **Out**: the outbox's SQLite database, and the webhook endpoints (`[[events.endpoints]]`
+  and the API's, `/api/v1/webhooks`).
+- **Health**: `/readyz` says whether the outbox can be written; the metrics say how much was
+  written and dropped, how deep and how old the queue of deliveries is, and what came of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from bridge.calls.events import CallEventRecord
+from bridge.calls.runner import CallRunner
+from bridge.config import Settings
+from bridge.directory.model import Directory
+from bridge.directory.store import DirectoryStore
+from bridge.events.model import StoredEvent, audit_event, directory_event, from_call_record
+from bridge.events.outbox import Endpoint, Outbox
+from bridge.events.webhooks import DeliveryPolicy, WebhookDispatcher
+from bridge.observability.audit import add_audit_sink, remove_audit_sink
+from bridge.observability.metrics import Metrics
+
+log = structlog.get_logger("bridge.events")
+
+GAUGES_EVERY = 5.0  # seconds between reads of the queue's depth and age (never per scrape)
+
+
+class EventsService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runner: CallRunner,
+        store: DirectoryStore,
+        metrics: Metrics,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._wall = wall
+        self.outbox = Outbox(settings.outbox_file, wall=wall)
+        events = settings.events
+        self.dispatcher = WebhookDispatcher(
+            self.outbox,
+            DeliveryPolicy(
+                retry_max_seconds=events.retry_max_seconds,
+                max_attempts=events.max_attempts,
+                dead_after_seconds=events.dead_after_seconds,
+                timeout_seconds=events.timeout_seconds,
+                concurrency=events.concurrency,
+            ),
+            wall=wall,
+            on_attempt=self._attempted,
+        )
+        self.outbox.on_stored = self.dispatcher.wake
+        self.running = False
+        self._gauges: asyncio.Task[None] | None = None
+        runner.subscribe(self._call_event)
+        store.subscribe(self._directory_changed)
+
+    # -- life ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the outbox and start delivering. A database that cannot be opened (a
+        read-only folder) is logged and reported (`/readyz`); calls go on without it."""
+        try:
+            await self.outbox.start()
+            await self.outbox.sync_config_endpoints(self._configured())
+        except (sqlite3.Error, OSError) as exc:
+            self.outbox.healthy, self.outbox.problem = False, f"cannot open the outbox: {exc}"
+            log.error("outbox_unavailable", path=str(self.outbox.path), reason=str(exc))
+            self.metrics.outbox_healthy.set(0)
+            return
+        await self.dispatcher.start()
+        add_audit_sink(self._audited)
+        self.running = True
+        self._gauges = asyncio.get_running_loop().create_task(self._gauge_loop())
+        log.info(
+            "outbox_started",
+            path=str(self.outbox.path),
+            endpoints=[e.id for e in self.outbox.endpoints() if e.enabled],
+        )
+
+    async def stop(self) -> None:
+        """Store what is queued (the last events of the drain), stop delivering."""
+        remove_audit_sink(self._audited)
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+        if self.running:
+            self.running = False
+            await self.dispatcher.stop()
+            await self.outbox.close()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.outbox.healthy:
+            return True, "ok"
+        return False, self.outbox.problem or "not writable"
+
+    # -- in ----------------------------------------------------------------------------------------
+    def append(self, event: StoredEvent) -> None:
+        if not self.running:
+            return  # (a context built without the daemon, in tests: nothing is stored)
+        self.outbox.append(event)
+
+    def _call_event(self, record: CallEventRecord) -> None:
+        self.append(from_call_record(record))
+
+    def _audited(self, fields: dict[str, Any]) -> None:
+        self.append(audit_event(fields, datetime.fromtimestamp(self._wall(), UTC)))
+
+    def _directory_changed(self, new: Directory, old: Directory | None) -> None:
+        if old is not None and new.version != old.version:
+            at = datetime.fromtimestamp(self._wall(), UTC)
+            self.append(directory_event(new.version, old.version, at))
+
+    # -- endpoints ---------------------------------------------------------------------------------
+    def _configured(self) -> list[Endpoint]:
+        return [
+            Endpoint(
+                id=f"config:{e.name}",
+                url=e.url,
+                secret=e.secret,
+                types=tuple(e.types),
+                enabled=e.enabled,
+                source="config",
+            )
+            for e in self.settings.events.endpoints
+        ]
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def _attempted(self, endpoint_id: str, outcome: str, latency: float | None) -> None:
+        m = self.metrics
+        m.webhook_deliveries.labels(endpoint=endpoint_id, outcome=outcome).inc()
+        if outcome == "dead":
+            m.webhook_dead_letters.labels(endpoint=endpoint_id).inc()
+        if latency is not None:
+            m.webhook_delivery_seconds.observe(max(0.0, latency))
+
+    async def _gauge_loop(self) -> None:
+        m = self.metrics
+        written = dropped = 0
+        while True:
+            outbox = self.outbox
+            m.events_written.inc(outbox.written - written)
+            m.events_dropped.inc(outbox.dropped - dropped)
+            written, dropped = outbox.written, outbox.dropped
+            m.outbox_healthy.set(1 if outbox.healthy else 0)
+            m.outbox_bytes.set(outbox.size_bytes())
+            m.outbox_queued.set(outbox.queued)
+            with contextlib.suppress(sqlite3.Error):
+                depth, oldest = await outbox.run(_pending)
+                m.outbox_pending.set(depth)
+                m.outbox_oldest_pending_seconds.set(
+                    0.0 if oldest is None else max(0.0, self._wall() - oldest)
+                )
+            await asyncio.sleep(GAUGES_EVERY)
+
+
+def _pending(db: sqlite3.Connection) -> tuple[int, float | None]:
+    row = db.execute(
+        "SELECT count(*), min(first_at) FROM deliveries WHERE state = 'pending'"
+    ).fetchone()
+    return int(row[0]), row[1]

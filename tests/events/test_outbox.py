@@ -1,0 +1,182 @@
+"""The outbox (bridge.events.outbox): batched, durable, readable after a kill during a batch,
+and a disk that fails does not stop whoever appends."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bridge.calls.events import CallAnswered, CallEventRecord
+from bridge.events.model import StoredEvent, from_call_record, new_event_id
+from bridge.events.outbox import Endpoint, Outbox
+from bridge.presence.model import Channel
+
+
+def event(call_id: str | None = "CA1", n: int = 0, kind: str = "call.test") -> StoredEvent:
+    return StoredEvent(
+        id=new_event_id(),
+        type=kind,
+        occurred_at=datetime.now(UTC),
+        payload={"n": n, "text": "é" * (n % 3)},
+        call_id=call_id,
+    )
+
+
+def test_event_ids_are_uuidv7_in_time_order() -> None:
+    ids = [new_event_id(1_700_000_000_000 + i) for i in range(50)]
+    assert ids == sorted(ids)
+    assert all(i[14] == "7" and i[19] in "89ab" for i in ids)  # version 7, variant 10
+    assert len({new_event_id(5) for _ in range(1000)}) == 1000
+
+
+def test_a_call_event_becomes_a_typed_versioned_payload() -> None:
+    at = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    stored = from_call_record(
+        CallEventRecord("CA9", "sip", at, CallAnswered("ana", "leg-1", Channel.APPS), "x1")
+    )
+    assert stored.type == "call.answered" and stored.call_id == "CA9" and stored.version == 1
+    assert stored.payload == {
+        "path": "sip",
+        "user_id": "ana",
+        "leg_id": "leg-1",
+        "via": "apps",
+        "leg_ref": "x1",
+    }
+    assert stored.to_json()["timestamp"] == "2026-12-06T10:00:00Z"
+
+
+async def test_appended_events_are_stored_in_batches_in_order(tmp_path: Path) -> None:
+    outbox = await Outbox(tmp_path / "events.sqlite").start()
+    try:
+        sent = [event(f"CA{i % 7}", i) for i in range(5000)]
+        for e in sent:
+            outbox.append(e)  # returns at once
+        await outbox.flush()
+        assert outbox.written == 5000 and outbox.dropped == 0
+        assert outbox.batches < 100  # batched, not a transaction per event
+        stored = await outbox.events(limit=10000)
+        assert [e.id for e in stored] == [e.id for e in sent]
+        assert stored[3].payload == sent[3].payload and stored[3].call_id == "CA3"
+        assert [e.payload["n"] for e in await outbox.events(call_id="CA2", limit=3)] == [2, 9, 16]
+    finally:
+        await outbox.close()
+
+
+async def test_events_endpoints_and_deliveries_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    outbox = await Outbox(path).start()
+    await outbox.save_endpoint(Endpoint("crm", "http://127.0.0.1:9/h", "whsec_x", ("call.*",)))
+    outbox.append(event(kind="call.ended"))
+    outbox.append(event(kind="audit.recorded"))
+    await outbox.flush()
+    await outbox.close()
+    again = await Outbox(path).start()
+    try:
+        assert await again.count() == 2
+        assert [e.id for e in again.endpoints()] == ["crm"]
+        pending = await again.run(
+            lambda db: db.execute("SELECT endpoint_id, state FROM deliveries").fetchall()
+        )
+        assert pending == [("crm", "pending")]  # only the type the endpoint takes
+    finally:
+        await again.close()
+
+
+async def test_a_full_database_drops_the_batch_reports_it_and_recovers(tmp_path: Path) -> None:
+    outbox = await Outbox(tmp_path / "events.sqlite").start()
+    try:
+        outbox.append(event())
+        await outbox.flush()
+        pages = await outbox.run(lambda db: db.execute("PRAGMA page_count").fetchone()[0])
+        await outbox.run(lambda db: db.execute(f"PRAGMA max_page_count = {pages}"))
+        for i in range(500):  # more than the pages left hold
+            outbox.append(event(n=i))
+        await outbox.flush()  # returns: the caller is never stuck on the disk
+        assert not outbox.healthy and "full" in (outbox.problem or "")
+        assert outbox.dropped == 500
+        await outbox.run(lambda db: db.execute("PRAGMA max_page_count = 1073741823"))
+        outbox.append(event(n=1))
+        await outbox.flush()
+        assert outbox.healthy and outbox.problem is None
+        assert await outbox.count() == 2  # the dropped batch left nothing half-written
+    finally:
+        await outbox.close()
+
+
+def test_an_outbox_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    async def start() -> None:
+        await Outbox(blocker / "events.sqlite").start()
+
+    with pytest.raises((OSError, sqlite3.Error)):
+        asyncio.run(start())
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from bridge.events.model import StoredEvent, new_event_id
+    from bridge.events.outbox import Outbox
+
+    async def main() -> None:
+        outbox = await Outbox(Path(sys.argv[1])).start()
+        told = 0
+        while True:
+            for i in range(1000):
+                outbox.append(StoredEvent(new_event_id(), "t", datetime.now(UTC), {"i": i}))
+            await outbox.flush()
+            told += 1000
+            print(told, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_kill_during_batches_leaves_a_readable_database_with_whole_batches(
+    tmp_path: Path,
+) -> None:
+    """kill -9 while the writer commits batch after batch: the database opens, passes SQLite's
+    integrity check, and holds whole batches only, at least every one the writer reported
+    stored (what it never reported may be lost, nothing it did)."""
+    path = tmp_path / "events.sqlite"
+    for run in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        told = 0
+        assert child.stdout is not None
+        deadline = time.monotonic() + 30
+        while told < 5000 + run * 2000 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            told = int(line)
+        time.sleep(0.003 * run)  # somewhere in the next batch
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        assert told >= 5000, "the child stored too little"
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            count = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            db.close()
+        assert count % 1000 == 0, count  # whole batches
+        assert count >= told, (count, told)
+        path.unlink()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
