@@ -27,6 +27,7 @@ from bridge.control.service import ControlService
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import AccountStatus, Directory
 from bridge.directory.store import DirectoryStore
+from bridge.events.service import EventsService
 from bridge.logins import LoginService
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
@@ -70,6 +71,8 @@ class AppContext:
     archive: MediaArchive | None = None
     # Console logins: passwords, refresh sessions, lockouts (`/api/v1/auth/*`).
     logins: LoginService | None = None
+    # The durable outbox and its webhooks (`[events]`), started by the daemon.
+    events: EventsService | None = None
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         checks: dict[str, object] = {
@@ -89,7 +92,18 @@ class AppContext:
         relay_down = relay is not None and not relay.answering
         if relay is not None:  # SIP calls get 503 while rtpengine does not answer
             checks["rtpengine"] = "answering" if relay.answering else "not answering"
-        ready = not missing and not self.draining and not trunk_failed and not relay_down
+        events_down = False
+        if self.events is not None and self.events.started:
+            events_ok, why = self.events.ready()
+            events_down = not events_ok
+            checks["events"] = why  # "ok", or why the outbox cannot be written
+        ready = (
+            not missing
+            and not self.draining
+            and not trunk_failed
+            and not relay_down
+            and not events_down
+        )
         return ready, checks
 
     def reload_directory(self) -> Directory:
@@ -174,6 +188,13 @@ def build_context(
     ws.use_control(control)  # call-control frames use the same service as the HTTP routes
     runner.use_offers(ws.offers)  # app users in a plan are rung on their WebSocket sessions
     ws.offers.hangup_call = runner.app_hangup  # and hang up the call they answered there
+    events = EventsService(
+        settings,
+        runner=runner,
+        store=store,
+        metrics=metrics,
+        wall=lambda: clock().timestamp(),
+    )
     return AppContext(
         settings=settings,
         store=store,
@@ -190,6 +211,7 @@ def build_context(
         control=control,
         archive=archive,
         logins=logins,
+        events=events,
     )
 
 

@@ -200,7 +200,11 @@ class Daemon:
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
+        if self.ctx.events is not None:  # before any call: their first events are stored
+            await self.ctx.events.start()
         if not await self._start_sip():
+            if self.ctx.events is not None:
+                await self.ctx.events.stop()
             return 1
         serve = asyncio.create_task(self._serve(server), name="http")
         started = asyncio.create_task(self._mark_started(server))
@@ -212,6 +216,8 @@ class Daemon:
             stop.cancel()
             if self.ctx.sip is not None:
                 await self.ctx.sip.stop()
+            if self.ctx.events is not None:
+                await self.ctx.events.stop()
             log.error("http_listener_stopped", host=config.host, port=config.port)
             return 1
         await self._drain()
@@ -224,6 +230,8 @@ class Daemon:
         if self.ctx.carrier is not None:
             # Conference timers, REST calls in flight and the REST HTTP session.
             await self.ctx.carrier.aclose()
+        if self.ctx.events is not None:  # last: the calls' final events are stored
+            await self.ctx.events.stop()
         log.info("stopped")
         return 0
 

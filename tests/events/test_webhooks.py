@@ -144,9 +144,7 @@ async def test_an_endpoint_that_never_answers_times_out_and_holds_no_other_back(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     dead = await Receiver(hang=True).start()
-    policy = DeliveryPolicy(
-        retry_max_seconds=0.3, first_backoff_seconds=0.05, timeout_seconds=0.5
-    )
+    policy = DeliveryPolicy(retry_max_seconds=0.3, first_backoff_seconds=0.05, timeout_seconds=0.5)
     setup = await Setup(tmp_path / "o.sqlite", policy).start(
         endpoint(dead, "hangs"), endpoint(receiver, "crm")
     )

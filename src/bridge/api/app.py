@@ -20,6 +20,7 @@ from bridge.context import AppContext
 from bridge.control import plugin as control_plugin
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
+from bridge.events import http as events_http
 from bridge.httpauth import Grant, HttpAuth
 from bridge.recordings import plugin as recordings_plugin
 from bridge.ws import plugin as ws_plugin
@@ -130,6 +131,8 @@ def create_app(ctx: AppContext) -> BridgeApp:
         app.websocket_endpoints.update(ws_plugin.websocket_endpoints(ctx.ws))
         for router in ws_plugin.routes(ctx.ws, ctx.settings, lambda: ctx.store.current, auth):
             app.include_router(router)
+    if ctx.events is not None:
+        app.include_router(events_http.routes(ctx.events, auth))
     app.include_router(console_http.router)
 
     app.add_middleware(RequestMetrics, ctx=ctx)

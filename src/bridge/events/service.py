@@ -67,6 +67,7 @@ class EventsService:
         )
         self.outbox.on_stored = self.dispatcher.wake
         self.running = False
+        self.started = False  # `start` was called (by the daemon): `/readyz` reports it
         self._gauges: asyncio.Task[None] | None = None
         runner.subscribe(self._call_event)
         store.subscribe(self._directory_changed)
@@ -75,6 +76,7 @@ class EventsService:
     async def start(self) -> None:
         """Open the outbox and start delivering. A database that cannot be opened (a
         read-only folder) is logged and reported (`/readyz`); calls go on without it."""
+        self.started = True
         try:
             await self.outbox.start()
             await self.outbox.sync_config_endpoints(self._configured())
