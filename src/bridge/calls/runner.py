@@ -157,6 +157,8 @@ class CallRunner:
         self._calls: dict[str, RunningCall] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # app offers awaiting a relay's SDP
         self._listeners: list[CallEventListener] = []
+        # Told after each input's outputs were applied (the outbox notes the legs that ended).
+        self._watchers: list[Callable[[RunningCall], None]] = []
         # The wall-clock time of the outputs being applied: read once per input, not once
         # per event (an input's outputs happen at one moment).
         self._applying = 0
@@ -169,6 +171,10 @@ class CallRunner:
     def subscribe(self, listener: CallEventListener) -> None:
         """Receive every event of every call, on every path (the live feed, the outbox)."""
         self._listeners.append(listener)
+
+    def watch(self, watcher: Callable[[RunningCall], None]) -> None:
+        """`watcher(call)` after each input of each call was applied (its legs' new states)."""
+        self._watchers.append(watcher)
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, call_id: str) -> RunningCall | None:
@@ -309,6 +315,11 @@ class CallRunner:
                     )
             call.machine.apply_to(call.live)
             self._arm(call)
+            for watcher in self._watchers:
+                try:
+                    watcher(call)
+                except Exception:  # a watcher's bug must not break the call
+                    log.exception("call_watcher_failed")
             if call.machine.ended:
                 self._finish(call)
         finally:

@@ -97,6 +97,18 @@ def from_call_record(record: CallEventRecord) -> StoredEvent:
     )
 
 
+def call_event(kind: str, call_id: str, at: datetime, payload: dict[str, Any]) -> StoredEvent:
+    """An event of a call the outbox makes itself (`call.received`, `call.routed`,
+    `leg.ended`), from the call runner's state."""
+    return StoredEvent(
+        id=new_event_id(int(at.timestamp() * 1000)),
+        type=kind,
+        occurred_at=at.astimezone(UTC),
+        payload=plain(payload),
+        call_id=call_id,
+    )
+
+
 def audit_event(fields: dict[str, Any], at: datetime) -> StoredEvent:
     """One audit record (`bridge.observability.audit.audit`) as a stored event; a call's
     control names the call (`target` = `call:<id>`)."""

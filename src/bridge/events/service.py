@@ -22,12 +22,18 @@ from typing import Any
 
 import structlog
 
-from bridge.calls.events import CallEventRecord
-from bridge.calls.runner import CallRunner
+from bridge.calls.events import CallAnswered, CallEnded, CallEventRecord, LegState
+from bridge.calls.runner import CallRunner, RunningCall
 from bridge.config import Settings
 from bridge.directory.model import Directory
 from bridge.directory.store import DirectoryStore
-from bridge.events.model import StoredEvent, audit_event, directory_event, from_call_record
+from bridge.events.model import (
+    StoredEvent,
+    audit_event,
+    call_event,
+    directory_event,
+    from_call_record,
+)
 from bridge.events.outbox import Endpoint, Outbox
 from bridge.events.webhooks import DeliveryPolicy, WebhookDispatcher
 from bridge.observability.audit import add_audit_sink, remove_audit_sink
@@ -36,6 +42,20 @@ from bridge.observability.metrics import Metrics
 log = structlog.get_logger("bridge.events")
 
 GAUGES_EVERY = 5.0  # seconds between reads of the queue's depth and age (never per scrape)
+_ENDED = (LegState.CANCELLED, LegState.FAILED, LegState.HUNG_UP, LegState.ENDED)
+
+
+class _Tracked:
+    """What the outbox notes of a live call: when it came and was answered (the durations
+    of its `call.ended`), and which of its legs' ends were stored."""
+
+    __slots__ = ("answered_at", "legs_ended", "path", "received_at")
+
+    def __init__(self, path: str, received_at: datetime) -> None:
+        self.path = path
+        self.received_at = received_at
+        self.answered_at: datetime | None = None
+        self.legs_ended: set[str] = set()
 
 
 class EventsService:
@@ -66,10 +86,13 @@ class EventsService:
             on_attempt=self._attempted,
         )
         self.outbox.on_stored = self.dispatcher.wake
+        self._runner = runner
+        self._tracked: dict[str, _Tracked] = {}
         self.running = False
         self.started = False  # `start` was called (by the daemon): `/readyz` reports it
         self._gauges: asyncio.Task[None] | None = None
         runner.subscribe(self._call_event)
+        runner.watch(self._call_applied)
         store.subscribe(self._directory_changed)
 
     # -- life ----------------------------------------------------------------------------------
@@ -119,7 +142,62 @@ class EventsService:
         self.outbox.append(event)
 
     def _call_event(self, record: CallEventRecord) -> None:
-        self.append(from_call_record(record))
+        if not self.running:
+            return
+        call = self._runner.get(record.call_id)
+        tracked = self._tracked.get(record.call_id)
+        if tracked is None:  # its first event: where it came from, and the plan it got
+            tracked = self._track(record, call)
+        event = record.event
+        if isinstance(event, CallEnded):
+            if call is not None:
+                self._legs_ended(tracked, call, record.at)  # (before the call's own end)
+            self._tracked.pop(record.call_id, None)
+        stored = from_call_record(record)
+        if isinstance(event, CallAnswered):
+            tracked.answered_at = record.at
+        elif isinstance(event, CallEnded):
+            answered = tracked.answered_at
+            waited = (answered or record.at) - tracked.received_at
+            talked = record.at - answered if answered is not None else None
+            stored.payload["wait_seconds"] = round(waited.total_seconds(), 3)
+            stored.payload["talk_seconds"] = (
+                round(talked.total_seconds(), 3) if talked is not None else None
+            )
+        self.append(stored)
+
+    def _track(self, record: CallEventRecord, call: RunningCall | None) -> _Tracked:
+        tracked = self._tracked[record.call_id] = _Tracked(record.path, record.at)
+        if call is not None:
+            plan = call.machine.plan
+            self.append(
+                call_event(
+                    "call.received",
+                    record.call_id,
+                    record.at,
+                    {
+                        "path": call.path,
+                        "line": plan.line,
+                        "line_name": plan.line_name,
+                        "caller": call.live.caller,
+                    },
+                )
+            )
+            self.append(call_event("call.routed", record.call_id, record.at, plan.to_dict()))
+        return tracked
+
+    def _call_applied(self, call: RunningCall) -> None:
+        tracked = self._tracked.get(call.call_id)
+        if tracked is not None and self.running:
+            self._legs_ended(tracked, call, datetime.fromtimestamp(self._wall(), UTC))
+
+    def _legs_ended(self, tracked: _Tracked, call: RunningCall, at: datetime) -> None:
+        """`leg.ended` for each leg that ended since the last look: who, how, and why."""
+        for leg in call.machine.legs():
+            if leg.state in _ENDED and leg.leg_id not in tracked.legs_ended:
+                tracked.legs_ended.add(leg.leg_id)
+                payload = {"path": tracked.path, **leg.to_dict()}
+                self.append(call_event("leg.ended", call.call_id, at, payload))
 
     def _audited(self, fields: dict[str, Any]) -> None:
         self.append(audit_event(fields, datetime.fromtimestamp(self._wall(), UTC)))
