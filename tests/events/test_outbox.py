@@ -180,3 +180,25 @@ def test_kill_during_batches_leaves_a_readable_database_with_whole_batches(
         path.unlink()
         for suffix in ("-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_every_event_type_is_documented_with_an_example() -> None:
+    """docs/events.md has a section (`### \\`type\\``) with a JSON example for each type the
+    outbox stores."""
+    from bridge.control.events import ControlAttempted
+    from bridge.events.model import CALL_EVENT_TYPES, _snake
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    types = set(CALL_EVENT_TYPES.values()) | {
+        f"call.{_snake(ControlAttempted.__name__)}",
+        "call.received",
+        "call.routed",
+        "leg.ended",
+        "audit.recorded",
+        "directory.changed",
+    }
+    for kind in sorted(types):
+        heading = f"### `{kind}`"
+        assert heading in docs, kind
+        section = docs.split(heading, 1)[1].split("\n### ", 1)[0]
+        assert f'"type": "{kind}"' in section, kind

@@ -47,6 +47,12 @@ CALL_EVENT_TYPES: dict[type[Event], str] = {
     VoicemailLeft: "voicemail.left",
 }
 
+# Events of features the call core does not import, by class name.
+OTHER_EVENT_TYPES = {
+    "VoicemailRecorded": "voicemail.left",  # the carrier's recording callback
+    "ControlAttempted": "call.control_attempted",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
@@ -84,7 +90,10 @@ def new_event_id(now_ms: int | None = None) -> str:
 def from_call_record(record: CallEventRecord) -> StoredEvent:
     """A call event of the runner (either path) as a stored event."""
     event = record.event
-    kind = CALL_EVENT_TYPES.get(type(event)) or f"call.{_snake(type(event).__name__)}"
+    name = type(event).__name__
+    kind = (
+        CALL_EVENT_TYPES.get(type(event)) or OTHER_EVENT_TYPES.get(name) or f"call.{_snake(name)}"
+    )
     payload = {"path": record.path, **plain(event)}
     if record.leg_ref is not None:
         payload["leg_ref"] = record.leg_ref
