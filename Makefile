@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/bridge.toml
-# Debian packages the test suite drives as real peers (installed by `make test` when missing).
-DEB_PACKAGES ?= sip-tester baresip chromium espeak-ng rtpengine-daemon
+# Debian packages the test suite drives as real peers (installed by `make test` when missing);
+# prometheus for its promtool (the alert rules and scrape config are checked with it).
+DEB_PACKAGES ?= sip-tester baresip chromium espeak-ng rtpengine-daemon prometheus
 PYTEST_ARGS ?=
 
 .PHONY: run test install install-test deb-packages lint bench check-config clean

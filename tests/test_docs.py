@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +217,23 @@ def test_prometheus_files_exist() -> None:
 @pytest.mark.parametrize("path", PROM_FILES, ids=[p.name for p in PROM_FILES])
 def test_prometheus_files_parse_as_yaml(path: Path) -> None:
     assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool is not installed (Debian package prometheus, which `make test` installs)",
+)
+def test_promtool_accepts_the_alert_rules_and_the_scrape_config() -> None:
+    for command in (["check", "rules", "alerts.yml"], ["check", "config", "scrape.yml"]):
+        result = subprocess.run(
+            ["promtool", *command],
+            cwd=DEPLOY / "prometheus",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout + result.stderr
 
 
 def test_scrape_job_targets_metrics() -> None:
