@@ -133,6 +133,7 @@ def create_app(ctx: AppContext) -> BridgeApp:
             app.include_router(router)
     if ctx.events is not None:
         app.include_router(events_http.routes(ctx.events, auth))
+        app.include_router(events_http.record_routes(ctx.events, auth))
     app.include_router(console_http.router)
 
     app.add_middleware(RequestMetrics, ctx=ctx)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_call ON events (call_id, seq);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, seq);
 CREATE TABLE IF NOT EXISTS endpoints (
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
@@ -132,6 +134,8 @@ class Outbox:
         self._wall = wall
         # Told the endpoints that got new deliveries after each commit (the dispatcher).
         self.on_stored = on_stored
+        # Told the events of each commit, with their `seq` (the live feed).
+        self.on_committed: Callable[[list[StoredEvent]], None] | None = None
         self._queue: collections.deque[StoredEvent] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -217,7 +221,7 @@ class Outbox:
                 continue
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.batch_max))]
             try:
-                endpoints = await self.run(lambda db, b=batch: self._store(db, b))
+                endpoints, committed = await self.run(lambda db, b=batch: self._store(db, b))
             except sqlite3.Error as exc:  # a full disk, a read-only file: calls go on
                 self.dropped += len(batch)
                 self._fail(str(exc), len(batch))
@@ -229,6 +233,8 @@ class Outbox:
                 self.healthy, self.problem = True, None
                 if endpoints and self.on_stored is not None:
                     self.on_stored(endpoints)
+                if committed and self.on_committed is not None:
+                    self.on_committed(committed)
             self._settle(len(batch))
 
     def _fail(self, reason: str, count: int) -> None:
@@ -249,12 +255,16 @@ class Outbox:
                 waiting.append((target, future))
         self._settled_waiters = waiting
 
-    def _store(self, db: sqlite3.Connection, batch: list[StoredEvent]) -> list[str]:
-        """One transaction: the events and their deliveries. The endpoints that got some."""
+    def _store(
+        self, db: sqlite3.Connection, batch: list[StoredEvent]
+    ) -> tuple[list[str], list[StoredEvent]]:
+        """One transaction: the events and their deliveries. The endpoints that got some, and
+        the events stored (with their `seq`)."""
         now = self._wall()
         with self._endpoints_lock:
             endpoints = [e for e in self._endpoints.values() if e.enabled]
         touched: set[str] = set()
+        committed: list[StoredEvent] = []
         db.execute("BEGIN IMMEDIATE")
         try:
             for event in batch:
@@ -273,6 +283,7 @@ class Outbox:
                 if cursor.rowcount == 0:
                     continue  # stored already (the same id appended twice)
                 seq = cursor.lastrowid
+                committed.append(dataclasses.replace(event, seq=seq))
                 ordering = event.call_id or event.id
                 for endpoint in endpoints:
                     if endpoint.takes(event.type):
@@ -287,7 +298,7 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        return sorted(touched)
+        return sorted(touched), committed
 
     # -- the database, off the loop --------------------------------------------------------------
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -401,6 +412,55 @@ class Outbox:
         args.append(limit)
         rows = await self.run(lambda db: db.execute(query, args).fetchall())
         return [_event(row) for row in rows]
+
+    async def query(
+        self,
+        *,
+        types: tuple[str, ...] = (),
+        call_id: str | None = None,
+        fields: dict[str, Any] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[StoredEvent]:
+        """Stored events by type, call, payload fields (`{"actor": "sam"}`), time range; a
+        page before (or after) a `seq` cursor."""
+        sql = _SELECT_EVENTS + " WHERE 1 = 1"
+        args: list[Any] = []
+        if types:
+            sql += f" AND type IN ({', '.join('?' for _ in types)})"
+            args += list(types)
+        if call_id is not None:
+            sql += " AND call_id = ?"
+            args.append(call_id)
+        for name, value in (fields or {}).items():
+            sql += " AND json_extract(payload, ?) = ?"
+            args += [f"$.{name}", value]
+        if since is not None:
+            sql += " AND occurred_at >= ?"
+            args.append(since.astimezone(UTC).isoformat())
+        if until is not None:
+            sql += " AND occurred_at < ?"
+            args.append(until.astimezone(UTC).isoformat())
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            args.append(before_seq)
+        if after_seq is not None:
+            sql += " AND seq > ?"
+            args.append(after_seq)
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        args.append(limit)
+        rows = await self.run(lambda db: db.execute(sql, args).fetchall())
+        return [_event(row) for row in rows]
+
+    async def seq_of(self, event_id: str) -> int | None:
+        row = await self.run(
+            lambda db: db.execute("SELECT seq FROM events WHERE id = ?", (event_id,)).fetchone()
+        )
+        return int(row[0]) if row else None
 
     async def count(self) -> int:
         row = await self.run(lambda db: db.execute("SELECT count(*) FROM events").fetchone())

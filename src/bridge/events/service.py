@@ -86,6 +86,9 @@ class EventsService:
             on_attempt=self._attempted,
         )
         self.outbox.on_stored = self.dispatcher.wake
+        self.outbox.on_committed = self._committed
+        # The live feed's subscribers (`/api/v1/events/stream`): each a bounded queue.
+        self._feeds: set[asyncio.Queue[StoredEvent | None]] = set()
         self._runner = runner
         self._tracked: dict[str, _Tracked] = {}
         self.running = False
@@ -206,6 +209,27 @@ class EventsService:
         if old is not None and new.version != old.version:
             at = datetime.fromtimestamp(self._wall(), UTC)
             self.append(directory_event(new.version, old.version, at))
+
+    # -- the live feed -----------------------------------------------------------------------------
+    def follow(self, size: int = 2000) -> asyncio.Queue[StoredEvent | None]:
+        """A queue of the events stored from now on; None in it means it overflowed (the
+        reader was too slow) and ends: it resumes from the outbox by its last id."""
+        queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(size)
+        self._feeds.add(queue)
+        return queue
+
+    def unfollow(self, queue: asyncio.Queue[StoredEvent | None]) -> None:
+        self._feeds.discard(queue)
+
+    def _committed(self, events: list[StoredEvent]) -> None:
+        for queue in list(self._feeds):
+            for event in events:
+                if queue.qsize() >= queue.maxsize - 1:
+                    self._feeds.discard(queue)
+                    queue.put_nowait(None)  # (the one slot kept for it)
+                    log.info("event_feed_overflow")
+                    break
+                queue.put_nowait(event)
 
     # -- endpoints ---------------------------------------------------------------------------------
     def _configured(self) -> list[Endpoint]:
