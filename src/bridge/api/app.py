@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -20,6 +24,7 @@ from bridge.context import AppContext
 from bridge.control import plugin as control_plugin
 from bridge.directory.model import User
 from bridge.directory.roles import Action, Scope
+from bridge.events import history
 from bridge.events import http as events_http
 from bridge.httpauth import Grant, HttpAuth
 from bridge.recordings import plugin as recordings_plugin
@@ -155,10 +160,22 @@ def create_app(ctx: AppContext) -> BridgeApp:
     def me(user: User = Depends(auth.current_user)) -> dict[str, Any]:
         return users.public_user(user)
 
-    @app.get("/api/v1/calls", tags=["calls"], summary="Live calls the caller may see")
-    def live_calls(
+    @app.get("/api/v1/calls", tags=["calls"], summary="Live calls, or finished ones (history)")
+    async def list_calls(
+        request: Request,
+        state: str = "live",
+        line: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
+        outcome: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        before: str | None = None,
+        limit: str | None = None,
         grant: Grant = Depends(auth.require(Action.SEE_LIVE_CALLS)),
-    ) -> list[dict[str, Any]]:
+    ) -> Any:
+        if state not in ("live", "ended", "all"):
+            raise HTTPException(400, "state: must be live, ended or all")
         calls = ctx.calls.all()
         if grant.scope in (Scope.ALL, Scope.READ_ONLY):
             visible = calls
@@ -166,9 +183,156 @@ def create_app(ctx: AppContext) -> BridgeApp:
             visible = [c for c in calls if c.line in grant.user.lines]
         else:
             visible = [c for c in calls if c.involves(grant.user.id)]
-        return [_with_supervision(c.to_dict(), ctx) for c in visible]
+        live = [_with_supervision(c.to_dict(), ctx) for c in visible]
+        if line is not None:
+            live = [c for c in live if c["line"] == line]
+        if state == "live":
+            return live
+        page, next_before = await _finished_calls(
+            ctx, grant, line, user, group, outcome, since, until, before, limit
+        )
+        found = page if state == "ended" else [*live, *page]
+        headers = {}
+        if next_before is not None:
+            query = dict(request.query_params) | {"before": str(next_before)}
+            headers["Link"] = f'</api/v1/calls?{urlencode(query)}>; rel="next"'
+        if (
+            "text/csv" in request.headers.get("accept", "")
+            or request.query_params.get("format") == "csv"
+        ):
+            out = io.StringIO()
+            writer = csv.writer(out)
+            writer.writerow(history.CSV_COLUMNS)
+            for record in found:
+                if "started_at" in record and "legs" in record:
+                    writer.writerow(history.csv_row(record))
+                else:  # a live call
+                    writer.writerow(
+                        history.csv_row(
+                            {
+                                "call_id": record["call_id"],
+                                "path": record["path"],
+                                "line": record["line"],
+                                "caller": record["caller"],
+                                "started_at": record["started_at"],
+                                "outcome": "live",
+                                "answered_by": record.get("answered_by"),
+                            }
+                        )
+                    )
+            return Response(
+                out.getvalue(),
+                media_type="text/csv; charset=utf-8",
+                headers=headers | {"Content-Disposition": 'attachment; filename="calls.csv"'},
+            )
+        return JSONResponse(found, headers=headers)
+
+    @app.get("/api/v1/calls/{call_id}", tags=["calls"], summary="One call, live or finished")
+    async def one_call(
+        call_id: str, grant: Grant = Depends(auth.require(Action.SEE_LIVE_CALLS))
+    ) -> dict[str, Any]:
+        live = ctx.calls.get(call_id)
+        events = ctx.events
+        stored: list[Any] = []
+        record = None
+        if events is not None and events.running:
+            record = await events.outbox.run(lambda db: history.finished_call(db, call_id))
+            if record is None:
+                stored = await events.outbox.run(lambda db: history.events_of(db, call_id))
+        if live is not None:
+            if not _may_see_live(grant, live):
+                raise HTTPException(404, f"no call {call_id!r}")
+            so_far = history.summarize(call_id, stored) if stored else None
+            return {**_with_supervision(live.to_dict(), ctx), "history": so_far}
+        if record is None or not _may_see_record(grant, record):
+            raise HTTPException(404, f"no call {call_id!r}")
+        if ctx.archive is not None:
+            record["recordings"] = [
+                m.to_json() for m in ctx.archive.recordings(call_id=call_id, limit=20)
+            ]
+        return record
 
     return app
+
+
+def _may_see_live(grant: Grant, call: Any) -> bool:
+    if grant.scope in (Scope.ALL, Scope.READ_ONLY):
+        return True
+    if grant.scope is Scope.OWN_LINES:
+        return call.line in grant.user.lines
+    return bool(call.involves(grant.user.id))
+
+
+def _may_see_record(grant: Grant, record: dict[str, Any]) -> bool:
+    if grant.scope in (Scope.ALL, Scope.READ_ONLY):
+        return True
+    if grant.scope is Scope.OWN_LINES:
+        return record.get("line") in grant.user.lines
+    return grant.user.id in (record.get("users") or [])
+
+
+async def _finished_calls(
+    ctx: AppContext,
+    grant: Grant,
+    line: str | None,
+    user: str | None,
+    group: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+    before: str | None,
+    limit: str | None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of finished calls the caller may see, newest first, and the next cursor."""
+    events = ctx.events
+    if events is None or not events.running:
+        raise HTTPException(503, "call history needs the event outbox, which is not running")
+    count = _whole(limit, "limit", 100, 1, 1000)
+    cursor = _whole(before, "before", 0, 1, 2**62) if before is not None else None
+    lines = involving = None
+    if grant.scope is Scope.OWN_LINES:
+        lines = tuple(grant.user.lines)
+    elif grant.scope not in (Scope.ALL, Scope.READ_ONLY):
+        involving = grant.user.id
+    rows = await events.outbox.run(
+        lambda db: history.query_calls(
+            db,
+            line=line,
+            user=user,
+            group=group,
+            outcome=outcome,
+            since=_when(since, "since"),
+            until=_when(until, "until"),
+            before=cursor,
+            limit=count,
+            lines=lines,
+            involving=involving,
+        )
+    )
+    next_before = rows[-1][0] if len(rows) == count else None
+    return [record for _, record in rows], next_before
+
+
+def _whole(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise HTTPException(400, f"{name}: {value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise HTTPException(400, f"{name}: must be between {low} and {high}")
+    return number
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(400, f"{name}: {value!r} is not an ISO 8601 time") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _with_supervision(call: dict[str, Any], ctx: AppContext) -> dict[str, Any]:

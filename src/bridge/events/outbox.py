@@ -127,11 +127,16 @@ class Outbox:
         queue_max: int = 200_000,
         wall: Callable[[], float] = time.time,
         on_stored: Callable[[list[str]], None] | None = None,
+        derive: Callable[[sqlite3.Connection, list[StoredEvent]], None] | None = None,
+        schema: str = "",
     ) -> None:
         self.path = path
         self.batch_max = batch_max
         self.queue_max = queue_max
         self._wall = wall
+        # Tables made from the events, in the transaction that stores them (call history).
+        self._derive = derive
+        self._extra_schema = schema
         # Told the endpoints that got new deliveries after each commit (the dispatcher).
         self.on_stored = on_stored
         # Told the events of each commit, with their `seq` (the live feed).
@@ -166,7 +171,7 @@ class Outbox:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA + self._extra_schema)
         self._db = db
         self._load_endpoints(db)
 
@@ -293,6 +298,8 @@ class Outbox:
                             (endpoint.id, seq, ordering, now, now),
                         )
                         touched.add(endpoint.id)
+            if self._derive is not None and committed:
+                self._derive(db, committed)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

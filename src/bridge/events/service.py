@@ -27,6 +27,7 @@ from bridge.calls.runner import CallRunner, RunningCall
 from bridge.config import Settings
 from bridge.directory.model import Directory
 from bridge.directory.store import DirectoryStore
+from bridge.events import history
 from bridge.events.model import (
     StoredEvent,
     audit_event,
@@ -71,7 +72,9 @@ class EventsService:
         self.settings = settings
         self.metrics = metrics
         self._wall = wall
-        self.outbox = Outbox(settings.outbox_file, wall=wall)
+        self.outbox = Outbox(
+            settings.outbox_file, wall=wall, derive=history.derive, schema=history.SCHEMA
+        )
         events = settings.events
         self.dispatcher = WebhookDispatcher(
             self.outbox,
