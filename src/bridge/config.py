@@ -251,6 +251,9 @@ class EventsSettings(_Section):
     timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
     # Deliveries in flight per endpoint (of different calls: one call's go in order).
     concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    # Events (and their deliveries, and call history) older than this are deleted, checked
+    # hourly; the prune is logged (`retention_pruned`).
+    retention_days: Annotated[int, Field(ge=1, le=36500)] = 90
     endpoints: list[WebhookEndpointSettings] = []
 
     @field_validator("endpoints")
@@ -361,6 +364,9 @@ class MediaSettings(_Section):
     port_max: Port = 29999
     # Relative to the config file's folder.
     recordings_dir: Path = Path("var/recordings")
+    # Recordings and voicemail messages older than this are deleted (files and metadata),
+    # checked hourly with the events' retention. 0: kept until deleted through the API.
+    recordings_retention_days: Annotated[int, Field(ge=0, le=36500)] = 0
     # Voicemail messages longer than this are cut (the caller hears nothing more).
     voicemail_max_seconds: Annotated[int, Field(ge=5, le=3600)] = 120
     # Seconds of silence (after some speech) that end a voicemail message.

@@ -194,6 +194,7 @@ def build_context(
         store=store,
         metrics=metrics,
         wall=lambda: clock().timestamp(),
+        archive=archive,
     )
     return AppContext(
         settings=settings,

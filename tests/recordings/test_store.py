@@ -393,3 +393,22 @@ def test_sidecars_are_written_atomically(
     archive.update_recording(dataclasses.replace(meta, status="paused", pause_behavior="skip"))
     assert wav.with_suffix(".json").read_bytes() == before  # the old content, whole
     assert sorted(p.name for p in wav.parent.iterdir()) == [wav.with_suffix(".json").name]
+
+
+# -- retention --------------------------------------------------------------------------------
+def test_prune_deletes_what_started_before_the_cutoff_but_not_what_is_being_written(
+    archive: MediaArchive,
+) -> None:
+    old = completed(archive, "CA-old", 0)
+    new = completed(archive, "CA-new", 600)
+    live, _ = started(archive, "CA-live", 1)  # still being written
+    vm, vm_wav = archive.new_voicemail(
+        "CA-vm", caller="+15557770002", line=MAIN_LINE, user_id="alice", group_id=None, now=at(2)
+    )
+    record_message(vm_wav, 100)
+    archive.message_recorded(vm.id, 2.0, "pound")
+    assert archive.prune(at(300)) == (1, 1)
+    assert archive.recording(old.id) is None and not (archive.root / old.file).exists()
+    assert archive.recording(new.id) is not None and archive.recording(live.id) is not None
+    assert archive.voicemail(vm.id) is None and not vm_wav.exists()
+    assert MediaArchive(archive.root, durable=False).load().recordings == 2  # gone on disk too

@@ -463,6 +463,49 @@ class Outbox:
         rows = await self.run(lambda db: db.execute(sql, args).fetchall())
         return [_event(row) for row in rows]
 
+    async def prune(self, before: datetime, *, batch: int = 5000) -> int:
+        """Delete the events that happened before `before`, with their deliveries and the
+        call records of calls that ended before it, a batch per transaction (the writer's
+        batches go on between them). Returns how many events went."""
+        cutoff = before.astimezone(UTC).isoformat()
+        total = 0
+
+        def one_batch(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seqs = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT seq FROM events WHERE occurred_at < ? ORDER BY seq LIMIT ?",
+                        (cutoff, batch),
+                    ).fetchall()
+                ]
+                if seqs:
+                    top = seqs[-1]
+                    db.execute(
+                        "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM events"
+                        " WHERE occurred_at < ? AND seq <= ?)",
+                        (cutoff, top),
+                    )
+                    db.execute(
+                        "DELETE FROM events WHERE occurred_at < ? AND seq <= ?", (cutoff, top)
+                    )
+                    if _has_table(db, "calls"):  # (call history: bridge.events.history)
+                        ended = cutoff.replace("+00:00", "Z")
+                        db.execute("DELETE FROM calls WHERE ended_at < ?", (ended,))
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            return len(seqs)
+
+        while True:
+            removed = await self.run(one_batch)
+            total += removed
+            if removed < batch:
+                return total
+
     async def seq_of(self, event_id: str) -> int | None:
         row = await self.run(
             lambda db: db.execute("SELECT seq FROM events WHERE id = ?", (event_id,)).fetchone()
@@ -480,6 +523,11 @@ class Outbox:
             with contextlib.suppress(OSError):
                 total += Path(f"{self.path}{suffix}").stat().st_size
         return total
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
 
 
 _SELECT_EVENTS = "SELECT seq, id, type, version, occurred_at, call_id, payload FROM events"

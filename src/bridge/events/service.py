@@ -17,8 +17,8 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import structlog
 
@@ -42,7 +42,15 @@ from bridge.observability.metrics import Metrics
 
 log = structlog.get_logger("bridge.events")
 
+
+class Archive(Protocol):
+    """The recordings and voicemails (`bridge.recordings.store.MediaArchive`), for retention."""
+
+    def prune(self, before: datetime) -> tuple[int, int]: ...
+
 GAUGES_EVERY = 5.0  # seconds between reads of the queue's depth and age (never per scrape)
+RETENTION_FIRST = 60.0  # seconds after start, then every RETENTION_EVERY
+RETENTION_EVERY = 3600.0
 _ENDED = (LegState.CANCELLED, LegState.FAILED, LegState.HUNG_UP, LegState.ENDED)
 
 
@@ -68,8 +76,10 @@ class EventsService:
         store: DirectoryStore,
         metrics: Metrics,
         wall: Callable[[], float] = time.time,
+        archive: Archive | None = None,
     ) -> None:
         self.settings = settings
+        self.archive = archive
         self.metrics = metrics
         self._wall = wall
         self.outbox = Outbox(
@@ -97,6 +107,7 @@ class EventsService:
         self.running = False
         self.started = False  # `start` was called (by the daemon): `/readyz` reports it
         self._gauges: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         runner.subscribe(self._call_event)
         runner.watch(self._call_applied)
         store.subscribe(self._directory_changed)
@@ -118,6 +129,7 @@ class EventsService:
         add_audit_sink(self._audited)
         self.running = True
         self._gauges = asyncio.get_running_loop().create_task(self._gauge_loop())
+        self._retention = asyncio.get_running_loop().create_task(self._retention_loop())
         log.info(
             "outbox_started",
             path=str(self.outbox.path),
@@ -127,10 +139,11 @@ class EventsService:
     async def stop(self) -> None:
         """Store what is queued (the last events of the drain), stop delivering."""
         remove_audit_sink(self._audited)
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
+        for task in (self._gauges, self._retention):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.running:
             self.running = False
             await self.dispatcher.stop()
@@ -247,6 +260,34 @@ class EventsService:
             )
             for e in self.settings.events.endpoints
         ]
+
+    # -- retention -------------------------------------------------------------------------------
+    async def prune(self) -> dict[str, int]:
+        """Delete what is older than the retention settings (logged with the counts)."""
+        now = datetime.fromtimestamp(self._wall(), UTC)
+        pruned = {"events": 0, "recordings": 0, "voicemails": 0}
+        cutoff = now - timedelta(days=self.settings.events.retention_days)
+        try:
+            pruned["events"] = await self.outbox.prune(cutoff)
+        except sqlite3.Error as exc:
+            log.error("retention_failed", what="events", reason=str(exc))
+        days = self.settings.media.recordings_retention_days
+        if days > 0 and self.archive is not None:
+            archive, before = self.archive, now - timedelta(days=days)
+            recordings, voicemails = await asyncio.to_thread(archive.prune, before)
+            pruned["recordings"], pruned["voicemails"] = recordings, voicemails
+        if any(pruned.values()):
+            log.info("retention_pruned", **pruned)
+        return pruned
+
+    async def _retention_loop(self) -> None:
+        await asyncio.sleep(RETENTION_FIRST)
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # never let the schedule die on one bad file
+                log.exception("retention_failed")
+            await asyncio.sleep(RETENTION_EVERY)
 
     # -- metrics -----------------------------------------------------------------------------------
     def _attempted(self, endpoint_id: str, outcome: str, latency: float | None) -> None:

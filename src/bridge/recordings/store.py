@@ -914,6 +914,43 @@ class MediaArchive:
         log.info("voicemail_deleted", voicemail_id=voicemail_id)
         return True
 
+    # -- retention ----------------------------------------------------------------------------
+    def prune(self, before: datetime) -> tuple[int, int]:
+        """Delete the recordings and voicemail messages that started before `before` (their
+        WAVs and sidecars), except those still being written. Returns how many of each."""
+        cutoff = _utc(before)
+        with self._lock:
+            recordings = [
+                m
+                for m in self._recordings.by_id.values()
+                if _utc(m.started_at) < cutoff and not m.live
+            ]
+            voicemails = [
+                v
+                for v in self._voicemails.by_id.values()
+                if _utc(v.recorded_at) < cutoff and not v.pending
+            ]
+        removed_recordings = 0
+        for meta in recordings:
+            wav = self.root / meta.file
+            try:
+                wav.unlink(missing_ok=True)
+                wav.with_suffix(".json").unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("recording_undeleted", recording_id=meta.id, reason=_reason(exc))
+                continue
+            with self._lock:
+                self._recordings.remove(meta.id)
+            removed_recordings += 1
+        removed_voicemails = 0
+        for vm in voicemails:
+            try:
+                if self.delete_voicemail(vm.id):
+                    removed_voicemails += 1
+            except ArchiveError as exc:
+                log.error("voicemail_undeleted", voicemail_id=vm.id, reason=str(exc))
+        return removed_recordings, removed_voicemails
+
     # -- the SIP path's MessageStore port (bridge.sip.b2bua) ---------------------------------
     def new_message(
         self,
