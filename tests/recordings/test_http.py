@@ -385,3 +385,32 @@ def test_a_message_being_left_is_not_listed_and_not_served(world: World) -> None
     assert one.status_code == 200 and one.json()["ended_by"] is None
     assert world.get("alice", f"{API}/voicemails/{message_id}/audio").status_code == 409
     assert world.call("alice", "DELETE", f"{API}/voicemails/{message_id}").status_code == 409
+
+
+# -- voicemail heard ----------------------------------------------------------------------------
+def test_a_message_is_marked_heard_by_who_heard_it_and_new_again(world: World) -> None:
+    vm = world.vm["sales"]
+    assert world.get("alice", f"{API}/voicemails/{vm.id}").json()["heard"] is False
+    with capture_logs() as logs:
+        marked = world.call("alice", "POST", f"{API}/voicemails/{vm.id}/heard")
+    assert marked.status_code == 200, marked.text
+    body = marked.json()
+    assert body["heard"] is True and body["heard_by"] == "alice" and body["heard_at"]
+    [entry] = audits(logs)
+    assert (entry["action"], entry["allowed"], entry["target"]) == (
+        "mark_voicemail_heard",
+        True,
+        f"voicemail:{vm.id}",
+    )
+    # everyone who sees it sees it heard, and it stays so after a restart
+    assert world.get("carol", f"{API}/voicemails/{vm.id}").json()["heard_by"] == "alice"
+    again = MediaArchive(world.archive.root, durable=False)
+    again.load()
+    assert again.voicemail(vm.id).heard_by == "alice"  # type: ignore[union-attr]
+    unmarked = world.call("carol", "POST", f"{API}/voicemails/{vm.id}/heard", json={"heard": False})
+    assert unmarked.json()["heard"] is False and unmarked.json()["heard_by"] is None
+    # not theirs: 404 (no id disclosed); read-only roles: 403
+    assert world.call("frank", "POST", f"{API}/voicemails/{vm.id}/heard").status_code == 404
+    assert world.call("rita", "POST", f"{API}/voicemails/{vm.id}/heard").status_code == 403
+    bad = world.call("alice", "POST", f"{API}/voicemails/{vm.id}/heard", json={"heard": "yes"})
+    assert bad.status_code == 422

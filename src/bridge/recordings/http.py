@@ -38,11 +38,12 @@ message still being left is not listed, and its audio and delete answer 409. Err
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict
 
 from bridge.directory.model import Directory, User, normalize_number
 from bridge.directory.roles import Action, Scope, scope
@@ -55,6 +56,12 @@ from bridge.recordings.store import (
     RecordingMeta,
     VoicemailMeta,
 )
+
+
+class Heard(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    heard: bool = True
+
 
 __all__ = [
     "may_delete_voicemail",
@@ -287,6 +294,30 @@ def routes(
             content_disposition_type="inline",
             headers=_AUDIO_HEADERS,
         )
+
+    @router.post(
+        "/voicemails/{voicemail_id}/heard",
+        tags=["voicemails"],
+        summary='Mark a message heard (or new again: {"heard": false})',
+    )
+    async def mark_heard(
+        voicemail_id: str, request: Request, body: Heard | None = None, grant: Grant = Depends(see)
+    ) -> dict[str, Any]:
+        target = f"voicemail:{voicemail_id}"
+        refusal = _read_only(grant.user)
+        if refusal is not None:
+            deny(request, grant.user, "mark_voicemail_heard", target, refusal)
+            raise HTTPException(status_code=403, detail=refusal)
+        vm = voicemail_for(request, grant, voicemail_id, "mark_voicemail_heard")
+        not_while_left(vm)
+        heard = body.heard if body is not None else True
+        marked = archive.mark_heard(vm.id, grant.user.id if heard else None, datetime.now(UTC))
+        if marked is None:
+            raise _not_found("voicemail", voicemail_id)
+        audit_request(
+            request, grant.user, "mark_voicemail_heard", allowed=True, target=target, heard=heard
+        )
+        return marked.to_json()
 
     @router.delete(
         "/voicemails/{voicemail_id}",

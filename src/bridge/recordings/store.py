@@ -200,6 +200,9 @@ class VoicemailMeta:
     duration_seconds: float = 0.0
     size_bytes: int = 0
     ended_by: MessageEnd | None = None
+    # Marked heard (POST .../heard): when, and by whom; None: new.
+    heard_at: datetime | None = None
+    heard_by: str | None = None
 
     @property
     def audio_url(self) -> str:
@@ -222,6 +225,9 @@ class VoicemailMeta:
             "duration_seconds": self.duration_seconds,
             "size_bytes": self.size_bytes,
             "ended_by": self.ended_by,
+            "heard": self.heard_at is not None,
+            "heard_at": _iso(self.heard_at),
+            "heard_by": self.heard_by,
             "channels": 1,
             "sample_rate": SAMPLE_RATE,
             "audio_url": self.audio_url,
@@ -229,7 +235,7 @@ class VoicemailMeta:
 
     def to_record(self) -> dict[str, Any]:
         record = self.to_json()
-        for key in ("audio_url", "channels", "sample_rate"):
+        for key in ("audio_url", "channels", "sample_rate", "heard"):
             del record[key]
         return {"kind": "voicemail", "version": _SIDECAR_VERSION, **record, "file": self.file}
 
@@ -251,6 +257,8 @@ class VoicemailMeta:
             duration_seconds=r.number("duration_seconds"),
             size_bytes=r.integer("size_bytes"),
             ended_by=ended_by,  # type: ignore[arg-type]
+            heard_at=r.time("heard_at", optional=True) if "heard_at" in data else None,
+            heard_by=r.text("heard_by", optional=True) if "heard_by" in data else None,
         )
         if not VOICEMAIL_ID.fullmatch(meta.id):
             raise ValueError(f"id {meta.id!r} is not a voicemail id")
@@ -913,6 +921,17 @@ class MediaArchive:
             log.error("voicemail_sidecar_undeleted", voicemail_id=voicemail_id, reason=_reason(exc))
         log.info("voicemail_deleted", voicemail_id=voicemail_id)
         return True
+
+    def mark_heard(self, voicemail_id: str, by: str | None, at: datetime) -> VoicemailMeta | None:
+        """Mark the message heard (or new again, `by` None); None when there is no such one."""
+        vm = self.voicemail(voicemail_id)
+        if vm is None:
+            return None
+        vm = replace(vm, heard_at=_utc(at) if by else None, heard_by=by)
+        with self._lock:
+            self._voicemails.put(vm)
+        self._persist(self.root / vm.file, vm.to_record(), vm.id)
+        return vm
 
     # -- retention ----------------------------------------------------------------------------
     def prune(self, before: datetime) -> tuple[int, int]:
