@@ -153,7 +153,7 @@ class WebhookDispatcher:
                     ready, next_at = await self.outbox.run(
                         lambda db, n=room, b=busy, t=now: _ready(db, endpoint_id, t, n, b)
                     )
-                except sqlite3.Error as exc:
+                except Exception as exc:  # (the outbox closing, a locked file): try again
                     log.warning("webhook_queue_unreadable", endpoint=endpoint_id, error=str(exc))
                     next_at = self._wall() + 1.0
             for seq, event, attempts, first_at in ready:
@@ -167,6 +167,17 @@ class WebhookDispatcher:
                 await asyncio.wait_for(wakeup.wait(), delay)
 
     async def _deliver(
+        self, endpoint: Endpoint, seq: int, event: StoredEvent, attempts: int, first_at: float
+    ) -> None:
+        try:
+            await self._try(endpoint, seq, event, attempts, first_at)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not stop the endpoint's task (it is tried again)
+            log.exception("webhook_delivery_failed", endpoint=endpoint.id, event_id=event.id)
+            await asyncio.sleep(1.0)  # (holding its slot: not tried again at once)
+
+    async def _try(
         self, endpoint: Endpoint, seq: int, event: StoredEvent, attempts: int, first_at: float
     ) -> None:
         attempt = await self.send(endpoint, event)
