@@ -195,6 +195,7 @@ def build_context(
         metrics=metrics,
         wall=lambda: clock().timestamp(),
         archive=archive,
+        presence=presence,
     )
     return AppContext(
         settings=settings,

@@ -51,3 +51,4 @@ def test_an_answered_calls_events_from_received_to_ended(tmp_path: Path) -> None
     ended = by_kind["call.ended"]
     assert ended["outcome"] == "answered" and ended["cause"] in ("caller_hangup", "callee_hangup")
     assert 0 <= ended["wait_seconds"] < 5 and ended["talk_seconds"] >= 0.2
+    assert 29 <= ended["wrap_up_seconds"] <= 30  # anna's wrap_up_seconds: 30

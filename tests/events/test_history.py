@@ -42,6 +42,7 @@ def test_finished_calls_are_listed_filtered_paged_and_exported(tmp_path: Path) -
         assert answered["line"] == "+15550100" and answered["path"] == "sip"
         assert answered["ring_group"] == "sales" and answered["state"] == "ended"
         assert answered["talk_seconds"] >= 0.2 and answered["wait_seconds"] >= 0
+        assert 29 <= answered["wrap_up_seconds"] <= 30
         assert set(answered["users"]) >= {"anna", "ben"}
         assert cancelled["outcome"] != "answered" and cancelled["answered_by"] is None
 

@@ -192,6 +192,7 @@ def summarize(call_id: str, events: list[StoredEvent]) -> dict[str, Any]:
                 cause=data.get("cause"),
                 wait_seconds=data.get("wait_seconds"),
                 talk_seconds=data.get("talk_seconds"),
+                wrap_up_seconds=data.get("wrap_up_seconds"),
             )
     record["legs"] = list(legs.values())
     record["users"] = users

@@ -43,6 +43,12 @@ from bridge.observability.metrics import Metrics
 log = structlog.get_logger("bridge.events")
 
 
+class Presence(Protocol):
+    """Who is in wrap-up until when (`bridge.presence.service.PresenceService`)."""
+
+    def presence_of(self, user_id: str) -> Any: ...
+
+
 class Archive(Protocol):
     """The recordings and voicemails (`bridge.recordings.store.MediaArchive`), for retention."""
 
@@ -58,12 +64,13 @@ class _Tracked:
     """What the outbox notes of a live call: when it came and was answered (the durations
     of its `call.ended`), and which of its legs' ends were stored."""
 
-    __slots__ = ("answered_at", "legs_ended", "path", "received_at")
+    __slots__ = ("answered_at", "answered_by", "legs_ended", "path", "received_at")
 
     def __init__(self, path: str, received_at: datetime) -> None:
         self.path = path
         self.received_at = received_at
         self.answered_at: datetime | None = None
+        self.answered_by: str | None = None
         self.legs_ended: set[str] = set()
 
 
@@ -77,9 +84,11 @@ class EventsService:
         metrics: Metrics,
         wall: Callable[[], float] = time.time,
         archive: Archive | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
+        self.presence = presence
         self.metrics = metrics
         self._wall = wall
         self.outbox = Outbox(
@@ -175,6 +184,7 @@ class EventsService:
         stored = from_call_record(record)
         if isinstance(event, CallAnswered):
             tracked.answered_at = record.at
+            tracked.answered_by = event.user_id
         elif isinstance(event, CallEnded):
             answered = tracked.answered_at
             waited = (answered or record.at) - tracked.received_at
@@ -183,7 +193,17 @@ class EventsService:
             stored.payload["talk_seconds"] = (
                 round(talked.total_seconds(), 3) if talked is not None else None
             )
+            stored.payload["wrap_up_seconds"] = self._wrap_up(tracked, record.at)
         self.append(stored)
+
+    def _wrap_up(self, tracked: _Tracked, ended: datetime) -> float | None:
+        """The wrap-up the answering user got at the end (their presence says until when)."""
+        if self.presence is None or tracked.answered_by is None:
+            return None
+        until = self.presence.presence_of(tracked.answered_by).wrap_up_until
+        if until is None:
+            return 0.0
+        return round(max(0.0, (until - ended).total_seconds()), 3)
 
     def _track(self, record: CallEventRecord, call: RunningCall | None) -> _Tracked:
         tracked = self._tracked[record.call_id] = _Tracked(record.path, record.at)
