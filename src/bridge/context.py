@@ -31,7 +31,7 @@ from bridge.events.service import EventsService
 from bridge.logins import LoginService
 from bridge.observability.metrics import Metrics
 from bridge.presence.service import PresenceService, utc_now
-from bridge.recordings.plugin import build_archive
+from bridge.recordings.plugin import build_archive, carrier_voicemails
 from bridge.recordings.store import MediaArchive
 from bridge.routing.service import RoutingService
 from bridge.sip.plugin import build_sip
@@ -158,6 +158,8 @@ def build_context(
     carrier = build_carrier(
         settings, runner=runner, metrics=metrics, directory=lambda: store.current
     )
+    # The carrier's voicemails are listed with the SIP path's (their audio stays there).
+    runner.subscribe(carrier_voicemails(archive, carrier.find, clock))
     control = build_control(
         registry=calls,
         runner=runner,

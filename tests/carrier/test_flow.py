@@ -91,6 +91,14 @@ async def test_all_layers_missed_voicemail(carrier: Carrier) -> None:
         assert response.status_code == 204
     (recorded,) = _of(carrier, call, VoicemailRecorded)
     assert recorded.recording_sid == "RE1" and recorded.duration_seconds == 7
+    # listed with the SIP path's messages (once, though the callback came twice)
+    archive = carrier.bridge.ctx.archive
+    assert archive is not None
+    (message,) = [vm for vm in archive.voicemails() if vm.call_id == call.sid]
+    assert (message.source, message.recording_sid, message.duration_seconds) == ("carrier", "RE1", 7)
+    assert message.remote_url == "https://api.example.com/Recordings/RE1"
+    assert message.line is not None and (message.group_id or message.user_id)
+    assert message.to_json()["audio_url"].endswith(f"/voicemails/{message.id}/audio")
     (ended,) = _of(carrier, call, CallEnded)
     assert (ended.cause.value, ended.outcome.value) == ("caller_hangup", "voicemail")
     assert carrier.sample("bridge_calls_total", path="carrier", outcome="voicemail") == 1

@@ -414,3 +414,66 @@ def test_a_message_is_marked_heard_by_who_heard_it_and_new_again(world: World) -
     assert world.call("rita", "POST", f"{API}/voicemails/{vm.id}/heard").status_code == 403
     bad = world.call("alice", "POST", f"{API}/voicemails/{vm.id}/heard", json={"heard": "yes"})
     assert bad.status_code == 422
+
+
+# -- messages the carrier recorded ----------------------------------------------------------------
+class StubCarrier:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def fetch(self, url: str) -> bytes:
+        self.asked.append(url)
+        if url.endswith("RE-gone"):
+            from bridge.carriers.twilio.media import CarrierMediaError
+
+            raise CarrierMediaError("the carrier has no such recording (deleted?)", 404)
+        return b"RIFF-carrier-audio"
+
+
+def test_a_carrier_message_is_listed_like_the_others_and_its_audio_fetched(
+    tmp_path: Path,
+) -> None:
+    archive = MediaArchive(tmp_path / "media", clock=lambda: at(60), durable=False)
+    kept = dict(caller="+15557770009", line=MAIN_LINE, user_id=None, group_id="sales", now=at(20))
+    vm = archive.carrier_voicemail(
+        "CA9", recording_sid="RE1", url="https://carrier/RE1", duration_seconds=9, **kept
+    )
+    again = archive.carrier_voicemail(
+        "CA9", recording_sid="RE1", url="https://carrier/RE1", duration_seconds=9, **kept
+    )
+    gone = archive.carrier_voicemail(
+        "CA8", recording_sid="RE2", url="https://carrier/RE-gone", duration_seconds=3, **kept
+    )
+    assert again.id == vm.id  # the callback twice: one message
+    directory: Directory = build_directory(demo_with_end_client(), version=1)
+    tokens = TokenService("test-secret-" * 4)
+    auth = HttpAuth(tokens, lambda: directory, Metrics())
+    carrier = StubCarrier()
+    for media in (carrier, None):
+        app = FastAPI()
+        app.include_router(routes(archive, auth, lambda: directory, media))
+        with TestClient(app) as client:
+            world = World(client, archive, tokens, {}, {})
+            listed = world.get("alice", f"{API}/voicemails").json()  # alice is in sales
+            [shown] = [m for m in listed if m["id"] == vm.id]
+            assert (shown["source"], shown["recording_sid"], shown["duration_seconds"]) == (
+                "carrier",
+                "RE1",
+                9.0,
+            )
+            assert "remote_url" not in shown  # the carrier's URL is not handed out
+            audio = world.get("alice", f"{API}/voicemails/{vm.id}/audio")
+            if media is None:
+                assert audio.status_code == 503 and "carrier" in audio.json()["detail"]
+                continue
+            assert audio.status_code == 200 and audio.content == b"RIFF-carrier-audio"
+            assert audio.headers["content-type"] == "audio/wav"
+            missing = world.get("alice", f"{API}/voicemails/{gone.id}/audio")
+            assert missing.status_code == 404 and "carrier:" in missing.json()["detail"]
+            assert world.get("frank", f"{API}/voicemails/{vm.id}/audio").status_code == 404
+    assert carrier.asked == ["https://carrier/RE1", "https://carrier/RE-gone"]
+    # it survives a restart, and deleting it removes it from the list (the carrier keeps its own)
+    reloaded = MediaArchive(archive.root, durable=False)
+    reloaded.load()
+    assert reloaded.voicemail(vm.id) == archive.voicemail(vm.id)
+    assert archive.delete_voicemail(vm.id) and archive.voicemail(vm.id) is None

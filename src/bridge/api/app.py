@@ -19,6 +19,8 @@ from starlette.types import Scope as AsgiScope
 from bridge import __version__
 from bridge.api import directory_routes, login, users
 from bridge.carriers.twilio import plugin as carrier_plugin
+from bridge.carriers.twilio.media import RecordingMedia
+from bridge.carriers.twilio.rest import RestSettings
 from bridge.console import http as console_http
 from bridge.context import AppContext
 from bridge.control import plugin as control_plugin
@@ -126,7 +128,15 @@ def create_app(ctx: AppContext) -> BridgeApp:
     if ctx.logins is not None:
         app.include_router(login.routes(ctx.logins, ctx, auth))
     if ctx.archive is not None:
-        app.include_router(recordings_plugin.routes(ctx.archive, auth, lambda: ctx.store.current))
+        rest = RestSettings.from_settings(ctx.settings)
+        app.include_router(
+            recordings_plugin.routes(
+                ctx.archive,
+                auth,
+                lambda: ctx.store.current,
+                RecordingMedia(rest) if rest is not None else None,
+            )
+        )
     if ctx.carrier is not None:
         for router in carrier_plugin.routes(ctx.carrier, ctx.settings, auth):
             app.include_router(router)

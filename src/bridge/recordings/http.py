@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -56,6 +56,12 @@ from bridge.recordings.store import (
     RecordingMeta,
     VoicemailMeta,
 )
+
+
+class CarrierMedia(Protocol):
+    """Fetches a carrier-kept recording's audio (`bridge.carriers.twilio.media`)."""
+
+    async def fetch(self, url: str) -> bytes: ...
 
 
 class Heard(BaseModel):
@@ -133,6 +139,7 @@ def routes(
     archive: MediaArchive,
     auth: HttpAuth,
     directory_getter: Callable[[], Directory],
+    carrier_media: CarrierMedia | None = None,
 ) -> APIRouter:
     """The routes, bound to the archive, the daemon's token gate and the directory (for ring
     group membership)."""
@@ -278,9 +285,33 @@ def routes(
     )
     async def voicemail_audio(
         voicemail_id: str, request: Request, grant: Grant = Depends(see)
-    ) -> FileResponse:
+    ) -> Response:
         vm = voicemail_for(request, grant, voicemail_id, "download_voicemail")
         not_while_left(vm)
+        if vm.source == "carrier":  # the carrier keeps it: fetched now, not stored here
+            if carrier_media is None or not vm.remote_url:
+                raise HTTPException(
+                    status_code=503,
+                    detail="this message's audio is at the carrier, and the bridge has no "
+                    "carrier credentials to fetch it ([twilio] account_sid, auth_token)",
+                )
+            try:
+                audio = await carrier_media.fetch(vm.remote_url)
+            except Exception as exc:
+                status = getattr(exc, "status", 502)
+                detail = getattr(exc, "reason", str(exc))
+                raise HTTPException(status_code=status, detail=f"carrier: {detail}") from None
+            audit_request(
+                request, grant.user, "download_voicemail", allowed=True, target=f"voicemail:{vm.id}"
+            )
+            return Response(
+                audio,
+                media_type="audio/wav",
+                headers={
+                    **_AUDIO_HEADERS,
+                    "Content-Disposition": f'inline; filename="{vm.id}.wav"',
+                },
+            )
         wav = archive.voicemail_audio_path(voicemail_id)
         if wav is None:
             raise HTTPException(status_code=404, detail=f"voicemail {voicemail_id!r} has no audio")

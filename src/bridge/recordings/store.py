@@ -203,6 +203,11 @@ class VoicemailMeta:
     # Marked heard (POST .../heard): when, and by whom; None: new.
     heard_at: datetime | None = None
     heard_by: str | None = None
+    # "carrier": recorded by the carrier (its recording callback); the audio is fetched from
+    # `remote_url` (the carrier's media URL) when asked for, never stored here.
+    source: str = "sip"
+    recording_sid: str | None = None
+    remote_url: str | None = None
 
     @property
     def audio_url(self) -> str:
@@ -210,8 +215,8 @@ class VoicemailMeta:
 
     @property
     def pending(self) -> bool:
-        """Still being left."""
-        return self.ended_by is None
+        """Still being left (a carrier's message is listed once the carrier has it)."""
+        return self.ended_by is None and self.source == "sip"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -228,6 +233,8 @@ class VoicemailMeta:
             "heard": self.heard_at is not None,
             "heard_at": _iso(self.heard_at),
             "heard_by": self.heard_by,
+            "source": self.source,
+            "recording_sid": self.recording_sid,
             "channels": 1,
             "sample_rate": SAMPLE_RATE,
             "audio_url": self.audio_url,
@@ -237,7 +244,10 @@ class VoicemailMeta:
         record = self.to_json()
         for key in ("audio_url", "channels", "sample_rate", "heard"):
             del record[key]
-        return {"kind": "voicemail", "version": _SIDECAR_VERSION, **record, "file": self.file}
+        record = {"kind": "voicemail", "version": _SIDECAR_VERSION, **record, "file": self.file}
+        if self.remote_url is not None:
+            record["remote_url"] = self.remote_url
+        return record
 
     @classmethod
     def from_record(cls, data: Any) -> VoicemailMeta:
@@ -259,10 +269,18 @@ class VoicemailMeta:
             ended_by=ended_by,  # type: ignore[arg-type]
             heard_at=r.time("heard_at", optional=True) if "heard_at" in data else None,
             heard_by=r.text("heard_by", optional=True) if "heard_by" in data else None,
+            source=r.text("source") if "source" in data else "sip",
+            recording_sid=_optional(r, data, "recording_sid"),
+            remote_url=_optional(r, data, "remote_url"),
         )
         if not VOICEMAIL_ID.fullmatch(meta.id):
             raise ValueError(f"id {meta.id!r} is not a voicemail id")
         return meta
+
+
+def _optional(record: _Record, data: Any, key: str) -> Any:
+    """A text field that sidecars written before it existed do not have."""
+    return record.text(key, optional=True) if key in data else None
 
 
 class _Record:
@@ -921,6 +939,52 @@ class MediaArchive:
             log.error("voicemail_sidecar_undeleted", voicemail_id=voicemail_id, reason=_reason(exc))
         log.info("voicemail_deleted", voicemail_id=voicemail_id)
         return True
+
+    def carrier_voicemail(
+        self,
+        call_id: str,
+        *,
+        recording_sid: str,
+        url: str | None,
+        duration_seconds: float | None,
+        caller: str | None,
+        line: str | None,
+        user_id: str | None,
+        group_id: str | None,
+        now: datetime,
+    ) -> VoicemailMeta:
+        """A message the carrier recorded (its recording callback), listed beside the SIP
+        path's; the same recording twice is one message. ArchiveError when it cannot be
+        stored."""
+        with self._lock:
+            for known in self._voicemails.by_id.values():
+                if known.recording_sid == recording_sid:
+                    return known
+        now = _utc(now)
+        message_id = _new_id("VM", now)
+        wav = self._folder("voicemails", now) / f"{message_id}.wav"  # (never written)
+        vm = VoicemailMeta(
+            id=message_id,
+            call_id=call_id,
+            caller=caller,
+            line=line,
+            user_id=user_id,
+            group_id=group_id,
+            recorded_at=now,
+            file=self._relative(wav),
+            duration_seconds=float(duration_seconds or 0.0),
+            source="carrier",
+            recording_sid=recording_sid,
+            remote_url=url,
+        )
+        try:
+            self._write_json(wav.with_suffix(".json"), vm.to_record())
+        except OSError as exc:
+            raise ArchiveError(wav.parent, _reason(exc)) from exc
+        with self._lock:
+            self._voicemails.put(vm)
+        log.info("voicemail_from_carrier", voicemail_id=message_id, recording_sid=recording_sid)
+        return vm
 
     def mark_heard(self, voicemail_id: str, by: str | None, at: datetime) -> VoicemailMeta | None:
         """Mark the message heard (or new again, `by` None); None when there is no such one."""
