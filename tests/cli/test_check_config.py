@@ -110,6 +110,24 @@ def test_demo_config_is_valid(demo_dir: Path, capsys: pytest.CaptureFixture[str]
             'ng = "127.0.0.1:70000"',
             "media.rtpengine.ng: port 70000 is not between 1 and 65535",
         ),
+        (
+            'outbox_path = "../var/events.sqlite"',
+            'outbox_path = "../var/events.sqlite"\n[[events.endpoints]]\nname = "crm"\n'
+            'url = "ftp://crm.example.com/hook"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"',
+            "events.endpoints[0].url: 'ftp://crm.example.com/hook' is not an http:// or https://",
+        ),
+        (
+            'outbox_path = "../var/events.sqlite"',
+            'outbox_path = "../var/events.sqlite"\n[[events.endpoints]]\nname = "self"\n'
+            'url = "http://localhost:8080/hook"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"',
+            "events.endpoints[0].url: 'http://localhost:8080/hook' is this bridge's own HTTP",
+        ),
+        (
+            'outbox_path = "../var/events.sqlite"',
+            'outbox_path = "../var/events.sqlite"\n[[events.endpoints]]\nname = "crm"\n'
+            'url = "https://crm.example.com/hook"\nsecret = "not-a-secret"',
+            "events.endpoints[0].secret: must be whsec_ followed by base64",
+        ),
     ],
 )
 def test_bad_settings_exit_2_naming_the_field(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.events.receiver import SECRET, Receiver
-from tests.events.test_durability import directory
+from tests.events.test_durability import directory, sipp_calls
 from tests.sip.peers import bridge_process
 
 
@@ -107,7 +107,11 @@ def test_an_outbox_that_cannot_be_written_is_reported_and_calls_go_on(tmp_path: 
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the outbox's folder should be")
     with bridge_process(
-        tmp_path, directory(), wait_ready=False, events__outbox_path=str(blocker / "o.sqlite")
+        tmp_path,
+        directory(),
+        wait_ready=False,
+        events__outbox_path=str(blocker / "o.sqlite"),
+        sip__trunk_allow='["127.0.0.0/8"]',
     ) as bridge:
         deadline = time.monotonic() + 10
         while True:
@@ -121,3 +125,7 @@ def test_an_outbox_that_cannot_be_written_is_reported_and_calls_go_on(tmp_path: 
         status, answer = bridge.request("GET", "/api/v1/webhooks")
         assert status == 503 and "outbox" in answer["detail"]
         assert bridge.metric("bridge_outbox_healthy") == 0.0
+        # and calls keep flowing: a trunk call is routed and ends as ever
+        sipp_calls(tmp_path, bridge.sip, 1).wait(30)
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"]
