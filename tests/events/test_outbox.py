@@ -202,3 +202,7 @@ def test_every_event_type_is_documented_with_an_example() -> None:
         assert heading in docs, kind
         section = docs.split(heading, 1)[1].split("\n### ", 1)[0]
         assert f'"type": "{kind}"' in section, kind
+    for kind in ("supervision.started", "recording.started"):  # (derived: one section each)
+        assert f'"type": "{kind}"' in docs, kind
+    for kind in ("supervision.changed", "supervision.stopped", "recording.paused"):
+        assert f"`{kind}`" in docs, kind

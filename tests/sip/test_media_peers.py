@@ -12,6 +12,8 @@ each playing its own tone, and SIPp playing G.711 and RFC 4733 pcaps. What each 
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 import urllib.request
 import wave
@@ -105,6 +107,18 @@ def download_wav(bridge: RunningBridge, url: str, user: str, path: Path) -> byte
         return file.readframes(file.getnframes())
 
 
+def stored_events(tmp_path: Path, call_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(type, payload) of a call's events in the bridge process's outbox, in order."""
+    db = sqlite3.connect(f"file:{tmp_path / 'var' / 'events.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT type, payload FROM events WHERE call_id = ? ORDER BY seq", (call_id,)
+        ).fetchall()
+    finally:
+        db.close()
+    return [(kind, json.loads(payload)) for kind, payload in rows]
+
+
 def stretch(pcm: bytes, start: float, end: float) -> bytes:
     """Seconds `start` to `end` of 8 kHz 16-bit mono audio."""
     return pcm[int(start * 16000) & ~1 : int(end * 16000) & ~1]
@@ -175,6 +189,19 @@ def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path
         assert tones_in(g711.audioop.tomono(frames, 2, 1, 0), TONES) == {CALLER}
         # the right channel is what the caller heard: the agent, never the whisper
         assert tones_in(g711.audioop.tomono(frames, 2, 0, 1), TONES) == {AGENT}
+        # the outbox has the controls as the state changes they made, in order
+        controls = [
+            (kind, data.get("mode") or data.get("action"))
+            for kind, data in stored_events(tmp_path, call_id)
+            if kind.startswith(("supervision.", "recording."))
+        ]
+        assert controls == [
+            ("recording.started", "start"),
+            ("supervision.started", "listen"),
+            ("supervision.changed", "whisper"),
+            ("supervision.stopped", "leave"),
+            ("recording.stopped", "stop"),
+        ]
 
 
 @needs_baresip

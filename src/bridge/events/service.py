@@ -195,6 +195,9 @@ class EventsService:
             )
             stored.payload["wrap_up_seconds"] = self._wrap_up(tracked, record.at)
         self.append(stored)
+        derived = _control_done(stored)
+        if derived is not None:  # a done control as the state change it made
+            self.append(derived)
 
     def _wrap_up(self, tracked: _Tracked, ended: datetime) -> float | None:
         """The wrap-up the answering user got at the end (their presence says until when)."""
@@ -336,6 +339,36 @@ class EventsService:
                     0.0 if oldest is None else max(0.0, self._wall() - oldest)
                 )
             await asyncio.sleep(GAUGES_EVERY)
+
+
+_CONTROL_TYPES = {
+    "monitor": "supervision.started",
+    "monitor_change": "supervision.changed",
+    "monitor_stop": "supervision.stopped",
+}
+_RECORDING_TYPES = {
+    "start": "recording.started",
+    "pause": "recording.paused",
+    "resume": "recording.resumed",
+    "stop": "recording.stopped",
+}
+
+
+def _control_done(stored: StoredEvent) -> StoredEvent | None:
+    """`supervision.*` / `recording.*` for a control that was carried out."""
+    data = stored.payload
+    if stored.type != "call.control_attempted" or data.get("outcome") != "done":
+        return None
+    control, detail = data.get("control"), data.get("detail")
+    if control == "recording":
+        kind = _RECORDING_TYPES.get(str(detail))
+        payload = {"path": data.get("path"), "actor": data.get("actor"), "action": detail}
+    else:
+        kind = _CONTROL_TYPES.get(str(control))
+        payload = {"path": data.get("path"), "supervisor": data.get("actor"), "mode": detail}
+    if kind is None or stored.call_id is None:
+        return None
+    return call_event(kind, stored.call_id, stored.occurred_at, payload)
 
 
 def _pending(db: sqlite3.Connection) -> tuple[int, float | None]:
