@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +17,7 @@ from starlette.types import Scope as AsgiScope
 
 from bridge import __version__
 from bridge.api import directory_routes, login, users
+from bridge.api.common import query_int, query_time
 from bridge.carriers.twilio import plugin as carrier_plugin
 from bridge.carriers.twilio.media import RecordingMedia
 from bridge.carriers.twilio.rest import RestSettings
@@ -297,8 +297,8 @@ async def _finished_calls(
     events = ctx.events
     if events is None or not events.running:
         raise HTTPException(503, "call history needs the event outbox, which is not running")
-    count = _whole(limit, "limit", 100, 1, 1000)
-    cursor = _whole(before, "before", 0, 1, 2**62) if before is not None else None
+    count = query_int(limit, "limit", 100, 1, 1000)
+    cursor = query_int(before, "before", 0, 1, 2**62) if before is not None else None
     lines = involving = None
     if grant.scope is Scope.OWN_LINES:
         lines = tuple(grant.user.lines)
@@ -311,8 +311,8 @@ async def _finished_calls(
             user=user,
             group=group,
             outcome=outcome,
-            since=_when(since, "since"),
-            until=_when(until, "until"),
+            since=query_time(since, "since"),
+            until=query_time(until, "until"),
             before=cursor,
             limit=count,
             lines=lines,
@@ -321,28 +321,6 @@ async def _finished_calls(
     )
     next_before = rows[-1][0] if len(rows) == count else None
     return [record for _, record in rows], next_before
-
-
-def _whole(value: str | None, name: str, default: int, low: int, high: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise HTTPException(400, f"{name}: {value!r} is not a whole number") from None
-    if not low <= number <= high:
-        raise HTTPException(400, f"{name}: must be between {low} and {high}")
-    return number
-
-
-def _when(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, f"{name}: {value!r} is not an ISO 8601 time") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _with_supervision(call: dict[str, Any], ctx: AppContext) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Shared pieces of the HTTP API: directory changes with their error mapping."""
+"""Shared pieces of the HTTP API: directory changes with their error mapping, and query
+parameters read as the API reads them (a bad one is a 400 naming it)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -75,3 +77,27 @@ def find_index(items: list[Document], key: str, value: str, kind: str) -> int:
         if item.get(key) == value:
             return index
     raise refuse(404, f"no {kind} {value!r}")
+
+
+def query_int(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter in [low, high]; 400 naming it otherwise."""
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise HTTPException(400, f"{name}: {value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise HTTPException(400, f"{name}: must be between {low} and {high}")
+    return number
+
+
+def query_time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time query parameter (UTC when it has no zone); 400 naming it otherwise."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(400, f"{name}: {value!r} is not an ISO 8601 time") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -42,6 +42,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
+from bridge.api.common import query_int, query_time
 from bridge.config import check_webhook_secret, check_webhook_url, points_at
 from bridge.directory.roles import Action, Scope
 from bridge.events.outbox import Endpoint
@@ -215,8 +216,8 @@ def routes(events: EventsService, auth: HttpAuth) -> APIRouter:
         found(endpoint_id)
         if state is not None and state not in STATES:
             raise HTTPException(400, f"state: must be one of {', '.join(STATES)}")
-        after_seq = _int(after, "after", 0, 0, 2**62)
-        count = _int(limit, "limit", 100, 1, 1000)
+        after_seq = query_int(after, "after", 0, 0, 2**62)
+        count = query_int(limit, "limit", 100, 1, 1000)
         rows = await events.dispatcher.deliveries(
             endpoint_id, state=state, after_seq=after_seq, limit=count
         )
@@ -234,8 +235,8 @@ def routes(events: EventsService, auth: HttpAuth) -> APIRouter:
             raise HTTPException(400, "give event_id, or since (and until) for a time range")
         if body.event_id is not None and await events.outbox.event(body.event_id) is None:
             raise HTTPException(404, f"event_id: no event {body.event_id!r}")
-        since = _time(body.since, "since")
-        until = _time(body.until, "until")
+        since = query_time(body.since, "since")
+        until = query_time(body.until, "until")
         queued = await events.dispatcher.replay(
             endpoint.id, event_id=body.event_id, since=since, until=until
         )
@@ -258,28 +259,6 @@ def new_secret() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _int(value: str | None, name: str, default: int, low: int, high: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise HTTPException(400, f"{name}: {value!r} is not a whole number") from None
-    if not low <= number <= high:
-        raise HTTPException(400, f"{name}: must be between {low} and {high}")
-    return number
-
-
-def _time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, f"{name}: {value!r} is not an ISO 8601 time") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # -- the audit trail and the live feed ---------------------------------------------------------
@@ -336,14 +315,14 @@ def record_routes(events: EventsService, auth: HttpAuth) -> APIRouter:
             if allowed not in ("true", "false"):
                 raise HTTPException(400, "allowed: must be true or false")
             fields["allowed"] = allowed == "true"
-        count = _int(limit, "limit", 100, 1, 1000)
+        count = query_int(limit, "limit", 100, 1, 1000)
         found = await events.outbox.query(
             types=("audit.recorded",),
             call_id=call,
             fields=fields,
-            since=_time(since, "since"),
-            until=_time(until, "until"),
-            before_seq=_int(before, "before", 2**62, 1, 2**62) if before is not None else None,
+            since=query_time(since, "since"),
+            until=query_time(until, "until"),
+            before_seq=query_int(before, "before", 2**62, 1, 2**62) if before is not None else None,
             limit=count,
         )
         return {
@@ -380,7 +359,7 @@ def record_routes(events: EventsService, auth: HttpAuth) -> APIRouter:
         grant: Grant = Depends(watcher),
     ) -> dict[str, Any]:
         kinds = visible_types(grant, types)
-        count = _int(limit, "limit", 100, 1, 1000)
+        count = query_int(limit, "limit", 100, 1, 1000)
         after_seq = await _cursor(events, after)
         page: list[Any] = []
         while len(page) < count:

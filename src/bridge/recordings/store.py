@@ -827,6 +827,25 @@ class MediaArchive:
     ) -> tuple[VoicemailMeta, Path]:
         """A new message being left (`ended_by` None, not listed yet) and the WAV path for
         the engine's `VoicemailWriter`. ArchiveError when it cannot be stored."""
+        vm, wav = self._add_voicemail(
+            call_id, caller=caller, line=line, user_id=user_id, group_id=group_id, now=now
+        )
+        log.info("voicemail_allocated", voicemail_id=vm.id, call_id=call_id)
+        return vm, wav
+
+    def _add_voicemail(
+        self,
+        call_id: str,
+        *,
+        caller: str | None,
+        line: str | None,
+        user_id: str | None,
+        group_id: str | None,
+        now: datetime,
+        **more: Any,
+    ) -> tuple[VoicemailMeta, Path]:
+        """A message's metadata (`more`: its other fields), its sidecar written and it
+        indexed; its WAV's path. ArchiveError when the sidecar cannot be written."""
         now = _utc(now)
         message_id = _new_id("VM", now)
         wav = self._folder("voicemails", now) / f"{message_id}.wav"
@@ -839,6 +858,7 @@ class MediaArchive:
             group_id=group_id,
             recorded_at=now,
             file=self._relative(wav),
+            **more,
         )
         try:
             self._write_json(wav.with_suffix(".json"), vm.to_record())
@@ -846,7 +866,6 @@ class MediaArchive:
             raise ArchiveError(wav.parent, _reason(exc)) from exc
         with self._lock:
             self._voicemails.put(vm)
-        log.info("voicemail_allocated", voicemail_id=message_id, call_id=call_id)
         return vm, wav
 
     def save_voicemail(self, meta: VoicemailMeta) -> VoicemailMeta:
@@ -960,30 +979,19 @@ class MediaArchive:
             for known in self._voicemails.by_id.values():
                 if known.recording_sid == recording_sid:
                     return known
-        now = _utc(now)
-        message_id = _new_id("VM", now)
-        wav = self._folder("voicemails", now) / f"{message_id}.wav"  # (never written)
-        vm = VoicemailMeta(
-            id=message_id,
-            call_id=call_id,
+        vm, _ = self._add_voicemail(  # (its WAV is never written: the carrier has it)
+            call_id,
             caller=caller,
             line=line,
             user_id=user_id,
             group_id=group_id,
-            recorded_at=now,
-            file=self._relative(wav),
+            now=now,
             duration_seconds=float(duration_seconds or 0.0),
             source="carrier",
             recording_sid=recording_sid,
             remote_url=url,
         )
-        try:
-            self._write_json(wav.with_suffix(".json"), vm.to_record())
-        except OSError as exc:
-            raise ArchiveError(wav.parent, _reason(exc)) from exc
-        with self._lock:
-            self._voicemails.put(vm)
-        log.info("voicemail_from_carrier", voicemail_id=message_id, recording_sid=recording_sid)
+        log.info("voicemail_from_carrier", voicemail_id=vm.id, recording_sid=recording_sid)
         return vm
 
     def mark_heard(self, voicemail_id: str, by: str | None, at: datetime) -> VoicemailMeta | None:
