@@ -18,6 +18,8 @@ const SET_OWN_AVAILABILITY = new Set(["admin", "supervisor", "agent", "rep"]);
 const MONITOR_ROLES = new Set(["admin", "supervisor", "agent"]); // each only with barge_whisper
 const RECORD_ANY_CALL = new Set(["admin", "supervisor"]);
 const RECORD_OWN_CALLS = new Set(["agent", "rep"]); // only with recording_control
+const READ_ONLY_ROLES = new Set(["reporter", "end_client"]); // voicemail: no heard, no delete
+const SEE_AUDIT = new Set(["admin"]); // change_directory with scope all: the audit trail
 
 const VIA = { apps: "in the app", ip_phone: "on desk phone", phone_number: "on their phone" };
 const ENDED = {
@@ -27,6 +29,34 @@ const ENDED = {
   layer_moved_on: "Moved on to the next layer",
   callee_hangup: "The other side hung up",
   media_failed: "The call's audio could not be set up",
+};
+// A finished call's outcome (GET /api/v1/calls?state=ended), in words.
+const OUTCOME = {
+  answered: "Answered",
+  voicemail: "Went to voicemail",
+  no_answer_fallback: "Nobody answered",
+  caller_cancelled: "The caller hung up before an answer",
+  hangup: "Nobody answered: the bridge hung up",
+  forwarded: "Forwarded to a number",
+  closed: "The line was closed",
+  no_route: "Not a number of this bridge",
+};
+// Why a call that rang for this user was not theirs, from their own leg: how it failed
+// (`failure`) first, else why its ringing stopped (`reason`). "answered by <name>" is made
+// from the call's `answered_by` (missedWhy).
+const MISSED_FAILURE = {
+  busy: "you were busy",
+  rejected: "you declined it",
+  unreachable: "your phone could not be reached",
+  media_failed: "your app's audio could not connect",
+};
+const MISSED_REASON = {
+  caller_hangup: "the caller hung up",
+  timeout: "nobody answered in time",
+  layer_timeout: "nobody answered in time",
+  layer_moved_on: "it moved on to the next layer",
+  rejected: "you declined it",
+  media_failed: "your app's audio could not connect",
 };
 const MIC_REFUSED =
   "The browser refused the microphone: allow it for this site (the icon in the address bar), then try again.";
@@ -60,9 +90,25 @@ const state = {
   media: new Map(), // "call:<id>" / "monitor:<id>" -> this page's audio of it (WebRTC)
   voicemails: [], // GET /api/v1/voicemails
   voicemailTimer: null,
+  players: new Map(), // voicemail id -> its player (kept across refreshes: playing goes on)
+  recent: [], // GET /api/v1/calls?state=ended: finished calls, newest first
+  recentRaw: null, // the last answer's text (nothing re-rendered when it is the same)
+  recentVersion: 0,
+  recentSig: null,
+  recentTimer: null,
+  recentSoon: [], // reloads after a call ended (its record is stored just after)
+  recentAsked: 0, // the newest request (an older answer arriving late is dropped)
+  audit: [], // GET /api/v1/audit records (admins)
+  auditAsked: 0,
+  auditVersion: 0,
+  auditSig: null,
 };
 
 const VOICEMAIL_REFRESH_MS = 30000;
+const RECENT_REFRESH_MS = 30000;
+const RECENT_LIMIT = 20;
+const RECENT_AFTER_END_MS = [1000, 5000];
+const AUDIT_LIMIT = 50;
 const MESSAGE_ENDED = {
   pound: "ended with #",
   silence: "ended by silence",
@@ -285,6 +331,8 @@ async function login(token, mode = "token") {
   loadLines(token);
   connect();
   loadVoicemails();
+  loadRecent();
+  if (SEE_AUDIT.has(state.me.role)) loadAudit(); // others never ask for it
   return true;
 }
 
@@ -321,6 +369,24 @@ async function logout(message = "", { remote = true } = {}) {
   state.voicemails = [];
   clearTimeout(state.voicemailTimer);
   $("voicemail").hidden = true;
+  for (const player of state.players.values()) releasePlayer(player);
+  state.players.clear();
+  $("voicemails").replaceChildren();
+  $("voicemail-status").textContent = "";
+  clearTimeout(state.recentTimer);
+  for (const timer of state.recentSoon) clearTimeout(timer);
+  state.recentSoon = [];
+  state.recent = [];
+  state.recentRaw = state.recentSig = null;
+  $("recent").hidden = true;
+  $("recent-calls").tBodies[0].replaceChildren();
+  $("recent-status").textContent = "";
+  state.audit = [];
+  state.auditSig = null;
+  $("audit").hidden = true;
+  $("audit-filter").reset();
+  $("audit-records").tBodies[0].replaceChildren();
+  $("audit-status").textContent = "";
   if (endSession) {
     setConnection("offline", "Logging out…");
     try {
@@ -503,6 +569,7 @@ function handle(frame) {
       if (frame.wrap_up_until) state.wrapUntil = new Date(frame.wrap_up_until);
       // A path that sends no `call.state ended` still ends the user's call in presence.
       if (wasOnCall && !frame.on_call && state.current) endCurrent();
+      if (wasOnCall && !frame.on_call) recentSoon();
       break;
     }
     case "call.offer":
@@ -518,6 +585,7 @@ function handle(frame) {
       break;
     case "call.ended":
       onEnded(frame);
+      recentSoon();
       break;
     case "call.state":
       onCallState(frame);
@@ -535,10 +603,17 @@ function handle(frame) {
         state.monitoring.delete(id);
         state.recording.delete(id);
       }
+      // A call this user may see is over (it left the board), or an agent's call ended (off
+      // the call, or a new wrap-up): a call shorter than the board's refresh never shows.
+      let ended = frame.removed.length > 0;
       for (const agent of frame.agents) {
+        const before = state.agents.get(agent.user_id);
+        if (before && before.on_call && !agent.on_call) ended = true;
+        if (before && agent.wrap_up_until && agent.wrap_up_until !== before.wrap_up_until) ended = true;
         state.agents.set(agent.user_id, agent);
         state.names.set(agent.user_id, agent.name);
       }
+      if (ended) recentSoon();
       break;
     case "server.draining":
       showBanner("The bridge is restarting: the console reconnects by itself.");
@@ -592,6 +667,7 @@ function onCallState(frame) {
     const why = frame.reason ? ENDED[frame.reason] || frame.reason : "Call ended";
     addEnding(frame.call_id, caller, frame.reason || "ended", `Call ended: ${why.toLowerCase()}`);
     if (frame.wrap_up_until) state.wrapUntil = new Date(frame.wrap_up_until);
+    recentSoon();
   }
 }
 
@@ -830,6 +906,9 @@ function render() {
   renderPresence();
   renderCalls();
   renderBoard();
+  renderRecent(); // names and line names may have come since
+  renderAudit();
+  if (state.voicemails.length) renderVoicemails();
 }
 
 function renderPresence() {
@@ -1104,41 +1183,115 @@ async function loadVoicemails() {
   renderVoicemails();
 }
 
+// Marking heard and deleting are refused to read-only roles (docs/ROLES.md): not offered.
+function mayChangeVoicemail() {
+  return Boolean(state.me) && !READ_ONLY_ROLES.has(state.me.role);
+}
+
+// The list, item by item: an item already shown is kept (its player goes on playing, a focused
+// button keeps the focus) and only its heard state is brought up to date.
 function renderVoicemails() {
   const list = $("voicemails");
-  list.replaceChildren(...state.voicemails.map(voicemailItem));
+  const wanted = new Set(state.voicemails.map((m) => m.id));
+  const shown = new Map([...list.children].map((li) => [li.dataset.voicemailId, li]));
+  for (const [id, li] of shown) {
+    if (wanted.has(id)) continue;
+    li.remove();
+    shown.delete(id);
+  }
+  for (const [id, player] of state.players) {
+    if (wanted.has(id)) continue;
+    releasePlayer(player);
+    state.players.delete(id);
+  }
+  for (const message of state.voicemails) {
+    const li = shown.get(message.id);
+    if (li) showHeard(li, message);
+    else shown.set(message.id, voicemailItem(message));
+  }
+  const order = state.voicemails.map((m) => m.id);
+  const now = [...list.children].map((li) => li.dataset.voicemailId);
+  if (now.length !== order.length || now.some((id, i) => id !== order[i])) {
+    for (const id of order) list.append(shown.get(id));
+  }
   $("no-voicemails").hidden = state.voicemails.length > 0;
 }
 
 function voicemailItem(message) {
-  const forWhom = message.user_id
-    ? `for ${userName(message.user_id)}`
-    : message.group_id ? `for ring group ${message.group_id}` : "";
   const when = new Date(message.recorded_at).toLocaleString();
-  const player = h("div", { class: "player" });
+  let player = state.players.get(message.id);
+  if (!player) {
+    player = h("div", { class: "player" });
+    state.players.set(message.id, player);
+  }
+  const caller = message.caller || "Unknown caller";
   const play = h("button", { type: "button", dataset: { action: "play" } }, "Play");
-  play.addEventListener("click", () => playVoicemail(message, player, play));
-  const remove = h("button", { type: "button", dataset: { action: "delete" } }, "Delete");
-  remove.addEventListener("click", () => deleteVoicemail(message, remove));
-  return h(
+  play.addEventListener("click", () => playVoicemail(message.id, player, play));
+  const buttons = [play];
+  if (mayChangeVoicemail()) {
+    const heard = h("button", { type: "button", dataset: { action: "heard" } }, "Mark heard");
+    heard.addEventListener("click", () => {
+      const current = state.voicemails.find((m) => m.id === message.id) || message;
+      markHeard(message.id, !current.heard, heard);
+    });
+    const remove = h("button", { type: "button", dataset: { action: "delete" } }, "Delete");
+    remove.addEventListener("click", () => deleteVoicemail(message, remove));
+    buttons.push(heard, remove);
+  }
+  const li = h(
     "li",
     { class: "voicemail", dataset: { voicemailId: message.id } },
-    h("span", { class: "vm-caller" }, message.caller || "Unknown caller"),
+    h("span", { class: "vm-state" }),
+    h("span", { class: "vm-caller" }, caller),
     " ",
-    h("span", { class: "vm-line" }, message.line ? `on ${lineLabel(message.line)}` : ""),
+    h("span", { class: "vm-line" }),
     " ",
-    h("span", { class: "vm-for" }, forWhom),
+    h("span", { class: "vm-for" }),
     h(
       "p",
       { class: "note" },
       `${when} · ${clock(message.duration_seconds)} · ${MESSAGE_ENDED[message.ended_by] || ""}`,
     ),
-    h("div", { class: "buttons", role: "group", "aria-label": "Message" }, play, remove),
+    h("p", { class: "note vm-heard" }),
+    h("div", { class: "buttons", role: "group", "aria-label": `Message from ${caller}` }, buttons),
     player,
   );
+  showHeard(li, message);
+  return li;
 }
 
-async function playVoicemail(message, player, button) {
+// What can change on an item as it is shown: new or heard (by whom, when), and the names
+// (users' and lines', which may come after the list).
+function showHeard(li, message) {
+  const heard = Boolean(message.heard);
+  const by = message.heard_by ? userName(message.heard_by) : "";
+  const at = message.heard_at ? new Date(message.heard_at).toLocaleString() : "";
+  const forWhom = message.user_id
+    ? `for ${userName(message.user_id)}`
+    : message.group_id ? `for ring group ${message.group_id}` : "";
+  const line = message.line ? `on ${lineLabel(message.line)}` : "";
+  const sig = JSON.stringify([heard, by, at, forWhom, line]);
+  if (li.dataset.sig === sig) return;
+  li.dataset.sig = sig;
+  li.dataset.heard = String(heard);
+  li.querySelector(".vm-for").textContent = forWhom;
+  li.querySelector(".vm-line").textContent = line;
+  li.querySelector(".vm-state").replaceChildren(heard ? "" : h("span", { class: "badge vm-new" }, "new"), heard ? "" : " ");
+  li.querySelector(".vm-heard").textContent = heard ? `Heard${by ? ` by ${by}` : ""}${at ? `, ${at}` : ""}` : "";
+  const button = li.querySelector("[data-action=heard]");
+  if (button) button.textContent = heard ? "Mark new" : "Mark heard";
+}
+
+function releasePlayer(player) {
+  const audio = player.querySelector("audio");
+  if (!audio) return;
+  audio.pause();
+  URL.revokeObjectURL(audio.src);
+}
+
+async function playVoicemail(id, player, button) {
+  const message = state.voicemails.find((m) => m.id === id);
+  if (!message) return;
   // <audio> cannot send the token: fetch the WAV, play it from memory.
   button.disabled = true;
   try {
@@ -1151,12 +1304,44 @@ async function playVoicemail(message, player, button) {
       return;
     }
     const url = URL.createObjectURL(await response.blob());
+    releasePlayer(player);
     const audio = h("audio", { controls: "", src: url });
     player.replaceChildren(audio);
     audio.play().catch(() => {}); // a page without a user gesture may not autoplay
+    // Listened to: heard, for everyone who sees the message.
+    if (!message.heard && mayChangeVoicemail()) markHeard(id, true, null);
+  } catch (error) {
+    $("voicemail-status").textContent = `Cannot play: ${error.message}`;
   } finally {
     button.disabled = false;
   }
+}
+
+// POST .../heard: heard (or new again). `button`: the one pressed (null when playing did it).
+async function markHeard(id, heard, button) {
+  if (button) button.disabled = true;
+  let response;
+  try {
+    response = await fetch(`/api/v1/voicemails/${encodeURIComponent(id)}/heard`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${state.token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ heard }),
+    });
+  } catch (error) {
+    $("voicemail-status").textContent = `Cannot mark the message: ${error.message}`;
+    return;
+  } finally {
+    if (button) button.disabled = false;
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    $("voicemail-status").textContent = `Cannot mark the message: ${body.detail || response.status}`;
+    return;
+  }
+  const marked = await response.json();
+  state.voicemails = state.voicemails.map((m) => (m.id === marked.id ? { ...m, ...marked } : m));
+  if (button) $("voicemail-status").textContent = heard ? "Marked heard" : "Marked new";
+  renderVoicemails();
 }
 
 async function deleteVoicemail(message, button) {
@@ -1173,6 +1358,227 @@ async function deleteVoicemail(message, button) {
   }
   $("voicemail-status").textContent = "Message deleted";
   loadVoicemails();
+}
+
+// -- recent calls (the call history: GET /api/v1/calls?state=ended) ----------------------------
+async function loadRecent() {
+  clearTimeout(state.recentTimer);
+  const token = state.token;
+  if (!token || !state.me || !SEE_LIVE_CALLS.has(state.me.role)) return; // billing: no calls
+  state.recentTimer = setTimeout(loadRecent, RECENT_REFRESH_MS);
+  const asked = ++state.recentAsked;
+  let response;
+  try {
+    response = await fetch(`/api/v1/calls?state=ended&limit=${RECENT_LIMIT}`, {
+      headers: { Authorization: `Bearer ${token}` },
+    });
+  } catch (error) {
+    $("recent-status").textContent = `Recent calls cannot be loaded: ${error.message}`;
+    return;
+  }
+  if (token !== state.token || asked !== state.recentAsked) return; // logged out, or stale
+  $("recent").hidden = false;
+  if (response.status === 403 || response.status === 503) {
+    clearTimeout(state.recentTimer);
+    if (response.status === 503) state.recentTimer = setTimeout(loadRecent, RECENT_REFRESH_MS);
+    recentUnavailable(
+      response.status === 503
+        ? "The call history is not available on this server (its event store is not running)."
+        : `Your role (${state.me.role}) may not see the call history.`,
+    );
+    return;
+  }
+  if (!response.ok) {
+    $("recent-status").textContent = `Recent calls cannot be loaded (${response.status})`;
+    return;
+  }
+  const raw = await response.text();
+  if (asked !== state.recentAsked) return;
+  $("recent-unavailable").hidden = true;
+  $("recent-list").hidden = false;
+  $("recent-refresh").hidden = false;
+  if (raw === state.recentRaw) return;
+  let calls;
+  try {
+    calls = JSON.parse(raw);
+  } catch {
+    $("recent-status").textContent = "Recent calls cannot be read";
+    return;
+  }
+  const first = state.recentRaw === null;
+  const known = new Set(state.recent.map((c) => c.call_id));
+  state.recentRaw = raw;
+  state.recent = Array.isArray(calls) ? calls : [];
+  state.recentVersion += 1;
+  // A screen reader hears of a call just missed, not of every refresh.
+  const missedNow = first ? [] : state.recent.filter((c) => !known.has(c.call_id) && missed(c));
+  if (missedNow.length) {
+    const call = missedNow[0];
+    $("recent-status").textContent = `Missed call from ${call.caller || "an unknown number"}: ${missed(call)}`;
+  }
+  renderRecent();
+}
+
+function recentUnavailable(text) {
+  $("recent-list").hidden = true;
+  $("recent-refresh").hidden = true;
+  $("recent-unavailable").textContent = text;
+  $("recent-unavailable").hidden = false;
+}
+
+// A call of this user's ended: its record is written with its last event, just after.
+function recentSoon() {
+  if (!state.me || !SEE_LIVE_CALLS.has(state.me.role)) return;
+  for (const timer of state.recentSoon) clearTimeout(timer);
+  state.recentSoon = RECENT_AFTER_END_MS.map((ms) => setTimeout(loadRecent, ms));
+}
+
+// Null when the call is not one this user missed, else why they did not take it (in words).
+function missed(call) {
+  const me = state.me ? state.me.id : null;
+  if (!me || call.answered_by === me) return null;
+  const legs = (call.legs || []).filter((leg) => leg.user_id === me);
+  if (!legs.length && !(call.users || []).includes(me)) return null; // never rung for it
+  return missedWhy(call, legs);
+}
+
+function missedWhy(call, legs) {
+  // A leg that rang until the end says why the ringing stopped; failed ones only how they failed.
+  const latest = (list) => list.reduce((a, b) => ((b.ended_at || "") > (a.ended_at || "") ? b : a));
+  const rang = legs.filter((leg) => !leg.failure);
+  const leg = rang.length ? latest(rang) : legs.length ? latest(legs) : null;
+  if (!leg) return "you could not be rung";
+  if (leg.failure) return MISSED_FAILURE[leg.failure] || `your phone failed (${leg.failure})`;
+  if (leg.reason === "answered_elsewhere") {
+    return call.answered_by ? `answered by ${userName(call.answered_by)}` : "answered elsewhere";
+  }
+  return MISSED_REASON[leg.reason] || (leg.reason ? `ended (${leg.reason})` : "not answered by you");
+}
+
+function shortTime(iso) {
+  if (!iso) return "";
+  const at = new Date(iso);
+  if (at.toDateString() === new Date().toDateString()) {
+    return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+  return at.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+}
+
+function renderRecent() {
+  if (!state.me || $("recent").hidden) return;
+  const sig = `${state.recentVersion}|${state.me.id}|${[...state.names].join()}|${[...state.lines].join()}`;
+  if (sig === state.recentSig) return;
+  state.recentSig = sig;
+  $("recent-calls").tBodies[0].replaceChildren(...state.recent.map(recentRow));
+  $("no-recent").hidden = state.recent.length > 0;
+}
+
+function recentRow(call) {
+  const why = missed(call);
+  const line = call.line_name && call.line ? `${call.line_name} (${call.line})` : lineLabel(call.line);
+  const outcome = OUTCOME[call.outcome] || (call.outcome ? call.outcome.replaceAll("_", " ") : "Ended");
+  let answerer = "—";
+  if (call.answered_by) answerer = `${userName(call.answered_by)} ${VIA[call.answered_via] || ""}`.trim();
+  else if (call.outcome === "forwarded") answerer = "a forwarding number";
+  const durations = [];
+  if (call.wait_seconds !== null && call.wait_seconds !== undefined) durations.push(`rang ${clock(call.wait_seconds)}`);
+  if (call.talk_seconds !== null && call.talk_seconds !== undefined) durations.push(`talked ${clock(call.talk_seconds)}`);
+  return h(
+    "tr",
+    { dataset: { callId: call.call_id, outcome: call.outcome || "", missed: why ? "true" : "false" }, class: why ? "missed-row" : null },
+    h("td", {}, h("time", { datetime: call.started_at || call.ended_at }, shortTime(call.started_at || call.ended_at))),
+    h("th", { scope: "row", class: "recent-caller" }, call.caller || "Unknown caller"),
+    h("td", {}, line),
+    h(
+      "td",
+      { class: "recent-outcome" },
+      why ? h("p", { class: "missed" }, h("strong", { class: "missed-label" }, "Missed"), ": ", h("span", { class: "missed-why" }, why)) : null,
+      call.answered_by && call.answered_by === state.me.id ? h("p", { class: "yours" }, "You answered") : null,
+      h("p", { class: "outcome" }, outcome),
+    ),
+    h("td", { class: "recent-answerer" }, answerer),
+    h("td", { class: "recent-durations" }, durations.join(" · ") || "—"),
+  );
+}
+
+// -- the audit trail (admins only: GET /api/v1/audit) ------------------------------------------
+async function loadAudit() {
+  const token = state.token;
+  if (!token || !state.me || !SEE_AUDIT.has(state.me.role)) return;
+  const query = new URLSearchParams({ limit: String(AUDIT_LIMIT) });
+  const actor = $("audit-actor").value.trim();
+  const action = $("audit-action").value.trim();
+  if (actor) query.set("actor", actor);
+  if (action) query.set("action", action);
+  if ($("audit-refused").checked) query.set("allowed", "false");
+  const asked = ++state.auditAsked;
+  $("audit").hidden = false;
+  $("audit-status").textContent = "Loading…";
+  let response;
+  try {
+    response = await fetch(`/api/v1/audit?${query}`, { headers: { Authorization: `Bearer ${token}` } });
+  } catch (error) {
+    $("audit-status").textContent = `The audit trail cannot be loaded: ${error.message}`;
+    return;
+  }
+  if (token !== state.token || asked !== state.auditAsked) return;
+  if (response.status === 403 || response.status === 503) {
+    $("audit-list").hidden = true;
+    $("audit-filter").hidden = true;
+    $("audit-status").textContent = "";
+    $("audit-unavailable").textContent =
+      response.status === 503
+        ? "The audit trail is not available on this server (its event store is not running)."
+        : "The bridge refused the audit trail to this login.";
+    $("audit-unavailable").hidden = false;
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  if (asked !== state.auditAsked) return;
+  if (!response.ok) {
+    $("audit-status").textContent = `The audit trail cannot be loaded: ${body.detail || response.status}`;
+    return;
+  }
+  $("audit-unavailable").hidden = true;
+  $("audit-filter").hidden = false;
+  $("audit-list").hidden = false;
+  state.audit = Array.isArray(body.records) ? body.records : [];
+  const filtered = actor || action || $("audit-refused").checked;
+  const one = state.audit.length === 1;
+  const count = `${state.audit.length} record${one ? "" : "s"}`;
+  $("audit-status").textContent = filtered ? `${count} match${one ? "es" : ""} the filter` : `The last ${count}`;
+  state.auditVersion += 1;
+  renderAudit();
+}
+
+function renderAudit() {
+  if (!state.me || !SEE_AUDIT.has(state.me.role) || $("audit").hidden) return;
+  const sig = `${state.auditVersion}|${[...state.names].join()}`; // names may come after the records
+  if (sig === state.auditSig) return;
+  state.auditSig = sig;
+  $("audit-records").tBodies[0].replaceChildren(...state.audit.map(auditRow));
+  $("no-audit").hidden = state.audit.length > 0;
+}
+
+function auditRow(record) {
+  const name = state.names.get(record.actor);
+  const from = record.source || record.origin || record.channel || "";
+  return h(
+    "tr",
+    { dataset: { auditId: record.id, allowed: String(Boolean(record.allowed)) } },
+    h("td", {}, h("time", { datetime: record.at }, record.at ? new Date(record.at).toLocaleString() : "")),
+    h(
+      "th",
+      { scope: "row" },
+      h("span", { class: "audit-actor" }, name ? `${name} (${record.actor})` : record.actor || "—"),
+      record.actor_role ? [" ", h("span", { class: "badge" }, record.actor_role)] : null,
+    ),
+    h("td", { class: "audit-action" }, record.action || ""),
+    h("td", { class: "audit-target" }, record.target || "—"),
+    h("td", { class: record.allowed ? "audit-result allowed" : "audit-result refused" }, record.allowed ? "allowed" : "refused"),
+    h("td", { class: "audit-reason" }, record.reason || ""),
+    h("td", { class: "audit-from" }, from || "—", record.path ? h("span", { class: "note audit-path" }, ` ${record.path}`) : null),
+  );
 }
 
 // Countdowns and "since" clocks, once a second, without re-rendering anything else.
@@ -1210,6 +1616,13 @@ function start() {
   $("logout").addEventListener("click", () => logout());
   $("availability").addEventListener("change", (event) => setAvailability(event.target.value));
   $("voicemail-refresh").addEventListener("click", () => loadVoicemails());
+  $("recent-refresh").addEventListener("click", () => loadRecent());
+  $("audit-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadAudit();
+  });
+  $("audit-refused").addEventListener("change", () => loadAudit());
+  $("audit-refresh").addEventListener("click", () => loadAudit());
   setInterval(tick, 1000);
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) {
