@@ -193,11 +193,19 @@ def create_app(ctx: AppContext) -> BridgeApp:
             visible = [c for c in calls if c.line in grant.user.lines]
         else:
             visible = [c for c in calls if c.involves(grant.user.id)]
-        live = [_with_supervision(c.to_dict(), ctx) for c in visible]
         if line is not None:
-            live = [c for c in live if c["line"] == line]
+            visible = [c for c in visible if c.line == line]
         if state == "live":
-            return live
+            return [_with_supervision(c.to_dict(), ctx) for c in visible]
+        # (`all`: the live calls the filters can apply to: none has an outcome or a group yet)
+        if user is not None:
+            visible = [c for c in visible if c.involves(user)]
+        begin, end = query_time(since, "since"), query_time(until, "until")
+        if outcome is not None or group is not None or (begin is not None and begin > ctx.clock()):
+            visible = []  # (a live call is still going: any `since` up to now takes it)
+        if end is not None:
+            visible = [c for c in visible if c.started_at < end]
+        live = [_with_supervision(c.to_dict(), ctx) for c in visible]
         page, next_before = await _finished_calls(
             ctx, grant, line, user, group, outcome, since, until, before, limit
         )

@@ -996,13 +996,13 @@ class MediaArchive:
 
     def mark_heard(self, voicemail_id: str, by: str | None, at: datetime) -> VoicemailMeta | None:
         """Mark the message heard (or new again, `by` None); None when there is no such one."""
-        vm = self.voicemail(voicemail_id)
-        if vm is None:
-            return None
-        vm = replace(vm, heard_at=_utc(at) if by else None, heard_by=by)
-        with self._lock:
+        with self._lock:  # (a prune or a delete in another thread must not be undone)
+            vm = self._voicemails.by_id.get(voicemail_id)
+            if vm is None:
+                return None
+            vm = replace(vm, heard_at=_utc(at) if by else None, heard_by=by)
             self._voicemails.put(vm)
-        self._persist(self.root / vm.file, vm.to_record(), vm.id)
+            self._persist(self.root / vm.file, vm.to_record(), vm.id)
         return vm
 
     # -- retention ----------------------------------------------------------------------------
