@@ -54,6 +54,7 @@ class Archive(Protocol):
 
     def prune(self, before: datetime) -> tuple[int, int]: ...
 
+
 GAUGES_EVERY = 5.0  # seconds between reads of the queue's depth and age (never per scrape)
 RETENTION_FIRST = 60.0  # seconds after start, then every RETENTION_EVERY
 RETENTION_EVERY = 3600.0
