@@ -333,7 +333,8 @@ def daemon_outbox(path: Path) -> Outbox:
         from bridge.events import history
     except ImportError:
         return Outbox(path)
-    return Outbox(path, derive=history.derive, schema=history.SCHEMA)
+    deriver = history.Deriver() if hasattr(history, "Deriver") else history.derive
+    return Outbox(path, derive=deriver, schema=history.SCHEMA)
 
 
 @contextlib.contextmanager

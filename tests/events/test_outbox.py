@@ -206,3 +206,44 @@ def test_every_event_type_is_documented_with_an_example() -> None:
         assert f'"type": "{kind}"' in docs, kind
     for kind in ("supervision.changed", "supervision.stopped", "recording.paused"):
         assert f"`{kind}`" in docs, kind
+
+
+async def test_a_calls_record_is_made_from_its_events_even_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The record is made from the events the writer kept for the live call; a call that began
+    before a restart has its first events read back from the database."""
+    from bridge.events import history
+
+    path = tmp_path / "events.sqlite"
+
+    def at(second: int) -> datetime:
+        return datetime(2026, 12, 6, 10, 0, second, tzinfo=UTC)
+
+    def stored(kind: str, call_id: str, second: int, **data: object) -> StoredEvent:
+        return StoredEvent(new_event_id(), kind, at(second), dict(data), call_id=call_id)
+
+    def opened() -> Outbox:
+        return Outbox(path, derive=history.Deriver(), schema=history.SCHEMA)
+
+    outbox = await opened().start()
+    outbox.append(stored("call.received", "CA1", 0, path="sip", line="+1555", caller="+1999"))
+    outbox.append(stored("call.received", "CA2", 1, path="sip", line="+1555", caller="+1888"))
+    outbox.append(stored("call.ended", "CA2", 3, path="sip", outcome="hangup", cause="rejected"))
+    await outbox.flush()
+    await outbox.close()  # CA1 is still going
+    again = await opened().start()
+    try:
+        again.append(stored("call.answered", "CA1", 5, path="sip", user_id="ana", leg_id="CA1/1"))
+        again.append(stored("call.ended", "CA1", 9, path="sip", outcome="answered"))
+        await again.flush()
+        records = {
+            r["call_id"]: r
+            for _, r in await again.run(lambda db: history.query_calls(db, limit=10))
+        }
+        assert records["CA2"]["outcome"] == "hangup" and records["CA2"]["caller"] == "+1888"
+        assert records["CA1"]["caller"] == "+1999"  # read back: received before the restart
+        assert records["CA1"]["answered_by"] == "ana" and records["CA1"]["outcome"] == "answered"
+        assert records["CA1"]["started_at"] == "2026-12-06T10:00:00Z"
+    finally:
+        await again.close()

@@ -199,30 +199,62 @@ def summarize(call_id: str, events: list[StoredEvent]) -> dict[str, Any]:
     return record
 
 
+class Deriver:
+    """`derive`, in the outbox's transaction: the `calls` row of each call that ended in the
+    batch. The events of live calls are kept as they are stored, so a call's record is made
+    without reading its events back (read back only for a call whose start this process did
+    not see: one that began before a restart)."""
+
+    def __init__(self, max_calls: int = 50_000) -> None:
+        self.max_calls = max_calls
+        self._live: dict[str, list[StoredEvent]] = {}
+
+    def __call__(self, db: sqlite3.Connection, committed: list[StoredEvent]) -> None:
+        live = self._live
+        for event in committed:
+            call_id = event.call_id
+            if call_id is None:
+                continue
+            events = live.get(call_id)
+            if events is None:
+                if len(live) >= self.max_calls:  # calls that never ended: forget the oldest
+                    del live[next(iter(live))]
+                events = live[call_id] = []
+            events.append(event)
+            if event.type == "call.ended":
+                del live[call_id]
+                if events[0].type != "call.received":
+                    events = events_of(db, call_id)
+                _store_record(db, event, summarize(call_id, events))
+
+
 def derive(db: sqlite3.Connection, committed: list[StoredEvent]) -> None:
-    """In the outbox's transaction: the `calls` row of each call that ended in this batch."""
+    """The `calls` row of each call that ended in this batch, from its stored events."""
     for event in committed:
         if event.type != "call.ended" or event.call_id is None:
             continue
-        record = summarize(event.call_id, events_of(db, event.call_id))
-        db.execute(
-            "INSERT OR REPLACE INTO calls (call_id, ended_seq, started_at, ended_at, path, line,"
-            " outcome, answered_by, ring_group, users, summary)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.call_id,
-                event.seq,
-                record["started_at"],
-                record["ended_at"],
-                record["path"],
-                record["line"],
-                record["outcome"],
-                record["answered_by"],
-                record["ring_group"],
-                json.dumps(record["users"]),
-                json.dumps(record, separators=(",", ":")),
-            ),
-        )
+        _store_record(db, event, summarize(event.call_id, events_of(db, event.call_id)))
+
+
+def _store_record(db: sqlite3.Connection, event: StoredEvent, record: dict[str, Any]) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO calls (call_id, ended_seq, started_at, ended_at, path, line,"
+        " outcome, answered_by, ring_group, users, summary)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.call_id,
+            event.seq,
+            record["started_at"],
+            record["ended_at"],
+            record["path"],
+            record["line"],
+            record["outcome"],
+            record["answered_by"],
+            record["ring_group"],
+            json.dumps(record["users"]),
+            json.dumps(record, separators=(",", ":")),
+        ),
+    )
 
 
 def csv_row(record: dict[str, Any]) -> list[str]:

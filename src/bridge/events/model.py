@@ -108,14 +108,55 @@ def from_call_record(record: CallEventRecord) -> StoredEvent:
 
 def call_event(kind: str, call_id: str, at: datetime, payload: dict[str, Any]) -> StoredEvent:
     """An event of a call the outbox makes itself (`call.received`, `call.routed`,
-    `leg.ended`), from the call runner's state."""
+    `leg.ended`), from the call runner's state; `payload` holds JSON values already."""
     return StoredEvent(
         id=new_event_id(int(at.timestamp() * 1000)),
         type=kind,
         occurred_at=at.astimezone(UTC),
-        payload=plain(payload),
+        payload=payload,
         call_id=call_id,
     )
+
+
+def routed_payload(plan: Any) -> dict[str, Any]:
+    """`call.routed`'s payload: the plan as a record needs it, without each member's name
+    and texts (a ring group of 100 is 100 of them: `GET /api/v1/lines/{n}/route` explains
+    them): per layer who rings and how, and who cannot, with the reason."""
+    fallback = plan.fallback
+    return {
+        "outcome": plan.outcome.value,
+        "line": plan.line,
+        "line_name": plan.line_name,
+        "open": plan.open,
+        "directory_version": plan.directory_version,
+        "target": {"kind": plan.target_kind, "id": plan.target_id, "name": plan.target_name},
+        "layers": [
+            {
+                "index": layer.index,
+                "strategy": layer.strategy.value,
+                "timeout_seconds": layer.timeout_seconds,
+                "ring_each_seconds": layer.ring_each_seconds,
+                "ring": [
+                    {"user_id": t.user_id, "via": t.via.value, "number": t.number}
+                    for t in layer.ring
+                ],
+                "cannot_receive": [
+                    {"user_id": m.user_id, "reason": m.reason.value if m.reason else None}
+                    for m in layer.members
+                    if not m.can_receive
+                ],
+            }
+            for layer in plan.layers
+        ],
+        "fallback": None
+        if fallback is None
+        else {
+            "action": fallback.action.value,
+            "why": fallback.why,
+            "number": fallback.number,
+            "ring_group": fallback.ring_group,
+        },
+    }
 
 
 def audit_event(fields: dict[str, Any], at: datetime) -> StoredEvent:

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (endpoint_id, seq)
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (endpoint_id, state, seq);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint_id, state, next_at, seq);
 CREATE INDEX IF NOT EXISTS deliveries_ordering ON deliveries (endpoint_id, ordering, seq);
 """
 

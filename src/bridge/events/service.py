@@ -34,6 +34,7 @@ from bridge.events.model import (
     call_event,
     directory_event,
     from_call_record,
+    routed_payload,
 )
 from bridge.events.outbox import Endpoint, Outbox
 from bridge.events.webhooks import DeliveryPolicy, WebhookDispatcher
@@ -93,7 +94,7 @@ class EventsService:
         self.metrics = metrics
         self._wall = wall
         self.outbox = Outbox(
-            settings.outbox_file, wall=wall, derive=history.derive, schema=history.SCHEMA
+            settings.outbox_file, wall=wall, derive=history.Deriver(), schema=history.SCHEMA
         )
         events = settings.events
         self.dispatcher = WebhookDispatcher(
@@ -226,7 +227,7 @@ class EventsService:
                     },
                 )
             )
-            self.append(call_event("call.routed", record.call_id, record.at, plan.to_dict()))
+            self.append(call_event("call.routed", record.call_id, record.at, routed_payload(plan)))
         return tracked
 
     def _call_applied(self, call: RunningCall) -> None:
