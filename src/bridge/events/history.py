@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.events.model import StoredEvent
+from bridge.events.outbox import SELECT_EVENTS, event_from_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -316,20 +317,5 @@ def finished_call(db: sqlite3.Connection, call_id: str) -> dict[str, Any] | None
 
 
 def events_of(db: sqlite3.Connection, call_id: str) -> list[StoredEvent]:
-    rows = db.execute(
-        "SELECT seq, id, type, version, occurred_at, call_id, payload FROM events"
-        " WHERE call_id = ? ORDER BY seq",
-        (call_id,),
-    ).fetchall()
-    return [
-        StoredEvent(
-            seq=r[0],
-            id=r[1],
-            type=r[2],
-            version=r[3],
-            occurred_at=datetime.fromisoformat(r[4]),
-            call_id=r[5],
-            payload=json.loads(r[6]),
-        )
-        for r in rows
-    ]
+    rows = db.execute(SELECT_EVENTS + " WHERE call_id = ? ORDER BY seq", (call_id,))
+    return [event_from_row(row) for row in rows.fetchall()]

@@ -404,14 +404,14 @@ class Outbox:
     # -- reading ---------------------------------------------------------------------------------
     async def event(self, event_id: str) -> StoredEvent | None:
         rows = await self.run(
-            lambda db: db.execute(_SELECT_EVENTS + " WHERE id = ?", (event_id,)).fetchall()
+            lambda db: db.execute(SELECT_EVENTS + " WHERE id = ?", (event_id,)).fetchall()
         )
-        return _event(rows[0]) if rows else None
+        return event_from_row(rows[0]) if rows else None
 
     async def events(
         self, *, after_seq: int = 0, call_id: str | None = None, limit: int = 100
     ) -> list[StoredEvent]:
-        query = _SELECT_EVENTS + " WHERE seq > ?"
+        query = SELECT_EVENTS + " WHERE seq > ?"
         args: list[Any] = [after_seq]
         if call_id is not None:
             query += " AND call_id = ?"
@@ -419,7 +419,7 @@ class Outbox:
         query += " ORDER BY seq LIMIT ?"
         args.append(limit)
         rows = await self.run(lambda db: db.execute(query, args).fetchall())
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def query(
         self,
@@ -436,7 +436,7 @@ class Outbox:
     ) -> list[StoredEvent]:
         """Stored events by type, call, payload fields (`{"actor": "sam"}`), time range; a
         page before (or after) a `seq` cursor."""
-        sql = _SELECT_EVENTS + " WHERE 1 = 1"
+        sql = SELECT_EVENTS + " WHERE 1 = 1"
         args: list[Any] = []
         if types:
             sql += f" AND type IN ({', '.join('?' for _ in types)})"
@@ -462,7 +462,7 @@ class Outbox:
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         args.append(limit)
         rows = await self.run(lambda db: db.execute(sql, args).fetchall())
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def prune(self, before: datetime, *, batch: int = 5000) -> int:
         """Delete the events that happened before `before`, with their deliveries and the
@@ -531,10 +531,11 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return row.fetchone() is not None
 
 
-_SELECT_EVENTS = "SELECT seq, id, type, version, occurred_at, call_id, payload FROM events"
+SELECT_EVENTS = "SELECT seq, id, type, version, occurred_at, call_id, payload FROM events"
 
 
-def _event(row: tuple[Any, ...]) -> StoredEvent:
+def event_from_row(row: tuple[Any, ...]) -> StoredEvent:
+    """A row of `SELECT_EVENTS` as the event it stores."""
     return StoredEvent(
         seq=row[0],
         id=row[1],

@@ -40,7 +40,7 @@ import structlog
 from standardwebhooks import Webhook
 
 from bridge.events.model import StoredEvent
-from bridge.events.outbox import Endpoint, Outbox, _event
+from bridge.events.outbox import SELECT_EVENTS, Endpoint, Outbox, event_from_row
 
 log = structlog.get_logger("bridge.events.webhooks")
 
@@ -419,10 +419,9 @@ def _ready(
         return [], next_at
     marks = ", ".join("?" for _ in picked)
     events = {
-        row[0]: _event(row)
+        row[0]: event_from_row(row)
         for row in db.execute(
-            "SELECT seq, id, type, version, occurred_at, call_id, payload FROM events"
-            f" WHERE seq IN ({marks})",
+            SELECT_EVENTS + f" WHERE seq IN ({marks})",
             [seq for seq, _, _ in picked],
         ).fetchall()
     }
