@@ -875,6 +875,7 @@ class CallRun:
     drain_seconds: float | None = None
     waited: float | None = None
     cpu_ms_with_delivery: float | None = None  # the bridge's CPU until the deliveries ended
+    worker_cpu_ms_per_call: float | None = None  # the events worker's (a process of its own)
     others: float | None = None  # other processes' share of the machine during the calls
     receiver: dict[str, int] = field(default_factory=dict)
     live_after: int = 0
@@ -1008,6 +1009,30 @@ def start_bridge(
     return Bridge(process, http, sip, folder), body
 
 
+def events_worker(pid: int) -> int | None:
+    """The bridge's events worker (`bridge.events.worker`, a child process), if it has one."""
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"bridge.events.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        return int(child)
+    return None
+
+
+def pin_worker(pid: int) -> str:
+    """The events worker on this script's cores (not the call path's): where the system puts
+    it when nothing is pinned, since the call path's core is the busy one."""
+    worker = events_worker(pid)
+    if worker is None:
+        return "no events worker (writer in the daemon's process)"
+    if sip_cps.SERVER_CPUS is None:
+        return f"events worker pid {worker}"
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(worker, cores)
+    return f"events worker pid {worker} on {sorted(cores)}"
+
+
 def outbox_rows(path: Path) -> int | None:
     if not path.exists():
         return None
@@ -1064,11 +1089,14 @@ class Stack:
             self.close()
             raise
         pid = self.bridge.process.pid
+        worker = pin_worker(pid) if mode != "off" else ""
+        self.worker = events_worker(pid)
         where = (
             f"unopenable (/readyz events: {readyz.get('events')!r})"
             if mode == "off"
             else f"{self.outbox.relative_to(ctx.folder)}, "
             + ("1 endpoint" if mode == "on" else "no endpoint")
+            + (f", {worker}" if worker else "")
         )
         print(
             f"   {mode}: bridge pid {pid}, outbox {where}; warm-up {warm.succeeded}/"
@@ -1092,6 +1120,7 @@ class Stack:
         received_before = receiver.stats()["received"]
         setup_before = bridge.setup_histogram()
         ticks = proc_ticks(bridge.process.pid)
+        worker_ticks = proc_ticks(self.worker) if self.worker else None
         calls = max(20, int(rate * args.seconds))
         port = free_port()
         sniffer = Sniffer(port).start() if self.ctx.wire else None
@@ -1113,6 +1142,10 @@ class Stack:
             if run.attempted
             else None
         )
+        if worker_ticks is not None and self.worker and run.attempted:
+            run.worker_cpu_ms_per_call = (
+                (proc_ticks(self.worker) - worker_ticks) * 1000 / CLK_TCK / run.attempted
+            )
         run.bridge_mean_ms, run.bridge_p99 = inside_setup(setup_before, bridge.setup_histogram())
         run.live_after = int(bridge.metric("bridge_live_calls") or 0)
         if mode != "off":
@@ -1172,6 +1205,11 @@ def detail_lines(run: CallRun, args: argparse.Namespace) -> list[str]:
     if run.wire and len(run.wire) < run.succeeded:
         lines.append(
             f"        set-up seen on the wire for {len(run.wire)} of {run.succeeded} calls"
+        )
+    if run.worker_cpu_ms_per_call is not None:
+        lines.append(
+            f"        events worker CPU {run.worker_cpu_ms_per_call:.3f} ms per call during the "
+            "calls (cpu/call is the call path's process alone)"
         )
     if run.mode != "off":
         lines.append(
@@ -1389,6 +1427,7 @@ def call_json(run: CallRun) -> dict[str, Any]:
         "bridge_setup_mean_ms": run.bridge_mean_ms,
         "bridge_setup_p99_bucket": run.bridge_p99,
         "cpu_ms_per_call": run.cpu_ms_per_call,
+        "worker_cpu_ms_per_call": run.worker_cpu_ms_per_call,
         "events_written_total": run.events_written,
         "events_rows": run.events_rows,
         "delivered_at_end": run.delivered_at_end,

@@ -240,6 +240,10 @@ class EventsSettings(_Section):
     """The durable outbox of events, and the webhooks that push them out (docs/events.md)."""
 
     outbox_path: Path = Path("var/events.sqlite")
+    # Where the outbox's writer and the webhook deliveries run. "process": a child process
+    # (bridge.events.worker), on another core than the calls when there is one; "thread": in
+    # the daemon's own process (one core, or to save the second interpreter's memory).
+    writer: Literal["process", "thread"] = "process"
     # A delivery that failed is tried again after an exponential backoff with jitter, never
     # longer than this (so an endpoint back from an outage gets its backlog within it); a 408
     # or 429 waits its Retry-After.

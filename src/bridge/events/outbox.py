@@ -142,6 +142,10 @@ class Outbox:
         self.on_stored = on_stored
         # Told the events of each commit, with their `seq` (the live feed).
         self.on_committed: Callable[[list[StoredEvent]], None] | None = None
+        # Told each batch once it is settled, in the order appended: the batch, the events
+        # of it stored (with their `seq`; those stored before are left out), and whether it
+        # was committed (False: dropped). The events worker reports each batch with it.
+        self.on_settled: Callable[[list[StoredEvent], list[StoredEvent], bool], None] | None = None
         self._queue: collections.deque[StoredEvent] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -158,13 +162,29 @@ class Outbox:
         self.healthy = True
         self.problem: str | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     # -- life ----------------------------------------------------------------------------------
     async def start(self) -> Outbox:
+        self._on_loop()
         self._wakeup = asyncio.Event()
         await self.run(self._open)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="outbox")
         return self
+
+    def _on_loop(self) -> None:
+        # Where `append` must run: an audit record can come from a thread (a synchronous
+        # route of the API runs in one), and an asyncio event is not thread-safe.
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+    def _from_thread(self, event: StoredEvent) -> bool:
+        """True when `event` was handed to the loop's thread, which appends it."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            return False
+        self._loop.call_soon_threadsafe(self.append, event)
+        return True
 
     def _open(self, _: sqlite3.Connection | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +213,8 @@ class Outbox:
     # -- writing ---------------------------------------------------------------------------------
     def append(self, event: StoredEvent) -> None:
         """Store `event` in the background (see the module doc); never blocks."""
+        if self._from_thread(event):
+            return
         self._appended += 1
         if len(self._queue) >= self.queue_max:
             self.dropped += 1
@@ -226,22 +248,40 @@ class Outbox:
                 await self._wakeup.wait()
                 continue
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.batch_max))]
+            committed: list[StoredEvent] = []
             try:
                 endpoints, committed = await self.run(lambda db, b=batch: self._store(db, b))
             except sqlite3.Error as exc:  # a full disk, a read-only file: calls go on
                 self.dropped += len(batch)
                 self._fail(str(exc), len(batch))
+                self._notify([], [], batch, stored=False)
             else:
                 self.written += len(batch)
                 self.batches += 1
                 if not self.healthy:
                     log.info("outbox_writable_again", path=str(self.path))
                 self.healthy, self.problem = True, None
-                if endpoints and self.on_stored is not None:
-                    self.on_stored(endpoints)
-                if committed and self.on_committed is not None:
-                    self.on_committed(committed)
+                self._notify(endpoints, committed, batch)
             self._settle(len(batch))
+
+    def _notify(
+        self,
+        endpoints: list[str],
+        committed: list[StoredEvent],
+        batch: list[StoredEvent],
+        *,
+        stored: bool = True,
+    ) -> None:
+        """The listeners, after a batch. One that fails is logged: the writer goes on."""
+        try:
+            if endpoints and self.on_stored is not None:
+                self.on_stored(endpoints)
+            if committed and self.on_committed is not None:
+                self.on_committed(committed)
+            if self.on_settled is not None:
+                self.on_settled(batch, committed, stored)
+        except Exception:
+            log.exception("outbox_listener_failed")
 
     def _fail(self, reason: str, count: int) -> None:
         if self.healthy:

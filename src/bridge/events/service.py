@@ -38,6 +38,7 @@ from bridge.events.model import (
 )
 from bridge.events.outbox import Endpoint, Outbox
 from bridge.events.webhooks import DeliveryPolicy, WebhookDispatcher
+from bridge.events.worker import WorkerDispatcher, WorkerOutbox
 from bridge.observability.audit import add_audit_sink, remove_audit_sink
 from bridge.observability.metrics import Metrics
 
@@ -93,23 +94,37 @@ class EventsService:
         self.presence = presence
         self.metrics = metrics
         self._wall = wall
-        self.outbox = Outbox(
-            settings.outbox_file, wall=wall, derive=history.Deriver(), schema=history.SCHEMA
-        )
         events = settings.events
-        self.dispatcher = WebhookDispatcher(
-            self.outbox,
-            DeliveryPolicy(
-                retry_max_seconds=events.retry_max_seconds,
-                max_attempts=events.max_attempts,
-                dead_after_seconds=events.dead_after_seconds,
-                timeout_seconds=events.timeout_seconds,
-                concurrency=events.concurrency,
-            ),
-            wall=wall,
-            on_attempt=self._attempted,
+        policy = DeliveryPolicy(
+            retry_max_seconds=events.retry_max_seconds,
+            max_attempts=events.max_attempts,
+            dead_after_seconds=events.dead_after_seconds,
+            timeout_seconds=events.timeout_seconds,
+            concurrency=events.concurrency,
         )
-        self.outbox.on_stored = self.dispatcher.wake
+        self.outbox: Outbox
+        self.dispatcher: WebhookDispatcher
+        if events.writer == "process":  # (bridge.events.worker: on a core of its own)
+            outbox = WorkerOutbox(
+                settings.outbox_file,
+                policy=policy,
+                wall=wall,
+                schema=history.SCHEMA,
+                log_level=settings.log.level,
+                log_format=settings.log.format,
+            )
+            outbox.on_attempt = self._attempted
+            outbox.want_committed = lambda: bool(self._feeds)
+            self.outbox = outbox
+            self.dispatcher = WorkerDispatcher(outbox, policy, wall=wall)
+        else:
+            self.outbox = Outbox(
+                settings.outbox_file, wall=wall, derive=history.Deriver(), schema=history.SCHEMA
+            )
+            self.dispatcher = WebhookDispatcher(
+                self.outbox, policy, wall=wall, on_attempt=self._attempted
+            )
+            self.outbox.on_stored = self.dispatcher.wake
         self.outbox.on_committed = self._committed
         # The live feed's subscribers (`/api/v1/events/stream`): each a bounded queue.
         self._feeds: set[asyncio.Queue[StoredEvent | None]] = set()
@@ -137,6 +152,7 @@ class EventsService:
             self.metrics.outbox_healthy.set(0)
             return
         await self.dispatcher.start()
+        self.dispatcher.refresh()  # (the endpoints of the settings, just saved)
         add_audit_sink(self._audited)
         self.running = True
         self._gauges = asyncio.get_running_loop().create_task(self._gauge_loop())
