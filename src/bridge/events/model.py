@@ -13,8 +13,8 @@ import dataclasses
 import enum
 import os
 import re
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,14 +77,30 @@ class StoredEvent:
 
 
 def new_event_id(now_ms: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits."""
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits (version 7,
+    variant 10)."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
-    value &= ~(0xF << 76)
-    value |= 0x7 << 76  # version 7
-    value &= ~(0x3 << 62)
-    value |= 0x2 << 62  # variant 10
-    return str(uuid.UUID(int=value))
+    h = f"{((ms & _MS) << 80 | _random80()) & _KEEP | _SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_MS = (1 << 48) - 1
+_KEEP = ~(0xF << 76 | 0x3 << 62)  # (the version's and the variant's bits cleared ...)
+_SET = 0x7 << 76 | 0x2 << 62  # (... and set)
+_RANDOM_POOL = 4000  # bytes of os.urandom read at once: one system call per 400 ids
+_random_pool = b""
+_random_at = 0
+_random_lock = threading.Lock()  # (an audit record can be made in a thread)
+
+
+def _random80() -> int:
+    global _random_pool, _random_at
+    with _random_lock:
+        at = _random_at
+        if at + 10 > len(_random_pool):
+            _random_pool, at = os.urandom(_RANDOM_POOL), 0
+        _random_at = at + 10
+        return int.from_bytes(_random_pool[at : at + 10], "big")
 
 
 def from_call_record(record: CallEventRecord) -> StoredEvent:
@@ -185,8 +201,14 @@ def directory_event(version: int, previous: int | None, at: datetime) -> StoredE
 
 def plain(value: Any) -> Any:
     """`value` as JSON values: dataclasses as objects, enums by value, tuples as lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    cls = type(value)
+    if cls is str or cls is int or cls is float or cls is bool or value is None:
+        return value
+    names = _FIELDS.get(cls)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: plain(getattr(value, name)) for name in names}
     if isinstance(value, enum.Enum):
         return plain(value.value)
     if isinstance(value, dict):
@@ -195,9 +217,12 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}  # a dataclass's field names, looked up once
 
 
 def _snake(name: str) -> str:
