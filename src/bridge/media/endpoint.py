@@ -433,6 +433,11 @@ class MediaEndpoint:
 def resolve(host: str, port: int) -> Address:
     """The numeric address of an SDP connection address (peers give IPs; a name is resolved
     once, at signalling time, never on the packet path)."""
+    for family in (socket.AF_INET, socket.AF_INET6):  # an address already: no resolver call
+        try:
+            return socket.inet_ntop(family, socket.inet_pton(family, host)), port
+        except (OSError, ValueError):
+            continue
     info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICSERV)
     address = info[0][4]
     return str(address[0]), int(address[1])
