@@ -1183,7 +1183,9 @@ def main() -> int:
         "`git archive` export of another commit's src/) instead of the installed one",
     )
     parser.add_argument(
-        "--linger", type=float, default=45.0,
+        "--linger",
+        type=float,
+        default=45.0,
         help="seconds to watch calls left live after the call steps (0: do not wait)",
     )
     args = parser.parse_args()

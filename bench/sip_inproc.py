@@ -140,8 +140,12 @@ class Bench:
         bridge.feed(trunk_invite(n, LINE, bridge.address), TRUNK)
         data, phone = next((d, a) for d, a in bridge.take() if d.startswith(b"INVITE"))
         contact = b"Contact: <sip:phone@%s:%d>" % (phone[0].encode(), phone[1])
-        bridge.feed(respond(data, "200 OK", b"ph%d" % n,
-                            contact + b"\r\nContent-Type: application/sdp", SDP), phone)
+        bridge.feed(
+            respond(
+                data, "200 OK", b"ph%d" % n, contact + b"\r\nContent-Type: application/sdp", SDP
+            ),
+            phone,
+        )
         answered = [d for d, _ in bridge.take() if d.startswith(b"SIP/2.0 200")]
         if not answered:
             return False
@@ -156,8 +160,9 @@ class Bench:
         # The bridge answers the caller's BYE at once or after the phone's 200: either way
         # one 200 for the BYE reaches the trunk.
         sent += bridge.take()
-        return any(a == TRUNK and d.startswith(b"SIP/2.0 200") and b" BYE\r\n" in d
-                   for d, a in sent)
+        return any(
+            a == TRUNK and d.startswith(b"SIP/2.0 200") and b" BYE\r\n" in d for d, a in sent
+        )
 
 
 def profile_report(profiler: cProfile.Profile, top: int = 30) -> str:
@@ -209,13 +214,14 @@ async def run(args: argparse.Namespace) -> int:
             per_call.append(bench.meter.seconds / calls_per_round * 1e3)
         profile = bench.meter.profiler
         bench.meter.profiler = None
-        print(f"calls: {n} in {rounds} rounds, failed {failed}; "
-              f"live after: {len(bench.ctx.calls)}")
-        print(f"  CPU in the bridge per call: median {statistics.median(per_call):.3f} ms, "
-              f"min {min(per_call):.3f} "
-              f"(rounds {', '.join(f'{v:.3f}' for v in per_call)})"
-              f" -> one core's ceiling about {1e3 / statistics.median(per_call):,.0f} calls/s"
-              " before sendto")
+        print(f"calls: {n} in {rounds} rounds, failed {failed}; live after: {len(bench.ctx.calls)}")
+        print(
+            f"  CPU in the bridge per call: median {statistics.median(per_call):.3f} ms, "
+            f"min {min(per_call):.3f} "
+            f"(rounds {', '.join(f'{v:.3f}' for v in per_call)})"
+            f" -> one core's ceiling about {1e3 / statistics.median(per_call):,.0f} calls/s"
+            " before sendto"
+        )
         if profile is not None:
             print(profile_report(profile))
 
@@ -236,12 +242,16 @@ async def run(args: argparse.Namespace) -> int:
             if not args.reg_rate:
                 await bench.drain()
             per_reg.append(bench.meter.seconds / regs_per_round * 1e3)
-        print(f"registrations: {r - 100000} (REGISTER, 401, REGISTER with digest, 200), "
-              f"failed {reg_failed}")
-        print(f"  CPU in the bridge per registration: median "
-              f"{statistics.median(per_reg):.3f} ms, min {min(per_reg):.3f} "
-              f"(rounds {', '.join(f'{v:.3f}' for v in per_reg)})"
-              f" -> about {1e3 / statistics.median(per_reg):,.0f}/s before sendto")
+        print(
+            f"registrations: {r - 100000} (REGISTER, 401, REGISTER with digest, 200), "
+            f"failed {reg_failed}"
+        )
+        print(
+            f"  CPU in the bridge per registration: median "
+            f"{statistics.median(per_reg):.3f} ms, min {min(per_reg):.3f} "
+            f"(rounds {', '.join(f'{v:.3f}' for v in per_reg)})"
+            f" -> about {1e3 / statistics.median(per_reg):,.0f}/s before sendto"
+        )
         if bench.meter.profiler is not None:
             print(profile_report(bench.meter.profiler))
     finally:
@@ -255,12 +265,16 @@ def main() -> int:
     parser.add_argument("--registrations", type=int, default=4000)
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument(
-        "--rate", type=float, default=0,
+        "--rate",
+        type=float,
+        default=0,
         help="move the fake clock as at this many calls/s, so the daemon's live state (every "
         "transaction of the last 32 s) is there; 0 (default): drain after each round",
     )
     parser.add_argument(
-        "--reg-rate", type=float, default=0,
+        "--reg-rate",
+        type=float,
+        default=0,
         help="the same for registrations (registrations/s)",
     )
     parser.add_argument("--profile", choices=["calls", "registrations"])
