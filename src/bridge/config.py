@@ -58,6 +58,25 @@ class HttpSettings(_Section):
         return self.public_url or f"http://{self.host}:{self.port}"
 
 
+class OverloadSettings(_Section):
+    """New INVITEs and REGISTERs admitted or refused with 503 + Retry-After before any work
+    (bridge.sip.overload; docs/sip.md, "Overload control"). 0 turns a limit off."""
+
+    # Calls live at once (both paths' SIP calls: the call runner's count).
+    max_calls: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    # New calls per second: overall, and from each trunk source address.
+    calls_per_second: Annotated[float, Field(ge=0, le=100_000)] = 0.0
+    trunk_calls_per_second: Annotated[float, Field(ge=0, le=100_000)] = 0.0
+    registrations_per_second: Annotated[float, Field(ge=0, le=100_000)] = 0.0
+    # SIP transactions held at once (each call holds a few for up to 32 s).
+    max_transactions: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    # Load: new work that waited longer than this (in the socket's queue, or for the event
+    # loop) for `interval_seconds` in a row is refused until some comes in under it.
+    queue_delay_target_ms: Annotated[float, Field(ge=0, le=10_000)] = 20.0
+    interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.1
+    retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+
+
 class SipSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -99,6 +118,7 @@ class SipSettings(_Section):
     # about a hundred datagrams: a burst or a pause of a few ms at hundreds of calls/s drops
     # some, and their retransmissions add load. The kernel caps it at net.core.rmem_max.
     udp_buffer_bytes: Annotated[int, Field(ge=65536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    overload: OverloadSettings = OverloadSettings()
 
     @field_validator("trunk_allow")
     @classmethod

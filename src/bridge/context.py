@@ -158,6 +158,8 @@ def build_context(
     carrier = build_carrier(
         settings, runner=runner, metrics=metrics, directory=lambda: store.current
     )
+    if sip is not None:  # one overload control for both paths' new calls
+        carrier.gate = sip.carrier_gate
     # The carrier's voicemails are listed with the SIP path's (their audio stays there).
     runner.subscribe(carrier_voicemails(archive, carrier.find, clock))
     control = build_control(

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 from bridge.presence.model import Availability, Channel
 from tests.carrier.conftest import DIRECTORY, client_for
 from tests.carrier.helpers import (
+    ACCOUNT_SID,
     CLOSED,
     CLOSED_FORWARD,
     CLOSED_HANGUP,
@@ -21,6 +22,7 @@ from tests.carrier.helpers import (
     Carrier,
     nouns,
     query_of,
+    sid,
     verbs,
 )
 from tests.conftest import Bridge
@@ -165,3 +167,33 @@ async def test_draining_refuses_new_calls_without_answering(carrier: Carrier) ->
     assert verbs(call.twiml) == ["Reject"]
     assert call.twiml[0].get("reason") == "busy"
     assert carrier.live_calls() == []
+
+
+async def test_an_overloaded_bridge_sheds_new_calls_to_the_carriers_fallback_url(
+    carrier: Carrier,
+) -> None:
+    """503 + Retry-After (bridge.sip.overload said no): the carrier fetches the number's
+    fallback URL; no call is started, and a retried webhook of a call already taken is not
+    refused (it gets its answer again)."""
+    taken = await carrier.call(FRONT)
+    service = carrier.bridge.ctx.carrier
+    assert service is not None
+    asked: list[int] = []
+    service.gate = lambda: asked.append(1) or ("load", 6)  # type: ignore[func-returns-value]
+    params = {
+        "CallSid": sid(),
+        "AccountSid": ACCOUNT_SID,
+        "From": "+14155550001",
+        "To": FRONT,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+    }
+    response = await carrier.post("/twilio/voice", params)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "6"
+    assert "overloaded (load)" in response.json()["detail"]
+    assert service.find(params["CallSid"]) is None and service.find(taken.sid) is not None
+    retried = {**params, "CallSid": taken.sid}
+    again = await carrier.post("/twilio/voice", retried)
+    assert again.status_code == 200  # a call it has is never shed
+    service.gate = lambda: None
+    assert (await carrier.post("/twilio/voice", params)).status_code == 200

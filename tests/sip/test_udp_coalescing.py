@@ -108,8 +108,12 @@ async def test_a_real_peer_gets_its_answer_without_waiting() -> None:
         for n in range(1, 21):
             transport.sendto(options(n, port), ("127.0.0.1", endpoint.port))
         got = [await asyncio.wait_for(answers.get(), 2) for _ in range(20)]
-        assert sorted(int(line.split()[1]) for d in got for line in d.split(b"\r\n")
-                      if line.startswith(b"CSeq")) == list(range(1, 21))
+        assert sorted(
+            int(line.split()[1])
+            for d in got
+            for line in d.split(b"\r\n")
+            if line.startswith(b"CSeq")
+        ) == list(range(1, 21))
     finally:
         transport.close()
         await endpoint.stop()

@@ -16,8 +16,8 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.events.model import StoredEvent
 from bridge.events.outbox import SELECT_EVENTS, event_from_row
+from bridge.events.stored import StoredEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (

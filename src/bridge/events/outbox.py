@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from bridge.events.model import StoredEvent
+from bridge.events.stored import StoredEvent
 
 log = structlog.get_logger("bridge.events")
 

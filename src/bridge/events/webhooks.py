@@ -33,14 +33,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import structlog
 from standardwebhooks import Webhook
 
-from bridge.events.model import StoredEvent
 from bridge.events.outbox import SELECT_EVENTS, Endpoint, Outbox, event_from_row
+from bridge.events.stored import StoredEvent
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger("bridge.events.webhooks")
 
@@ -90,14 +92,22 @@ class WebhookDispatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._started = False
         self._stopping = False
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
+        self._started = True
+        self.refresh()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        # aiohttp is imported with the first endpoint: an outbox without one (most tests,
+        # many sites) does not pay for it in the events worker's start-up.
+        import aiohttp
+
+        return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.policy.timeout_seconds),
             headers={"User-Agent": "bridge-webhooks"},
         )
-        self.refresh()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -114,9 +124,11 @@ class WebhookDispatcher:
 
     def refresh(self) -> None:
         """One task per enabled endpoint (after endpoints were added, changed, removed)."""
-        if self._stopping or self._session is None:
+        if self._stopping or not self._started:
             return
         wanted = {e.id for e in self.outbox.endpoints() if e.enabled}
+        if wanted and self._session is None:
+            self._session = self._open_session()
         for endpoint_id in list(self._tasks):
             if endpoint_id not in wanted:
                 self._tasks.pop(endpoint_id).cancel()
@@ -248,7 +260,10 @@ class WebhookDispatcher:
 
     async def send(self, endpoint: Endpoint, event: StoredEvent) -> Attempt:
         """One signed POST of the event to the endpoint."""
-        assert self._session is not None
+        import aiohttp
+
+        if self._session is None:  # (an endpoint not configured yet: the API's test send)
+            self._session = self._open_session()
         body = json.dumps(event.to_json(), separators=(",", ":"))
         now = datetime.fromtimestamp(self._wall(), UTC)
         try:

@@ -44,8 +44,8 @@ from typing import Any
 
 import structlog
 
-from bridge.events.model import StoredEvent
 from bridge.events.outbox import Outbox
+from bridge.events.stored import StoredEvent
 from bridge.events.webhooks import DeliveryPolicy, WebhookDispatcher
 
 log = structlog.get_logger("bridge.events")

@@ -122,6 +122,23 @@ class Metrics:
         self.sip_transactions = Gauge(
             "bridge_sip_transactions", "Live SIP transactions", registry=r
         )
+        self.sip_admission = Counter(
+            "bridge_sip_admission_total",
+            "New INVITEs (kind=call) and REGISTERs (kind=registration) by outcome: admitted, or"
+            " the reason they were refused with 503 (load, max_calls, calls_per_second, ...)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.sip_overloaded = Gauge(
+            "bridge_sip_overloaded",
+            "1 while new work is being refused for load (until a second without such a refusal)",
+            registry=r,
+        )
+        self.sip_queue_delay = Gauge(
+            "bridge_sip_queue_delay_seconds",
+            "How long new INVITEs and REGISTERs waited unread (smoothed): the load signal",
+            registry=r,
+        )
         self.sip_session_timeouts = Counter(
             "bridge_sip_session_timeouts_total",
             "Calls ended by an RFC 4028 session timer: no refresh came (expired) or ours failed",

@@ -40,6 +40,7 @@ from bridge.sip.model import (
     make_response,
     param_of,
 )
+from bridge.sip.overload import OVERLOAD_TAG, Admission, OverloadPolicy
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
 from bridge.sip.registrar import AuthPolicy, RegistrarService
 from bridge.sip.session_timers import SessionTimerSettings
@@ -67,6 +68,7 @@ class SipServiceSettings:
     keepalive_seconds: float = 30.0  # OPTIONS to every UDP flow this often; 0 = never
     trunk_account: TrunkAccount | None = None  # register the bridge at the provider
     session: SessionTimerSettings = field(default_factory=SessionTimerSettings)
+    overload: OverloadPolicy | None = field(default_factory=OverloadPolicy)  # None: off
 
 
 class MetricsCounters:
@@ -132,6 +134,9 @@ class SipService:
         self.relay: RtpengineMedia | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
+        # Overload control (bridge.sip.overload): the gate of new INVITEs and REGISTERs.
+        self.admission: Admission | None = None
+        self.loop_lag = 0.0  # seconds the event loop was late, as last measured
 
     def enable_calls(
         self,
@@ -164,6 +169,10 @@ class SipService:
         self.metrics.sip_transactions.set_function(lambda: len(endpoint.layer))
         await endpoint.start()
         loop = asyncio.get_running_loop()
+        if self.settings.overload is not None:
+            self.admission = Admission(self.settings.overload, now=endpoint.now())
+            endpoint.gate = self._admit
+            self._tasks.append(asyncio.create_task(self._overload_loop(), name="sip-overload"))
 
         def local(transport: str) -> ViaSpec:
             host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
@@ -352,6 +361,92 @@ class SipService:
                 make_response(request, 405, "Method Not Allowed", to_tag=_tag(), extra=[allow]),
             )
 
+    # -- overload control ------------------------------------------------------------------
+    def _admit(
+        self, request: SipRequest, source: Address, transport: str, waited: float
+    ) -> SipResponse | None:
+        """The endpoint's gate: None admits the request, a 503 refuses it (stateless)."""
+        admission, endpoint = self.admission, self.endpoint
+        assert admission is not None and endpoint is not None
+        now = endpoint.now()
+        waited = max(waited, self.loop_lag)
+        if request.method == "REGISTER":
+            refusal = admission.registration(now, waited, transactions=len(endpoint.layer))
+        elif param_of(request.headers.get("To"), "tag"):
+            return None  # in-dialog: always served
+        else:
+            refusal = admission.call(
+                now,
+                waited,
+                source=source[0],
+                trunk=self.calls is not None and self.calls.trunk.allows(source[0]),
+                live_calls=len(self._runner) if self._runner is not None else 0,
+                transactions=len(endpoint.layer),
+            )
+        if refusal is None:
+            return None
+        return make_response(
+            request,
+            503,
+            "Service Unavailable",
+            to_tag=OVERLOAD_TAG,
+            extra=[
+                ("Retry-After", str(refusal.retry_after)),
+                ("Reason", f'SIP;cause=503;text="{refusal.reason}"'),
+            ],
+        )
+
+    def carrier_gate(self) -> tuple[str, int] | None:
+        """The carrier path's new calls, against the same limits and load (the event loop's
+        lag: an HTTP request has no kernel timestamp): (reason, retry-after) or None."""
+        admission, endpoint = self.admission, self.endpoint
+        if admission is None or endpoint is None:
+            return None
+        refusal = admission.call(
+            endpoint.now(),
+            self.loop_lag,
+            source="",
+            trunk=False,
+            live_calls=len(self._runner) if self._runner is not None else 0,
+        )
+        return None if refusal is None else (refusal.reason, refusal.retry_after)
+
+    async def _overload_loop(self, every: float = 0.05) -> None:
+        """The event loop's lag (part of the load signal), the state changes (logged), and
+        the admission counts as metrics."""
+        admission = self.admission
+        assert admission is not None
+        loop = asyncio.get_running_loop()
+        reported: dict[tuple[str, str], int] = {}
+        metrics = self.metrics
+        ticks = 0
+        while True:
+            before = loop.time()
+            await asyncio.sleep(every)
+            now = loop.time()
+            self.loop_lag = max(0.0, now - before - every)
+            change = admission.tick(now)
+            if change is not None:
+                metrics.sip_overloaded.set(1 if change.overloaded else 0)
+                if change.overloaded:
+                    log.warning(
+                        "sip_overloaded",
+                        queue_delay_ms=round(change.queue_delay * 1000, 1),
+                        loop_lag_ms=round(self.loop_lag * 1000, 1),
+                    )
+                else:
+                    log.info("sip_overload_over", refused=change.refused)
+            ticks += 1
+            if ticks % 10 == 0:  # twice a second: the counts, the queue's delay
+                for key, count in admission.counts.items():
+                    if count != reported.get(key, 0):
+                        kind, outcome = key
+                        metrics.sip_admission.labels(kind=kind, outcome=outcome).inc(
+                            count - reported.get(key, 0)
+                        )
+                        reported[key] = count
+                metrics.sip_queue_delay.set(admission.queue_delay)
+
     def _options_ok(self, request: SipRequest) -> SipResponse:
         return make_response(
             request,
@@ -397,6 +492,16 @@ class SipService:
                 keepalive_seconds=sip.keepalive_seconds,
                 trunk_account=_trunk_account(sip),
                 session=SessionTimerSettings(expires=sip.session_expires, min_se=sip.min_se),
+                overload=OverloadPolicy(
+                    max_calls=sip.overload.max_calls,
+                    calls_per_second=sip.overload.calls_per_second,
+                    trunk_calls_per_second=sip.overload.trunk_calls_per_second,
+                    registrations_per_second=sip.overload.registrations_per_second,
+                    max_transactions=sip.overload.max_transactions,
+                    queue_delay_target=sip.overload.queue_delay_target_ms / 1000,
+                    interval=sip.overload.interval_seconds,
+                    retry_after_seconds=sip.overload.retry_after_seconds,
+                ),
             ),
             reachability,
             metrics,

@@ -1001,6 +1001,17 @@ class TransactionLayer:
         server.start(now)
         return [NewRequest(server.id, request, source, transport)]
 
+    def is_new(self, request: SipRequest, source: Address) -> bool:
+        """Whether `request` would start a server transaction (not a retransmission of one
+        we have); if so its top Via is stamped (`received`, `rport`) as a new transaction's
+        would be, so that a stateless answer to it carries them (the overload gate)."""
+        via = _top_via(request)
+        key = _server_key(request, request.method, via)
+        if key is None or self._match_server(request, key) is not None:
+            return False
+        _stamp(request, source, via)
+        return True
+
     def _match_server(self, request: SipRequest, key: _Key | None) -> _ServerTransaction | None:
         tid = self._server_index.get(key) if key is not None else None
         txn = self._transactions.get(tid) if tid is not None else None

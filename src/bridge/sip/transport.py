@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import socket
+import struct
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
 
 from bridge.sip.model import SipMessage, SipRequest, SipResponse
+from bridge.sip.overload import ACK_MARKER
 from bridge.sip.parser import SipParseError, StreamFramer, parse_message
 from bridge.sip.transaction import (
     Address,
@@ -56,16 +62,47 @@ class _NoCounters:
         pass
 
 
+SIOCGSTAMP = 0x8906  # Linux: the receive time of the last datagram read from a socket
+_TIMEVAL = struct.Struct("qq")
+_NEW_WORK = (b"INVITE ", b"REGISTER ")
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.DatagramTransport | None = None
+        self._fd = -1  # the socket, when the kernel stamps its datagrams
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:  # the first SIOCGSTAMP turns the kernel's receive timestamps on
+            fcntl.ioctl(sock.fileno(), SIOCGSTAMP, bytes(16))
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # (ENOENT: nothing received yet, as expected)
+                return
+        self._fd = sock.fileno()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.endpoint._datagram(data, (addr[0], addr[1]))
+        waited = 0.0
+        if self.endpoint.gate is not None:
+            if data.startswith(_NEW_WORK):
+                waited = self._waited()
+            elif data.startswith(b"ACK ") and ACK_MARKER in data:
+                return  # the ACK of one of our stateless 503s: nothing to do
+        self.endpoint._datagram(data, (addr[0], addr[1]), waited)
+
+    def _waited(self) -> float:
+        """How long the datagram just read sat in the socket's queue (overload's signal)."""
+        if self._fd < 0:
+            return 0.0
+        try:
+            sec, usec = _TIMEVAL.unpack(fcntl.ioctl(self._fd, SIOCGSTAMP, bytes(16)))
+        except OSError:
+            return 0.0
+        return max(0.0, time.time() - sec - usec / 1e6)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: the transaction timers notice the silence.
@@ -146,6 +183,11 @@ class SipEndpoint:
         # once (the in-process harness, which reads what was sent right after feeding).
         self.coalesce_udp = True
         self._udp_out: list[tuple[bytes, Address]] = []
+        # Overload control: asked about each new INVITE or REGISTER (not a retransmission)
+        # before the transaction layer sees it; a response it returns is sent statelessly
+        # and the request goes no further (bridge.sip.overload, set by the SIP service).
+        # Its arguments: the request, its source, transport, and how long it waited unread.
+        self.gate: Callable[[SipRequest, Address, str, float], SipResponse | None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -258,16 +300,22 @@ class SipEndpoint:
         self._flush()
 
     # -- inbound ---------------------------------------------------------------------------
-    def _datagram(self, data: bytes, source: Address) -> None:
+    def _datagram(self, data: bytes, source: Address, waited: float = 0.0) -> None:
         if data in (b"\r\n", b"\r\n\r\n") or not data.strip():
             return  # NAT keep-alive (RFC 5626 §4.4.1 over UDP): nothing to do
         try:
             message: SipMessage | SipParseError = parse_message(data)
         except SipParseError as exc:
             message = exc
-        self._incoming(message, source, "udp")
+        self._incoming(message, source, "udp", waited)
 
-    def _incoming(self, item: SipMessage | SipParseError, source: Address, transport: str) -> None:
+    def _incoming(
+        self,
+        item: SipMessage | SipParseError,
+        source: Address,
+        transport: str,
+        waited: float = 0.0,
+    ) -> None:
         if isinstance(item, SipParseError):
             self.counters.parse_error(transport)
             response = item.response(to_tag="bad")
@@ -284,6 +332,18 @@ class SipEndpoint:
                 self._flush()
             return
         self.counters.message("in", item)
+        gate = self.gate
+        if (
+            gate is not None
+            and type(item) is SipRequest
+            and item.method in ("INVITE", "REGISTER")
+            and self.layer.is_new(item, source)
+        ):
+            refusal = gate(item, source, transport, waited)
+            if refusal is not None:  # stateless: no transaction, nothing kept
+                self.layer.send_stateless(refusal, source, transport)
+                self._flush()
+                return
         try:
             events = self.layer.receive(item, source, transport, self.now())
             for event in events:

@@ -44,3 +44,15 @@ class BodyTooLarge(WebhookError):
     """413: carrier webhooks are a few hundred bytes; a large body is not one of them."""
 
     status = 413
+
+
+class Overloaded(WebhookError):
+    """503 with `Retry-After`: the bridge sheds new calls (bridge.sip.overload). The carrier
+    then fetches the number's fallback URL (`VoiceFallbackUrl`), which answers without the
+    bridge: the call goes where the operator's fallback says instead of waiting on us."""
+
+    status = 503
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after

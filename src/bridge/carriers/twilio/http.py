@@ -19,7 +19,12 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bridge.carriers.twilio.errors import BodyTooLarge, MalformedWebhook, WebhookError
+from bridge.carriers.twilio.errors import (
+    BodyTooLarge,
+    MalformedWebhook,
+    Overloaded,
+    WebhookError,
+)
 from bridge.carriers.twilio.schemas import (
     ConferenceCallback,
     ConfirmRequest,
@@ -84,6 +89,8 @@ async def _webhook(
             call_sid=form.call_sid if form is not None else None,
         )
         response = JSONResponse({"detail": exc.reason}, status_code=exc.status)
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after)
     except Exception:  # never let a webhook take the daemon down; the carrier retries
         log.exception(
             "twilio_webhook_failed",

@@ -48,7 +48,7 @@ from bridge.calls.runner import CallRunner, RunningCall
 from bridge.carriers.twilio import twiml
 from bridge.carriers.twilio.conference import ConferenceMode
 from bridge.carriers.twilio.dial import DialMode
-from bridge.carriers.twilio.errors import BadSignature, NotConfigured
+from bridge.carriers.twilio.errors import BadSignature, NotConfigured, Overloaded
 from bridge.carriers.twilio.events import LegDeclined, VoicemailRecorded
 from bridge.carriers.twilio.modes import MODES, BridgingMode
 from bridge.carriers.twilio.rest import CarrierRest, RestSettings
@@ -128,6 +128,9 @@ class TwilioCalls:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
+        # Overload control of new calls (set by the context: the SIP service's admission,
+        # bridge.sip.overload): (reason, retry-after seconds) to shed a call, None to take it.
+        self.gate: Callable[[], tuple[str, int] | None] | None = None
         # The carrier's REST API (None without an account sid and credentials): conference
         # mode, listen / whisper / barge and recording controls need it; dial mode does not.
         self.rest = rest
@@ -215,6 +218,9 @@ class TwilioCalls:
             if not self.runner.accepting:
                 log.info("carrier_call_refused_draining", to=request.to)
                 return twiml.render(twiml.reject_busy())
+            shed = self.gate() if self.gate is not None else None
+            if shed is not None:  # the carrier's fallback URL takes the call (errors.py)
+                raise Overloaded(f"overloaded ({shed[0]}): try the fallback URL", shed[1])
             return self._start(request)
 
     def _start(self, request: VoiceRequest) -> str:
