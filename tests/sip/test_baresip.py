@@ -405,10 +405,11 @@ def test_user_with_both_hashes_and_an_md5_only_challenge(tmp_path: Path) -> None
         assert member(bridge, "max")["can_receive_calls"] is True
 
 
-def test_user_with_both_hashes_gets_a_sha256_challenge_first(tmp_path: Path) -> None:
-    """Default settings: SHA-256 offered first, MD5 second (RFC 8760). libre 1.x (Debian's
-    baresip 1.0) gives up on any non-MD5 WWW-Authenticate with ENOSYS instead of using the
-    MD5 one; a phone that knows SHA-256 must pick it, being the topmost."""
+def test_user_with_both_hashes_gets_an_md5_challenge_first(tmp_path: Path) -> None:
+    """Default settings: MD5 offered first, SHA-256 second (docs/sip.md, "Digest: which
+    algorithm comes first"). libre 1.x (Debian's baresip 1.0) reads every WWW-Authenticate and
+    gives up with ENOSYS on one that is not MD5, whatever the order; a newer libre takes the
+    topmost it supports."""
     with bridge_process(tmp_path, directory()) as bridge:
         with baresip_phone(tmp_path, bridge.sip, "302", "pw-302") as phone:
             wait_for(
@@ -419,7 +420,7 @@ def test_user_with_both_hashes_gets_a_sha256_challenge_first(tmp_path: Path) -> 
             challenge = next(m for m in phone.trace() if m.start_line == "SIP/2.0 401 Unauthorized")
             offers = challenge.header("WWW-Authenticate")
             assert len(offers) == 2
-            assert "algorithm=SHA-256" in offers[0] and "algorithm=MD5" in offers[1]
+            assert "algorithm=MD5" in offers[0] and "algorithm=SHA-256" in offers[1]
             wait_for(
                 lambda: (
                     "Register: Function not implemented" in phone.output()
@@ -429,14 +430,13 @@ def test_user_with_both_hashes_gets_a_sha256_challenge_first(tmp_path: Path) -> 
                 phone,
             )
             authorizations = [a for m in phone.trace() for a in m.header("Authorization")]
-            if "Function not implemented" in phone.output():  # libre 1.x: MD5 only
-                assert authorizations == []  # it never even tried the MD5 challenge
+            if "Function not implemented" in phone.output():  # libre 1.x: any non-MD5 stops it
+                assert authorizations == []
                 assert bridge.metric("bridge_sip_registrations") == 0.0
                 assert member(bridge, "max")["reason"] == "not_reachable"
-            else:  # a newer libre: SHA-256, the preferred (topmost) one
-                assert any("algorithm=SHA-256" in a for a in authorizations), authorizations
-                sha = next(a for a in authorizations if "algorithm=SHA-256" in a)
-                assert re.fullmatch(r"[0-9a-f]{64}", digest_response(sha))
+            else:  # a newer libre: the topmost one, MD5
+                assert all("algorithm=SHA-256" not in a for a in authorizations), authorizations
+                assert re.fullmatch(r"[0-9a-f]{32}", digest_response(authorizations[-1]))
                 assert member(bridge, "max")["can_receive_calls"] is True
         # Nothing the bridge could count against the phone: no digest was ever wrong.
         assert not any(e.get("event") == "sip_auth_failed" for e in bridge.log_events())

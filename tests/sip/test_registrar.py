@@ -11,7 +11,7 @@ from bridge.directory.loader import build_directory
 from bridge.presence.model import Channel
 from bridge.presence.service import PresenceService
 from bridge.sip.bindings import Flow, RegistrarSettings
-from bridge.sip.digest import parse_auth_header
+from bridge.sip.digest import Algorithm, parse_auth_header
 from bridge.sip.grammar import parse_name_addr
 from bridge.sip.model import Headers, SipRequest, SipResponse, header_params
 from bridge.sip.registrar import AuthPolicy, RegistrarService
@@ -145,15 +145,51 @@ def login(service: RegistrarService, clock: Clock, phone: Phone, **kw: Any):
     return send(service, clock, phone.register(challenge=challenge, **kw))
 
 
-def test_challenge_offers_sha256_then_md5(service) -> None:
+def test_challenge_offers_md5_then_sha256_by_default(service) -> None:
+    """MD5 first: a phone that reads only the first challenge registers (docs/sip.md)."""
     registrar, _, clock = service
     out = send(registrar, clock, Phone("102", "secret").register())
     assert out.response.status == 401 and out.outcome == "challenged"
     offers = out.response.headers.get_all("WWW-Authenticate")
     assert len(offers) == 2
-    assert "algorithm=SHA-256" in offers[0] and "algorithm=MD5" in offers[1]
+    assert "algorithm=MD5" in offers[0] and "algorithm=SHA-256" in offers[1]
     assert all('qop="auth"' in o and f'realm="{REALM}"' in o for o in offers)
     assert parse_name_addr(out.response.headers.get("To")).tag  # a To tag on the final response
+    # A phone that takes the first one it is offered gets in.
+    phone = Phone("102", "secret")
+    assert send(registrar, clock, phone.register(challenge=out.response)).response.status == 200
+
+
+def test_rfc_8760_order_is_a_setting() -> None:
+    registrar = RegistrarService(
+        directory=lambda: DIRECTORY,
+        policy=AuthPolicy(realm=REALM, algorithms=(Algorithm.SHA256, Algorithm.MD5)),
+        nonce_secret=b"0123456789abcdef0123",
+        reachability=None,
+        settings=RegistrarSettings(min_expires=60, max_expires=3600, default_expires=600),
+    )
+    clock = Clock()
+    offers = send(registrar, clock, Phone("102", "secret").register()).response.headers
+    assert [o.split("algorithm=")[1].split(",")[0] for o in offers.get_all("WWW-Authenticate")] == [
+        "SHA-256",
+        "MD5",
+    ]
+
+
+@pytest.mark.parametrize("username", ["102", "nobody"])
+def test_auth_int_is_refused_cleanly_and_alike_for_every_user(service, username: str) -> None:
+    registrar, _, clock = service
+    phone = Phone(username, "secret")
+    challenge = send(registrar, clock, phone.register()).response
+    request = phone.register(challenge=challenge)
+    authorization = request.headers.get("Authorization").replace("qop=auth,", "qop=auth-int,")
+    request.headers.set("Authorization", authorization)
+    out = send(registrar, clock, request)
+    assert (out.response.status, out.response.reason) == (
+        400,
+        "Bad Request (qop=auth-int was not offered)",
+    )
+    assert out.outcome == "refused"  # not a failed password: no ban counts it
 
 
 def test_md5_only_user_is_offered_md5_only(service) -> None:

@@ -68,7 +68,7 @@ class AuthPolicy:
     max_failures: int = 5  # failed digests from one source ...
     failure_window: float = 60.0  # ... within this many seconds ...
     ban_seconds: float = 600.0  # ... ban it (403) for this long
-    algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5)
+    algorithms: Sequence[Algorithm] = (Algorithm.MD5, Algorithm.SHA256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +152,10 @@ class RegistrarService:
             return self._refuse(request, 400, f"Bad Request ({kind.credentials}: {exc.reason})")
         if credentials is None:  # a scheme we do not speak (RFC 4475 regaut01)
             return self._challenge(request, user, wall_now, stale=False, kind=kind)
+        if (credentials.qop or "").lower() == "auth-int":
+            # Never offered (our challenges say qop="auth"): refused the same way for every
+            # user, before the user is looked at, and not counted as a wrong password.
+            return self._refuse(request, 400, "Bad Request (qop=auth-int was not offered)")
         if user is None or user.sip is None or credentials.username != username:
             # Unknown users fail exactly like a wrong password: no probing of usernames.
             return self._failed(request, host, now, wall_now, user, "unknown_user", kind)
