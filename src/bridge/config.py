@@ -101,7 +101,8 @@ class SipSettings(_Section):
     auth_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     auth_window_seconds: Annotated[float, Field(ge=1, le=86400)] = 60.0
     ban_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
-    # Sources allowed to send trunk INVITEs without credentials (CIDRs, IPv4 or IPv6).
+    # Sources allowed to send trunk INVITEs without credentials: addresses or networks,
+    # optionally with a port (203.0.113.0/24, 10.0.0.5:5060, [2001:db8::5]:5060).
     trunk_allow: list[str] = Field(default_factory=list)
     trunk_uri: str | None = None
     # Credentials for a provider that challenges our INVITEs (401/407) on trunk_uri.
@@ -124,12 +125,11 @@ class SipSettings(_Section):
 
     @field_validator("trunk_allow")
     @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
+    def _sources(cls, value: list[str]) -> list[str]:
+        from bridge.sip.sources import parse_trunk_source
+
         for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP network (like 203.0.113.0/24)") from None
+            parse_trunk_source(item)  # (its ValueError names the entry and the form)
         return value
 
     @model_validator(mode="after")

@@ -10,12 +10,10 @@ and is bridged: the caller gets a 200 with the winner's SDP, passed through unch
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,6 +78,7 @@ from bridge.sip.session_timers import (
     other_side,
     side_of,
 )
+from bridge.sip.sources import TrunkSource
 from bridge.sip.transaction import Address, new_branch
 
 log = structlog.get_logger("bridge.sip.calls")
@@ -90,7 +89,7 @@ T1, T2 = 0.5, 4.0  # RFC 3261 timer values for the 2xx retransmissions of the UA
 
 @dataclass(frozen=True, slots=True)
 class TrunkSettings:
-    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allow: tuple[TrunkSource, ...] = ()  # [sip] trunk_allow (bridge.sip.sources)
     uri: str | None = None  # sip:host[:port] of the provider, for forwarded legs
     # Caller id on forwarded legs: the original caller, or the dialled line (providers that
     # refuse numbers they do not own).
@@ -98,8 +97,10 @@ class TrunkSettings:
     username: str | None = None  # digest credentials, when the provider challenges INVITEs
     password: str | None = None
 
-    def allows(self, host: str) -> bool:
-        return _allowed(host, self.allow)
+    def allows(self, host: str, port: int) -> bool:
+        """Whether a request from host:port is the trunk's (no digest asked)."""
+        address = ip_address(host)
+        return address is not None and any(s.matches(address, port) for s in self.allow)
 
     def destination(self) -> tuple[str, Address, str] | None:
         """(host for the Request-URI, where to send, transport) of the trunk, if set."""
@@ -408,7 +409,7 @@ class SipCalls:
         call_id = f"sip-{random_hex(6)}"
         caller_id: str | None = None
         desk_leg: str | None = None
-        if self.trunk.allows(source[0]):
+        if self.trunk.allows(source[0], source[1]):
             directory = self.directory()
             user = None
             if directory.line(dialled) is None:
@@ -2079,14 +2080,6 @@ _REASON_PHRASES = {
 
 
 _DIALLABLE = re.compile(r"\+?[0-9]{3,15}")
-
-
-@lru_cache(maxsize=1024)
-def _allowed(
-    host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
-    address = ip_address(host)
-    return address is not None and any(address in network for network in networks)
 
 
 _DTMF_RELAY = re.compile(r"^\s*Signal\s*=\s*([0-9*#A-Da-d])", re.MULTILINE)

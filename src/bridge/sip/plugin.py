@@ -13,7 +13,6 @@ calls`), `/readyz` (the trunk registration) and `/metrics`.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import MessageStore, SipMediaOptions, TrunkSettings
 from bridge.sip.service import SipService
+from bridge.sip.sources import parse_trunk_source
 
 
 def build_sip(
@@ -131,7 +131,7 @@ class PromptLibrary:
 def trunk_settings(settings: Settings) -> TrunkSettings:
     sip = settings.sip
     return TrunkSettings(
-        allow=tuple(ipaddress.ip_network(n, strict=False) for n in sip.trunk_allow),
+        allow=tuple(parse_trunk_source(n) for n in sip.trunk_allow),
         uri=sip.trunk_uri,
         caller_id=sip.trunk_caller_id,
         username=sip.trunk_username,

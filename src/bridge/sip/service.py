@@ -379,7 +379,7 @@ class SipService:
                 now,
                 waited,
                 source=source[0],
-                trunk=self.calls is not None and self.calls.trunk.allows(source[0]),
+                trunk=self.calls is not None and self.calls.trunk.allows(source[0], source[1]),
                 live_calls=len(self._runner) if self._runner is not None else 0,
                 transactions=len(endpoint.layer),
             )
