@@ -204,7 +204,12 @@ def main() -> int:
                         f"failed {step['failed']}, unfinished {step['unfinished']}, retrans "
                         f"{step['retransmissions']}, p99 "
                         f"{sip_cps.fmt(step['setup_p99_ms'], '.0f')} ms"
-                        f" -> {'pass' if step['passed'] else 'FAIL'}",
+                        f" -> {'pass' if step['passed'] else 'FAIL'}"
+                        + (
+                            f" ({step['failure_kinds']}; bridge {step['admission']})"
+                            if not step["passed"]
+                            else ""
+                        ),
                         flush=True,
                     )
                     if not step["passed"]:

@@ -369,7 +369,8 @@ class SipService:
         admission, endpoint = self.admission, self.endpoint
         assert admission is not None and endpoint is not None
         now = endpoint.now()
-        waited = max(waited, self.loop_lag)
+        if transport != "udp":  # (a datagram's own wait includes any lag of the loop)
+            waited = self.loop_lag
         if request.method == "REGISTER":
             refusal = admission.registration(now, waited, transactions=len(endpoint.layer))
         elif param_of(request.headers.get("To"), "tag"):
