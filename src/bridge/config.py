@@ -122,6 +122,9 @@ class SipSettings(_Section):
     # some, and their retransmissions add load. The kernel caps it at net.core.rmem_max.
     udp_buffer_bytes: Annotated[int, Field(ge=65536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
     overload: OverloadSettings = OverloadSettings()
+    # Registrations kept across a restart (bridge.sip.state; relative to the config file's
+    # folder, like the event outbox). Empty: not kept.
+    state_path: Path | None = Path("var/sip-state.sqlite")
 
     @field_validator("trunk_allow")
     @classmethod
@@ -501,6 +504,11 @@ class Settings(BaseSettings):
     @property
     def outbox_file(self) -> Path:
         return self.resolve(self.events.outbox_path)
+
+    @property
+    def sip_state_file(self) -> Path | None:
+        path = self.sip.state_path
+        return None if path is None or str(path) in ("", ".") else self.resolve(path)
 
     @classmethod
     def settings_customise_sources(

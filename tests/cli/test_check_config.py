@@ -71,7 +71,7 @@ def test_demo_config_is_valid(demo_dir: Path, capsys: pytest.CaptureFixture[str]
         (
             'trunk_allow = ["127.0.0.0/8", "::1/128"]',
             'trunk_allow = ["10.0.0.0/33"]',
-            "sip.trunk_allow: '10.0.0.0/33' is not an IP network",
+            "sip.trunk_allow: '10.0.0.0/33' is not an IP address or network",
         ),
         (
             'backend = "memory"',

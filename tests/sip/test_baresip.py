@@ -440,3 +440,78 @@ def test_user_with_both_hashes_gets_an_md5_challenge_first(tmp_path: Path) -> No
                 assert member(bridge, "max")["can_receive_calls"] is True
         # Nothing the bridge could count against the phone: no digest was ever wrong.
         assert not any(e.get("event") == "sip_auth_failed" for e in bridge.log_events())
+
+
+def test_a_registered_phone_is_rung_after_kill_9_without_registering_again(
+    tmp_path: Path,
+) -> None:
+    """The registrar's bindings are kept on disk (bridge.sip.state): baresip registers, the
+    bridge is killed with SIGKILL and started again, and a trunk call rings the phone, which
+    answers, with no REGISTER in between."""
+    assert SIPP is not None, "sipp missing (Debian sip-tester)"
+    env = {"sip__trunk_allow": '["127.0.0.0/8"]', "sip__keepalive_seconds": "0"}
+    with (
+        bridge_process(tmp_path, directory(), **env) as first,
+        baresip_phone(tmp_path, first.sip, "301", "pw-301") as phone,
+    ):
+        wait_for(
+            lambda: first.metric("bridge_sip_registrations") == 1.0,
+            "baresip did not register",
+            phone,
+        )
+        state = tmp_path / "var" / "sip-state.sqlite"
+        wait_for(lambda: state.exists() and _rows(state) == 1, "not written", phone)
+        first.process.kill()  # kill -9: no drain, nothing written on the way out
+        first.process.wait(10)
+        registers = _registers(phone)
+        with bridge_process(tmp_path, directory(), **env) as second:
+            assert second.metric("bridge_sip_registrations") == 1.0
+            assert member(second, "anna")["can_receive_calls"] is True
+            restored = [e for e in second.log_events() if e.get("event") == "sip_bindings_restored"]
+            assert restored and restored[0]["bindings"] == 1
+            trunk = subprocess.run(
+                [
+                    SIPP,
+                    "-sf",
+                    str(SCENARIOS / "trunk_call.xml"),
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    str(free_port()),
+                    "-m",
+                    "1",
+                    "-nostdin",
+                    "-timeout",
+                    "15s",
+                    "-s",
+                    "+15550100",
+                    "-d",
+                    "300",
+                    f"127.0.0.1:{second.sip}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=tmp_path,
+            )
+            assert trunk.returncode == 0, trunk.stdout[-2000:]
+            wait_for(lambda: "Call established" in phone.output(), "not answered", phone)
+            assert _registers(phone) == registers  # rung on the binding kept
+            answered = [e for e in second.log_events() if e.get("event") == "sip_call_answered"]
+            assert [(e["user_id"], e["via"]) for e in answered] == [("anna", "ip_phone")]
+
+
+def _rows(path: Path) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        return int(db.execute("SELECT count(*) FROM bindings").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
+
+
+def _registers(phone: Baresip) -> int:
+    return sum(1 for m in phone.trace() if m.start_line.startswith("REGISTER "))

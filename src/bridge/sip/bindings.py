@@ -95,6 +95,8 @@ class BindingStore:
         self.settings = settings or RegistrarSettings()
         self._users: dict[str, _UserBindings] = {}
         self._count = 0  # bindings stored, kept as they change: the gauge reads it per REGISTER
+        # Raised on every change: the journal (bridge.sip.state) writes when it moved.
+        self.version = 0
 
     def __len__(self) -> int:
         return self._count
@@ -133,6 +135,7 @@ class BindingStore:
                 removed.append(binding)
             user.by_uri.clear()
             self._count -= len(removed)
+            self.version += 1
             return RegisterResult(bindings=(), removed=tuple(removed))
         assert not isinstance(contacts, str)
         # Work out every change first: a REGISTER applies whole or not at all.
@@ -175,6 +178,8 @@ class BindingStore:
             if old is None or not old.reachable:
                 added.append(new)
         self._count += len(user.by_uri) - before
+        if changes:
+            self.version += 1
         if not user.by_uri:
             del self._users[user_id]
         return RegisterResult(
@@ -193,6 +198,8 @@ class BindingStore:
                     self._count -= 1
             if not user.by_uri:
                 del self._users[user_id]
+        if gone:
+            self.version += 1
         return gone
 
     def next_expiry(self) -> float | None:
@@ -208,6 +215,8 @@ class BindingStore:
                 if binding.flow == flow and binding.reachable != reachable:
                     user.by_uri[key] = replace(binding, reachable=reachable)
                     changed.append(user.by_uri[key])
+        if changed:
+            self.version += 1
         return changed
 
     def remove_user(self, user_id: str) -> list[Binding]:
@@ -216,7 +225,30 @@ class BindingStore:
         if user is None:
             return []
         self._count -= len(user.by_uri)
+        self.version += 1
         return list(user.by_uri.values())
+
+    def all(self) -> list[Binding]:
+        """Every binding stored (the journal's snapshot)."""
+        return [b for u in self._users.values() for b in u.by_uri.values()]
+
+    def restore(self, bindings: list[Binding], now: float) -> list[Binding]:
+        """Bindings read back after a restart (bridge.sip.state), those not expired; a
+        contact registered meanwhile is kept. Returns the ones added."""
+        added = []
+        for binding in bindings:
+            if binding.expires_at <= now:
+                continue
+            user = self._users.setdefault(binding.user_id, _UserBindings())
+            key = contact_key(binding.uri)
+            if key in user.by_uri:
+                continue
+            user.by_uri[key] = binding
+            self._count += 1
+            added.append(binding)
+        if added:
+            self.version += 1
+        return added
 
     def flows(self) -> dict[Flow, str]:
         """Every flow with a binding, and one contact URI registered on it (a keepalive

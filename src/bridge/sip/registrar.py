@@ -266,6 +266,19 @@ class RegistrarService:
                     self.reachability.endpoint_down(binding.user_id, Channel.IP_PHONE)
         return changed
 
+    def restore(self, bindings: list[Binding], now: float) -> list[Binding]:
+        """Bindings kept across a restart (bridge.sip.state): stored, and their users made
+        reachable again as a REGISTER would."""
+        users = self.directory().users_by_id
+        known = [
+            b
+            for b in bindings
+            if b.user_id in users and users[b.user_id].status is not AccountStatus.SUSPENDED
+        ]
+        added = self.bindings.restore(known, now)
+        self._report(RegisterResult(added=tuple(b for b in added if b.reachable)))
+        return added
+
     def forget_user(self, user_id: str) -> list[Binding]:
         """A suspended or deleted user: drop their phones' bindings at once."""
         gone = self.bindings.remove_user(user_id)

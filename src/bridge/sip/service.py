@@ -14,6 +14,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -44,6 +45,7 @@ from bridge.sip.overload import OVERLOAD_TAG, Admission, OverloadPolicy
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
 from bridge.sip.registrar import AuthPolicy, RegistrarService
 from bridge.sip.session_timers import SessionTimerSettings
+from bridge.sip.state import BindingJournal
 from bridge.sip.transaction import (
     AckFor2xx,
     Address,
@@ -69,6 +71,7 @@ class SipServiceSettings:
     trunk_account: TrunkAccount | None = None  # register the bridge at the provider
     session: SessionTimerSettings = field(default_factory=SessionTimerSettings)
     overload: OverloadPolicy | None = field(default_factory=OverloadPolicy)  # None: off
+    state_path: Path | None = None  # registrations kept across restarts (bridge.sip.state)
 
 
 class MetricsCounters:
@@ -134,6 +137,7 @@ class SipService:
         self.relay: RtpengineMedia | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoint: SipEndpoint | None = None
+        self.journal: BindingJournal | None = None  # bridge.sip.state
         # Overload control (bridge.sip.overload): the gate of new INVITEs and REGISTERs.
         self.admission: Admission | None = None
         self.loop_lag = 0.0  # seconds the event loop was late, as last measured
@@ -167,8 +171,16 @@ class SipService:
         self.endpoint = endpoint
         # Read when scraped, not set on every message.
         self.metrics.sip_transactions.set_function(lambda: len(endpoint.layer))
-        await endpoint.start()
         loop = asyncio.get_running_loop()
+        if self.settings.state_path is not None:  # before the listener: phones reachable at once
+            self.journal = BindingJournal(self.settings.state_path)
+            kept = await asyncio.to_thread(self.journal.load, self._wall(), loop.time())
+            restored = self.registrar.restore(kept, loop.time())
+            self.journal.saved_version = self.registrar.bindings.version
+            if kept:
+                log.info("sip_bindings_restored", bindings=len(restored), read=len(kept))
+            self._tasks.append(asyncio.create_task(self._state_loop(), name="sip-state"))
+        await endpoint.start()
         if self.settings.overload is not None:
             self.admission = Admission(self.settings.overload, now=endpoint.now())
             endpoint.gate = self._admit
@@ -231,6 +243,8 @@ class SipService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.journal is not None:
+            await self._save_state()  # (the last changes, on the way out)
         if self.endpoint is not None:
             await self.endpoint.stop()
         stop_media = getattr(self.media, "stop", None)
@@ -360,6 +374,19 @@ class SipService:
                 event.transaction_id,
                 make_response(request, 405, "Method Not Allowed", to_tag=_tag(), extra=[allow]),
             )
+
+    # -- state kept across restarts --------------------------------------------------------
+    async def _state_loop(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self._save_state()
+
+    async def _save_state(self) -> None:
+        journal, store = self.journal, self.registrar.bindings
+        if journal is None or store.version == journal.saved_version:
+            return
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(journal.save, store.all(), store.version, self._wall(), loop.time())
 
     # -- overload control ------------------------------------------------------------------
     def _admit(
@@ -493,6 +520,7 @@ class SipService:
                 keepalive_seconds=sip.keepalive_seconds,
                 trunk_account=_trunk_account(sip),
                 session=SessionTimerSettings(expires=sip.session_expires, min_se=sip.min_se),
+                state_path=settings.sip_state_file,
                 overload=OverloadPolicy(
                     max_calls=sip.overload.max_calls,
                     calls_per_second=sip.overload.calls_per_second,
