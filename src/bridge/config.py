@@ -88,11 +88,12 @@ class SipSettings(_Section):
     default_expires: Annotated[int, Field(ge=1, le=86400)] = 3600
     # NAT: OPTIONS to every UDP phone this often; no answer marks it unreachable. 0 = off.
     keepalive_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
-    # Digest: challenges offered in this order. MD5 first lets phones that read only the
-    # first challenge register; ["SHA-256", "MD5"] is RFC 8760's order (docs/sip.md, "Digest:
-    # which algorithm comes first").
+    # Digest: the challenges offered, in this order, the same to every user. MD5 alone by
+    # default: phones that read only the first challenge, or refuse any algorithm they do
+    # not know, register; RFC 8760 clients take the topmost they support anyway (docs/sip.md,
+    # "Digest: which algorithm comes first").
     digest_algorithms: list[Literal["SHA-256", "MD5"]] = Field(
-        default_factory=lambda: ["MD5", "SHA-256"], min_length=1
+        default_factory=lambda: ["MD5"], min_length=1
     )
     # HMAC key for nonces; default: derived from [auth] jwt_secret (stable across restarts).
     nonce_secret: str | None = Field(default=None, min_length=16, repr=False)

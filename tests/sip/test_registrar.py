@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import statistics
+import time
 from typing import Any
 
 import pytest
@@ -127,7 +130,13 @@ def service() -> tuple[RegistrarService, PresenceService, Clock]:
     presence = PresenceService(lambda: DIRECTORY)
     registrar = RegistrarService(
         directory=lambda: DIRECTORY,
-        policy=AuthPolicy(realm=REALM, max_failures=3, failure_window=60, ban_seconds=300),
+        policy=AuthPolicy(
+            realm=REALM,
+            max_failures=3,
+            failure_window=60,
+            ban_seconds=300,
+            algorithms=(Algorithm.MD5, Algorithm.SHA256),
+        ),
         nonce_secret=b"0123456789abcdef0123",
         reachability=presence,
         settings=RegistrarSettings(min_expires=60, max_expires=3600, default_expires=600),
@@ -145,7 +154,7 @@ def login(service: RegistrarService, clock: Clock, phone: Phone, **kw: Any):
     return send(service, clock, phone.register(challenge=challenge, **kw))
 
 
-def test_challenge_offers_md5_then_sha256_by_default(service) -> None:
+def test_challenge_offers_md5_then_sha256(service) -> None:
     """MD5 first: a phone that reads only the first challenge registers (docs/sip.md)."""
     registrar, _, clock = service
     out = send(registrar, clock, Phone("102", "secret").register())
@@ -192,12 +201,72 @@ def test_auth_int_is_refused_cleanly_and_alike_for_every_user(service, username:
     assert out.outcome == "refused"  # not a failed password: no ban counts it
 
 
-def test_md5_only_user_is_offered_md5_only(service) -> None:
+def _shape(response: SipResponse) -> tuple[Any, ...]:
+    """A response without what changes on every one (nonce, tags)."""
+    offers = response.headers.get_all("WWW-Authenticate")
+    return response.status, response.reason, tuple(re.sub(r'nonce="[^"]*"', "-", o) for o in offers)
+
+
+def test_known_and_unknown_users_get_the_same_answers(service) -> None:
+    """No probing of usernames: the challenge, and the failure after a digest, look the same
+    for a user with both hashes, a user with MD5 only, and nobody."""
     registrar, _, clock = service
-    offers = send(registrar, clock, Phone("103", "pw").register()).response.headers.get_all(
-        "WWW-Authenticate"
-    )
-    assert len(offers) == 1 and "algorithm=MD5" in offers[0]
+    registrar._failures.record_failure = lambda host, now: False  # (no ban in the way)
+    challenges_ = [
+        send(registrar, clock, Phone(u, "pw").register()).response for u in ("102", "103", "999")
+    ]
+    assert len({_shape(c) for c in challenges_}) == 1
+    assert len(challenges_[0].headers.get_all("WWW-Authenticate")) == 2  # MD5, SHA-256
+    for algorithm in ("MD5", "SHA-256"):
+        failures = [
+            login(registrar, clock, Phone(u, "wrong"), algorithm=algorithm)
+            for u in ("102", "103", "999")
+        ]
+        assert len({_shape(f.response) for f in failures}) == 1
+        assert {f.outcome for f in failures} == {"auth_failed"}  # each counts toward a ban
+    # A user without the hash the phone picked fails like a wrong password; the one it
+    # holds still works.
+    assert login(registrar, clock, Phone("103", "pw"), algorithm="SHA-256").outcome == "auth_failed"
+    assert login(registrar, clock, Phone("103", "pw"), algorithm="MD5").response.status == 200
+
+
+def test_an_answer_to_no_challenge_of_ours_is_challenged_alike_for_everyone(service) -> None:
+    """A wrong realm, a nonce we never made, an algorithm not offered: a new challenge, not
+    counted, before the user is looked at."""
+    registrar, _, clock = service
+    answers = []
+    for user in ("102", "999"):
+        phone = Phone(user, "pw")
+        request = phone.register(challenge=send(registrar, clock, phone.register()).response)
+        good = request.headers.get("Authorization")
+        for bad in (
+            good.replace(f'realm="{REALM}"', 'realm="elsewhere"'),
+            re.sub(r'nonce="[^"]*"', 'nonce="not-ours"', good),
+            good.replace("algorithm=MD5", "algorithm=SHA-512-256"),
+        ):
+            request.headers.set("Authorization", bad)
+            out = send(registrar, clock, request)
+            answers.append((out.outcome, _shape(out.response)))
+    assert {a[0] for a in answers} == {"challenged"}
+    assert len({a[1] for a in answers}) == 1
+
+
+def test_unknown_and_known_users_take_the_same_time(service) -> None:
+    """The same work either way (an unknown user's answer is hashed against a decoy): the
+    medians of 300 failures each are within 0.2 ms (the difference is a few microseconds;
+    the bound is loose for a shared machine)."""
+    registrar, _, clock = service
+    registrar._failures.record_failure = lambda host, now: False  # (no ban in the way)
+    spent: dict[str, list[float]] = {"102": [], "999": []}
+    for _ in range(300):
+        for user in spent:
+            phone = Phone(user, "wrong")
+            request = phone.register(challenge=send(registrar, clock, phone.register()).response)
+            started = time.perf_counter()
+            send(registrar, clock, request)
+            spent[user].append(time.perf_counter() - started)
+    known, unknown = (statistics.median(v) for v in spent.values())
+    assert abs(known - unknown) < 0.0002, (known, unknown)
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])

@@ -209,12 +209,12 @@ def _sha256_register(port: int, local_port_hint: str, challenge: bytes | None = 
 
 @pytest.mark.parametrize(
     ("order", "first"),
-    [(None, "MD5"), ('["SHA-256", "MD5"]', "SHA-256")],  # the default; RFC 8760's order
+    [('["MD5", "SHA-256"]', "MD5"), ('["SHA-256", "MD5"]', "SHA-256")],  # RFC 8760's last
 )
 def test_sha256_digest_over_udp(tmp_path: Path, order: str | None, first: str) -> None:
     # SIPp 3.6 only computes MD5 digests, so this phone is a raw UDP client of ours that picks
     # SHA-256 wherever it is offered (as RFC 8760 lets a client that prefers it).
-    env = {"sip__digest_algorithms": order} if order else {}
+    env = {"sip__digest_algorithms": order}
     with bridge_process(tmp_path, directory(), **env) as bridge:
         challenge = _udp_exchange(bridge.sip, _sha256_register(bridge.sip, "5999"))
         assert challenge is not None and challenge.startswith(b"SIP/2.0 401")
@@ -231,16 +231,29 @@ def test_sipp_registers_a_user_with_both_hashes_by_reading_the_first_challenge(
     tmp_path: Path,
 ) -> None:
     """SIPp's `[authentication]`, unmodified, reads only the first challenge and computes MD5:
-    with the default order (MD5 first) a user the directory holds both hashes for registers."""
-    with bridge_process(tmp_path, directory()) as bridge:
-        result = run_sipp(
-            tmp_path, "register_digest.xml", bridge.sip, "-s", "202", "-au", "202", "-ap", "pw-202"
-        )
-        assert result.returncode == 0, result.errors + result.output
-        assert result.count("SIP/2.0 200 OK") == 2  # registered, then unregistered
-        assert "algorithm=SHA-256" in result.messages  # offered second, not taken
-        events = [e for e in bridge.log_events() if e.get("event") == "sip_register"]
-        assert [e["outcome"] for e in events] == ["registered", "unregistered"]
+    with the default (MD5) a user the directory holds both hashes for registers, and so it
+    does with MD5 first and SHA-256 second."""
+    for order in (None, '["MD5", "SHA-256"]'):
+        folder = tmp_path / ("default" if order is None else "both")
+        folder.mkdir()
+        env = {"sip__digest_algorithms": order} if order else {}
+        with bridge_process(folder, directory(), **env) as bridge:
+            result = run_sipp(
+                folder,
+                "register_digest.xml",
+                bridge.sip,
+                "-s",
+                "202",
+                "-au",
+                "202",
+                "-ap",
+                "pw-202",
+            )
+            assert result.returncode == 0, result.errors + result.output
+            assert result.count("SIP/2.0 200 OK") == 2  # registered, then unregistered
+            assert ("algorithm=SHA-256" in result.messages) == (order is not None)
+            events = [e for e in bridge.log_events() if e.get("event") == "sip_register"]
+            assert [e["outcome"] for e in events] == ["registered", "unregistered"]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from bridge.sip.digest import (
     DigestError,
     NonceCounts,
     NonceIssuer,
+    NonceStatus,
     challenges,
     parse_auth_header,
     verify,
@@ -68,7 +69,7 @@ class AuthPolicy:
     max_failures: int = 5  # failed digests from one source ...
     failure_window: float = 60.0  # ... within this many seconds ...
     ban_seconds: float = 600.0  # ... ban it (403) for this long
-    algorithms: Sequence[Algorithm] = (Algorithm.MD5, Algorithm.SHA256)
+    algorithms: Sequence[Algorithm] = (Algorithm.MD5,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,16 +157,32 @@ class RegistrarService:
             # Never offered (our challenges say qop="auth"): refused the same way for every
             # user, before the user is looked at, and not counted as a wrong password.
             return self._refuse(request, 400, "Bad Request (qop=auth-int was not offered)")
-        if user is None or user.sip is None or credentials.username != username:
-            # Unknown users fail exactly like a wrong password: no probing of usernames.
-            return self._failed(request, host, now, wall_now, user, "unknown_user", kind)
+        nonce = self._nonces.check(credentials.nonce, wall_now)
+        algorithm = credentials.known_algorithm
+        if (
+            credentials.realm != self.policy.realm
+            or nonce not in (NonceStatus.OK, NonceStatus.STALE)
+            or algorithm is None
+            or _BASE.get(algorithm, algorithm) not in self.policy.algorithms
+        ):
+            # Not an answer to a challenge of ours: a new one. Checked before the user is
+            # looked at, so the answer says nothing about whether the user exists.
+            return self._challenge(request, user, wall_now, stale=False, kind=kind)
+        held = _ha1(user, algorithm) if user is not None else None
+        if user is None or held is None or credentials.username != username:
+            # Unknown users (or one without a hash for this algorithm) fail exactly like a
+            # wrong password, after the same hashing: no probing of usernames.
+            verify(credentials, request.method, _DECOY, _DECOY_256, self.policy.realm, nonce)
+            why = "unknown_user" if user is None or user.sip is None else "no_hash_for_algorithm"
+            return self._failed(request, host, now, wall_now, user, why, kind)
+        assert user.sip is not None
         result = verify(
             credentials,
             request.method,
             user.sip.ha1_md5,
             user.sip.ha1_sha256,
             self.policy.realm,
-            self._nonces.check(credentials.nonce, wall_now),
+            nonce,
             nonce_counts=self._counts,
         )
         if result in (AuthResult.STALE, AuthResult.REPLAY):
@@ -318,11 +335,10 @@ class RegistrarService:
         stale: bool,
         kind: _AuthKind = _REGISTRAR,
     ) -> RegisterOutcome:
+        # The same algorithms for every user, known or not (no probing of usernames by the
+        # challenges offered); a user without the hash a phone picks fails like a wrong
+        # password (docs/sip.md, "Digest: which algorithm comes first").
         algorithms = list(self.policy.algorithms)
-        if user is not None and user.sip is not None:
-            # Offer only what we hold a hash for, or the phone may pick one we cannot check.
-            held = {Algorithm.MD5: user.sip.ha1_md5, Algorithm.SHA256: user.sip.ha1_sha256}
-            algorithms = [a for a in algorithms if held.get(a)] or algorithms
         values = challenges(
             self.policy.realm, self._nonces.issue(wall_now), stale=stale, algorithms=algorithms
         )
@@ -364,6 +380,20 @@ class RegistrarService:
         )
         challenge = self._challenge(request, user, wall_now, stale=False, kind=kind)
         return RegisterOutcome(challenge.response, "auth_failed", challenge.user_id)
+
+
+# What an unknown user's credentials are checked against: the same work as a real check.
+_DECOY = "0" * 32
+_DECOY_256 = "0" * 64
+_BASE = {Algorithm.MD5_SESS: Algorithm.MD5, Algorithm.SHA256_SESS: Algorithm.SHA256}
+
+
+def _ha1(user: User, algorithm: Algorithm) -> str | None:
+    if user.sip is None:
+        return None
+    if _BASE.get(algorithm, algorithm) is Algorithm.SHA256:
+        return user.sip.ha1_sha256
+    return user.sip.ha1_md5
 
 
 @lru_cache(maxsize=4)

@@ -180,6 +180,7 @@ class SipService:
             if kept:
                 log.info("sip_bindings_restored", bindings=len(restored), read=len(kept))
             self._tasks.append(asyncio.create_task(self._state_loop(), name="sip-state"))
+        self._warn_unusable_hashes()
         await endpoint.start()
         if self.settings.overload is not None:
             self.admission = Admission(self.settings.overload, now=endpoint.now())
@@ -373,6 +374,27 @@ class SipService:
             endpoint.respond(
                 event.transaction_id,
                 make_response(request, 405, "Method Not Allowed", to_tag=_tag(), extra=[allow]),
+            )
+
+    def _warn_unusable_hashes(self) -> None:
+        """Users whose phones cannot authenticate: no hash for any algorithm offered."""
+        offered = set(self.settings.auth.algorithms)
+        stuck = [
+            user.id
+            for user in self._directory().users
+            if user.sip is not None
+            and not (
+                (Algorithm.MD5 in offered and user.sip.ha1_md5)
+                or (Algorithm.SHA256 in offered and user.sip.ha1_sha256)
+            )
+        ]
+        if stuck:
+            log.warning(
+                "sip_users_cannot_authenticate",
+                users=stuck[:20],
+                count=len(stuck),
+                offered=[a.value for a in self.settings.auth.algorithms],
+                hint="give them a hash for an offered algorithm, or change sip.digest_algorithms",
             )
 
     # -- state kept across restarts --------------------------------------------------------
