@@ -523,3 +523,40 @@ def test_trunk_call_to_a_sip_username_rings_that_users_phone(tmp_path: Path) -> 
         assert ended["outcome"] == "answered"
         answered = [e for e in bridge.log_events() if e.get("event") == "sip_call_answered"]
         assert [e["user_id"] for e in answered] == ["anna"]
+
+
+def test_dial_rules_refuse_an_international_call_with_403_and_audit_it(tmp_path: Path) -> None:
+    """Toll fraud: by default a desk phone may not call abroad (403 naming why, audited, no
+    INVITE to the trunk); a user allowed it in the directory goes out, the number in E.164."""
+    group = directory()
+    pstn, pstn_port = start_pstn(tmp_path, "pstn_answer.xml")
+    with bridge_process(
+        tmp_path, group, sip__keepalive_seconds="0", sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}"
+    ) as bridge:
+        refused = phone_call(tmp_path, bridge, "011442079460000", "302", "pw-302", quick=True)
+        assert refused.returncode != 0
+        messages = (tmp_path / "call-302.msg").read_text(errors="replace")
+        assert "SIP/2.0 403 Forbidden (international calls are not allowed)" in messages
+        [line] = [e for e in bridge.log_events() if e.get("action") == "dial"]
+        assert (line["actor"], line["allowed"], line["target"], line["kind"]) == (
+            "ben",
+            False,
+            "number:+442079460000",
+            "international",
+        )
+        assert pstn.poll() is None  # the trunk never saw it
+        assert bridge.metric('bridge_sip_calls_refused_total{reason="dial_rules"}') == 1.0
+    pstn.kill()
+    pstn.wait()
+    allowed = directory()
+    allowed["users"][2]["dial"] = ["internal", "national", "international"]
+    pstn, pstn_port = start_pstn(tmp_path, "pstn_answer.xml")
+    with bridge_process(
+        tmp_path, allowed, sip__keepalive_seconds="0", sip__trunk_uri=f"sip:127.0.0.1:{pstn_port}"
+    ) as bridge:
+        result = phone_call(tmp_path, bridge, "011442079460000", "302", "pw-302")
+        assert result.returncode == 0, (tmp_path / "call-302.err").read_text(errors="replace")
+        assert pstn.wait(timeout=30) == 0
+        assert "INVITE sip:+442079460000@127.0.0.1 SIP/2.0" in (tmp_path / "pstn.msg").read_text(
+            errors="replace"
+        )

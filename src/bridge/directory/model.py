@@ -149,6 +149,42 @@ class SipCredentials(_Frozen):
         return self
 
 
+class DialClass(StrEnum):
+    """What a number dialled from a desk phone is (bridge.routing.dialing)."""
+
+    INTERNAL = "internal"  # an extension or SIP username of the directory
+    EMERGENCY = "emergency"  # always allowed
+    NATIONAL = "national"
+    INTERNATIONAL = "international"
+    PREMIUM = "premium"
+
+
+DEFAULT_DIAL = (DialClass.INTERNAL, DialClass.EMERGENCY, DialClass.NATIONAL)
+DialPrefix = Annotated[str, Field(pattern=r"^\+[0-9]{1,15}$")]
+
+
+class DialPlan(_Frozen):
+    """Where desk phones may call (toll-fraud rules): how a dialled number becomes E.164, what
+    class it is, which classes each role (or user) may call, and how many calls out a user
+    may have at once. International and premium are blocked unless allowed."""
+
+    country_code: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,2}$")] = "1"
+    national_prefix: Annotated[str, Field(pattern=r"^[0-9]{0,3}$")] = "1"  # "0" in most of Europe
+    international_prefix: Annotated[str, Field(pattern=r"^[0-9]{0,4}$")] = "011"  # "00"
+    emergency: tuple[Annotated[str, Field(pattern=r"^[0-9]{2,6}$")], ...] = ("911", "112")
+    # E.164 prefixes classed premium (charged to the caller at a high rate).
+    premium: tuple[DialPrefix, ...] = ("+1900", "+1976")
+    # Classes each role may call; a role not listed gets internal, emergency and national.
+    allow: dict[Role, tuple[DialClass, ...]] = {}
+    # Calls out (to numbers) a user may have at once; 0: no limit.
+    max_outbound_per_user: Annotated[int, Field(ge=0, le=1000)] = 2
+
+    def allowed(self, user: User) -> tuple[DialClass, ...]:
+        if user.dial is not None:
+            return (*user.dial, DialClass.EMERGENCY)
+        return (*self.allow.get(user.role, DEFAULT_DIAL), DialClass.EMERGENCY)
+
+
 class User(_Frozen):
     id: Identifier
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -177,6 +213,8 @@ class User(_Frozen):
     call_visibility: CallVisibility = CallVisibility.OWNED_ONLY
     status: AccountStatus = AccountStatus.ACTIVE
     lines: tuple[E164, ...] = ()
+    # Where this user's desk phones may call (overrides the role's, `dialing.allow`).
+    dial: tuple[DialClass, ...] | None = None
 
     @cached_property
     def working_week(self) -> WeekRanges | None:
@@ -286,6 +324,7 @@ class Directory(_Frozen):
     users: tuple[User, ...] = ()
     ring_groups: tuple[RingGroup, ...] = ()
     lines: tuple[Line, ...] = ()
+    dialing: DialPlan = DialPlan()
     # Bumped by the store on every accepted change; not part of the YAML file.
     version: int = Field(default=0, exclude=True)
 

@@ -49,10 +49,12 @@ from bridge.calls.media import (
 from bridge.calls.ports import AnswerRefused, MediaPort, RelayMediaPort
 from bridge.calls.registry import NotAcceptingCalls
 from bridge.calls.runner import CallRunner, RunningCall
-from bridge.directory.model import Directory, FallbackAction, normalize_number
+from bridge.directory.model import Directory, FallbackAction
+from bridge.observability.audit import audit
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
+from bridge.routing.dialing import decide
 from bridge.routing.fixed import desk_leg_plan, outbound_plan
 from bridge.routing.model import CallRequest
 from bridge.sip.addressing import address_of, ip_address
@@ -251,6 +253,7 @@ class SipCall:
     winner: _Branch | None = None
     answered: bool = False  # the caller got a final response (2xx or error)
     caller_id: str | None = None  # E.164 shown on outbound legs (a phone's call out)
+    placed_by: str | None = None  # the user whose desk phone called a number out
     # Our 2xx to the caller, re-sent until the ACK arrives (RFC 3261 §13.3.1.4).
     ok: SipResponse | None = None
     ok_sent_at: float = 0.0
@@ -409,6 +412,7 @@ class SipCalls:
         call_id = f"sip-{random_hex(6)}"
         caller_id: str | None = None
         desk_leg: str | None = None
+        placed_by: str | None = None  # a desk phone's call to a number (dial rules)
         if self.trunk.allows(source[0], source[1]):
             directory = self.directory()
             user = None
@@ -439,15 +443,36 @@ class SipCalls:
             if target is not None:
                 request = CallRequest(call_id=call_id, user=target.id, caller=caller)
             elif _DIALLABLE.fullmatch(dialled):
+                out = sum(1 for c in self._calls.values() if c.placed_by == checked.id)
+                decision = decide(checked, dialled, directory.dialing, out)
+                if decision.kind_is_emergency or not decision.allowed:
+                    audit(
+                        checked.id,
+                        checked.role.value,
+                        "dial",
+                        allowed=decision.allowed,
+                        target=f"number:{decision.dialled.number}",
+                        reason=decision.reason,
+                        source=source[0],
+                        kind=decision.dialled.kind.value,
+                    )
+                if not decision.allowed:
+                    self.metrics.sip_calls_refused.labels(reason="dial_rules").inc()
+                    forbidden = f"Forbidden ({decision.reason})"
+                    self._respond(transaction_id, _reply(invite, 403, forbidden))
+                    return
                 request = CallRequest(call_id=call_id, caller=caller)
                 caller_id = checked.personal_line or checked.phone_number
-                dialled = normalize_number(dialled)
+                dialled = decision.dialled.number
+                placed_by = checked.id
             else:
                 self._respond(transaction_id, _reply(invite, 404, "Not Found"))
                 return
         self._start_call(
             transaction_id, invite, source, transport, request, dialled, caller_id, desk_leg
         )
+        if placed_by is not None and call_id in self._calls:
+            self._calls[call_id].placed_by = placed_by
 
     def _start_call(
         self,
