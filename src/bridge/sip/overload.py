@@ -34,6 +34,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.ratelimit import TokenBucket
+
 OVERLOAD_TAG = "ovl-503"  # the To tag of our stateless 503s
 ACK_MARKER = b"tag=" + OVERLOAD_TAG.encode()
 CALM_AFTER = 1.0  # seconds without a load refusal before the state is back to normal
@@ -51,25 +53,9 @@ class OverloadPolicy:
     retry_after_seconds: int = 5
 
 
-class TokenBucket:
-    """`rate` per second, holding at most one second's worth (at least one)."""
-
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        if now > self.stamp:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+def _bucket(rate: float, now: float) -> TokenBucket:
+    """`rate` per second, holding one second's worth (at least one)."""
+    return TokenBucket(rate, max(1.0, rate), now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +86,8 @@ class Admission:
     ) -> None:
         self.policy = policy
         self._jitter = jitter
-        self._calls = TokenBucket(policy.calls_per_second, now)
-        self._registrations = TokenBucket(policy.registrations_per_second, now)
+        self._calls = _bucket(policy.calls_per_second, now)
+        self._registrations = _bucket(policy.registrations_per_second, now)
         self._trunks: dict[str, TokenBucket] = {}
         self._above_since: float | None = None  # new work waiting over the target since
         self._last_load_refusal: float | None = None
@@ -162,7 +148,7 @@ class Admission:
     def _trunk(self, source: str, now: float) -> TokenBucket:
         bucket = self._trunks.get(source)
         if bucket is None:  # (trunk sources only: the allowlist bounds them)
-            bucket = self._trunks[source] = TokenBucket(self.policy.trunk_calls_per_second, now)
+            bucket = self._trunks[source] = _bucket(self.policy.trunk_calls_per_second, now)
         return bucket
 
     def _verdict(self, kind: str, reason: str | None, now: float) -> Refusal | None:
