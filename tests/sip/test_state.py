@@ -8,6 +8,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from bridge.sip.ban import FailureTracker
 from bridge.sip.bindings import Binding, BindingStore, Flow
 from bridge.sip.state import BindingJournal
 
@@ -23,10 +24,12 @@ def test_written_and_read_back_on_another_clock(tmp_path: Path) -> None:
         binding("bob", "sip:202@192.0.2.8:5062", 1000.0 + 5),  # 5 s left
         binding("cy", "sip:203@192.0.2.9:5062", 1000.0 + 300, transport="tcp"),
     ]
-    journal.save(kept, 7, wall_now=1_700_000_000.0, mono_now=1000.0)
+    bans = [("198.51.100.7", 1000.0 + 600), ("198.51.100.8", 1000.0 + 5)]
+    journal.save(kept, bans, 7, wall_now=1_700_000_000.0, mono_now=1000.0)
     assert journal.saved_version == 7
     # 10 s later, after a restart: the monotonic clock started again from 50.
-    back = journal.load(wall_now=1_700_000_010.0, mono_now=50.0)
+    back, banned = journal.load(wall_now=1_700_000_010.0, mono_now=50.0)
+    assert [(s, round(u, 3)) for s, u in banned] == [("198.51.100.7", 640.0)]  # 590 s left
     assert [(b.user_id, b.uri, round(b.expires_at, 3)) for b in back] == [
         ("ana", "sip:201@192.0.2.7:5062", 340.0)  # 290 s left; bob expired; cy was TCP
     ]
@@ -36,6 +39,9 @@ def test_written_and_read_back_on_another_clock(tmp_path: Path) -> None:
     assert store.bindings("ana", 50.0) == tuple(back)
     version = store.version
     assert store.restore(back, now=50.0) == [] and store.version == version  # kept already
+    tracker = FailureTracker(max_failures=3, window_seconds=60, ban_seconds=600)
+    tracker.restore_bans(banned, now=50.0)
+    assert tracker.is_banned("198.51.100.7", 600.0) and not tracker.is_banned("198.51.100.7", 641.0)
 
 
 def test_a_state_file_that_cannot_be_written_is_logged_once(tmp_path: Path) -> None:
@@ -43,9 +49,9 @@ def test_a_state_file_that_cannot_be_written_is_logged_once(tmp_path: Path) -> N
     blocker.write_text("not a folder")
     journal = BindingJournal(blocker / "sip-state.sqlite")
     with capture_logs() as logs:
-        journal.save([binding("ana", "sip:201@h", 10.0)], 1, 0.0, 0.0)
-        journal.save([binding("ana", "sip:201@h", 10.0)], 2, 0.0, 0.0)
-        assert journal.load(0.0, 0.0) == []
+        journal.save([binding("ana", "sip:201@h", 10.0)], [], 1, 0.0, 0.0)
+        journal.save([binding("ana", "sip:201@h", 10.0)], [], 2, 0.0, 0.0)
+        assert journal.load(0.0, 0.0) == ([], [])
     assert [e["event"] for e in logs].count("sip_state_not_written") == 1
     assert "sip_state_unreadable" in [e["event"] for e in logs]
     assert journal.saved_version == -1 and journal.problem

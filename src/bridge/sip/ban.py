@@ -44,6 +44,7 @@ class FailureTracker:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         # source -> ban end. Bans all last ban_seconds, so insertion order is end order.
         self._bans: OrderedDict[str, float] = OrderedDict()
+        self.version = 0  # raised when a ban starts (the state journal writes then)
 
     def __len__(self) -> int:
         """Sources tracked (failure counters plus bans); never above `max_sources`."""
@@ -68,6 +69,7 @@ class FailureTracker:
         if len(times) >= self.max_failures:
             # The counter is not put back: after the ban the source starts from zero.
             self._bans[source] = now + self.ban_seconds
+            self.version += 1
             return True
         self._failures[source] = times
         return False
@@ -89,6 +91,18 @@ class FailureTracker:
     def ban_expires_at(self, source: str, now: float) -> float | None:
         """When the source's ban ends (for a Retry-After), or None when it is not banned."""
         return self._bans[source] if self.is_banned(source, now) else None
+
+    def bans(self, now: float) -> list[tuple[str, float]]:
+        """(source, until) of the bans in force (the state kept across restarts)."""
+        return [(source, until) for source, until in self._bans.items() if until > now]
+
+    def restore_bans(self, bans: list[tuple[str, float]], now: float) -> None:
+        """Bans read back after a restart (`until` on this clock); those over are skipped."""
+        for source, until in bans:
+            if until > now and until > self._bans.get(source, 0.0):
+                self._make_room()
+                self._bans[source] = until
+        self.version += 1
 
     def banned_sources(self, now: float) -> list[str]:
         """Sources banned at `now`, oldest ban first (for metrics and the ops API)."""

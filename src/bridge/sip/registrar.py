@@ -305,6 +305,11 @@ class RegistrarService:
     def banned_sources(self, now: float) -> list[str]:
         return self._failures.banned_sources(now)
 
+    @property
+    def bans(self) -> FailureTracker:
+        """The sources banned for failed digests (kept across restarts by bridge.sip.state)."""
+        return self._failures
+
     def _report(self, result: RegisterResult) -> None:
         # See RegisterResult: one endpoint per stored reachable binding.
         if self.reachability is None:

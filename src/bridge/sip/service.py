@@ -174,11 +174,14 @@ class SipService:
         loop = asyncio.get_running_loop()
         if self.settings.state_path is not None:  # before the listener: phones reachable at once
             self.journal = BindingJournal(self.settings.state_path)
-            kept = await asyncio.to_thread(self.journal.load, self._wall(), loop.time())
+            kept, bans = await asyncio.to_thread(self.journal.load, self._wall(), loop.time())
             restored = self.registrar.restore(kept, loop.time())
-            self.journal.saved_version = self.registrar.bindings.version
-            if kept:
-                log.info("sip_bindings_restored", bindings=len(restored), read=len(kept))
+            self.registrar.bans.restore_bans(bans, loop.time())
+            self.journal.saved_version = self._state_version()
+            if kept or bans:
+                log.info(
+                    "sip_bindings_restored", bindings=len(restored), read=len(kept), bans=len(bans)
+                )
             self._tasks.append(asyncio.create_task(self._state_loop(), name="sip-state"))
         self._warn_unusable_hashes()
         await endpoint.start()
@@ -404,11 +407,16 @@ class SipService:
             await self._save_state()
 
     async def _save_state(self) -> None:
-        journal, store = self.journal, self.registrar.bindings
-        if journal is None or store.version == journal.saved_version:
+        journal, version = self.journal, self._state_version()
+        if journal is None or version == journal.saved_version:
             return
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(journal.save, store.all(), store.version, self._wall(), loop.time())
+        now = loop.time()
+        bindings, bans = self.registrar.bindings.all(), self.registrar.bans.bans(now)
+        await asyncio.to_thread(journal.save, bindings, bans, version, self._wall(), now)
+
+    def _state_version(self) -> tuple[int, int]:
+        return self.registrar.bindings.version, self.registrar.bans.version
 
     # -- overload control ------------------------------------------------------------------
     def _admit(

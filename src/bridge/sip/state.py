@@ -11,6 +11,8 @@ outbox (`[sip] state_path`; README, "Restarts").
   are stored as wall-clock seconds (the registrar keeps monotonic ones) and converted back.
 - **UDP only**: a TCP binding's connection died with the process (the phone opens a new one
   when it registers again), so TCP bindings are not restored.
+- **Bans** for failed digests too (`sip.ban_seconds`): a source banned before the restart is
+  still banned after it, until its time is up.
 - **What needs no saving**: nonces are MAC-signed with a key derived from settings, so a
   challenge issued before the restart is still answered after it.
 """
@@ -28,6 +30,7 @@ from bridge.sip.bindings import Binding, Flow
 log = structlog.get_logger("bridge.sip")
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS bans (source TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS bindings (
     user_id TEXT NOT NULL,
     uri TEXT NOT NULL,
@@ -48,7 +51,7 @@ class BindingJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.saved_version = -1
+        self.saved_version: object = -1
         self.problem: str | None = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -59,26 +62,32 @@ class BindingJournal:
         db.executescript(SCHEMA)
         return db
 
-    def load(self, wall_now: float, mono_now: float) -> list[Binding]:
-        """The UDP bindings not expired, their times moved onto the monotonic clock."""
+    def load(
+        self, wall_now: float, mono_now: float
+    ) -> tuple[list[Binding], list[tuple[str, float]]]:
+        """The UDP bindings not expired and the bans in force, their times moved onto the
+        monotonic clock."""
         try:
             db = self._connect()
         except (sqlite3.Error, OSError) as exc:
             self.problem = str(exc)
             log.error("sip_state_unreadable", path=str(self.path), reason=str(exc))
-            return []
+            return [], []
         try:
             rows = db.execute(
                 "SELECT user_id, uri, expires_at, call_id, cseq, transport, host, port, q,"
                 " reachable FROM bindings WHERE expires_at > ? AND transport = 'udp'",
                 (wall_now,),
             ).fetchall()
+            bans = db.execute(
+                "SELECT source, until FROM bans WHERE until > ?", (wall_now,)
+            ).fetchall()
         except sqlite3.Error as exc:
             log.error("sip_state_unreadable", path=str(self.path), reason=str(exc))
-            return []
+            return [], []
         finally:
             db.close()
-        return [
+        kept = [
             Binding(
                 user_id=row[0],
                 uri=row[1],
@@ -91,9 +100,17 @@ class BindingJournal:
             )
             for row in rows
         ]
+        return kept, [(source, until - wall_now + mono_now) for source, until in bans]
 
-    def save(self, bindings: list[Binding], version: int, wall_now: float, mono_now: float) -> None:
-        """One transaction: the bindings as they stand (times as wall-clock seconds)."""
+    def save(
+        self,
+        bindings: list[Binding],
+        bans: list[tuple[str, float]],
+        version: object,
+        wall_now: float,
+        mono_now: float,
+    ) -> None:
+        """One transaction: the bindings and bans as they stand (times as wall-clock seconds)."""
         rows = [
             (
                 b.user_id,
@@ -115,6 +132,11 @@ class BindingJournal:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute("DELETE FROM bindings")
                 db.executemany("INSERT INTO bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.execute("DELETE FROM bans")
+                db.executemany(
+                    "INSERT INTO bans VALUES (?, ?)",
+                    [(source, until - mono_now + wall_now) for source, until in bans],
+                )
                 db.execute("COMMIT")
             finally:
                 with contextlib.suppress(sqlite3.Error):
