@@ -233,6 +233,7 @@ class InprocBridge:
                 "realm": REALM,
                 "keepalive_seconds": 0,
                 "trunk_allow": ["127.0.0.0/8"],
+                "state_path": str(folder / "sip-state.sqlite"),  # (never the cwd's var/)
                 **(sip or {}),
             },
             auth={"jwt_secret": "inproc-secret-0123456789abcdef"},
