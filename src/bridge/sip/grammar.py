@@ -83,7 +83,9 @@ _NAME_ADDR_RE = re.compile(
     r'[ \t]*(?:"((?:[^"\\]|\\[\s\S])*)"|([^"<>]*))[ \t]*<([^<>]*)>(.*)', re.S
 )
 # An unquoted display name: token-ish words; liberal about non-ASCII, strict about controls.
-_DISPLAY_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+# An unquoted display name: tokens and spaces (RFC 3261 §25.1), liberal about UTF-8 (phones
+# send it unquoted) but not about separators: RFC 4475 baddn (`Bell, Alexander <sip:...>`).
+_DISPLAY_RE = re.compile(r'[^\x00-\x08\x0a-\x1f\x7f()<>@,;:\\"/\[\]?={}]*')
 _VIA_RE = re.compile(
     r"[ \t]*(" + _TOKEN + r")[ \t]*/[ \t]*(" + _TOKEN + r")[ \t]*/[ \t]*(" + _TOKEN + r")"
     r"[ \t]+(\[[0-9A-Fa-f:.]+\]|" + _HOSTNAME + r")(?:[ \t]*:[ \t]*([0-9]{1,5}))?(.*)",

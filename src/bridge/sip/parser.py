@@ -271,6 +271,12 @@ def _parse_start_line(head: _Head, line: str) -> None:
         # RFC 4475 lwsstart/trws: exactly one SP between the three elements and none at the
         # end. Liberal recovery only to name the fields for the 400, never to accept.
         parts = line.split()
+        if len(parts) > 3 and is_token(parts[0]) and parts[-1].upper() == "SIP/2.0":
+            # RFC 4475 lwsruri: whitespace inside the Request-URI. Still a request: a 400.
+            head.method, head.uri, head.version = parts[0], " ".join(parts[1:-1]), parts[-1]
+            head.recognized = True
+            head.error = (400, "whitespace in the Request-URI")
+            return
         if len(parts) != 3:
             head.error = (400, "malformed request line")
             return
@@ -293,6 +299,10 @@ def _parse_start_line(head: _Head, line: str) -> None:
         head.error = (400, "Request-URI enclosed in <>")
     elif _REQUEST_URI_RE.fullmatch(uri) is None:
         head.error = (400, "malformed Request-URI")
+    elif "?" in uri.rpartition("@")[2] and uri[:4].lower() in ("sip:", "sips"):
+        # RFC 3261 §19.1.1: no headers in a Request-URI (RFC 4475 escruri); a "?" in the
+        # user part is allowed (RFC 4475 intmeth).
+        head.error = (400, "headers in the Request-URI")
 
 
 def _check_fields(head: _Head) -> SipParseError | None:
@@ -310,7 +320,8 @@ def _check_fields(head: _Head) -> SipParseError | None:
         except SipSyntaxError as exc:
             too_large = "too large" in str(exc)
             return head.fail(400, "CSeq number too large" if too_large else "malformed CSeq")
-        if head.is_request and cseq.method != head.method:
+        if head.is_request and cseq.method != head.method and head.method in KNOWN_METHODS:
+            # (an unknown method gets its 501 first: RFC 4475 mismatch02)
             return head.fail(400, "CSeq method does not match the request method")
     return None
 
@@ -538,6 +549,8 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
     call_id = first["Call-ID"]
     if not call_id or " " in call_id or "\t" in call_id:
         return 400, "Bad Request (malformed Call-ID)", ()
+    if request.method not in KNOWN_METHODS:  # before the CSeq check: RFC 4475 mismatch02
+        return 501, "Not Implemented", _ALLOW
     if cseq.method != request.method:
         return 400, "Bad Request (CSeq method does not match the request method)", ()
     max_forwards = first.get("Max-Forwards")
