@@ -1,6 +1,7 @@
-"""RFC 4475 §3.1.2 messages that ../shared/corpora/rfc4475 does not carry, rebuilt from the RFC's
-text (line ends made CRLF, Content-Length made to match), each with the verdict the RFC gives a
-robust element, or the choice it leaves and ours (docs/sip-parser.md, "RFC 4475 verdicts")."""
+"""RFC 4475 messages that ../shared/corpora/rfc4475 does not carry: §3.1.2's rebuilt from the
+RFC's text (line ends made CRLF, Content-Length made to match), §3.3's made after the RFC's
+descriptions; each with the verdict the RFC gives a robust element, or the choice it leaves
+and ours (docs/sip-parser.md, "RFC 4475 verdicts")."""
 
 from __future__ import annotations
 
@@ -93,6 +94,44 @@ Content-Type: application/sdp""",
 )
 
 
+OPTIONS_HEAD = """OPTIONS sip:user@example.com SIP/2.0
+To: sip:user@example.com
+From: sip:caller@example.net;tag=384
+Max-Forwards: 70
+Call-ID: rfc4475-3-3@host9.example.com
+CSeq: 3923423 OPTIONS
+Via: SIP/2.0/TCP host9.example.com;branch=z9hG4bKkdjuw39234"""
+NOVELSC = message(
+    OPTIONS_HEAD.replace("sip:user@example.com SIP", "soap.beep://192.0.2.103:3002 SIP")
+)
+UNKSM2 = message(
+    OPTIONS_HEAD.replace("To: sip:user@example.com", "To: isbn:2983792873").replace(
+        "From: sip:caller@example.net", "From: <http://www.example.com>"
+    )
+    + "\nContact: <name:John_Smith>"
+)
+INVUT = message(
+    OPTIONS_HEAD.replace("OPTIONS", "INVITE") + "\nContent-Type: application/unknownformat",
+    '<audio>\n <pcmu port="443"/>\n</audio>\n',
+)
+MULTI01 = message(
+    OPTIONS_HEAD.replace("OPTIONS", "INVITE")
+    + "\nCall-ID: rfc4475-other@host9.example.com\nTo: sip:other@example.com"
+    "\nFrom: sip:caller@example.net;tag=2\nMax-Forwards: 68\nCSeq: 3923424 INVITE"
+)
+ZEROMF = message(OPTIONS_HEAD.replace("Max-Forwards: 70", "Max-Forwards: 0"))
+CPARAM01 = message(
+    """REGISTER sip:example.com SIP/2.0
+Via: SIP/2.0/UDP saturn.example.com:5060;branch=z9hG4bKkdjuw
+Max-Forwards: 70
+From: sip:watson@example.com;tag=DkfVgjkrtMwaerKKpe
+To: sip:watson@example.com
+Call-ID: cparam01.70710@saturn.example.com
+CSeq: 2 REGISTER
+Contact: sip:+19725552222@gw1.example.net;unknownparam"""
+)
+
+
 def verdict(data: bytes) -> tuple[int | None, str]:
     """(status, reason) of the answer, or (None, "accept")."""
     try:
@@ -126,6 +165,18 @@ def verdict(data: bytes) -> tuple[int | None, str]:
         ("3.1.2.15 baddn", BADDN, (400, "Bad Request (malformed From)")),
         # "should respond with a 501": the unknown method first, not the CSeq mismatch.
         ("3.1.2.18 mismatch02", MISMATCH02, (501, "Not Implemented")),
+        # A scheme we will never take in a Request-URI: 416.
+        ("3.3.3 novelsc", NOVELSC, (416, "Unsupported URI Scheme")),
+        # "Parsers must not fail": unknown schemes in To, From, Contact parse.
+        ("3.3.4 unksm2", UNKSM2, (None, "accept")),
+        # A body of a type we cannot read: 415 with Accept (checked below).
+        ("3.3.6 invut", INVUT, (415, "Unsupported Media Type")),
+        # "would respond with a 400 Bad Request".
+        ("3.3.8 multi01", MULTI01, (400, "Bad Request (more than one Call-ID)")),
+        # Max-Forwards 0 matters to proxies (483); a UAS answers the OPTIONS.
+        ("3.3.11 zeromf", ZEROMF, (None, "accept")),
+        # An unknown Contact parameter is kept, not refused.
+        ("3.3.12 cparam01", CPARAM01, (None, "accept")),
     ],
 )
 def test_verdict(section: str, data: bytes, expected: tuple[int | None, str]) -> None:
@@ -138,3 +189,15 @@ def test_a_question_mark_in_the_user_part_is_not_a_header() -> None:
         b"sip:user@example.com?Route=%3Csip:example.com%3E", b"sip:a?b@example.com"
     )
     assert verdict(data) == (None, "accept")
+
+
+def test_an_unreadable_body_is_answered_with_what_we_accept() -> None:
+    request = parse_message(INVUT)
+    assert isinstance(request, SipRequest)
+    problem = validate_request(request)
+    assert problem is not None
+    response = problem.response(to_tag="t")
+    assert response is not None and response.headers.get("Accept") == "application/sdp"
+    # multipart bodies (SDP beside ISUP) go on to the call, which looks for the SDP.
+    multipart = INVUT.replace(b"application/unknownformat", b"multipart/mixed;boundary=x")
+    assert verdict(multipart) == (None, "accept")

@@ -591,6 +591,13 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
     accept = [value for name, value in items if name == "Accept"]
     if request.method == "INVITE" and accept and not _accepts_sdp(accept):
         return 406, "Not Acceptable", ()
+    if request.method in ("INVITE", "UPDATE") and request.body:
+        # A body we cannot read: 415 naming what we can (RFC 3261 §8.2.3, RFC 4475 invut).
+        # multipart bodies (SDP beside ISUP, from some trunks) go on to the call, which
+        # looks for the SDP in them; a missing Content-Type is taken as SDP (RFC 2543 peers).
+        kind = (first.get("Content-Type") or "application/sdp").split(";")[0].strip().lower()
+        if kind != "application/sdp" and not kind.startswith("multipart/"):
+            return 415, "Unsupported Media Type", (("Accept", "application/sdp"),)
     return None
 
 
@@ -599,7 +606,8 @@ def validate_request(request: SipRequest, *, warn_agent: str = "bridge") -> SipP
 
     Order: mandatory and single headers, their syntax, CSeq method (400); method (501/405 +
     Allow); Request-URI scheme (416); Require (420 + Unsupported); Accept on INVITE (406 +
-    Warning 399). An ACK is never answered: its errors come back with status None."""
+    Warning 399); the body's type on INVITE and UPDATE (415 + Accept). An ACK is never
+    answered: its errors come back with status None."""
     problem = _problem(request)
     if problem is None:
         return None
