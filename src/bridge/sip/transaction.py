@@ -426,7 +426,7 @@ def _client_key(message: SipMessage, method: str) -> _Key | None:
 # --- Via stamping and response routing (§18.2.1, §18.2.2, RFC 3581) -------------------------
 
 
-def stamp_received(request: SipRequest, source: Address) -> None:
+def stamp_received(request: SipRequest | SipResponse, source: Address) -> None:
     """Record where a request really came from in its top Via (§18.2.1): `received` when the
     sent-by host differs from the source IP; with RFC 3581 `rport`, always `received` and
     `rport=<source port>`. The Via's other text is kept as it was."""
@@ -1001,16 +1001,11 @@ class TransactionLayer:
         server.start(now)
         return [NewRequest(server.id, request, source, transport)]
 
-    def is_new(self, request: SipRequest, source: Address) -> bool:
+    def is_new(self, request: SipRequest) -> bool:
         """Whether `request` would start a server transaction (not a retransmission of one
-        we have); if so its top Via is stamped (`received`, `rport`) as a new transaction's
-        would be, so that a stateless answer to it carries them (the overload gate)."""
-        via = _top_via(request)
-        key = _server_key(request, request.method, via)
-        if key is None or self._match_server(request, key) is not None:
-            return False
-        _stamp(request, source, via)
-        return True
+        we have): what the overload gate judges."""
+        key = _server_key(request, request.method, _top_via(request))
+        return key is not None and self._match_server(request, key) is None
 
     def _match_server(self, request: SipRequest, key: _Key | None) -> _ServerTransaction | None:
         tid = self._server_index.get(key) if key is not None else None

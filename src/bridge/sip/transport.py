@@ -31,6 +31,7 @@ from bridge.sip.transaction import (
     Outgoing,
     TimerSettings,
     TransactionLayer,
+    stamp_received,
 )
 
 log = structlog.get_logger("bridge.sip")
@@ -337,10 +338,11 @@ class SipEndpoint:
             gate is not None
             and type(item) is SipRequest
             and item.method in ("INVITE", "REGISTER")
-            and self.layer.is_new(item, source)
+            and self.layer.is_new(item)
         ):
             refusal = gate(item, source, transport, waited)
             if refusal is not None:  # stateless: no transaction, nothing kept
+                stamp_received(refusal, source)  # (its Via, copied from the request's)
                 self.layer.send_stateless(refusal, source, transport)
                 self._flush()
                 return
