@@ -59,6 +59,8 @@ NEW_USER_FIELDS = [
     ("email", "not-an-email", "'not-an-email' is not an email address"),
     ("id", "Not An Id!", "String should match pattern"),
     ("sip", {"username": "zed"}, "give ha1_md5 and/or ha1_sha256"),
+    ("dial", ["national", "everywhere"], "Input should be 'internal', "),
+    ("dial", "international", "Input should be a valid"),
 ]
 
 

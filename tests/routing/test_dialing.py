@@ -4,8 +4,12 @@ numbers always go through; a user has at most `max_outbound_per_user` calls out 
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from bridge.directory.loader import DirectoryError, load_directory
 from bridge.directory.model import DialClass, DialPlan, Role, User
 from bridge.routing.dialing import classify, decide
 
@@ -70,3 +74,26 @@ def test_calls_out_at_once_are_limited_per_user() -> None:
     decision = decide(user(), "2125550100", US, 2)
     assert not decision.allowed and decision.reason == "at most 2 calls out at once"
     assert decide(user(), "2125550100", DialPlan(max_outbound_per_user=0), 50).allowed
+
+
+@pytest.mark.parametrize(
+    ("dialing", "where"),
+    [
+        ({"country_code": "one"}, "dialing.country_code"),
+        ({"premium": ["1900"]}, "dialing.premium[0]"),
+        ({"allow": {"janitor": ["national"]}}, "dialing.allow"),
+        ({"allow": {"agent": ["everywhere"]}}, "dialing.allow"),
+        ({"max_outbound_per_user": -1}, "dialing.max_outbound_per_user"),
+        ({"emergency": ["9-1-1"]}, "dialing.emergency[0]"),
+    ],
+)
+def test_a_bad_dial_plan_in_the_directory_file_is_refused_naming_the_field(
+    tmp_path: Path, dialing: dict[str, object], where: str
+) -> None:
+    path = tmp_path / "directory.yaml"
+    path.write_text(yaml.safe_dump({"timezone": "UTC", "dialing": dialing}))
+    with pytest.raises(DirectoryError) as caught:
+        load_directory(path)
+    assert any(problem.path.startswith(where) for problem in caught.value.problems), [
+        (p.path, p.reason) for p in caught.value.problems
+    ]
