@@ -93,6 +93,19 @@ _HASHES: dict[Algorithm, Callable[[bytes], str]] = {
     Algorithm.SHA256_SESS: _sha256,
 }
 _SESS = frozenset({Algorithm.MD5_SESS, Algorithm.SHA256_SESS})
+_BASE = {Algorithm.MD5_SESS: Algorithm.MD5, Algorithm.SHA256_SESS: Algorithm.SHA256}
+
+
+def base_algorithm(algorithm: Algorithm) -> Algorithm:
+    """MD5 for MD5-sess, SHA-256 for SHA-256-sess: the hash (and the HA1) it uses."""
+    return _BASE.get(algorithm, algorithm)
+
+
+def held_ha1(algorithm: Algorithm, ha1_md5: str | None, ha1_sha256: str | None) -> str | None:
+    """The stored HA1 an answer with `algorithm` is checked against, if the user has it."""
+    return ha1_sha256 if base_algorithm(algorithm) is Algorithm.SHA256 else ha1_md5
+
+
 _HEX_LENGTH = {a: len(_HASHES[a](b"")) for a in Algorithm}
 # Algorithm tokens are matched case-insensitively; clients vary ("md5", "SHA-256-SESS").
 _BY_LOWER = {a.value.lower(): a for a in Algorithm}
@@ -612,7 +625,7 @@ def verify(
     algorithm = credentials.known_algorithm
     if algorithm is None:
         return AuthResult.UNKNOWN_ALGORITHM
-    ha1 = ha1_sha256 if algorithm in (Algorithm.SHA256, Algorithm.SHA256_SESS) else ha1_md5
+    ha1 = held_ha1(algorithm, ha1_md5, ha1_sha256)
     if ha1 is None:
         return AuthResult.UNKNOWN_ALGORITHM
     h = _HASHES[algorithm]

@@ -34,7 +34,9 @@ from bridge.sip.digest import (
     NonceCounts,
     NonceIssuer,
     NonceStatus,
+    base_algorithm,
     challenges,
+    held_ha1,
     parse_auth_header,
     verify,
 )
@@ -163,12 +165,16 @@ class RegistrarService:
             credentials.realm != self.policy.realm
             or nonce not in (NonceStatus.OK, NonceStatus.STALE)
             or algorithm is None
-            or _BASE.get(algorithm, algorithm) not in self.policy.algorithms
+            or base_algorithm(algorithm) not in self.policy.algorithms
         ):
             # Not an answer to a challenge of ours: a new one. Checked before the user is
             # looked at, so the answer says nothing about whether the user exists.
             return self._challenge(request, user, wall_now, stale=False, kind=kind)
-        held = _ha1(user, algorithm) if user is not None else None
+        held = (
+            held_ha1(algorithm, user.sip.ha1_md5, user.sip.ha1_sha256)
+            if user and user.sip
+            else None
+        )
         if user is None or held is None or credentials.username != username:
             # Unknown users (or one without a hash for this algorithm) fail exactly like a
             # wrong password, after the same hashing: no probing of usernames.
@@ -390,15 +396,6 @@ class RegistrarService:
 # What an unknown user's credentials are checked against: the same work as a real check.
 _DECOY = "0" * 32
 _DECOY_256 = "0" * 64
-_BASE = {Algorithm.MD5_SESS: Algorithm.MD5, Algorithm.SHA256_SESS: Algorithm.SHA256}
-
-
-def _ha1(user: User, algorithm: Algorithm) -> str | None:
-    if user.sip is None:
-        return None
-    if _BASE.get(algorithm, algorithm) is Algorithm.SHA256:
-        return user.sip.ha1_sha256
-    return user.sip.ha1_md5
 
 
 @lru_cache(maxsize=4)

@@ -31,7 +31,7 @@ from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import MessageStore, Prompts, SipCalls, SipMediaOptions, TrunkSettings
 from bridge.sip.bindings import BindingStore, Flow, RegistrarSettings
 from bridge.sip.dialog import ViaSpec
-from bridge.sip.digest import Algorithm
+from bridge.sip.digest import Algorithm, held_ha1
 from bridge.sip.ids import random_hex
 from bridge.sip.model import (
     Headers,
@@ -386,10 +386,7 @@ class SipService:
             user.id
             for user in self._directory().users
             if user.sip is not None
-            and not (
-                (Algorithm.MD5 in offered and user.sip.ha1_md5)
-                or (Algorithm.SHA256 in offered and user.sip.ha1_sha256)
-            )
+            and not any(held_ha1(a, user.sip.ha1_md5, user.sip.ha1_sha256) for a in offered)
         ]
         if stuck:
             log.warning(
