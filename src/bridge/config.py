@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,9 @@ from pydantic_settings import (
 
 from bridge.directory.loader import DirectoryError, load_directory, location
 from bridge.directory.model import Directory, Problem
+
+if TYPE_CHECKING:
+    from bridge.sip.tls import TlsSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -75,6 +78,30 @@ class OverloadSettings(_Section):
     queue_delay_target_ms: Annotated[float, Field(ge=0, le=10_000)] = 20.0
     interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.1
     retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+
+
+class SipTlsSettings(_Section):
+    """`[sip.tls]`: SIP over TLS for phones and the trunk, and SRTP on their audio
+    (bridge.sip.tls; docs/sip.md, "TLS and SRTP"). No section: no TLS listener."""
+
+    port: Port = 5061
+    # PEM files, relative to the config file's folder: our certificate chain (leaf first)
+    # and its private key. Both are read again on SIGHUP (a renewal needs no restart).
+    certificate: Path
+    private_key: Path
+    # CA certificates the trunk's certificate is checked against (default: the system's).
+    ca_bundle: Path | None = None
+    # Check the trunk's certificate and name. false: anyone on the path can read and change
+    # the calls (a warning at every start).
+    verify: bool = True
+    # A connection whose TLS handshake is not done by then is closed (a stalled client).
+    handshake_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+    # Handshakes under way at once; connections beyond it are closed before any crypto.
+    max_handshakes: Annotated[int, Field(ge=1, le=100_000)] = 256
+    # SRTP (SDES, RFC 4568) on the audio of calls signalled over TLS. optional: offered to
+    # phones reached over TLS, taken from any phone that offers it. required: a call over
+    # TLS without SRTP is refused (488). off: never offered (still taken when insisted on).
+    srtp: Literal["off", "optional", "required"] = "optional"
 
 
 class SipSettings(_Section):
@@ -126,6 +153,7 @@ class SipSettings(_Section):
     # Registrations kept across a restart (bridge.sip.state; relative to the config file's
     # folder, like the event outbox). Empty: not kept.
     state_path: Path | None = Path("var/sip-state.sqlite")
+    tls: SipTlsSettings | None = None
 
     @field_validator("trunk_allow")
     @classmethod
@@ -506,6 +534,24 @@ class Settings(BaseSettings):
     def outbox_file(self) -> Path:
         return self.resolve(self.events.outbox_path)
 
+    def sip_tls(self) -> TlsSettings | None:
+        """`[sip.tls]` with its paths resolved, for bridge.sip.tls."""
+        from bridge.sip.tls import TlsSettings
+
+        tls = self.sip.tls
+        if tls is None:
+            return None
+        return TlsSettings(
+            certificate=self.resolve(tls.certificate),
+            private_key=self.resolve(tls.private_key),
+            port=tls.port,
+            ca_bundle=self.resolve(tls.ca_bundle) if tls.ca_bundle is not None else None,
+            verify=tls.verify,
+            handshake_timeout=tls.handshake_timeout_seconds,
+            max_handshakes=tls.max_handshakes,
+            srtp=tls.srtp,
+        )
+
     @property
     def sip_state_file(self) -> Path | None:
         path = self.sip.state_path
@@ -578,6 +624,19 @@ def load_settings(path: Path | str | None = None) -> Settings:
         raise ConfigError([_env_problem(exc)]) from None
 
 
+def _check_tls_files(settings: Settings) -> None:
+    """The certificate, key and CA bundle of `[sip.tls]` load (a bad one: exit 2 naming it)."""
+    from bridge.sip.tls import TlsContexts, TlsSetupError
+
+    tls = settings.sip_tls()
+    if tls is None or not settings.sip.enabled:
+        return
+    try:
+        TlsContexts(tls)
+    except TlsSetupError as exc:
+        raise ConfigError([Problem(path=exc.field, reason=exc.reason)]) from None
+
+
 def _env_problem(exc: SettingsError) -> Problem:
     match = re.search(r'field "(\w+)"', str(exc))
     section = match.group(1) if match else "env"
@@ -607,6 +666,7 @@ def _problems(exc: ValidationError) -> list[Problem]:
 def load_all(path: Path | str | None = None) -> tuple[Settings, Directory]:
     """Settings plus the directory they name: everything `check-config` and `run` validate."""
     settings = load_settings(path)
+    _check_tls_files(settings)
     try:
         directory = load_directory(settings.directory_path)
     except DirectoryError as exc:

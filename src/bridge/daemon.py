@@ -2,7 +2,8 @@
 
 SIGTERM / SIGINT: stop accepting new calls, let live ones finish (up to
 `[daemon] drain_timeout_seconds`), then stop listeners and exit 0.
-SIGHUP: reload the directory file (a bad file is refused, the old one kept).
+SIGHUP: reload the directory file (a bad file is refused, the old one kept), and the SIP TLS
+certificate and key (for new connections; a bad pair is refused, the old one kept).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.context import AppContext, build_context
 from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory
 from bridge.sip.service import MetricsCounters
+from bridge.sip.tls import TlsContexts
 from bridge.sip.transport import SipEndpoint
 
 log = structlog.get_logger("bridge")
@@ -178,6 +180,9 @@ class Daemon:
     def reload(self) -> None:
         with contextlib.suppress(DirectoryError):  # logged by reload_directory
             self.ctx.reload_directory()
+        sip = self.ctx.sip
+        if sip is not None and sip.endpoint is not None:
+            sip.endpoint.reload_tls()  # (logged either way)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -247,6 +252,8 @@ class Daemon:
             sip,
             counters=MetricsCounters(self.ctx.metrics),
             udp_buffer_bytes=settings.udp_buffer_bytes,
+            tls=_tls_contexts(self.settings),
+            stream_keepalive_seconds=settings.keepalive_seconds,
         )
         try:
             await sip.start(endpoint)
@@ -290,6 +297,12 @@ class Daemon:
                 log.warning("drain_timeout", live_calls=len(self.ctx.calls))
         if self.ctx.ws is not None:
             await self.ctx.ws.close_all()
+
+
+def _tls_contexts(settings: Settings) -> TlsContexts | None:
+    """`[sip.tls]`'s contexts (the files were checked with the rest of the config)."""
+    tls = settings.sip_tls()
+    return TlsContexts(tls) if tls is not None else None
 
 
 def run_daemon(settings: Settings, directory: Directory) -> int:

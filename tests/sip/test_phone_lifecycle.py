@@ -15,6 +15,7 @@ import hashlib
 import re
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,13 +78,27 @@ def _headers(message: bytes) -> dict[str, str]:
 
 
 class Phone:
-    """A desk phone registering `user` from a loopback socket, UDP or TCP."""
+    """A desk phone registering `user` from a loopback socket: UDP, TCP, or TLS (to
+    `tls_port`, the bridge's certificate verified with the `tls` context)."""
 
-    def __init__(self, bridge: RunningBridge, user: str, password: str, transport: str) -> None:
+    def __init__(
+        self,
+        bridge: RunningBridge,
+        user: str,
+        password: str,
+        transport: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        tls_port: int = 0,
+    ) -> None:
         self.bridge, self.user, self.password, self.transport = bridge, user, password, transport
         if transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind(("127.0.0.1", 0))
+        elif transport == "tls":
+            assert tls is not None and tls_port, "a TLS phone needs a context and the TLS port"
+            raw = socket.create_connection(("127.0.0.1", tls_port), timeout=WAIT)
+            self.sock = tls.wrap_socket(raw, server_hostname="127.0.0.1")
         else:
             self.sock = socket.create_connection(("127.0.0.1", bridge.sip), timeout=WAIT)
         self.sock.settimeout(WAIT)

@@ -16,7 +16,7 @@ class _Quiet:
     def on_event(self, event: object, endpoint: SipEndpoint) -> None:
         pass
 
-    def on_connection_lost(self, peer: object, endpoint: SipEndpoint) -> None:
+    def on_connection_lost(self, peer: object, transport: str, endpoint: SipEndpoint) -> None:
         pass
 
 

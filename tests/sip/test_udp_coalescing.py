@@ -21,7 +21,7 @@ class _Answering:
         if isinstance(event, NewRequest):
             endpoint.respond(event.transaction_id, make_response(event.request, 200, "OK"))
 
-    def on_connection_lost(self, peer: object, endpoint: SipEndpoint) -> None:
+    def on_connection_lost(self, peer: object, transport: str, endpoint: SipEndpoint) -> None:
         pass
 
 

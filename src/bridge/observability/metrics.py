@@ -107,6 +107,13 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.sip_tls_refused = Counter(
+            "bridge_sip_tls_refused_total",
+            "Connections closed on the SIP TLS port before any SIP, by reason (handshake_failed,"
+            " handshake_timeout, closed_in_handshake, too_many_handshakes)",
+            ["reason"],
+            registry=r,
+        )
         self.sip_auth_failures = Counter(
             "bridge_sip_auth_failures_total",
             "Failed SIP digest authentications, and requests refused from banned sources",

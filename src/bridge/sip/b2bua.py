@@ -711,7 +711,7 @@ class SipCalls:
         refreshing = relay.request.method in ("INVITE", "UPDATE")
         if ok and refreshing:
             local = self._local(relay.transport)
-            extra.insert(0, ("Contact", f"<sip:bridge@{local.sent_by}>"))
+            extra.insert(0, ("Contact", f"<sip:bridge@{local.sent_by}{local.contact_params}>"))
             extra += self.sessions.answer_headers(relay.request)
         answer = make_response(
             relay.request, response.status, response.reason, extra=extra, body=response.body
@@ -811,7 +811,7 @@ class SipCalls:
     ) -> None:
         """Our 2xx to an in-dialog INVITE or UPDATE answered by the media engine."""
         local = self._local(call.transport)
-        extra = [("Contact", f"<sip:bridge@{local.sent_by}>")]
+        extra = [("Contact", f"<sip:bridge@{local.sent_by}{local.contact_params}>")]
         if body:
             extra.append(("Content-Type", "application/sdp"))
         extra += self.sessions.answer_headers(request)

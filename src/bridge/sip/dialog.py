@@ -131,6 +131,13 @@ class ViaSpec(NamedTuple):
     sent_by: str
     transport: str = "UDP"
 
+    @property
+    def contact_params(self) -> str:
+        """What a Contact of ours needs after host:port: the transport, when it is not UDP
+        (a peer's in-dialog requests must come over TCP or TLS, to the TLS port)."""
+        transport = self.transport.lower()
+        return "" if transport == "udp" else f";transport={transport}"
+
 
 class VerdictReason(StrEnum):
     ACCEPTED = "accepted"

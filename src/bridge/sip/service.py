@@ -91,6 +91,9 @@ class MetricsCounters:
     def parse_error(self, transport: str) -> None:
         self._metrics.sip_malformed.labels(transport=transport).inc()
 
+    def tls_refused(self, reason: str) -> None:
+        self._metrics.sip_tls_refused.labels(reason=reason).inc()
+
 
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
 
@@ -192,7 +195,8 @@ class SipService:
 
         def local(transport: str) -> ViaSpec:
             host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-            return ViaSpec(f"{host}:{endpoint.port}", transport.upper())
+            port = endpoint.tls_port if transport.lower() == "tls" else endpoint.port
+            return ViaSpec(f"{host}:{port}", transport.upper())
 
         if self.settings.trunk_account is not None:
             self.trunk_registration = TrunkRegistration(
@@ -316,8 +320,8 @@ class SipService:
                         "sip_flow_dead", flow=f"{flow.host}:{flow.port}", contacts=len(changed)
                     )
 
-    def on_connection_lost(self, peer: Address, endpoint: SipEndpoint) -> None:
-        self.registrar.set_flow_reachable(Flow("tcp", peer[0], peer[1]), False)
+    def on_connection_lost(self, peer: Address, transport: str, endpoint: SipEndpoint) -> None:
+        self.registrar.set_flow_reachable(Flow(transport, peer[0], peer[1]), False)
 
     def _request(self, event: NewRequest, endpoint: SipEndpoint) -> None:
         request = event.request

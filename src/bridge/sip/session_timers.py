@@ -169,7 +169,10 @@ class SessionTimers:
         other side has its own timer, and may not even allow UPDATE)."""
         side = side_of(call, dialog)
         local = self._local(call.transport if side is Side.CALLER else self._transport(call))
-        extra = [("Contact", f"<sip:bridge@{local.sent_by}>"), *self.answer_headers(request)]
+        extra = [
+            ("Contact", f"<sip:bridge@{local.sent_by}{local.contact_params}>"),
+            *self.answer_headers(request),
+        ]
         response = make_response(request, 200, "OK", extra=extra)
         dialog.response_sent(request, response)
         self._respond(transaction_id, response)

@@ -3,9 +3,12 @@
 Modelled on aioquic's `asyncio/protocol.py`: bytes come in, are parsed and handed to the
 sans-I/O `TransactionLayer` with `now`; the events go to the application (the TU); whatever
 the layer queued is sent; one `loop.call_at` is re-armed on the layer's next deadline.
-UDP and TCP listen on the same host:port (IPv4 or IPv6). TCP connections are kept by peer
-address and reused for requests to that peer (a phone registered over TCP is reached on the
-connection it registered on).
+UDP and TCP listen on the same host:port (IPv4 or IPv6), TLS on its own port when
+`[sip.tls]` is set (bridge.sip.tls). Stream connections are kept by transport and peer address
+and reused for requests to that peer (a phone registered over TCP or TLS is reached on the
+connection it registered on). The TLS port's handshakes are run here (`_TlsServerSide`) with a
+deadline, so that one that fails (garbage, plain text, a stalled or flooding client) is
+closed and logged with its reason.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import errno
 import fcntl
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ import structlog
 from bridge.sip.model import SipMessage, SipRequest, SipResponse
 from bridge.sip.overload import ACK_MARKER
 from bridge.sip.parser import SipParseError, StreamFramer, parse_message
+from bridge.sip.tls import TlsContexts, TlsRefusals
 from bridge.sip.transaction import (
     Address,
     Event,
@@ -44,7 +49,9 @@ class SipApplication(Protocol):
 
     def on_event(self, event: Event, endpoint: SipEndpoint) -> None: ...
 
-    def on_connection_lost(self, peer: Address, endpoint: SipEndpoint) -> None: ...
+    def on_connection_lost(self, peer: Address, transport: str, endpoint: SipEndpoint) -> None:
+        """A TCP or TLS connection closed (`transport` "tcp" or "tls")."""
+        ...
 
 
 class SipCounters(Protocol):
@@ -54,12 +61,17 @@ class SipCounters(Protocol):
 
     def parse_error(self, transport: str) -> None: ...
 
+    def tls_refused(self, reason: str) -> None: ...
+
 
 class _NoCounters:
     def message(self, direction: str, message: SipMessage) -> None:
         pass
 
     def parse_error(self, transport: str) -> None:
+        pass
+
+    def tls_refused(self, reason: str) -> None:
         pass
 
 
@@ -111,8 +123,12 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    def __init__(self, endpoint: SipEndpoint) -> None:
+    """One TCP or TLS connection (over TLS, asyncio's transport gives the plain bytes)."""
+
+    def __init__(self, endpoint: SipEndpoint, name: str = "tcp", *, opened: bool = False) -> None:
         self.endpoint = endpoint
+        self.name = name  # "tcp" | "tls"
+        self.opened = opened  # by us (we send its keep-alive pings), not accepted
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
@@ -121,7 +137,7 @@ class _Tcp(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
-        self.endpoint._connections[self.peer] = self
+        self.endpoint._links(self.name)[self.peer] = self
 
     def data_received(self, data: bytes) -> None:
         pings = self.framer.pings
@@ -129,20 +145,176 @@ class _Tcp(asyncio.Protocol):
         if self.framer.pings != pings and self.transport is not None:
             self.transport.write(b"\r\n")  # RFC 5626 §3.5.1: answer a CRLFCRLF ping
         for item in items:
-            self.endpoint._incoming(item, self.peer, "tcp")
+            self.endpoint._incoming(item, self.peer, self.name)
         if self.framer.broken and self.transport is not None:
             # A framing error cannot be recovered on a stream (RFC 4475 §3.1.2.3).
-            log.info("sip_tcp_framing_error", peer=f"{self.peer[0]}:{self.peer[1]}")
+            log.info(f"sip_{self.name}_framing_error", peer=f"{self.peer[0]}:{self.peer[1]}")
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.endpoint._connections.get(self.peer) is self:
-            del self.endpoint._connections[self.peer]
-        self.endpoint._lost(self.peer)
+        links = self.endpoint._links(self.name)
+        if links.get(self.peer) is self:
+            del links[self.peer]
+        self.endpoint._lost(self.peer, self.name)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+
+class _TlsServerSide(asyncio.Protocol):
+    """A connection on the TLS port: its handshake run here on memory BIOs, under a deadline;
+    then its plain bytes go to a `_Tcp` as any stream's (through `_TlsTransport`).
+
+    Not the loop's own TLS (`create_server(ssl=...)` or `start_tls`): those say nothing of a
+    handshake that fails, and on uvloop a ClientHello read before `start_tls` took the
+    socket over was lost (the handshake then waited for its deadline)."""
+
+    def __init__(self, endpoint: SipEndpoint, tls: TlsContexts) -> None:
+        self.endpoint = endpoint
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = tls.server.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._timeout = tls.settings.handshake_timeout
+        self.raw: asyncio.Transport | None = None
+        self.peer: Address = ("", 0)
+        self.app: _Tcp | None = None  # once the handshake is done
+        self._deadline: asyncio.TimerHandle | None = None
+        self._failed = False
+
+    # -- from the socket ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.raw = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if peer else ("", 0)
+        if not self.endpoint._handshake_started(self):
+            self._fail("too_many_handshakes", "")
+            return
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self._timeout, self._expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        self._incoming.write(data)
+        if self.app is None:
+            try:
+                self._ssl.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            except ssl.SSLError as exc:  # plain text, garbage, nothing in common, an alert
+                self._flush()  # (our alert, for a client that speaks TLS)
+                self._fail("handshake_failed", str(exc.reason or exc))
+                return
+            self._established()
+        self._read()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.app is not None:
+            self.app.connection_lost(exc)
+        elif not self._failed:
+            self._fail("closed_in_handshake", str(exc or "closed by the client"))
+
+    # -- the handshake -------------------------------------------------------------------------
+    def _established(self) -> None:
+        self._flush()
+        self._stop_clock()
+        self.app = _Tcp(self.endpoint, "tls")
+        assert self.raw is not None
+        self.app.connection_made(_TlsTransport(self, self.raw))
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.app is None and not self._failed:
+            self._fail("handshake_timeout", f"no handshake in {self._timeout} s")
+
+    def _fail(self, reason: str, detail: str) -> None:
+        self._failed = True
+        self._stop_clock()
+        self.endpoint.tls_refusals.refused(reason, self.peer, detail)
+        if self.raw is not None:
+            self.raw.abort()
+
+    def _stop_clock(self) -> None:
+        self.endpoint._handshake_ended(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    # -- after it ------------------------------------------------------------------------------
+    def _read(self) -> None:
+        chunks = []
+        while True:
+            try:
+                chunk = self._ssl.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                self.close()
+                break
+            except ssl.SSLError as exc:  # a corrupt record: the stream cannot go on
+                log.info("sip_tls_error", peer=f"{self.peer[0]}:{self.peer[1]}", error=str(exc))
+                self._failed = True
+                if self.raw is not None:
+                    self.raw.abort()
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        self._flush()  # (TLS 1.3 may answer a key update)
+        if chunks and self.app is not None:
+            self.app.data_received(b"".join(chunks))
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data and self.raw is not None and not self.raw.is_closing():
+            self.raw.write(data)
+
+    def write(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            log.info("sip_tls_error", peer=f"{self.peer[0]}:{self.peer[1]}", error=str(exc))
+            return
+        self._flush()
+
+    def close(self) -> None:
+        if self.raw is None or self.raw.is_closing():
+            return
+        with contextlib.suppress(ssl.SSLError):
+            self._ssl.unwrap()  # close_notify (the peer's is not waited for)
+        self._flush()
+        self.raw.close()
+
+
+class _TlsTransport(asyncio.Transport):
+    """What a `_Tcp` writes to over TLS: its bytes are encrypted by the connection's
+    `_TlsServerSide` and go out on the socket."""
+
+    def __init__(self, tls: _TlsServerSide, raw: asyncio.Transport) -> None:
+        super().__init__()
+        self._tls = tls
+        self._raw = raw
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._tls.write(bytes(data))
+
+    def close(self) -> None:
+        self._tls.close()
+
+    def abort(self) -> None:
+        self._raw.abort()
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "ssl_object":
+            return self._tls._ssl
+        return self._raw.get_extra_info(name, default)
 
 
 def _sendto(transport: asyncio.DatagramTransport, data: bytes, destination: Address) -> None:
@@ -164,6 +336,8 @@ class SipEndpoint:
         timers: TimerSettings | None = None,
         counters: SipCounters | None = None,
         udp_buffer_bytes: int | None = None,
+        tls: TlsContexts | None = None,
+        stream_keepalive_seconds: float = 30.0,
     ) -> None:
         self.host = host
         self.udp_buffer_bytes = udp_buffer_bytes
@@ -174,7 +348,17 @@ class SipEndpoint:
         self._udp: _Udp | None = None
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[Address, _Tcp] = {}
-        self._connecting: dict[Address, asyncio.Task[None]] = {}
+        self._connecting: dict[tuple[str, Address], asyncio.Task[None]] = {}
+        # TLS ([sip.tls]): its listener, its connections, the handshakes under way.
+        self.tls = tls
+        self.tls_port = tls.settings.port if tls is not None else 0
+        self._tls_server: asyncio.Server | None = None
+        self._tls_connections: dict[Address, _Tcp] = {}
+        self._handshakes: set[_TlsServerSide] = set()
+        self.tls_refusals = TlsRefusals(time.monotonic, self.counters.tls_refused)
+        # RFC 5626 §4.4.1: a CRLFCRLF ping this often on the connections we opened (0: none).
+        self.stream_keepalive_seconds = stream_keepalive_seconds
+        self._keepalive: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -221,11 +405,30 @@ class SipEndpoint:
                     raise
                 self.port = 0
         buffers = self._size_udp_buffers()
+        transports = ["udp", "tcp"]
+        if (tls := self.tls) is not None:
+            self._tls_server = await loop.create_server(
+                lambda: _TlsServerSide(self, tls),
+                host=self.host,
+                port=self.tls_port,
+                family=family,
+                reuse_address=True,
+            )
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+            transports.append("tls")
+            if not self.tls.settings.verify:
+                log.warning(
+                    "sip_tls_not_verifying",
+                    hint="the trunk's certificate is not checked: set [sip.tls] verify = true",
+                )
+        if self.stream_keepalive_seconds > 0:
+            self._keepalive = loop.call_later(self.stream_keepalive_seconds, self._ping_opened)
         log.info(
             "sip_listening",
             host=self.host,
             port=self.port,
-            transports=["udp", "tcp"],
+            tls_port=self.tls_port or None,
+            transports=transports,
             udp_buffers=buffers,
         )
 
@@ -259,15 +462,21 @@ class SipEndpoint:
             self._send_udp_batch()  # what the last loop pass answered still goes out
         if self._timer is not None:
             self._timer.cancel()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         for task in self._connecting.values():
             task.cancel()
-        for connection in list(self._connections.values()):
+        for handshake in list(self._handshakes):
+            if handshake.raw is not None:
+                handshake.raw.abort()
+        for connection in [*self._connections.values(), *self._tls_connections.values()]:
             if connection.transport is not None:
                 connection.transport.close()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp_server.wait_closed(), 2)
+        for server in (self._tcp_server, self._tls_server):
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 2)
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
 
@@ -280,6 +489,42 @@ class SipEndpoint:
     @property
     def connections(self) -> dict[Address, _Tcp]:
         return self._connections
+
+    @property
+    def tls_connections(self) -> dict[Address, _Tcp]:
+        return self._tls_connections
+
+    def _links(self, transport: str) -> dict[Address, _Tcp]:
+        """The live connections of a stream transport, by peer address."""
+        return self._tls_connections if transport == "tls" else self._connections
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: the certificate and key read again for new connections."""
+        return self.tls.reload() if self.tls is not None else False
+
+    # -- TLS: accepting ----------------------------------------------------------------------
+    def _handshake_started(self, connection: _TlsServerSide) -> bool:
+        """A connection starts its handshake: False (close it) when too many are under way
+        (a ClientHello flood: those beyond the limit are closed before any crypto)."""
+        assert self.tls is not None
+        if len(self._handshakes) >= self.tls.settings.max_handshakes:
+            return False
+        self._handshakes.add(connection)
+        return True
+
+    def _handshake_ended(self, connection: _TlsServerSide) -> None:
+        self._handshakes.discard(connection)
+
+    def _ping_opened(self) -> None:
+        """RFC 5626 §4.4.1 keep-alive on the stream connections we opened (to the trunk):
+        keeps NAT and firewall state, and a dead one is found by the write failing."""
+        for connection in [*self._connections.values(), *self._tls_connections.values()]:
+            if connection.opened:
+                connection.send(b"\r\n\r\n")
+        if self._loop is not None:
+            self._keepalive = self._loop.call_later(
+                self.stream_keepalive_seconds, self._ping_opened
+            )
 
     # -- for the application -----------------------------------------------------------------
     def respond(self, transaction_id: str, response: SipResponse) -> None:
@@ -355,9 +600,9 @@ class SipEndpoint:
             log.exception("sip_message_failed", source=f"{source[0]}:{source[1]}")
         self._flush()
 
-    def _lost(self, peer: Address) -> None:
+    def _lost(self, peer: Address, transport: str) -> None:
         try:
-            self.application.on_connection_lost(peer, self)
+            self.application.on_connection_lost(peer, transport, self)
         except Exception:
             log.exception("sip_connection_lost_failed")
 
@@ -384,11 +629,12 @@ class SipEndpoint:
                 self._loop.call_soon(self._send_udp_batch)
             self._udp_out.append((data, outgoing.destination))
             return
-        connection = self._connections.get(outgoing.destination)
+        name = "tls" if outgoing.transport.lower() == "tls" else "tcp"
+        connection = self._links(name).get(outgoing.destination)
         if connection is not None:
             connection.send(data)
             return
-        self._connect_and_send(outgoing, data)
+        self._connect_and_send(outgoing, data, name)
 
     def _send_udp_batch(self) -> None:
         batch, self._udp_out = self._udp_out, []
@@ -398,41 +644,72 @@ class SipEndpoint:
         for data, destination in batch:
             _sendto(transport, data, destination)
 
-    def _connect_and_send(self, outgoing: Outgoing, data: bytes) -> None:
+    def _connect_and_send(self, outgoing: Outgoing, data: bytes, name: str) -> None:
         destination = outgoing.destination
+        key = (name, destination)
+        links = self._links(name)
 
         async def connect() -> None:
             loop = asyncio.get_running_loop()
+            secure: dict[str, object] = {}
+            deadline = 5.0
             try:
+                if name == "tls":
+                    if self.tls is None:
+                        raise OSError("no [sip.tls] section: cannot open a TLS connection")
+                    # The URI's host is what the certificate must name (an IP address is
+                    # matched against its IP entries).
+                    secure = {
+                        "ssl": self.tls.client,
+                        "server_hostname": destination[0],
+                        "ssl_handshake_timeout": self.tls.settings.handshake_timeout,
+                    }
+                    deadline += self.tls.settings.handshake_timeout
                 _, protocol = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Tcp(self), destination[0], destination[1]), 5
+                    loop.create_connection(
+                        lambda: _Tcp(self, name, opened=True),
+                        destination[0],
+                        destination[1],
+                        **secure,  # type: ignore[arg-type]
+                    ),
+                    deadline,
                 )
                 protocol.send(data)
             except (OSError, TimeoutError) as exc:
-                if outgoing.transaction_id is not None:
-                    events = self.layer.transport_error(
-                        outgoing.transaction_id, str(exc), self.now()
-                    )
-                    for event in events:
-                        self.application.on_event(event, self)
-                    self._flush()
+                self._connect_failed(outgoing, exc)
             finally:
-                self._connecting.pop(destination, None)
+                self._connecting.pop(key, None)
 
-        if destination in self._connecting:
+        if key in self._connecting:
             # Another message is already opening this connection: queue behind it.
-            previous = self._connecting[destination]
+            previous = self._connecting[key]
 
             async def after() -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await previous
-                connection = self._connections.get(destination)
+                connection = links.get(destination)
                 if connection is not None:
                     connection.send(data)
 
             asyncio.get_running_loop().create_task(after())
             return
-        self._connecting[destination] = asyncio.get_running_loop().create_task(connect())
+        self._connecting[key] = asyncio.get_running_loop().create_task(connect())
+
+    def _connect_failed(self, outgoing: Outgoing, exc: BaseException) -> None:
+        """A connection we could not open (refused, unreachable, a certificate that does not
+        verify): logged, and the transaction told (RFC 3261 §18.4: a transport error)."""
+        destination = outgoing.destination
+        log.warning(
+            "sip_connect_failed",
+            destination=f"{destination[0]}:{destination[1]}",
+            transport=outgoing.transport.lower(),
+            reason=str(exc) or type(exc).__name__,
+        )
+        if outgoing.transaction_id is not None:
+            events = self.layer.transport_error(outgoing.transaction_id, str(exc), self.now())
+            for event in events:
+                self.application.on_event(event, self)
+            self._flush()
 
     # -- the one timer -------------------------------------------------------------------------
     def _arm(self) -> None:

@@ -83,7 +83,7 @@ class TrunkRegistration:
                 ("To", f"<{aor}>"),
                 ("Call-ID", self._call_id),
                 ("CSeq", f"{self._cseq} REGISTER"),
-                ("Contact", f"<sip:{account.username}@{local.sent_by}>"),
+                ("Contact", f"<sip:{account.username}@{local.sent_by}{local.contact_params}>"),
                 ("Expires", str(account.expires)),
             ]
         )
