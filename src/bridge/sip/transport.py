@@ -250,7 +250,7 @@ class _TlsServerSide(asyncio.Protocol):
                 chunk = self._ssl.read(65536)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify
+            except ssl.SSLZeroReturnError:  # close_notify (as some versions report it)
                 self.close()
                 break
             except ssl.SSLError as exc:  # a corrupt record: the stream cannot go on
@@ -259,7 +259,8 @@ class _TlsServerSide(asyncio.Protocol):
                 if self.raw is not None:
                     self.raw.abort()
                 break
-            if not chunk:
+            if not chunk:  # close_notify: the peer is done, so are we
+                self.close()
                 break
             chunks.append(chunk)
         self._flush()  # (TLS 1.3 may answer a key update)
