@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/media.py [--calls 100,250,500] [--seconds 10] [--find-max]
                                     [--loops uvloop,asyncio] [--mix-calls 50] [--no-mixer]
-                                    [--no-rtpengine] [--profile] [--quick] [--json FILE]
+                                    [--no-rtpengine] [--srtp-calls N] [--profile] [--quick]
+                                    [--json FILE]
 
 Everything runs on 127.0.0.1, on ports of --ports (10000-19999: the first half the embedded
 engine's, the second rtpengine's), and every process it starts is stopped at the end, by its
@@ -93,6 +94,14 @@ uvloop relaying --profile-calls calls, then in mix3 with --mix-calls calls, for 
 with `py-spy record --format raw --function --nonblocking`, and prints the top functions
 (self and inclusive samples). The figures of those steps are not used (the sampler takes CPU).
 
+SRTP (--srtp-calls N, embedded only, each loop of --loops; none by default): the same N calls
+twice, relay = the blind relay as above, srtp = both legs SRTP keyed by SDES (the caller's offer
+RTP/SAVP with an `a=crypto` line, the agent's leg `offer(srtp="required")` answered with one):
+the engine unprotects each packet in its buffer, rewrites it and protects it for the other
+leg, in place. The generator protects what it sends with each leg's key (pylibsrtp, 182-byte
+packets: the 10-byte tag) and logs what comes back as it came, unprotected after the window
+(its CPU is not in the figures). Loss, PDV and CPU per relayed packet as in the relay rows.
+
 `--nice N` runs the engine under test (both engines) at that niceness (default 0).
 `--quick` is a smoke run: 2 s steps of 20 calls, mixer steps of 10 calls on the first loop,
 no find-max, no profile (about 30 s; tests/media/test_bench_media.py runs it with
@@ -109,8 +118,10 @@ It prints figures; it asserts nothing. numpy (a test extra) computes the delay f
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import gc
+import hashlib
 import json
 import math
 import os
@@ -137,6 +148,8 @@ HOST = "127.0.0.1"
 PCMU = 0
 FRAME = 0.020
 PACKET_BYTES = 172  # 12-byte RTP header + 160 bytes of PCMU (20 ms)
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"
+SRTP_TAG = 10  # bytes of its authentication tag
 SAMPLES = 160
 # The generator's tag at the start of the payload: stream, its own sequence number, send time.
 TAG_OFFSET = 12
@@ -257,18 +270,49 @@ class NgClient:
         self.sock.close()
 
 
-def sdp(port: int, session: int) -> str:
+def sdp(port: int, session: int, key: bytes | None = None) -> str:
+    """A peer's SDP: plain RTP/AVP, or RTP/SAVP with `key` in an `a=crypto` line (SDES)."""
+    crypto = f"a=crypto:1 {SRTP_SUITE} inline:{base64.b64encode(key).decode()}\r\n" if key else ""
     return (
         "v=0\r\n"
         f"o=- {session} 1 IN IP4 {HOST}\r\n"
         "s=-\r\n"
         f"c=IN IP4 {HOST}\r\n"
         "t=0 0\r\n"
-        f"m=audio {port} RTP/AVP {PCMU}\r\n"
+        f"m=audio {port} {'RTP/SAVP' if key else 'RTP/AVP'} {PCMU}\r\n"
         f"a=rtpmap:{PCMU} PCMU/8000\r\n"
         "a=ptime:20\r\n"
         "a=sendrecv\r\n"
+        f"{crypto}"
     )
+
+
+def peer_key(call: int, leg: int) -> bytes:
+    """The SDES key (master key and salt) of a generator peer: call `call`'s leg `leg`."""
+    return hashlib.sha256(f"bench-media-{call}-{leg}".encode()).digest()[:30]
+
+
+def sdp_key(text: str) -> bytes:
+    """The key of an SDP's `a=crypto` line (the engine's, in its answer or offer)."""
+    for line in text.splitlines():
+        if line.startswith("a=crypto:"):
+            return base64.b64decode(line.split("inline:", 1)[1].split("|", 1)[0].strip())
+    raise RuntimeError(f"no a=crypto line in the engine's SDP: {text!r}")
+
+
+def srtp_session(key_hex: str, *, inbound: bool):
+    import pylibsrtp
+
+    policy = pylibsrtp.Policy(
+        key=bytes.fromhex(key_hex),
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND
+        if inbound
+        else pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+        srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    )
+    if inbound:
+        policy.window_size = 1024
+    return pylibsrtp.Session(policy)
 
 
 def sdp_port(text: str) -> int:
@@ -420,7 +464,7 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
     from bridge.media.ports import PortPool
     from bridge.media.session import MixingSession
 
-    mode = args.mode  # relay | mix2 | mix3
+    mode = args.mode  # relay | mix2 | mix3 | srtp
     peers = [int(p) for p in args.peers.split(",")]
     ticks = {"ns": 0, "count": 0, "late": 0}  # the sessions' 20 ms ticks
 
@@ -445,20 +489,30 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
         timeout_seconds=60.0,
     )
     ports: list[list[int]] = []
+    keys: list[list[str]] = []  # srtp: the engine's key of each leg (what it sends with)
+    srtp = mode == "srtp"
     for i in range(args.calls):
         call_id = f"bench-{i}"
         # the caller's INVITE: its offer answered by the engine
-        caller = sdp_port(media.answer(call_id, "caller", sdp(peers[0], 1000 + i)))
+        answer = media.answer(
+            call_id, "caller", sdp(peers[0], 1000 + i, peer_key(i, 0) if srtp else None)
+        )
+        caller = sdp_port(answer)
         # the agent's leg: the engine's offer, the agent's answer
-        agent = sdp_port(media.offer(call_id, "agent", like="caller"))
-        media.accept(call_id, "agent", sdp(peers[1], 2000 + i))
+        if srtp:
+            offer = media.offer(call_id, "agent", like="caller", srtp="required")
+            keys.append([sdp_key(answer).hex(), sdp_key(offer).hex()])
+        else:
+            offer = media.offer(call_id, "agent", like="caller")
+        agent = sdp_port(offer)
+        media.accept(call_id, "agent", sdp(peers[1], 2000 + i, peer_key(i, 1) if srtp else None))
         media.bridge(call_id, "caller", "agent")
         legs = [caller, agent]
         if mode == "mix3":
             legs.append(sdp_port(media.offer(call_id, "sup")))
             media.accept(call_id, "sup", sdp(peers[2], 3000 + i))
             media.monitor(call_id, "sup", "barge")
-        if mode != "relay":
+        if mode in ("mix2", "mix3"):
             media.start_recording(call_id, Path(args.record_dir) / f"call-{i}.wav")
         ports.append(legs)
     policy = tune_garbage_collector()  # as the daemon does once started
@@ -473,7 +527,7 @@ async def _serve_embedded(args: argparse.Namespace, loop) -> None:
             figures.command(line)
 
     loop.add_reader(sys.stdin.fileno(), command)
-    emit({"pid": os.getpid(), "ports": ports})
+    emit({"pid": os.getpid(), "ports": ports, "keys": keys})
     await done.wait()
     loop.remove_reader(sys.stdin.fileno())
     if policy is not None:
@@ -557,6 +611,7 @@ class Embedded:
         hello = read_protocol(self.proc.stdout)
         self.pid = hello["pid"]
         self.ports = hello["ports"]
+        self.keys = hello.get("keys") or []
 
     def command(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -591,14 +646,24 @@ def run_generator() -> None:
     total = n_streams * rounds
     dt = FRAME / n_streams
     seq0, ts0 = 1000, 50_000
+    srtp = cfg.get("srtp")  # SDES: each stream's key, the engine's keys by its leg's port
     bufs, sends, dests = [], [], []
     for k, (si, port) in enumerate(streams):
         buf = bytearray(b"\xff" * PACKET_BYTES)  # PCMU silence after the tag
         struct.pack_into("!BBHII", buf, 0, 0x80, PCMU, seq0, ts0, 0x10000 + k)
         struct.pack_into("!I", buf, TAG_OFFSET, k)
         bufs.append(buf)
-        sends.append(socks[si].sendto)
+        if srtp:
+            protect = srtp_session(srtp["tx"][k], inbound=False).protect
+
+            def send_srtp(data, dest, sendto=socks[si].sendto, protect=protect):
+                return sendto(protect(bytes(data)), dest)
+
+            sends.append(send_srtp)
+        else:
+            sends.append(socks[si].sendto)
         dests.append((HOST, port))
+    raw: list[tuple[int, bytes, bytes]] = []  # srtp: (engine port, packet, arrival) as it came
     seq_ts, tag = _SEQ_TS.pack_into, _TAG_REST.pack_into
     time_ns, monotonic = time.time_ns, time.monotonic
 
@@ -614,7 +679,20 @@ def run_generator() -> None:
         nonlocal recv_errors
         for index, s in enumerate(socks):
             count = 0
-            if tagged:
+            if tagged and srtp:  # logged as it came, unprotected after the window
+                recvmsg = s.recvmsg_into
+                while True:
+                    try:
+                        size, anc, _, source = recvmsg([rx], anc_size)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        recv_errors += 1
+                        continue
+                    count += 1
+                    if size == PACKET_BYTES + SRTP_TAG and anc:
+                        raw.append((source[1], bytes(rxv[:size]), anc[0][2]))
+            elif tagged:
                 recvmsg = s.recvmsg_into
                 while True:
                     try:
@@ -710,6 +788,18 @@ def run_generator() -> None:
         "gen_lag_p99_ms": _percentile(sorted(lags), 99) * 1000 if lags else 0.0,
         "gen_lag_max_ms": max(lags) * 1000 if lags else 0.0,
     }
+    if srtp:
+        rx_sessions = {int(p): srtp_session(k, inbound=True) for p, k in srtp["rx"].items()}
+        undecryptable = 0
+        for port, packet, arrival in raw:
+            try:
+                plain = rx_sessions[port].unprotect(packet)
+            except Exception:  # pylibsrtp.Error, or an unknown port
+                undecryptable += 1
+                continue
+            log.extend(plain[TAG_OFFSET : TAG_OFFSET + 16])
+            log.extend(arrival)
+        result["undecryptable"] = undecryptable
     if tagged:
         result.update(_delays(log, total - send_errors))
         if os.environ.get("BENCH_MEDIA_DUMP"):
@@ -772,9 +862,9 @@ def _delays(log: bytearray, sent: int) -> dict[str, Any]:
 class Step:
     engine: str  # "embedded" | "rtpengine"
     loop: str  # uvloop | asyncio | "-" (rtpengine)
-    mode: str  # relay | mix2 | mix3
+    mode: str  # relay | mix2 | mix3 | srtp
     calls: int
-    section: str = "relay"  # relay (the engines side by side) | mixer
+    section: str = "relay"  # relay (the engines side by side) | mixer | srtp
     sent: int = 0
     received: int = 0
     lost: int = 0
@@ -894,13 +984,23 @@ class Bench:
             cfg = {
                 "fds": [s.fileno() for s in socks],
                 "streams": streams,
-                "tagged": mode == "relay",
+                "tagged": mode in ("relay", "srtp"),
                 "seconds": args.seconds,
                 "start_delay": 0.3,
                 "signal_after": 0.3,
                 "tail": 0.5 if args.quick else 1.0,
                 "period": args.gen_period / 1000,
             }
+            if mode == "srtp":
+                assert runner is not None
+                cfg["srtp"] = {
+                    "tx": [peer_key(i, j).hex() for i in range(n) for j in range(legs)],
+                    "rx": {
+                        str(port): runner.keys[i][j]
+                        for i, call_ports in enumerate(ports)
+                        for j, port in enumerate(call_ports)
+                    },
+                }
             gen = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--role=gen"],
                 stdin=subprocess.PIPE,
@@ -986,7 +1086,9 @@ class Bench:
         step.extra["gen_user_share"] = r["gen_user_share"]
         step.gen_lag_p99_ms = r["gen_lag_p99_ms"]
         step.gen_saturated = r["gen_cpu_share"] > args.gen_limit
-        if step.mode == "relay":
+        if r.get("undecryptable"):
+            step.note += f" undecryptable {r['undecryptable']}"
+        if step.mode in ("relay", "srtp"):
             step.lost = r["lost"]
             step.lost_pct = 100.0 * r["lost"] / max(1, r["sent"])
             step.pdv_p99_ms = r.get("pdv_p99_ms")
@@ -1006,7 +1108,7 @@ class Bench:
         step.cpu_us_per_call_frame = cpu * 1e6 / frames if frames else None
         if es:
             step.engine_in = es["received"]
-            if step.mode != "relay":
+            if step.mode not in ("relay", "srtp"):
                 step.cpu_us_per_packet = cpu * 1e6 / es["received"] if es["received"] else None
                 step.ticks, step.late_ticks = es["ticks"], es["late_ticks"]
                 step.frames_sent = es["sent"]
@@ -1103,6 +1205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loops", default="uvloop,asyncio", help="loops of the embedded engine")
     p.add_argument("--mix-calls", type=int, default=50, help="calls of the mixer steps")
     p.add_argument("--no-mixer", action="store_true")
+    p.add_argument(
+        "--srtp-calls", type=int, default=0, help="calls of the SDES-SRTP relay steps (0: none)"
+    )
     p.add_argument("--no-rtpengine", action="store_true")
     p.add_argument("--rtpengine", default="rtpengine", help="the rtpengine binary")
     p.add_argument("--max-jitter-ms", type=float, default=5.0)
@@ -1332,6 +1437,23 @@ def orchestrate(args: argparse.Namespace) -> int:
                     print(relay_row(step), flush=True)
                 if args.find_max and not step.passed:
                     stopped.add(label)
+        if args.srtp_calls > 0:
+            print()
+            print(
+                f"== SRTP relay, embedded engine, {args.srtp_calls} calls: the blind relay, "
+                "then the same calls with both legs SRTP keyed by SDES (unprotect, rewrite, "
+                f"protect in place; {PACKET_BYTES + SRTP_TAG}-byte packets)"
+            )
+            print(RELAY_HEAD)
+            print(RELAY_UNITS)
+            for loop_name in mix_loops:
+                for mode in ("relay", "srtp"):
+                    if time.monotonic() - began > args.budget:
+                        print(f"skipped: --budget {args.budget:g} s spent")
+                        break
+                    step = bench.run("embedded", loop_name, mode, args.srtp_calls, section="srtp")
+                    step.note = f" [{mode}]" + step.note
+                    print(relay_row(step), flush=True)
         if not args.no_mixer and args.mix_calls > 0:
             print()
             print(
@@ -1437,6 +1559,16 @@ def orchestrate(args: argparse.Namespace) -> int:
                     f"{mix3.cpu_us_per_packet:.1f} us mix3 "
                     f"({mix3.cpu_us_per_packet / blind.cpu_us_per_packet:.2f} x)"
                 )
+    for loop_name in mix_loops:
+        by_mode = {s.mode: s for s in bench.steps if s.section == "srtp" and s.loop == loop_name}
+        plain, secure = by_mode.get("relay"), by_mode.get("srtp")
+        if plain and secure and plain.cpu_us_per_packet and secure.cpu_us_per_packet:
+            print(
+                f"srtp relay ({loop_name}, {args.srtp_calls} calls): "
+                f"{secure.cpu_us_per_packet:.1f} us CPU per relayed packet with SDES-SRTP on "
+                f"both legs, {plain.cpu_us_per_packet:.1f} us plain "
+                f"({secure.cpu_us_per_packet / plain.cpu_us_per_packet:.2f} x)"
+            )
     print(f"load average {os.getloadavg()[0]:.2f}; {time.monotonic() - began:.0f} s in all")
     if args.json:
         args.json.write_text(

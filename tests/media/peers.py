@@ -625,8 +625,9 @@ class BaresipPhone:
     up, "audio error (0,end of file)", so make it longer than the call), and records what it
     receives;
     G.711 only (PCMU and PCMA, or `codecs`), telephone-event (payload type 101) offered by
-    baresip itself. Without `registrar` its account is sip:<name>@127.0.0.1:<its port>, no
-    REGISTER, and it is called directly at `uri`; with one ("host:port"), it registers there as
+    baresip itself; SRTP with `mediaenc` (and TLS to a registrar trusted through `cafile`).
+    Without `registrar` its account is sip:<name>@127.0.0.1:<its port>, no REGISTER, and it
+    is called directly at `uri`; with one ("host:port"), it registers there as
     `username` (default `name`) with `password` (the realm is whatever the challenge says:
     baresip has no setting for it; libre 1.x digests with MD5 only).
     """
@@ -648,6 +649,8 @@ class BaresipPhone:
         codecs: Sequence[str] = ("PCMU", "PCMA"),
         lifetime: float = 60.0,
         sip_trace: bool = True,
+        mediaenc: str | None = None,
+        cafile: Path | None = None,
     ) -> None:
         assert BARESIP is not None, "baresip missing (Debian baresip)"
         if (tone is None) == (wav is None):
@@ -671,6 +674,10 @@ class BaresipPhone:
             raise ValueError(f"codecs {codecs!r}: PCMU and/or PCMA")
         self.lifetime = lifetime
         self.sip_trace = sip_trace
+        # SRTP: "srtp" (best effort) or "srtp-mand" (RTP/SAVP, required), its srtp module
+        self.mediaenc = mediaenc
+        # CA certificates for TLS (baresip 1.0 does not check the server's name)
+        self.cafile = cafile
         self.log_path = self.home / "baresip.log"
         self.port = 0
         self.ctrl_port = 0
@@ -704,6 +711,8 @@ class BaresipPhone:
                 params.append(f"auth_pass={self.password}")
         else:
             params.append("regint=0")
+        if self.mediaenc:
+            params.append(f"mediaenc={self.mediaenc}")
         return f"<{self.aor};transport={self.transport}>;" + ";".join(params) + "\n"
 
     def start(self) -> BaresipPhone:
@@ -713,6 +722,10 @@ class BaresipPhone:
                 sip=self.port, ctrl=self.ctrl_port, source=self.source, modules=BARESIP_MODULES,
                 dumps=self.dumps,
             )  # fmt: skip
+            if self.mediaenc:
+                config += "module\t\t\tsrtp.so\n"
+            if self.cafile is not None:
+                config += f"sip_cafile\t\t{self.cafile}\n"
             (self.home / "config").write_text(config)
             (self.home / "accounts").write_text(self._account())
             command = [BARESIP, "-f", str(self.home), "-t", str(round(self.lifetime))]

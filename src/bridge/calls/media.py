@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 MessageEnd = Literal["pound", "silence", "hangup", "max_length"]
+# A SIP leg's SRTP policy (SDES keys in the SDP), the `srtp` of `MediaPort.answer` / `offer`
+SRTP_POLICIES = ("off", "optional", "required")
 
 
 class MediaError(Exception):

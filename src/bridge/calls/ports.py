@@ -257,30 +257,60 @@ class MediaPort(Protocol):
     happens later comes back as `MediaEvent`s to `subscribe`d listeners.
 
     Raises (`bridge.calls.media`): `NoCommonCodec` (488), `MediaUnavailable` (503: no port),
-    `UnknownMedia` (no such call or leg), `MediaError` for the rest."""
+    `UnknownMedia` (no such call or leg), `MediaError` for the rest.
+
+    `srtp` is a SIP leg's SRTP policy (SDES, RFC 4568: keys in the SDP's `a=crypto` lines),
+    one of `bridge.calls.media.SRTP_POLICIES`: "off" (the default) never offers SRTP and
+    ignores `a=crypto` on an RTP/AVP offer, but still answers an RTP/SAVP offer with SRTP (a
+    phone that insists gets it); "optional" offers RTP/AVP with `a=crypto` (best effort) and
+    takes SRTP wherever a peer offers a usable key; "required" offers RTP/SAVP and refuses
+    (`NoCommonCodec`) an offer or answer without a usable key. A value outside these is a
+    `ValueError`."""
 
     def capabilities(self) -> MediaCapabilities: ...
 
     def subscribe(self, listener: Callable[[MediaEvent], None]) -> None: ...
 
     # SDP: offer/answer per leg
-    def answer(self, call_id: str, leg: str, offer: str, *, source: str | None = None) -> str:
+    def answer(
+        self,
+        call_id: str,
+        leg: str,
+        offer: str,
+        *,
+        source: str | None = None,
+        srtp: str = "off",
+    ) -> str:
         """Take the peer's offer (its INVITE or re-INVITE), return our answer. `source` is the
         signalling source host: a peer whose SDP names another address is behind NAT and is
-        latched on its first packet."""
+        latched on its first packet. `srtp`: the leg's policy (above); the answer keeps the
+        offer's RTP/AVP or RTP/SAVP and carries our `a=crypto` (the tag chosen, our own key)
+        when SRTP is on. A re-INVITE with the peer's key unchanged keeps the SRTP sessions; a
+        new key re-keys what we receive; our key stays. `NoCommonCodec` (488) when no stream
+        can be answered under the policy, saying why."""
         ...
 
     def offer(
-        self, call_id: str, leg: str, *, like: str | None = None, webrtc: bool = False
+        self,
+        call_id: str,
+        leg: str,
+        *,
+        like: str | None = None,
+        webrtc: bool = False,
+        srtp: str = "off",
     ) -> str:
         """Our offer toward a leg (its INVITE, or an app's `call.offer`). `like`: a leg whose
         codec goes first (so the two sides of a bridge need no transcoding). `webrtc`: the
         leg is a WebRTC app's (ICE-lite, DTLS-SRTP, `UDP/TLS/RTP/SAVPF`); an app that answers
-        plain RTP/AVP instead is taken as a plain leg."""
+        plain RTP/AVP instead is taken as a plain leg. `srtp` (not for `webrtc`): "off" plain
+        RTP/AVP, "optional" RTP/AVP with our `a=crypto`, "required" RTP/SAVP with it."""
         ...
 
     def accept(self, call_id: str, leg: str, answer: str, *, source: str | None = None) -> None:
-        """The peer's answer to our offer (its 2xx, or the app's accept)."""
+        """The peer's answer to our offer (its 2xx, or the app's accept). When the offer
+        carried our `a=crypto`: an answer line with its tag and suite turns SRTP on with the
+        peer's key; none is plain RTP after an "optional" offer and `NoCommonCodec` after a
+        "required" one."""
         ...
 
     def connecting(self, call_id: str, leg: str) -> bool:
@@ -366,13 +396,24 @@ class RelayMediaPort(Protocol):
         ...
 
     def caller_offer(
-        self, call_id: str, sdp: str, *, source: str | None = None, webrtc: bool = False
+        self,
+        call_id: str,
+        sdp: str,
+        *,
+        source: str | None = None,
+        webrtc: bool = False,
+        srtp: str = "off",
     ) -> None:
-        """The caller's offer, kept for the legs' offers (no round trip)."""
+        """The caller's offer, kept for the legs' offers (no round trip). `srtp`: the leg's
+        SRTP policy as on `MediaPort`; SDES is not done through the relay yet, so "required"
+        is `NoCommonCodec` and the others are plain RTP/AVP."""
         ...
 
-    async def offer(self, call_id: str, leg: str, *, webrtc: bool = False) -> str:
-        """The relay's offer toward a leg rung (the caller's, on the relay's ports)."""
+    async def offer(
+        self, call_id: str, leg: str, *, webrtc: bool = False, srtp: str = "off"
+    ) -> str:
+        """The relay's offer toward a leg rung (the caller's, on the relay's ports); `srtp` as
+        for `caller_offer`."""
         ...
 
     async def accept(
@@ -383,10 +424,10 @@ class RelayMediaPort(Protocol):
         ...
 
     async def renegotiate(
-        self, call_id: str, leg: str, sdp: str, *, source: str | None = None
+        self, call_id: str, leg: str, sdp: str, *, source: str | None = None, srtp: str = "off"
     ) -> str:
         """A joined leg's new offer (re-INVITE, UPDATE), answered by the relay with the other
-        side's last SDP; returns the SDP for that leg."""
+        side's last SDP; returns the SDP for that leg. `srtp` as for `caller_offer`."""
         ...
 
     def local_sdp(self, call_id: str, leg: str) -> str | None: ...

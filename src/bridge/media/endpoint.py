@@ -20,6 +20,15 @@ Once latched, the socket is `connect`ed to the peer. The kernel then drops other
 `foreign`), reads no longer build a source address (`recv_into`), and sends take the socket's
 cached route (`send`): about 2 µs less CPU per relayed packet here (docs/PERFORMANCE.md). A new
 SDP address from the peer (re-INVITE) disconnects it again until the next packet latches.
+
+SRTP keyed by SDES (a desk phone's or trunk's `a=crypto`, `use_srtp`): the leg is otherwise a
+phone's like any other, latched and connected the same way (but only on a packet that
+authenticates, `_latch_srtp`); every RTP datagram it reads is
+unprotected in the buffer, in place, before anything sees it (one that fails authentication or
+is a replay is counted in `srtp_dropped` and dropped), and every packet it sends is protected.
+(S)RTCP is handed on as it came, counted as RTCP and dropped as on a plain leg. A WebRTC leg's
+SRTP (`secure`, keyed by DTLS) is the same `SrtpSessions` once connected, also in `srtp`: the
+relay protects toward both kinds alike.
 """
 
 from __future__ import annotations
@@ -33,9 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pylibsrtp
 import structlog
 
 from bridge.media.ports import RtpSocket
+from bridge.media.srtp import SrtpSessions, pointer
 
 if TYPE_CHECKING:
     from bridge.media.webrtc import WebRtcLeg
@@ -101,6 +112,7 @@ class EndpointStats:
     sent_bytes: int = 0
     foreign: int = 0  # from a source other than the latched one
     oversized: int = 0
+    srtp_dropped: int = 0  # SDES: failed SRTP authentication, or a replay
     send_errors: int = 0
     last_received: float | None = None  # on the engine's clock
 
@@ -108,10 +120,12 @@ class EndpointStats:
 class MediaEndpoint:
     """A leg's socket: reads datagrams into a buffer and hands the accepted ones on.
 
-    `on_packet(packet, source)` gets every accepted datagram. A handler that can do better
-    than that on a connected socket (the blind relay: read, rewrite and send in one function)
-    installs itself with `read_directly`; it then calls `recv_into` itself, and hands what it
-    does not handle to `deliver`. Setting `on_packet` again removes it.
+    `on_packet(packet, source)` gets every accepted datagram (plain RTP: an SRTP leg's are
+    unprotected first). A handler that can do better than that on a connected socket (the
+    blind relay: read, rewrite and send in one function) installs itself with
+    `read_directly`; it then calls `recv_into` itself, and hands what it does not handle to
+    `deliver` (a datagram as read) or `deliver_plain` (one it unprotected). Setting
+    `on_packet` again, or `use_srtp`, removes it.
     """
 
     __slots__ = (
@@ -121,6 +135,7 @@ class MediaEndpoint:
         "_fd",
         "_loop",
         "_on_packet",
+        "_pointer",
         "_secure_connect_failed",
         "_secure_reported",
         "_secure_timer",
@@ -130,6 +145,7 @@ class MediaEndpoint:
         "peer",
         "rtp",
         "secure",
+        "srtp",
         "stats",
         "view",
     )
@@ -165,6 +181,10 @@ class MediaEndpoint:
         self._secure_reported = False
         self._secure_connect_failed = False
         self._secure_timer: asyncio.TimerHandle | None = None
+        # The leg's SRTP sessions: an SDES leg's (`use_srtp`), or a WebRTC leg's once its DTLS
+        # is connected. The relay protects toward either with them.
+        self.srtp: SrtpSessions | None = None
+        self._pointer: object = None  # cffi pointer to `buffer`, for libsrtp in place
 
     @property
     def port(self) -> int:
@@ -177,6 +197,20 @@ class MediaEndpoint:
     @on_packet.setter
     def on_packet(self, handler: Callable[[memoryview, Address], None]) -> None:
         self._on_packet = handler
+        if self._direct is not None:
+            self._direct = None
+            self._arm()
+
+    def use_srtp(self, sessions: SrtpSessions | None) -> None:
+        """SDES: from now on every datagram read is unprotected with `sessions` before anything
+        sees it and every packet sent is protected (None: plain RTP again). A direct reader
+        installed before is dropped (it was made for the other kind of leg): the relay's
+        `attach` installs its own again."""
+        if sessions is self.srtp:
+            return
+        self.srtp = sessions
+        if sessions is not None and self._pointer is None:
+            self._pointer = pointer(self.buffer)
         if self._direct is not None:
             self._direct = None
             self._arm()
@@ -259,26 +293,47 @@ class MediaEndpoint:
                 self.stats.foreign += 1
                 return
             self._deliver(size, source)
+        elif self.srtp is not None:
+            self._latch_srtp(size, source)
         elif latch.accepts(source):
             self._deliver(size, source)
             self._connect(source)
         else:
             self.stats.foreign += 1
 
+    def _latch_srtp(self, size: int, source: Address) -> None:
+        """An SDES leg's datagram before latching: only an SRTP packet that authenticates
+        latches the leg, so a stranger who knows the port cannot take its audio over (a plain
+        leg behind NAT latches on any first packet). What is not RTP from an acceptable
+        source is handed on unlatched (RTCP: counted and dropped there)."""
+        latch = self.latch
+        if not (latch.behind_nat or latch.signalled is None or source == latch.signalled):
+            self.stats.foreign += 1
+            return
+        if size >= BUFFER_BYTES:
+            self.stats.oversized += 1
+            return
+        buffer = self.buffer
+        if size < 12 or not 127 < buffer[0] < 192 or 191 < buffer[1] < 224:
+            self._hand_on(size, source)
+            return
+        size = self._unprotect(self.srtp, size)  # type: ignore[arg-type]
+        if size < 0:
+            return
+        latch.accepts(source)
+        self._hand_on(size, source)
+        self._connect(source)
+
     # -- WebRTC legs ---------------------------------------------------------------------------
     def make_secure(self, leg: WebRtcLeg) -> None:
         """From now on the socket speaks ICE-lite and DTLS-SRTP (a WebRTC app's leg)."""
         if self.peer is not None:
             self.signal(None, behind_nat=True)
+        self.srtp = None  # its keys come from the handshake
         self.secure = leg
         self._secure_reported = False
         self._arm()
         self._after_secure()
-
-    def secure_datagram(self, size: int, source: Address) -> None:
-        """A datagram of a WebRTC leg, in the buffer: STUN, DTLS or SRTP, handled as such (what
-        a direct reader does not handle itself)."""
-        self._read_secure(size, source)
 
     def _read_secure(self, size: int, source: Address) -> None:
         secure = self.secure
@@ -293,7 +348,7 @@ class MediaEndpoint:
             length = len(plain)
             if length < BUFFER_BYTES:
                 self.buffer[:length] = plain
-                self._deliver(length, source)
+                self._hand_on(length, source)
 
     def _after_secure(self) -> None:
         """Send what the WebRTC leg has to send, report its state, arm its DTLS timer."""
@@ -334,6 +389,8 @@ class MediaEndpoint:
             self._secure_connect_failed = True
             log.debug("media_connect_failed", port=self.rtp.port, error=str(exc))
             return
+        dtls = self.secure.dtls if self.secure is not None else None
+        self.srtp = dtls.srtp if dtls is not None else None  # before `peer`: the relay's test
         self.peer = selected
         self._arm()
 
@@ -352,21 +409,52 @@ class MediaEndpoint:
         except OSError as exc:
             self.receive_failed(exc)
             return
-        self.deliver(size)
-
-    def deliver(self, size: int) -> None:
-        """Hand the datagram of `size` bytes in the buffer, from the connected peer, on."""
         self._deliver(size, self.peer)  # type: ignore[arg-type]
 
+    def deliver(self, size: int) -> None:
+        """Hand the datagram of `size` bytes in the buffer, as read from the connected peer, on:
+        a WebRTC leg's as STUN, DTLS or SRTP; an SDES leg's unprotected first."""
+        if self.secure is not None:
+            self._read_secure(size, self.peer)  # type: ignore[arg-type]
+        else:
+            self._deliver(size, self.peer)  # type: ignore[arg-type]
+
+    def deliver_plain(self, size: int) -> None:
+        """Hand the plain RTP packet of `size` bytes in the buffer (unprotected already), from
+        the connected peer, on."""
+        self._hand_on(size, self.peer)  # type: ignore[arg-type]
+
     def deliver_from(self, size: int, source: Address) -> None:
-        """Hand the packet of `size` bytes in the buffer, from `source`, on."""
+        """Hand the datagram of `size` bytes in the buffer, as read from `source`, on."""
         self._deliver(size, source)
 
     def _deliver(self, size: int, source: Address) -> None:
-        stats = self.stats
+        """A datagram as read (a plain or SDES leg's)."""
         if size >= BUFFER_BYTES:  # the kernel truncated it: not an audio call's packet
-            stats.oversized += 1
+            self.stats.oversized += 1
             return
+        srtp = self.srtp
+        if srtp is not None:
+            size = self._unprotect(srtp, size)
+            if size < 0:
+                return
+        self._hand_on(size, source)
+
+    def _unprotect(self, srtp: SrtpSessions, size: int) -> int:
+        """An SDES leg's datagram, unprotected in the buffer: the plain size, or -1 (dropped,
+        counted). What is not SRTP is handed on as it came: (S)RTCP (second byte 192-223) is
+        counted as RTCP and dropped there, anything else that is not RTP as malformed."""
+        buffer = self.buffer
+        if size < 12 or not 127 < buffer[0] < 192 or 191 < buffer[1] < 224:
+            return size
+        size = srtp.unprotect_into(self._pointer, size)
+        if size < 0:
+            self.stats.srtp_dropped += 1
+        return size
+
+    def _hand_on(self, size: int, source: Address) -> None:
+        """A plain packet of `size` bytes in the buffer, to `on_packet`."""
+        stats = self.stats
         stats.received += 1
         stats.received_bytes += size
         stats.last_received = self._clock()
@@ -407,6 +495,7 @@ class MediaEndpoint:
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Send to the latched (or signalled) peer; False when there is nowhere to send yet or
         the kernel refused (counted; UDP: a lost packet, not an error of the call)."""
+        size = len(data)
         try:
             secure = self.secure
             if secure is not None:
@@ -414,19 +503,23 @@ class MediaEndpoint:
                 if protected is None or secure.remote is None:
                     return False
                 self.rtp.sock.sendto(protected, secure.remote)
-            elif self.peer is not None:
-                self.rtp.sock.send(data)
             else:
-                latch = self.latch
-                remote = latch.latched or latch.signalled
-                if remote is None:
-                    return False
-                self.rtp.sock.sendto(data, remote)
-        except (BlockingIOError, InterruptedError, OSError):
+                srtp = self.srtp
+                if srtp is not None:  # SDES
+                    data = srtp.protect(bytes(data))
+                if self.peer is not None:
+                    self.rtp.sock.send(data)
+                else:
+                    latch = self.latch
+                    remote = latch.latched or latch.signalled
+                    if remote is None:
+                        return False
+                    self.rtp.sock.sendto(data, remote)
+        except (BlockingIOError, InterruptedError, OSError, pylibsrtp.Error):
             self.stats.send_errors += 1
             return False
         self.stats.sent += 1
-        self.stats.sent_bytes += len(data)
+        self.stats.sent_bytes += size
         return True
 
 

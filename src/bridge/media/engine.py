@@ -14,7 +14,11 @@ again (`_rewire`) whenever something changes on the call:
   dropped.
 
 Every leg keeps one outgoing stream (`StreamRewriter`) across these, so a phone never sees
-its stream jump. A housekeeping tick once a second ends calls whose peers went silent
+its stream jump. A SIP leg may be SRTP keyed by SDES (`a=crypto`, media/sdes.py, under the
+`srtp` policy of `answer` and `offer`): its endpoint unprotects what it reads and protects
+what it sends, so the relay and the mix see plain RTP from it as from any other leg.
+
+A housekeeping tick once a second ends calls whose peers went silent
 (`media.timeout_seconds`: `MediaTimeout`) and keeps the figures the metrics scrape.
 """
 
@@ -54,8 +58,19 @@ from bridge.media.prompts import SilenceDetector
 from bridge.media.recording import RecordingError, RecordingWriter, VoicemailWriter
 from bridge.media.relay import BlindRelay, RelayLeg
 from bridge.media.rtp import RtpHeader, StreamRewriter
+from bridge.media.sdes import (
+    OFFERED_SUITE,
+    Crypto,
+    SdesRefused,
+    answer_crypto,
+    check_policy,
+    negotiate_srtp,
+    new_key,
+    offered_crypto,
+)
 from bridge.media.sdp import (
     RTP_AVP,
+    RTP_SAVP,
     SAVPF,
     Negotiated,
     SdpError,
@@ -67,6 +82,7 @@ from bridge.media.sdp import (
     parse_sdp,
 )
 from bridge.media.session import MixingSession
+from bridge.media.srtp import SrtpSessions
 from bridge.media.webrtc import DtlsIdentity, WebRtcLeg, check_candidates, read_remote
 
 __all__ = ["EMBEDDED", "EmbeddedMedia", "EngineTotals"]
@@ -116,6 +132,15 @@ class _Message:
 
 
 @dataclass(eq=False)
+class _Sdes:
+    """A leg's SDES keys: ours (`local`: what we send with, in our `a=crypto`) and the peer's
+    (`remote`: what it sends with). The sessions are the endpoint's `srtp`."""
+
+    local: Crypto
+    remote: Crypto
+
+
+@dataclass(eq=False)
 class _Leg:
     name: str
     rtp: RtpSocket
@@ -132,6 +157,9 @@ class _Leg:
     active_since: float | None = None  # in a relay or mix since (for the RTP timeout)
     webrtc: WebRtcLeg | None = None  # offered to a WebRTC app (ICE-lite, DTLS-SRTP)
     connecting: asyncio.TimerHandle | None = None  # the WebRTC handshake's deadline
+    sdes: _Sdes | None = None  # SRTP keyed by SDES, on (else plain RTP)
+    offered_crypto: Crypto | None = None  # our a=crypto in our last offer to the leg
+    offered_srtp: str = "off"  # the policy of that offer
 
 
 @dataclass(eq=False)
@@ -159,6 +187,7 @@ class EngineTotals:
     lost: int = 0
     foreign: int = 0
     malformed: int = 0
+    srtp_dropped: int = 0  # SDES legs: SRTP packets that failed authentication, or replays
     timeouts: int = 0
     recordings: int = 0
     recording_failures: int = 0
@@ -203,12 +232,32 @@ class EmbeddedMedia:
     def subscribe(self, listener: Callable[[MediaEvent], None]) -> None:
         self._listeners.append(listener)
 
-    def answer(self, call_id: str, leg: str, offer: str, *, source: str | None = None) -> str:
+    def answer(
+        self,
+        call_id: str,
+        leg: str,
+        offer: str,
+        *,
+        source: str | None = None,
+        srtp: str = "off",
+    ) -> str:
+        """Answer a SIP peer's offer (see `MediaPort.answer`). SRTP by SDES when the chosen
+        stream is RTP/SAVP (whatever the policy), or RTP/AVP with a usable `a=crypto` line and
+        `srtp` not "off"; "required" refuses a stream without one (media/sdes.py)."""
+        check_policy(srtp)
         description = _parse(offer)
-        chosen = negotiate(description)
-        if chosen is None:
-            raise NoCommonCodec("no PCMU or PCMA audio stream over RTP/AVP in the offer")
+        try:
+            chosen, theirs = negotiate_srtp(description, srtp)
+        except SdesRefused as exc:
+            raise NoCommonCodec(str(exc)) from None
         entry = self._leg(call_id, leg, create=True)
+        crypto: tuple[str, ...] = ()
+        if theirs is not None:
+            ours = Crypto(theirs.tag, theirs.suite, self._sending_key(entry, theirs.suite))
+            self._use_sdes(entry, ours, theirs)
+            crypto = (ours.value,)
+        else:
+            self._plain(entry)
         self._set_remote(entry, chosen, source)
         entry.version += 1
         entry.local = build_answer(
@@ -218,13 +267,25 @@ class EmbeddedMedia:
             entry.rtp.port,
             entry.session_id,
             entry.version,
+            proto=description.media[chosen.media_index].proto,
+            crypto=crypto,
         )
         self._rewire(self._calls[call_id])
         return entry.local
 
     def offer(
-        self, call_id: str, leg: str, *, like: str | None = None, webrtc: bool = False
+        self,
+        call_id: str,
+        leg: str,
+        *,
+        like: str | None = None,
+        webrtc: bool = False,
+        srtp: str = "off",
     ) -> str:
+        """Our offer toward a leg (see `MediaPort.offer`). `srtp` (SIP legs; a WebRTC leg's is
+        DTLS-SRTP anyway): "off" plain RTP/AVP, "optional" RTP/AVP with our `a=crypto`,
+        "required" RTP/SAVP with it."""
+        check_policy(srtp)
         entry = self._leg(call_id, leg, create=True)
         codecs = ("PCMU", "PCMA")
         other = self._calls[call_id].legs.get(like) if like is not None else None
@@ -233,11 +294,22 @@ class EmbeddedMedia:
             codecs = (first, *(c for c in codecs if c != first))
         entry.offered_codecs = codecs
         entry.version += 1
+        entry.offered_crypto, entry.offered_srtp = None, "off"
         if not webrtc:
+            if srtp != "off":
+                entry.offered_crypto = offered_crypto(self._sending_key(entry, OFFERED_SUITE))
+                entry.offered_srtp = srtp
             entry.local = build_offer(
-                entry.session_id, entry.version, self.advertised, entry.rtp.port, codecs
+                entry.session_id,
+                entry.version,
+                self.advertised,
+                entry.rtp.port,
+                codecs,
+                proto=RTP_SAVP if srtp == "required" else RTP_AVP,
+                crypto=(entry.offered_crypto.value,) if entry.offered_crypto else (),
             )
             return entry.local
+        entry.sdes = None  # (its endpoint's SRTP is DTLS's from now on)
         if entry.webrtc is None:
             if self._identity is None:
                 self._identity = DtlsIdentity()
@@ -262,9 +334,25 @@ class EmbeddedMedia:
         entry = self._leg(call_id, leg)
         description = _parse(answer)
         if entry.webrtc is None:
-            chosen = negotiate(description, supported=entry.offered_codecs)
+            offered = entry.offered_crypto
+            protos = (RTP_AVP,) if offered is None else (RTP_AVP, RTP_SAVP)
+            chosen = negotiate(description, supported=entry.offered_codecs, protos=protos)
             if chosen is None:
                 raise NoCommonCodec("the answer has no codec of our offer")
+            media = description.media[chosen.media_index]
+            theirs = answer_crypto(media, offered) if offered is not None else None
+            if theirs is not None:
+                assert offered is not None
+                self._use_sdes(entry, offered, theirs)
+            elif offered is not None and (
+                entry.offered_srtp == "required" or media.proto == RTP_SAVP
+            ):
+                raise NoCommonCodec(
+                    f"the answer has no usable a=crypto for our SRTP offer (tag {offered.tag} "
+                    f"{offered.suite})"
+                )
+            else:
+                self._plain(entry)
             self._set_remote(entry, chosen, source)
         else:
             chosen = negotiate(description, supported=entry.offered_codecs, protos=(SAVPF, RTP_AVP))
@@ -277,6 +365,7 @@ class EmbeddedMedia:
                 entry.webrtc = None
                 entry.endpoint.secure = None
                 entry.endpoint.on_secure = None
+                self._plain(entry)
                 self._set_remote(entry, chosen, source)
             else:
                 try:
@@ -577,6 +666,36 @@ class EmbeddedMedia:
         call.legs[leg] = entry
         return entry
 
+    def _sending_key(self, entry: _Leg, suite: str) -> bytes:
+        """Our key for the leg's `a=crypto`: the one we send with while that session goes on
+        (a re-INVITE, a re-offer: same suite), else a fresh one."""
+        state = entry.sdes
+        if state is not None and entry.endpoint.srtp is not None and state.local.suite == suite:
+            return state.local.key
+        return new_key()
+
+    def _use_sdes(self, entry: _Leg, ours: Crypto, theirs: Crypto) -> None:
+        """SRTP on the leg: sending with our key, receiving with the peer's. Sessions that
+        have these keys already go on (a re-INVITE that changes nothing); a new peer key
+        re-keys the receiving side alone; a new key of ours (or suite) is a new pair. A sending
+        session is only ever made with a fresh key, so no key stream is used twice."""
+        state, sessions = entry.sdes, entry.endpoint.srtp
+        if (
+            sessions is None
+            or state is None
+            or state.local.key != ours.key
+            or sessions.profile != ours.profile
+        ):
+            entry.endpoint.use_srtp(SrtpSessions(ours.key, theirs.key, ours.profile))
+        elif state.remote.key != theirs.key:
+            sessions.set_receive(theirs.key)
+        entry.sdes = _Sdes(ours, theirs)
+
+    def _plain(self, entry: _Leg) -> None:
+        """Plain RTP on the leg (again)."""
+        entry.sdes = None
+        entry.endpoint.use_srtp(None)
+
     def _set_remote(self, entry: _Leg, chosen: Negotiated, source: str | None) -> None:
         try:
             address = resolve(chosen.address, chosen.port)
@@ -829,5 +948,6 @@ def _add_leg(totals: EngineTotals, entry: _Leg) -> None:
     totals.sent += stats.sent
     totals.sent_bytes += stats.sent_bytes
     totals.foreign += stats.foreign + stats.oversized
+    totals.srtp_dropped += stats.srtp_dropped
     if entry.relay is not None:
         totals.lost += entry.relay.reception.lost

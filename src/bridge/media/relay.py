@@ -12,7 +12,8 @@ This is the path of a call with no monitor, recording or prompt active. The pack
 in the receiving endpoint's buffer and sent from there: no copy when no transcoding is needed.
 Once a leg is latched (its socket connected; for a WebRTC app, its SRTP keys agreed), its
 direction is one function on the socket's reader (`_reader`): read (and unprotect), check,
-rewrite, send (and protect). The rest goes through `forward`.
+rewrite, send (and protect). The rest goes through `forward`. SRTP legs, a WebRTC app's (DTLS)
+or a phone's (SDES), are unprotected and protected in that buffer, in place (media/srtp.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pylibsrtp
 import structlog
-from pylibsrtp._binding import ffi as _ffi
 
 from bridge.media import g711
 from bridge.media.endpoint import BUFFER_BYTES, MediaEndpoint
 from bridge.media.rtp import RtpError, RtpHeader, StreamRewriter, is_rtcp, parse_rtp
+from bridge.media.srtp import pointer
 
 _FIXED = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 
@@ -144,12 +144,12 @@ class BlindRelay:
         1,000 legs this is what keeps the packet path in the cache (docs/PERFORMANCE.md,
         "Media relay")."""
         source = src.endpoint
-        buffer, view = source.buffer, source.view
+        buffer = source.buffer
         relay = self._relay_one(src, dst)
         failed = source.receive_failed
+        recv_into, deliver = source.rtp.sock.recv_into, source.deliver
         secure = source.secure
-        if secure is None:
-            recv_into, deliver = source.rtp.sock.recv_into, source.deliver
+        if secure is None and source.srtp is None:
 
             def read() -> None:
                 try:
@@ -164,12 +164,12 @@ class BlindRelay:
 
             return read
 
-        # A WebRTC app's leg, its socket connected to the pair its ICE nominated: SRTP is
-        # unprotected into the buffer and relayed as above; STUN (consent checks), DTLS and
-        # RTCP go the endpoint's way.
-        recv_into = source.rtp.sock.recv_into
-        other, deliver = source.secure_datagram, source.deliver
-        pointer = _ffi.from_buffer(buffer)  # libsrtp unprotects in place
+        # An SRTP leg: a WebRTC app's, its socket connected to the pair its ICE nominated, or
+        # a phone's keyed by SDES (the engine attaches the relay again when its keys change).
+        # SRTP is unprotected into the buffer and relayed as above; the rest (STUN, DTLS,
+        # (S)RTCP, oversized) goes the endpoint's way (`deliver`), as does a packet the fast
+        # path does not take once it is plain (`deliver_plain`).
+        plain, ptr, stats = source.deliver_plain, pointer(buffer), source.stats
 
         def read_secure() -> None:
             try:
@@ -179,41 +179,39 @@ class BlindRelay:
             except OSError as exc:
                 failed(exc)
                 return
-            if size >= BUFFER_BYTES or not 127 < buffer[0] < 192 or 191 < buffer[1] < 224:
-                other(size, source.peer)  # (RTCP: 192-223 in the second byte)
-                return
-            dtls = secure.dtls
-            assert dtls is not None  # connected: the reader runs only then
-            if dtls.in_place:
-                size = dtls.unprotect_into(pointer, size)
-                if size < 0:
-                    secure.dropped += 1
-                    return
-            else:
-                try:
-                    plain = dtls.unprotect(bytes(view[:size]))
-                except pylibsrtp.Error:
-                    secure.dropped += 1
-                    return
-                size = len(plain)
-                buffer[:size] = plain
-            if not relay(size):
+            srtp = source.srtp
+            if (
+                size >= BUFFER_BYTES
+                or not 127 < buffer[0] < 192
+                or 191 < buffer[1] < 224  # RTCP: 192-223 in the second byte
+                or srtp is None
+            ):
                 deliver(size)
+                return
+            size = srtp.unprotect_into(ptr, size)
+            if size < 0:  # authentication failed, a replay
+                if secure is not None:
+                    secure.dropped += 1
+                else:
+                    stats.srtp_dropped += 1
+                return
+            if not relay(size):
+                plain(size)
 
         return read_secure
 
     def _relay_one(self, src: RelayLeg, dst: RelayLeg) -> Callable[[int], bool]:
         """The fast path for the plain RTP packet of `size` bytes in `src`'s buffer: a version
         2 header of 12 bytes carrying the codec both legs negotiated, toward a `dst` that is
-        ready. True when it was relayed (or lost to the kernel), False to take the general
-        way."""
+        ready (protected in place when `dst` is an SRTP leg). True when it was relayed (or
+        lost to the kernel), False to take the general way."""
         source, target = src.endpoint, dst.endpoint
         buffer, view = source.buffer, source.view
         send = target.rtp.sock.send
         unpack = _FIXED.unpack_from
         received, sent, stats = source.stats, target.stats, self.stats
         reception, stream, clock = src.reception, dst.stream, self._clock
-        pointer = _ffi.from_buffer(buffer)  # libsrtp protects in place (room for its tag)
+        ptr = pointer(buffer)  # libsrtp protects in place (room for its tag)
 
         def relay(size: int) -> bool:
             if size < 12:
@@ -222,7 +220,7 @@ class BlindRelay:
             pt = second & 0x7F
             if first != 0x80 or pt != src.payload_type or pt != dst.payload_type:
                 return False
-            secure = target.secure
+            srtp = target.srtp
             if target.peer is None:  # (a WebRTC leg's: connected once its keys are there)
                 return False
             now = clock()
@@ -232,16 +230,14 @@ class BlindRelay:
             try:
                 reception.update(sequence, timestamp, now, 8000)
                 stream.rewrite_fields(buffer, sequence, timestamp, ssrc, src, now)
-                if secure is None:
+                if srtp is None:
                     send(view[:size])
-                elif secure.dtls.in_place:  # type: ignore[union-attr]
-                    protected = secure.dtls.protect_into(pointer, size)  # type: ignore[union-attr]
+                else:
+                    protected = srtp.protect_into(ptr, size)
                     if protected < 0:
                         sent.send_errors += 1
                         return True
                     send(view[:protected])
-                else:
-                    send(secure.protect(bytes(view[:size])))
             except OSError:  # UDP: a lost packet, not an error of the call
                 sent.send_errors += 1
                 return True

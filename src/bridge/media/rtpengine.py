@@ -51,6 +51,7 @@ from typing import Any
 import structlog
 
 from bridge.calls.media import (
+    SRTP_POLICIES,
     DtmfReceived,
     MediaCapabilities,
     MediaError,
@@ -241,11 +242,18 @@ class RtpengineMedia:
         _check_codecs(sdp, webrtc, what)
 
     def caller_offer(
-        self, call_id: str, sdp: str, *, source: str | None = None, webrtc: bool = False
+        self,
+        call_id: str,
+        sdp: str,
+        *,
+        source: str | None = None,
+        webrtc: bool = False,
+        srtp: str = "off",
     ) -> None:
         """The caller's SDP offer (its INVITE): kept for the legs' offers. `NoCommonCodec` when
         it has no PCMU/PCMA stream (SIP answers 488 before routing). No round trip: the
-        caller's answer comes from `accept`, when a leg answers."""
+        caller's answer comes from `accept`, when a leg answers. `srtp`: see `_no_sdes`."""
+        _no_sdes(srtp)
         _check_codecs(sdp, webrtc, "the offer")
         call = self._calls.get(call_id)
         if call is None:
@@ -257,9 +265,12 @@ class RtpengineMedia:
         caller = call.legs.setdefault(CALLER, _Leg(CALLER))
         caller.webrtc = webrtc
 
-    async def offer(self, call_id: str, leg: str, *, webrtc: bool = False) -> str:
+    async def offer(
+        self, call_id: str, leg: str, *, webrtc: bool = False, srtp: str = "off"
+    ) -> str:
         """rtpengine's offer toward a leg rung (its INVITE): the caller's SDP rewritten onto
-        rtpengine's ports of this leg's branch, in the leg's transport."""
+        rtpengine's ports of this leg's branch, in the leg's transport. `srtp`: `_no_sdes`."""
+        _no_sdes(srtp)
         call = self._call(call_id)
         if call.caller_sdp is None:
             raise MediaError("no offer from the caller yet")
@@ -317,13 +328,14 @@ class RtpengineMedia:
         return caller.local
 
     async def renegotiate(
-        self, call_id: str, leg: str, sdp: str, *, source: str | None = None
+        self, call_id: str, leg: str, sdp: str, *, source: str | None = None, srtp: str = "off"
     ) -> str:
         """A new offer from a joined leg (the caller or its peer: a re-INVITE or UPDATE with
         SDP for hold, a new address, a session refresh). rtpengine takes it as an offer from
         that side, and the other side's last SDP answers it, so the other side is not asked
         again (each side of a B2BUA negotiates on its own). Returns the SDP for `leg` (the
-        body of our 2xx)."""
+        body of our 2xx). `srtp`: `_no_sdes`."""
+        _no_sdes(srtp)
         call = self._call(call_id)
         other = self._other(call, leg)
         if other is None:
@@ -612,6 +624,16 @@ class RtpengineMedia:
         if call is None or leg not in call.legs or not 0 <= event < len(_DIGITS):
             return
         self._emit(DtmfReceived(call.call_id, leg, _DIGITS[event]))
+
+
+def _no_sdes(srtp: str) -> None:
+    """A SIP leg's SRTP policy (`MediaPort`'s `srtp`): SDES is not done through rtpengine yet
+    (every side is plain RTP/AVP, `SDES: off`), so "required" cannot be met; "optional" and
+    "off" are plain RTP, as an "optional" offer answered without `a=crypto` would be."""
+    if srtp not in SRTP_POLICIES:
+        raise ValueError(f"srtp policy {srtp!r} is not one of {', '.join(SRTP_POLICIES)}")
+    if srtp == "required":
+        raise NoCommonCodec("SRTP (SDES) is not offered through rtpengine yet")
 
 
 def _check_codecs(sdp: str, webrtc: bool, what: str) -> None:

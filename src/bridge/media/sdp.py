@@ -10,19 +10,26 @@ ptime, direction, rtcp-mux) and every attribute raw (ICE, crypto, DTLS fingerpri
 WebRTC side reads those). Malformed input is an `SdpError` and never another exception, since
 the body comes from the network.
 
-Peers of the SIP side negotiate plain RTP/AVP only: an SAVP/SAVPF (SRTP, DTLS) stream answered
-as RTP/AVP would be wrong in both directions, so such an offer has no usable codec there. The
-WebRTC legs (apps) get `build_webrtc_offer` and their answers are read with
-`negotiate(..., protos=(SAVPF,))` (media/webrtc.py does the transport).
+Peers of the SIP side negotiate RTP/AVP, or SRTP keyed in the SDP (SDES, RFC 4568): an
+`RTP/SAVP` stream, or an `RTP/AVP` one with `a=crypto` lines (best-effort SRTP). The stream is
+chosen by `negotiate(..., protos=(RTP_AVP, RTP_SAVP), usable=...)` under the leg's SRTP policy
+(media/sdes.py reads and writes the `a=crypto` lines and decides), and `build_offer` /
+`build_answer` write the protocol and the `a=crypto` lines they are given. An SAVPF stream
+(DTLS-SRTP) from a SIP peer has no usable codec. The WebRTC legs (apps) get
+`build_webrtc_offer` and their answers are read with `negotiate(..., protos=(SAVPF,))`
+(media/webrtc.py does the transport).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
     "DIRECTIONS",
+    "RTP_AVP",
+    "RTP_SAVP",
+    "SAVPF",
     "STATIC_PAYLOAD_TYPES",
     "Connection",
     "MediaDescription",
@@ -47,6 +54,8 @@ _ANSWER_DIRECTION = {  # RFC 3264 section 6.1
     "inactive": "inactive",
 }
 RTP_AVP = "RTP/AVP"
+RTP_SAVP = "RTP/SAVP"  # SRTP keyed by SDES (a=crypto), from desk phones and trunks
+_PLAIN_SIP = (RTP_AVP, RTP_SAVP)  # no ICE: 0.0.0.0 is RFC 2543 hold there
 SAVPF = "UDP/TLS/RTP/SAVPF"
 
 
@@ -336,16 +345,20 @@ def negotiate(
     supported: Iterable[str] = ("PCMU", "PCMA"),
     telephone_event: bool = True,
     protos: Iterable[str] = (RTP_AVP,),
+    usable: Callable[[MediaDescription], bool] | None = None,
 ) -> Negotiated | None:
     """The codec to answer an offer with: in the first audio stream of one of `protos` (port
     not 0) that has one, the first of the offer's payload types the bridge supports (the
     offerer's order is its preference). Static 0/8 count without an rtpmap; dynamic ones by
-    rtpmap name (case-insensitive) at 8000 Hz, mono. None: no usable codec, the SIP layer
-    answers 488. Also reads an answer to our offer the same way."""
+    rtpmap name (case-insensitive) at 8000 Hz, mono. `usable`, when given, passes over the
+    streams it says False of (SDES: an SRTP stream without a key we can use). None: no usable
+    codec, the SIP layer answers 488. Also reads an answer to our offer the same way."""
     wanted = {name.upper() for name in supported}
     allowed = set(protos)
     for index, media in enumerate(offer.media):
         if media.media != "audio" or media.port == 0 or media.proto not in allowed:
+            continue
+        if usable is not None and not usable(media):
             continue
         chosen = next((pt for pt in media.payload_types if _is_g711(media.codec(pt), wanted)), None)
         if chosen is None or media.connection is None:
@@ -366,7 +379,7 @@ def negotiate(
             )
         offered = media.direction
         # (ICE peers write 0.0.0.0 and port 9 as a placeholder: no hold there)
-        if media.connection.on_hold and offered == "sendrecv" and media.proto == RTP_AVP:
+        if media.connection.on_hold and offered == "sendrecv" and media.proto in _PLAIN_SIP:
             offered = "sendonly"  # RFC 2543 hold: it may send, it wants nothing back
         return Negotiated(
             media_index=index,
@@ -403,6 +416,11 @@ def _check_direction(direction: str) -> None:
         raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
 
 
+def _check_proto(proto: str) -> None:
+    if proto not in _PLAIN_SIP:
+        raise ValueError(f"protocol {proto!r} is not {RTP_AVP} or {RTP_SAVP}")
+
+
 def build_offer(
     session_id: int,
     version: int,
@@ -412,10 +430,15 @@ def build_offer(
     telephone_event_pt: int | None = 101,
     ptime: int = 20,
     direction: str = "sendrecv",
+    *,
+    proto: str = RTP_AVP,
+    crypto: Sequence[str] = (),
 ) -> str:
-    """The bridge's offer: one RTP/AVP audio stream with `codecs` (of PCMU, PCMA, in order of
-    preference) and telephone-event (unless `telephone_event_pt` is None), CRLF lines."""
+    """The bridge's offer: one audio stream with `codecs` (of PCMU, PCMA, in order of
+    preference) and telephone-event (unless `telephone_event_pt` is None), CRLF lines.
+    `proto` RTP/AVP or RTP/SAVP; `crypto`: the values of its `a=crypto` lines (SDES)."""
     _check_direction(direction)
+    _check_proto(proto)
     pts = []
     for name in codecs:
         if name.upper() not in _STATIC_BY_NAME:
@@ -427,7 +450,7 @@ def build_offer(
         raise ValueError(f"telephone-event payload type {telephone_event_pt} is not dynamic")
     formats = [*pts, *([telephone_event_pt] if telephone_event_pt is not None else [])]
     lines = _session_lines(session_id, version, address)
-    lines.append(f"m=audio {port} {RTP_AVP} {' '.join(map(str, formats))}")
+    lines.append(f"m=audio {port} {proto} {' '.join(map(str, formats))}")
     lines += [f"a=rtpmap:{pt} {STATIC_PAYLOAD_TYPES[pt].encoding}/8000" for pt in pts]
     if telephone_event_pt is not None:
         lines += [
@@ -435,6 +458,7 @@ def build_offer(
             f"a=fmtp:{telephone_event_pt} 0-16",
         ]
     lines += [f"a=ptime:{ptime}", f"a={direction}"]
+    lines += [f"a=crypto:{value}" for value in crypto]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -447,14 +471,18 @@ def build_answer(
     version: int,
     *,
     ptime: int = 20,
+    proto: str = RTP_AVP,
+    crypto: Sequence[str] = (),
 ) -> str:
     """The bridge's answer to an offer (`offer_media`: the offer's `media`, every m= line).
 
     RFC 3264 section 6: as many m= lines as the offer, in its order; the negotiated stream
     with the one codec and telephone-event, the answered direction, and rtcp-mux when offered;
     every other stream rejected with port 0 (the formats of the offer kept, as the grammar
-    needs at least one)."""
+    needs at least one). `proto`: the negotiated stream's (the offer's, RTP/AVP or RTP/SAVP);
+    `crypto`: the values of its `a=crypto` lines (SDES: our key for the tag chosen)."""
     _check_direction(negotiated.direction)
+    _check_proto(proto)
     if not 0 <= negotiated.media_index < len(offer_media):
         raise ValueError(f"media index {negotiated.media_index} is not in the offer")
     lines = _session_lines(session_id, version, address)
@@ -464,13 +492,14 @@ def build_answer(
             continue
         pt, events = negotiated.payload_type, negotiated.telephone_event
         formats = [pt, *([events] if events is not None else [])]
-        lines.append(f"m=audio {port} {RTP_AVP} {' '.join(map(str, formats))}")
+        lines.append(f"m=audio {port} {proto} {' '.join(map(str, formats))}")
         lines.append(f"a=rtpmap:{pt} {negotiated.encoding}/{negotiated.clock_rate}")
         if events is not None:
             lines += [f"a=rtpmap:{events} telephone-event/8000", f"a=fmtp:{events} 0-16"]
         lines += [f"a=ptime:{ptime}", f"a={negotiated.direction}"]
         if negotiated.rtcp_mux:
             lines.append("a=rtcp-mux")
+        lines += [f"a=crypto:{value}" for value in crypto]
     return "\r\n".join(lines) + "\r\n"
 
 

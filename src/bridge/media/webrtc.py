@@ -42,10 +42,9 @@ from aiortc.rtcdtlstransport import (
 )
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
-from pylibsrtp._binding import ffi as _ffi
-from pylibsrtp._binding import lib as _lib
 
 from bridge.media.sdp import MediaDescription, SdpError, SessionDescription
+from bridge.media.srtp import SrtpSessions
 
 __all__ = [
     "DtlsIdentity",
@@ -175,10 +174,7 @@ class DtlsSrtp:
             self._ssl.set_connect_state()
         self.connected = False
         self.failed: str | None = None
-        self._rx: pylibsrtp.Session | None = None
-        self._tx: pylibsrtp.Session | None = None
-        self._rx_context: object = None
-        self._tx_context: object = None
+        self.srtp: SrtpSessions | None = None  # once the handshake agreed the keys
 
     def start(self) -> list[bytes]:
         """The client's first flight (nothing for a server: it waits for the ClientHello)."""
@@ -245,30 +241,11 @@ class DtlsSrtp:
         )
         # RFC 5764 section 4.2: the client's key first, then the server's
         ours, theirs = (1, 0) if self.server else (0, 1)
-        rx = pylibsrtp.Policy(
-            key=profile.get_key_and_salt(material, theirs),
-            ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
-            srtp_profile=profile.libsrtp_profile,
+        self.srtp = SrtpSessions(
+            profile.get_key_and_salt(material, ours),
+            profile.get_key_and_salt(material, theirs),
+            profile.libsrtp_profile,
         )
-        rx.allow_repeat_tx = True
-        rx.window_size = 1024
-        tx = pylibsrtp.Policy(
-            key=profile.get_key_and_salt(material, ours),
-            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-            srtp_profile=profile.libsrtp_profile,
-        )
-        tx.allow_repeat_tx = True
-        self._rx = pylibsrtp.Session(policy=rx)
-        self._tx = pylibsrtp.Session(policy=tx)
-        # libsrtp works in place: the relay protects and unprotects in the engine's buffer,
-        # with no copies and no Python in between (pylibsrtp's own calls copy in and out:
-        # about half the cost of a WebRTC packet here, docs/PERFORMANCE.md)
-        try:
-            self._rx_context = self._rx._srtp[0]
-            self._tx_context = self._tx._srtp[0]
-        except (AttributeError, TypeError):  # another pylibsrtp: its own calls only
-            self._rx_context = self._tx_context = None
-        self._length = _ffi.new("int *")
         self.connected = True
 
     def _outgoing(self) -> list[bytes]:
@@ -279,41 +256,19 @@ class DtlsSrtp:
             except SSL.Error:  # WantReadError: nothing more to send
                 return out
 
-    @property
-    def in_place(self) -> bool:
-        """Whether `protect_into` / `unprotect_into` can be used."""
-        return self._tx_context is not None
-
-    def protect_into(self, buffer: object, size: int) -> int:
-        """Protect the RTP packet of `size` bytes at the start of `buffer` (a cffi pointer to a
-        buffer with room for the 10-byte tag) in place: its new size, or -1."""
-        length = self._length
-        length[0] = size
-        if _lib.srtp_protect(self._tx_context, buffer, length) != 0:
-            return -1
-        return int(length[0])
-
-    def unprotect_into(self, buffer: object, size: int) -> int:
-        """Unprotect the SRTP packet of `size` bytes at the start of `buffer` in place: the
-        plain packet's size, or -1 (authentication failed, a replay)."""
-        length = self._length
-        length[0] = size
-        if _lib.srtp_unprotect(self._rx_context, buffer, length) != 0:
-            return -1
-        return int(length[0])
-
+    # The SRTP of the leg, once connected (`srtp`: the relay works on it in place)
     def protect(self, packet: bytes) -> bytes:
-        assert self._tx is not None
-        return self._tx.protect(packet)
+        assert self.srtp is not None
+        return self.srtp.protect(packet)
 
     def unprotect(self, packet: bytes) -> bytes:
         """The plain RTP packet; `pylibsrtp.Error` for one that fails authentication."""
-        assert self._rx is not None
-        return self._rx.unprotect(packet)
+        assert self.srtp is not None
+        return self.srtp.unprotect(packet)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
-        assert self._rx is not None
-        return self._rx.unprotect_rtcp(packet)
+        assert self.srtp is not None
+        return self.srtp.unprotect_rtcp(packet)
 
 
 def _ssl_reason(exc: SSL.Error) -> str:

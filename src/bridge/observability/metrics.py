@@ -129,6 +129,11 @@ class Metrics:
         self.sip_transactions = Gauge(
             "bridge_sip_transactions", "Live SIP transactions", registry=r
         )
+        self.event_loop_tasks = Gauge(
+            "bridge_event_loop_tasks",
+            "Tasks not done yet on the daemon's asyncio event loop (read at scrape time)",
+            registry=r,
+        )
         self.sip_admission = Counter(
             "bridge_sip_admission_total",
             "New INVITEs (kind=call) and REGISTERs (kind=registration) by outcome: admitted, or"
@@ -352,6 +357,12 @@ class _MediaCollector:
             "bridge_media_packets_dropped",
             "Datagrams dropped: from a source other than the latched peer, or oversized",
             value=totals.foreign,
+        )
+        yield CounterMetricFamily(
+            "bridge_media_srtp_dropped",
+            "SRTP packets of SDES legs dropped: failed authentication (a wrong key, a forged or"
+            " corrupted packet) or replayed",
+            value=totals.srtp_dropped,
         )
         jitter = engine.jitter_seconds()
         yield GaugeMetricFamily(
