@@ -149,6 +149,10 @@ class SipSettings(_Section):
     # about a hundred datagrams: a burst or a pause of a few ms at hundreds of calls/s drops
     # some, and their retransmissions add load. The kernel caps it at net.core.rmem_max.
     udp_buffer_bytes: Annotated[int, Field(ge=65536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    # RFC 3261 T1, the round-trip estimate every retransmission and transaction timeout
+    # derives from (a request with no answer is given up after 64*T1: 32 s by default).
+    # Lower on a LAN to find dead phones and trunks sooner; raise on slow satellite links.
+    timer_t1_ms: Annotated[int, Field(ge=50, le=5000)] = 500
     overload: OverloadSettings = OverloadSettings()
     # Registrations kept across a restart (bridge.sip.state; relative to the config file's
     # folder, like the event outbox). Empty: not kept.

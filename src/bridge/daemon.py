@@ -24,6 +24,7 @@ from bridge.directory.loader import DirectoryError
 from bridge.directory.model import Directory
 from bridge.sip.service import MetricsCounters
 from bridge.sip.tls import TlsContexts
+from bridge.sip.transaction import TimerSettings
 from bridge.sip.transport import SipEndpoint
 
 log = structlog.get_logger("bridge")
@@ -186,6 +187,8 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # all_tasks copies the loop's task set first: safe from the scrape's worker thread.
+        self.ctx.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -252,6 +255,7 @@ class Daemon:
             sip,
             counters=MetricsCounters(self.ctx.metrics),
             udp_buffer_bytes=settings.udp_buffer_bytes,
+            timers=TimerSettings(t1=settings.timer_t1_ms / 1000),
             tls=_tls_contexts(self.settings),
             stream_keepalive_seconds=settings.keepalive_seconds,
         )

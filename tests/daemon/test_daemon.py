@@ -282,3 +282,12 @@ def test_sip_port_in_use_fails_start(demo_dir: Path) -> None:
 def test_readyz_lists_both_listeners(daemon: Running) -> None:
     status, body = get(f"{daemon.base}/readyz")
     assert status == 200 and body["listeners"] == ["http", "sip"]
+
+
+def test_metrics_count_the_event_loops_tasks(daemon: Running) -> None:
+    # bridge_event_loop_tasks is read at scrape time (bench/soak.py watches it for leaks).
+    with urllib.request.urlopen(f"{daemon.base}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    tasks = [line for line in text.splitlines() if line.startswith("bridge_event_loop_tasks ")]
+    assert len(tasks) == 1
+    assert float(tasks[0].split()[1]) >= 1  # at least the HTTP server's own task

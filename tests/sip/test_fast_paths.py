@@ -34,7 +34,7 @@ def name_addrs(draw: st.DrawFn) -> str:
     return f"{display}<{uri}>{tail}"
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.one_of(_TEXT, name_addrs()))
 def test_header_params_fast_path_matches_the_scan(value: str) -> None:
     # For one value (no top-level comma) the shortcut must equal the character scan.
@@ -61,7 +61,7 @@ def digest_values(draw: st.DrawFn) -> str:
     return separator.join(f"{n}={v}" for n, v in pairs)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(digest_values())
 def test_digest_regex_path_matches_the_scanner(text: str) -> None:
     fast = digest._params_fast(text, 0)
@@ -70,7 +70,7 @@ def test_digest_regex_path_matches_the_scanner(text: str) -> None:
     assert fast == digest._params(digest._Scanner(text))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(digest_values())
 def test_digest_strict_path_matches_the_general_one(text: str) -> None:
     strict = digest._params_fast(text, 0, digest._STRICT_PARAM_RE)
@@ -92,7 +92,7 @@ def test_digest_strict_path_takes_what_phones_send() -> None:
     assert digest._params_fast("a = b", 0, strict) is None  # blanks around '='
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(["SIP/2.0/UDP", "SIP / 2.0 / UDP", "SIP/2.0/ TCP", "SIP/2.0 /TLS"]),
     st.sampled_from(["h:5060", "h : 5060", "[::1]:5070", "example.com"]),
@@ -146,7 +146,7 @@ def vias(draw: st.DrawFn) -> str:
     return text + "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(st.one_of(vias(), _TEXT))
 def test_plain_via_check_only_accepts_what_parse_via_accepts(value: str) -> None:
     if not grammar.is_plain_via(value):
@@ -203,7 +203,7 @@ def slow_pop_first_value(items: list[tuple[str, str]], name: str) -> tuple[list,
 _NAMES = st.sampled_from(["Via", "v", "VIA", "Route", "X-Thing", "x-thing", "X-THING", "To"])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     st.lists(st.tuples(_NAMES, st.sampled_from(["a", "a, b", "<sip:x>, <sip:y>", ""])), max_size=6),
     _NAMES,
@@ -221,7 +221,7 @@ def test_prepend_and_pop_first_value_find_the_same_line_as_a_full_scan(
     assert (list(popped), value) == slow_pop_first_value(items, name)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(
     vias(),
     st.sampled_from([";rport", ";rport", "", ";maddr=239.1.1.1;rport", ";rport=7;rport"]),
@@ -265,7 +265,7 @@ def plainish_name_addrs(draw: st.DrawFn) -> str:
     return f"{front}{uri}{back}{tail}"
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(st.one_of(plainish_name_addrs(), name_addrs(), _TEXT))
 def test_plain_name_addr_check_only_accepts_what_parse_name_addr_accepts(value: str) -> None:
     if not grammar.is_plain_name_addr(value):
@@ -316,7 +316,7 @@ _OPS = st.lists(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     st.lists(st.tuples(_NAMES, st.sampled_from(["a", "a, b", "<sip:x>, <sip:y>", ""])), max_size=6),
     _OPS,

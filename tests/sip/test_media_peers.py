@@ -17,6 +17,8 @@ import sqlite3
 import time
 import urllib.request
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,8 @@ from tests.media.peers import (
     tone_pcap,
     write_pcap,
 )
-from tests.sip.peers import REALM, RunningBridge, trunk_bridge
+from tests.sip.certs import issue
+from tests.sip.peers import REALM, RunningBridge, free_port, trunk_bridge
 from tests.sip.test_anchored_media import directory as anchored_directory
 
 LINE = "+15550100"
@@ -70,17 +73,51 @@ def directory(**line: Any) -> dict[str, Any]:
     return data
 
 
-def desk_phone(tmp_path: Path, bridge: RunningBridge, user: str, password: str, tone: float):
+def desk_phone(
+    tmp_path: Path,
+    bridge: RunningBridge,
+    user: str,
+    password: str,
+    tone: float,
+    tls: tuple[int, Path] | None = None,
+):
+    """A baresip desk phone registered to the bridge; over TLS to (port, CA) with SRTP
+    required (`mediaenc=srtp-mand`) when `tls` is given."""
+    secure: dict[str, Any] = {}
+    if tls is not None:
+        secure = {"transport": "tls", "mediaenc": "srtp-mand", "cafile": tls[1]}
     return BaresipPhone(
         tmp_path,
         f"desk{user}",
         tone=tone,
         auto_answer=True,
-        registrar=f"127.0.0.1:{bridge.sip}",
+        registrar=f"127.0.0.1:{tls[0] if tls else bridge.sip}",
         username=user,
         password=password,
         play_seconds=60,
+        **secure,
     )
+
+
+@contextmanager
+def media_bridge(tmp_path: Path, data: dict[str, Any], secure: bool) -> Iterator[Any]:
+    """`trunk_bridge`; with `secure`, also a TLS listener (a certificate from a CA made here)
+    and SRTP required on calls over it. Yields (bridge, (TLS port, CA) or None)."""
+    if not secure:
+        with trunk_bridge(tmp_path, data) as bridge:
+            yield bridge, None
+        return
+    issued = issue(tmp_path / "certs")
+    port = free_port()
+    with trunk_bridge(
+        tmp_path,
+        data,
+        sip__tls__port=str(port),
+        sip__tls__certificate=str(issued.certificate),
+        sip__tls__private_key=str(issued.private_key),
+        sip__tls__srtp="required",
+    ) as bridge:
+        yield bridge, (port, issued.ca)
 
 
 def wait_for(check: Any, timeout: float = 10.0) -> Any:
@@ -125,11 +162,16 @@ def stretch(pcm: bytes, start: float, end: float) -> bytes:
 
 
 @needs_baresip
-def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["udp-rtp", "tls-srtp"])
+def test_listen_then_whisper_from_a_desk_phone_with_the_recording(
+    tmp_path: Path, secure: bool
+) -> None:
+    """The desk phones over UDP with RTP, or over TLS with SRTP required (the caller on the
+    trunk stays plain RTP: the bridge decrypts one side and encrypts the other)."""
     with (
-        trunk_bridge(tmp_path, directory()) as bridge,
-        desk_phone(tmp_path, bridge, "201", "pw-201", AGENT) as agent,
-        desk_phone(tmp_path, bridge, "301", "pw-301", SUPERVISOR) as supervisor,
+        media_bridge(tmp_path, directory(), secure) as (bridge, tls),
+        desk_phone(tmp_path, bridge, "201", "pw-201", AGENT, tls) as agent,
+        desk_phone(tmp_path, bridge, "301", "pw-301", SUPERVISOR, tls) as supervisor,
         BaresipPhone(tmp_path, "caller", tone=CALLER, play_seconds=60) as caller,
     ):
         agent.wait_registered(timeout=10)
@@ -173,6 +215,10 @@ def test_listen_then_whisper_from_a_desk_phone_with_the_recording(tmp_path: Path
         caller.hangup()
         caller.wait_closed(timeout=5)
         agent.wait_closed(timeout=5)
+        if secure:  # (baresip's own libsrtp did the other half)
+            for phone in (agent, supervisor):
+                assert "SRTP is Enabled" in phone.output(), phone.output()[-2000:]
+            assert "SRTP is Enabled" not in caller.output()
 
         heard_by_supervisor = supervisor.received_audio()
         assert tones_in(heard_by_supervisor, TONES) == {CALLER, AGENT}

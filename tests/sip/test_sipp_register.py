@@ -107,14 +107,16 @@ def test_registered_phone_makes_the_user_reachable_in_test_routing(tmp_path: Pat
 
 
 def test_dead_phone_is_marked_not_reachable_by_keepalive(tmp_path: Path) -> None:
-    # SIPp exits after registering: nobody answers the OPTIONS keepalive (timer F, 32 s with
-    # T1=0.5 s), so the contact must go unreachable. Keepalive every second to see it soon.
-    with bridge_process(tmp_path, directory(), sip__keepalive_seconds="1") as bridge:
+    # SIPp exits after registering: nobody answers the OPTIONS keepalive (timer F: 64*T1,
+    # 6.4 s with T1 at 100 ms), so the contact must go unreachable. Keepalive every second.
+    with bridge_process(
+        tmp_path, directory(), sip__keepalive_seconds="1", sip__timer_t1_ms="100"
+    ) as bridge:
         run_sipp(
             tmp_path, "register_only.xml", bridge.sip, "-s", "201", "-au", "201", "-ap", "pw-201"
         )
         assert members(bridge)["lena"]["can_receive_calls"] is True
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline and members(bridge)["lena"]["can_receive_calls"]:
             time.sleep(0.5)
         assert members(bridge)["lena"]["reason"] == "not_reachable"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -337,8 +337,12 @@ class SipCalls:
         messages: MessageStore | None = None,
         spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
         relay: RelayMediaPort | None = None,
+        srtp: str = "off",
     ) -> None:
         self.runner = runner
+        # SRTP (SDES) on the legs signalled over TLS: off | optional | required
+        # ([sip.tls] srtp; the engine takes an RTP/SAVP offer from anyone regardless).
+        self.srtp = srtp
         # None: signalling only, SDP passes end to end ([media] engine = "none"), or
         # rewritten in transit by `relay` ([media] engine = "rtpengine").
         self.media = media
@@ -494,7 +498,11 @@ class SipCalls:
                 try:
                     if self.media is not None:
                         caller_answer = self.media.answer(
-                            call_id, CALLER_LEG, offer, source=source[0]
+                            call_id,
+                            CALLER_LEG,
+                            offer,
+                            source=source[0],
+                            srtp=self._srtp_over((transport,)),
                         )
                     elif self.relay is not None:
                         if not self.relay.answering:
@@ -750,6 +758,7 @@ class SipCalls:
                     leg,
                     request.body.decode("utf-8", "replace"),
                     source=address_of(str(dialog.remote_target), call.source)[0],
+                    srtp=self._leg_srtp(call, leg),
                 ).encode()
             except MediaError as exc:
                 log.info("sip_reoffer_refused", leg=leg, reason=exc.reason)
@@ -1061,7 +1070,8 @@ class SipCalls:
             targets.append((f"sip:{number}@{host}", destination, transport))
             to = number
         leg = supervisor_leg(user_id)
-        offer = self.media.offer(call.call_id, leg, like=CALLER_LEG).encode()
+        srtp = self._srtp_over([transport for _, _, transport in targets])
+        offer = self.media.offer(call.call_id, leg, like=CALLER_LEG, srtp=srtp).encode()
         monitor = SipMonitor(user_id, mode, via, to)
         call.monitors[user_id] = monitor
         for uri, destination, transport in targets:
@@ -1655,6 +1665,27 @@ class SipCalls:
             self._finish(call)
         # else: kept until its refusal's prompt has played (`_refuse_now`)
 
+    def _srtp_over(self, transports: Iterable[str]) -> str:
+        """The SRTP policy of a leg signalled over these transports (a user's phones get one
+        offer): the setting when every one is TLS, best effort ("optional") when only some
+        are, none over UDP and TCP, where the keys would travel in clear."""
+        over_tls = [t.lower() == "tls" for t in transports]
+        if self.srtp == "off" or not any(over_tls):
+            return "off"
+        return self.srtp if all(over_tls) else "optional"
+
+    def _leg_srtp(self, call: SipCall, leg: str) -> str:
+        """The SRTP policy of one of the call's legs, for its re-INVITEs."""
+        if leg == CALLER_LEG:
+            return self._srtp_over((call.transport,))
+        winner = call.winner
+        if winner is not None and winner.leg_id == leg:
+            return self._srtp_over((winner.transport,))
+        for monitor in call.monitors.values():
+            if monitor.leg == leg:
+                return self._srtp_over((monitor.transport,))
+        return "off"
+
     def _dial(self, call: SipCall, command: DialLeg) -> None:
         now = self._now()
         targets: list[tuple[str, Address, str, list[tuple[str, str]]]] = []
@@ -1696,7 +1727,10 @@ class SipCalls:
         offer: bytes | None = None
         if self.media is not None:
             try:
-                offer = self.media.offer(call.call_id, command.leg_id, like=CALLER_LEG).encode()
+                srtp = self._srtp_over([transport for _, _, transport, _ in targets])
+                offer = self.media.offer(
+                    call.call_id, command.leg_id, like=CALLER_LEG, srtp=srtp
+                ).encode()
             except MediaError as exc:
                 log.warning("sip_leg_media_failed", leg_id=command.leg_id, reason=exc.reason)
                 leg_id = command.leg_id

@@ -72,6 +72,7 @@ class SipServiceSettings:
     session: SessionTimerSettings = field(default_factory=SessionTimerSettings)
     overload: OverloadPolicy | None = field(default_factory=OverloadPolicy)  # None: off
     state_path: Path | None = None  # registrations kept across restarts (bridge.sip.state)
+    srtp: str = "off"  # SRTP on calls signalled over TLS ([sip.tls] srtp; off without TLS)
 
 
 class MetricsCounters:
@@ -238,6 +239,7 @@ class SipService:
                 session=self.settings.session,
                 media=self.media,
                 relay=self.relay,
+                srtp=self.settings.srtp,
                 **self._call_options,
             )
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="sip-expiry"))
@@ -552,6 +554,7 @@ class SipService:
                 trunk_account=_trunk_account(sip),
                 session=SessionTimerSettings(expires=sip.session_expires, min_se=sip.min_se),
                 state_path=settings.sip_state_file,
+                srtp=tls.srtp if (tls := settings.sip_tls()) is not None else "off",
                 overload=OverloadPolicy(
                     max_calls=sip.overload.max_calls,
                     calls_per_second=sip.overload.calls_per_second,
