@@ -36,7 +36,7 @@ import pytest
 
 from tests.sip.certs import Issued, issue
 from tests.sip.peers import RunningBridge, free_port, trunk_bridge
-from tests.sip.test_phone_lifecycle import WAIT, Phone, _headers, member
+from tests.sip.test_phone_lifecycle import WAIT, Phone, _digest, _headers, member
 from tests.sip.test_phone_lifecycle import directory as desk_directory
 
 LINE = "+15550100"
@@ -153,6 +153,8 @@ class UdpTrunk:
 
 
 def test_a_phone_registers_over_tls_and_is_rung_on_that_connection(tmp_path: Path) -> None:
+    """With `srtp = "optional"` (the default) the phone is offered SRTP best effort (RTP/AVP
+    with a=crypto): a phone that answers plain RTP is connected all the same."""
     with tls_bridge(tmp_path) as (bridge, port, issued):
         phone = tls_phone(bridge, port, issued.ca)  # (the bridge's certificate verified)
         trunk = UdpTrunk(bridge)
@@ -169,6 +171,9 @@ def test_a_phone_registers_over_tls_and_is_rung_on_that_connection(tmp_path: Pat
             headers = _headers(invite)
             assert headers["via"].startswith(f"SIP/2.0/TLS 127.0.0.1:{port};")
             assert f"@127.0.0.1:{port};transport=tls>" in headers["contact"]
+            offer = invite.split(b"\r\n\r\n", 1)[1]
+            assert re.search(rb"m=audio \d+ RTP/AVP ", offer), offer
+            assert re.search(rb"a=crypto:\d+ AES_CM_128_HMAC_SHA1_80 inline:", offer), offer
             contact = f"sip:301@127.0.0.1:{phone.port};transport=tls"
             phone.send(response_to(invite, "200 OK", tag="ph1", contact=contact, body=SDP))
             ack = phone.receive()
@@ -185,6 +190,74 @@ def test_a_phone_registers_over_tls_and_is_rung_on_that_connection(tmp_path: Pat
             assert trunk.final().startswith(b"SIP/2.0 200")
             [ended] = bridge.wait_events("sip_call_ended")
             assert ended["outcome"] == "answered"
+        finally:
+            trunk.close()
+            phone.close()
+
+
+def test_srtp_required_refuses_plain_rtp_over_tls_both_ways(tmp_path: Path) -> None:
+    """`srtp = "required"`: the phone is offered RTP/SAVP; its plain answer ends its leg (ACK,
+    BYE), and its own call offering plain RTP is refused 488."""
+    with tls_bridge(tmp_path, sip__tls__srtp="required") as (bridge, port, issued):
+        phone = tls_phone(bridge, port, issued.ca)
+        trunk = UdpTrunk(bridge)
+        try:
+            assert phone.register().startswith(b"SIP/2.0 200")
+            trunk.invite()
+            invite = phone.receive()
+            assert invite is not None and invite.startswith(b"INVITE "), invite
+            offer = invite.split(b"\r\n\r\n", 1)[1]
+            assert re.search(rb"m=audio \d+ RTP/SAVP ", offer), offer
+            assert b"a=crypto:" in offer
+            contact = f"sip:301@127.0.0.1:{phone.port};transport=tls"
+            phone.send(response_to(invite, "200 OK", tag="ph2", contact=contact, body=SDP))
+            ack, bye = phone.receive(), phone.receive()
+            assert ack is not None and ack.startswith(b"ACK "), ack
+            assert bye is not None and bye.startswith(b"BYE "), bye
+            phone.send(response_to(bye, "200 OK", tag="ph2", contact=contact))
+            [unusable] = bridge.wait_events("sip_leg_answer_unusable")
+            assert "crypto" in unusable["reason"], unusable
+            trunk.ack(trunk.final(timeout=10))  # (the call goes on to its fallback)
+
+            # A call placed over TLS with plain RTP: 488 with the reason.
+            def call(authorization: str | None) -> bytes:
+                """One INVITE of the phone's (plain RTP), its final answer ACKed (§17.1.1.3)."""
+                uri = f"sip:ben@127.0.0.1:{port}"
+                cseq = phone.cseq = phone.cseq + 1
+                common = [
+                    f"Via: SIP/2.0/TLS 127.0.0.1:{phone.port};branch=z9hG4bKout{cseq}",
+                    f"From: <sip:301@127.0.0.1>;tag=out{cseq}",
+                    "Call-ID: plain-over-tls",
+                    "Max-Forwards: 70",
+                ]
+                lines = [
+                    f"INVITE {uri} SIP/2.0",
+                    *common,
+                    f"To: <{uri}>",
+                    f"CSeq: {cseq} INVITE",
+                    f"Contact: <{contact}>",
+                    "Content-Type: application/sdp",
+                ]
+                if authorization:
+                    lines.append(f"Proxy-Authorization: {authorization}")
+                lines += [f"Content-Length: {len(SDP)}", "", ""]
+                phone.send("\r\n".join(lines).encode() + SDP)
+                while (answer := phone.receive()) is not None and answer.startswith(b"SIP/2.0 1"):
+                    pass
+                assert answer is not None, "no final answer"
+                to = _headers(answer)["to"]
+                ack = [f"ACK {uri} SIP/2.0", *common, f"To: {to}", f"CSeq: {cseq} ACK"]
+                phone.send("\r\n".join([*ack, "Content-Length: 0", "", ""]).encode())
+                return answer
+
+            refused = call(None)  # (loopback is the trunk's here: no challenge; else 407)
+            if refused.startswith(b"SIP/2.0 407"):
+                offer_header = _headers(refused)["proxy-authenticate"]
+                refused = call(
+                    _digest(offer_header, "INVITE", f"sip:ben@127.0.0.1:{port}", "301", "pw-301")
+                )
+            assert refused.startswith(b"SIP/2.0 488"), refused
+            assert b"SRTP is required" in refused
         finally:
             trunk.close()
             phone.close()
