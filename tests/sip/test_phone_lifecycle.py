@@ -103,6 +103,8 @@ class Phone:
             self.sock = socket.create_connection(("127.0.0.1", bridge.sip), timeout=WAIT)
         self.sock.settimeout(WAIT)
         self.port = self.sock.getsockname()[1]
+        # What it registers (a TLS phone may register a sips: URI instead).
+        self.contact = f"sip:{user}@127.0.0.1:{self.port};transport={transport}"
         self.call_id = f"reg-{secrets.token_hex(4)}@127.0.0.1"
         self.cseq = 0
         self.buffer = b""
@@ -154,7 +156,7 @@ class Phone:
             f"To: <sip:{self.user}@{REALM}>",
             f"Call-ID: {self.call_id}",
             f"CSeq: {self.cseq} REGISTER",
-            f"Contact: <sip:{self.user}@127.0.0.1:{self.port};transport={self.transport}>",
+            f"Contact: <{self.contact}>",
             "Expires: 600",
             "Max-Forwards: 70",
         ]

@@ -152,11 +152,17 @@ class UdpTrunk:
         self._send("BYE", 2)
 
 
-def test_a_phone_registers_over_tls_and_is_rung_on_that_connection(tmp_path: Path) -> None:
-    """With `srtp = "optional"` (the default) the phone is offered SRTP best effort (RTP/AVP
-    with a=crypto): a phone that answers plain RTP is connected all the same."""
+@pytest.mark.parametrize("scheme", ["sip", "sips"])
+def test_a_phone_registers_over_tls_and_is_rung_on_that_connection(
+    tmp_path: Path, scheme: str
+) -> None:
+    """The phone registers `sip:...;transport=tls` or `sips:...`, and is rung at that URI.
+    With `srtp = "optional"` (the default) it is offered SRTP best effort (RTP/AVP with
+    a=crypto): a phone that answers plain RTP is connected all the same."""
     with tls_bridge(tmp_path) as (bridge, port, issued):
         phone = tls_phone(bridge, port, issued.ca)  # (the bridge's certificate verified)
+        if scheme == "sips":
+            phone.contact = f"sips:301@127.0.0.1:{phone.port}"
         trunk = UdpTrunk(bridge)
         try:
             ok = phone.register()
@@ -167,7 +173,8 @@ def test_a_phone_registers_over_tls_and_is_rung_on_that_connection(tmp_path: Pat
 
             trunk.invite()
             invite = phone.receive()
-            assert invite is not None and invite.startswith(b"INVITE sip:301@127.0.0.1:"), invite
+            assert invite is not None, "the phone was not rung"
+            assert invite.startswith(f"INVITE {phone.contact} SIP/2.0".encode()), invite
             headers = _headers(invite)
             assert headers["via"].startswith(f"SIP/2.0/TLS 127.0.0.1:{port};")
             assert f"@127.0.0.1:{port};transport=tls>" in headers["contact"]

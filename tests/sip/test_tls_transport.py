@@ -128,3 +128,21 @@ def test_a_client_that_sends_nothing_is_closed_at_the_deadline(tmp_path: Path) -
             await ep.stop()
 
     asyncio.run(scenario())
+
+
+def test_no_tls_section_means_no_tls_listener_and_tls_12_is_the_floor(tmp_path: Path) -> None:
+    issued = issue(tmp_path / "certs")
+    contexts = TlsContexts(TlsSettings(issued.certificate, issued.private_key, port=0))
+    assert contexts.server.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert contexts.client.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert contexts.client.verify_mode == ssl.CERT_REQUIRED and contexts.client.check_hostname
+
+    async def scenario() -> None:
+        plain = SipEndpoint("127.0.0.1", 0, Answering())
+        await plain.start()
+        try:
+            assert plain.tls_port == 0 and plain._tls_server is None
+        finally:
+            await plain.stop()
+
+    asyncio.run(scenario())
