@@ -72,6 +72,20 @@ def admission(bridge: Any) -> dict[str, float]:
     return found
 
 
+def settled_admission(bridge: Any, within: float = 5.0) -> dict[str, float]:
+    """The admission counters once they stop moving: the daemon adds them to its metrics twice
+    a second, later when its loop is busy, so a read right after a run can miss the last."""
+    found = admission(bridge)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        time.sleep(0.6)
+        again = admission(bridge)
+        if again == found:
+            break
+        found = again
+    return found
+
+
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
     return {k: int(v - before.get(k, 0)) for k, v in after.items() if v - before.get(k, 0)}
 
@@ -117,7 +131,7 @@ def run_calls(
         "setups": setups,
         "wall": wall,
         "bridge_cpu_s": cpu,
-        "admission": delta(admission(bridge), before),
+        "admission": delta(settled_admission(bridge), before),
         "failure_kinds": run.failure_kinds,
         "passed": run.passed,
     }

@@ -14,7 +14,8 @@ work is not counted: only the time spent inside the endpoint (parsing,
 transactions, dialogs, the B2BUA, routing, presence, metrics, logging, serializing; timers
 that fire) is, so the figures are CPU per call of the bridge minus the `sendto` syscalls
 (7-10% of the daemon's time in the py-spy profile). Same call as sip_cps.py: trunk INVITE
-to a round-robin line of --users desk phones, phone answers 200 at once, ACK, BYE, 200.
+to a round-robin line of --users desk phones, phone answers 200 at once, ACK, BYE, 200; its
+audio anchored in the embedded media engine as shipped, or not (`--media none`).
 
 `--profile calls` (or `registrations`) prints cProfile's top functions for that part,
 profiled only while the bridge runs. It asserts nothing; it prints per-call figures.
@@ -107,9 +108,9 @@ class Meter:
 
 
 class Bench:
-    def __init__(self, users: int) -> None:
+    def __init__(self, users: int, media: str = "embedded") -> None:
         configure_logging("warning", "json", cache=True)  # as `bridge run`
-        self.bridge = InprocBridge(bench_directory(users))
+        self.bridge = InprocBridge(bench_directory(users), media={"engine": media})
         self.ctx = self.bridge.ctx
         self.meter = Meter()
 
@@ -182,7 +183,7 @@ def profile_report(profiler: cProfile.Profile, top: int = 30) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    bench = Bench(args.users)
+    bench = Bench(args.users, args.media)
     await bench.start()
     try:
         for i in range(args.users):
@@ -276,6 +277,13 @@ def main() -> int:
         type=float,
         default=0,
         help="the same for registrations (registrations/s)",
+    )
+    parser.add_argument(
+        "--media",
+        choices=["embedded", "none"],
+        default="embedded",
+        help="the media engine: embedded (as shipped: every call's audio anchored) or none "
+        "(signalling only, SDP end to end)",
     )
     parser.add_argument("--profile", choices=["calls", "registrations"])
     parser.add_argument("--no-gc", action="store_true", help="disable the garbage collector")

@@ -655,13 +655,19 @@ class EmbeddedMedia:
             rtp, Latch(None, behind_nat=True), _drop, clock=self._clock, buffer=self._buffer
         )
         endpoint.start(self._loop)
-        rand = self._rng.getrandbits
+        # SSRC, first sequence number and timestamp, SDP session id: from one draw (the system
+        # generator reads the kernel's once per draw, and a call makes two legs)
+        bits = self._rng.getrandbits(111)
         entry = _Leg(
             name=leg,
             rtp=rtp,
             endpoint=endpoint,
-            stream=StreamRewriter(rand(32), initial_sequence=rand(16), initial_timestamp=rand(32)),
-            session_id=rand(31) or 1,
+            stream=StreamRewriter(
+                bits & 0xFFFFFFFF,
+                initial_sequence=(bits >> 32) & 0xFFFF,
+                initial_timestamp=(bits >> 48) & 0xFFFFFFFF,
+            ),
+            session_id=(bits >> 80) or 1,
         )
         call.legs[leg] = entry
         return entry
@@ -719,6 +725,18 @@ class EmbeddedMedia:
 
     def _rewire(self, call: _Call) -> None:
         """Put each leg of the call on the relay, the mix, or nothing (see the module doc)."""
+        if (
+            call.pair is None
+            and call.relay is None
+            and call.mixing is None
+            and call.recording is None
+            and not (call.monitors or call.players or call.messages)
+            and not any(entry.collect for entry in call.legs.values())
+        ):
+            # Nothing wired before (a leg starts dropping what it reads, and the last rewire
+            # that unwired anything left every leg so) and nothing to wire now: a call's
+            # first offers and answers, before it is bridged, stop here.
+            return
         ready = {name: e for name, e in call.legs.items() if e.relay is not None}
         pair = call.pair if call.pair and all(p in ready for p in call.pair) else None
         monitors = {s: m for s, m in call.monitors.items() if s in ready} if pair else {}
