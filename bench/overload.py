@@ -125,8 +125,8 @@ def run_calls(
         "unfinished": run.unfinished,
         "retransmissions": run.retransmissions,
         "goodput": completed / seconds,
-        "setup_p50_ms": percentile([ms for _, ms in setups], 0.5),
-        "setup_p99_ms": percentile([ms for _, ms in setups], 0.99),
+        "setup_p50_ms": percentile([ms for _, ms in setups], 50),
+        "setup_p99_ms": percentile([ms for _, ms in setups], 99),
         "setup_max_ms": max((ms for _, ms in setups), default=None),
         "setups": setups,
         "wall": wall,
@@ -149,7 +149,7 @@ def recovery_seconds(result: dict[str, Any], rate: float) -> tuple[list[str], fl
         got = per_second.get(second, [])
         good = sum(1 for ms in got if ms <= 100)
         ok = good >= int(0.9 * rate)
-        p99 = percentile(got, 0.99)
+        p99 = percentile(got, 99)
         lines.append(
             f"{second:>3}s: {len(got):>4} set up, {good:>4} within 100 ms "
             f"(p99 {sip_cps.fmt(p99, '.0f')} ms)"

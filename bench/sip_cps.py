@@ -284,7 +284,7 @@ def read_rtt(folder: Path) -> list[tuple[float, float, int]]:
     return samples
 
 
-def sipp_uac(
+def uac_command(
     workdir: Path,
     scenario: str,
     target: str,
@@ -293,10 +293,9 @@ def sipp_uac(
     limit: int,
     extra: list[str],
     timeout: float,
-) -> SippRun:
-    """One bounded SIPp UAC run in its own folder; returns what it did."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = [
+) -> list[str]:
+    """The command line of one bounded SIPp UAC run in `workdir` (see `sipp_uac`)."""
+    return [
         "sipp",
         "-sf",
         str(SIPP_DIR / scenario),
@@ -331,22 +330,10 @@ def sipp_uac(
         *extra,
         target,
     ]
-    run = SippRun(asked=calls, rate=rate)
-    started = time.monotonic()
-    with (workdir / "screen.txt").open("wb") as screen:
-        try:
-            done = subprocess.run(
-                command,
-                cwd=workdir,
-                stdout=screen,
-                stderr=subprocess.STDOUT,
-                timeout=timeout + 15,
-                check=False,
-            )
-            run.returncode = done.returncode
-        except subprocess.TimeoutExpired:
-            run.returncode = None
-    run.wall = time.monotonic() - started
+
+
+def read_uac(workdir: Path, run: SippRun) -> SippRun:
+    """Fill `run` from what a finished SIPp UAC run left in `workdir` (statistics, rtt)."""
     stat = read_stat(workdir / "stat.csv")
 
     def num(key: str) -> int:
@@ -373,6 +360,38 @@ def sipp_uac(
     elif run.attempted and run.wall > 0:
         run.achieved = run.attempted / run.wall
     return run
+
+
+def sipp_uac(
+    workdir: Path,
+    scenario: str,
+    target: str,
+    rate: float,
+    calls: int,
+    limit: int,
+    extra: list[str],
+    timeout: float,
+) -> SippRun:
+    """One bounded SIPp UAC run in its own folder; returns what it did."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = uac_command(workdir, scenario, target, rate, calls, limit, extra, timeout)
+    run = SippRun(asked=calls, rate=rate)
+    started = time.monotonic()
+    with (workdir / "screen.txt").open("wb") as screen:
+        try:
+            done = subprocess.run(
+                command,
+                cwd=workdir,
+                stdout=screen,
+                stderr=subprocess.STDOUT,
+                timeout=timeout + 15,
+                check=False,
+            )
+            run.returncode = done.returncode
+        except subprocess.TimeoutExpired:
+            run.returncode = None
+    run.wall = time.monotonic() - started
+    return read_uac(workdir, run)
 
 
 # -- the bridge ------------------------------------------------------------------------------
@@ -539,6 +558,44 @@ def start_bridge(
     return Bridge(process, http, sip, folder)
 
 
+def register_users(
+    workdir: Path, port: int, users: list[tuple[str, str, str]], sip_port: int
+) -> str | None:
+    """Register each user once from `port` (bench/sipp/register.xml -m 1, one run after the
+    other); None, or what went wrong."""
+    for _, username, password in users:
+        command = [
+            "sipp",
+            "-sf",
+            str(SIPP_DIR / "register.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "10s",
+            "-s",
+            username,
+            "-au",
+            username,
+            "-ap",
+            password,
+            "-trace_err",
+            "-error_file",
+            str(workdir / "register-errors.log"),
+            f"127.0.0.1:{sip_port}",
+        ]
+        done = subprocess.run(command, cwd=workdir, capture_output=True, timeout=30, check=False)
+        if done.returncode != 0:
+            return f"user {username} did not register from port {port}: " + (
+                done.stdout[-1500:].decode(errors="replace")
+            )
+    return None
+
+
 def start_phones(
     procs: Processes, folder: Path, bridge: Bridge, users: list[tuple[str, str, str]], count: int
 ) -> list[tuple[subprocess.Popen[bytes], int, Path]]:
@@ -551,39 +608,7 @@ def start_phones(
     def register_share(index: int, share: list[tuple[str, str, str]], port: int) -> str | None:
         workdir = folder / f"phones-{index}"
         workdir.mkdir()
-        for _, username, password in share:
-            command = [
-                "sipp",
-                "-sf",
-                str(SIPP_DIR / "register.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "10s",
-                "-s",
-                username,
-                "-au",
-                username,
-                "-ap",
-                password,
-                "-trace_err",
-                "-error_file",
-                str(workdir / "register-errors.log"),
-                f"127.0.0.1:{bridge.sip}",
-            ]
-            done = subprocess.run(
-                command, cwd=workdir, capture_output=True, timeout=30, check=False
-            )
-            if done.returncode != 0:
-                return f"user {username} did not register from port {port}: " + (
-                    done.stdout[-1500:].decode(errors="replace")
-                )
-        return None
+        return register_users(workdir, port, share, bridge.sip)
 
     with ThreadPoolExecutor(max_workers=len(shares) or 1) as pool:
         problems = list(pool.map(lambda share: register_share(*share), shares))
