@@ -2085,6 +2085,8 @@ class SipCalls:
         if call.finished or self._calls.get(call.call_id) is not call:
             return
         call.finished = True
+        # (its app-offer callback holds the call: a cycle the collector would have to find)
+        call.run.app_sdp = None
         if call.refusal_timer is not None:
             self._cancel_timer(call.refusal_timer)
             call.refusal_timer = None
