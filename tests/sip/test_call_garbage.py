@@ -31,6 +31,9 @@ def test_finished_calls_leave_no_cyclic_garbage() -> None:
     # Without the daemon's collector policy: its ticks would collect (and freeze) what the
     # calls leave before the count below, and hide it.
     inproc.tune_garbage_collector = lambda: None
+    # Nor its logging set-up (warning level, loggers cached for good): the tests after this
+    # one in the same process read info lines.
+    inproc.configure_logging = lambda *args, **kwargs: None
 
     async def scenario() -> tuple[int, int]:
         bench = inproc.Bench(10)
