@@ -48,7 +48,7 @@ overload control must refuse nothing at this rate) and the warnings and errors i
 It asserts nothing and exits 0 unless the harness itself broke. Bounded: --seconds plus about
 a minute (start, drain); every process it starts is stopped by its process group at the end.
 With two cores or more the bridge runs alone on the first, SIPp, the events worker and this
-script on the others (--no-pin: no affinity). `--quick`: a ~20 s smoke run at 20 calls/s
+script on the others (--no-pin: no affinity). `--quick`: a ~15 s smoke run at 20 calls/s
 (tests/sip/test_bench_soak.py).
 """
 
@@ -549,12 +549,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     parser.add_argument("--src", type=Path, default=None, help="run the bridge from this folder")
-    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
+    parser.add_argument("--quick", action="store_true", help="a ~15 s smoke run")
     parser.add_argument("--json", type=Path, default=None, help="write samples and results")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.rate, args.users = 12.0, 20.0, args.users or 6
-        args.register_every, args.sample_every, args.drain = 4.0, 2.0, 2.0
+        args.seconds, args.rate, args.users = 7.0, 20.0, args.users or 6
+        args.register_every, args.sample_every, args.drain = 2.5, 1.0, 2.0
     if args.users is None:
         hold = (args.talk_ms + 30) / 1000
         args.users = max(10, math.ceil(3 * args.rate * hold))

@@ -30,8 +30,12 @@ def test_finished_calls_are_listed_filtered_paged_and_exported(tmp_path: Path) -
         wait_registered(bridge, 2)
         assert run_trunk(tmp_path, bridge).returncode == 0  # answered by anna
         assert anna.wait(timeout=30) == 0 and ben.wait(timeout=30) == 0
-        # a second call: nobody registered any more answers; the caller gives up
+        # a second call: ben's phone (registered again) rings, nobody answers, the caller
+        # gives up (the trunk's CANCEL waits for a 180: without a ringing phone it would wait
+        # out the layer's timeout)
+        ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
         run_trunk(tmp_path, bridge, scenario="trunk_cancel.xml", trace_name="cancel")
+        assert ben.wait(timeout=30) == 0
         bridge.wait_events("sip_call_ended", count=2)
 
         assert bridge.api("/api/v1/calls") == []  # live: none
