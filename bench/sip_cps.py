@@ -293,8 +293,10 @@ def uac_command(
     limit: int,
     extra: list[str],
     timeout: float,
+    port: int | None = None,
 ) -> list[str]:
-    """The command line of one bounded SIPp UAC run in `workdir` (see `sipp_uac`)."""
+    """The command line of one bounded SIPp UAC run in `workdir` (see `sipp_uac`), from
+    `port` (a free one by default)."""
     return [
         "sipp",
         "-sf",
@@ -302,7 +304,7 @@ def uac_command(
         "-i",
         "127.0.0.1",
         "-p",
-        str(free_port()),
+        str(port or free_port()),
         "-r",
         str(rate),
         "-rp",
@@ -371,10 +373,11 @@ def sipp_uac(
     limit: int,
     extra: list[str],
     timeout: float,
+    port: int | None = None,
 ) -> SippRun:
     """One bounded SIPp UAC run in its own folder; returns what it did."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command = uac_command(workdir, scenario, target, rate, calls, limit, extra, timeout)
+    command = uac_command(workdir, scenario, target, rate, calls, limit, extra, timeout, port)
     run = SippRun(asked=calls, rate=rate)
     started = time.monotonic()
     with (workdir / "screen.txt").open("wb") as screen:
@@ -927,7 +930,7 @@ def profile_under_load(
             "-d",
             str(round(seconds)),
             "-r",
-            "100",
+            str(ctx.args.profile_rate),
             "-p",
             str(pid),
             "-o",
@@ -955,7 +958,7 @@ def profile_under_load(
     errors = re.search(r"Samples: (\d+) Errors: (\d+)", log_text)
     if errors:
         print(f"  py-spy: {errors.group(1)} samples, {errors.group(2)} failed reads")
-    summarize_profile(out, seconds)
+    summarize_profile(out, seconds, top=ctx.args.profile_top, rate=ctx.args.profile_rate)
 
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -1004,10 +1007,13 @@ AREAS: list[tuple[str, Any]] = [
     ),
     ("random ids (secrets, random)", lambda f, p: p in ("secrets.py", "random.py")),
     ("dataclass-generated methods (<string>)", lambda f, p: p == "<string>"),
+    ("media engine (bridge/media/)", lambda f, p: p.startswith("bridge/media/")),
+    ("events handed to the outbox (bridge/events/)", lambda f, p: p.startswith("bridge/events/")),
+    ("garbage collector ticks (GarbageCollectorPolicy)", lambda f, p: "GarbageCollector" in f),
 ]
 
 
-def summarize_profile(path: Path, seconds: float, top: int = 15) -> None:
+def summarize_profile(path: Path, seconds: float, top: int = 15, rate: int = 100) -> None:
     self_time: Counter[tuple[str, str]] = Counter()
     inclusive: Counter[tuple[str, str]] = Counter()
     by_file: Counter[str] = Counter()
@@ -1034,9 +1040,9 @@ def summarize_profile(path: Path, seconds: float, top: int = 15) -> None:
     if not total:
         print("  (no samples)")
         return
-    busy = total / (seconds * 100)
+    busy = total / (seconds * rate)
     print(
-        f"  {total} non-idle samples of the event loop's thread in {seconds:g} s at 100/s "
+        f"  {total} non-idle samples of the event loop's thread in {seconds:g} s at {rate}/s "
         f"(busy about {busy:.0%} of the time); {others} of other threads left out"
     )
     print(f"  top {top} by self time (% of busy samples):")
@@ -1194,6 +1200,8 @@ def main() -> int:
         help="py-spy the bridge at the highest passing call rate and during flat-out registrations",
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s")
+    parser.add_argument("--profile-top", type=int, default=15, help="functions listed")
     parser.add_argument(
         "--budget",
         type=float,

@@ -78,7 +78,7 @@ def test_a_burst_over_the_target_is_let_through() -> None:
     assert call(a, 1.2, waited=0.05) is None
 
 
-def test_a_standing_queue_is_refused_until_work_comes_in_under_the_target() -> None:
+def test_a_standing_queue_is_refused_each_by_its_wait_until_an_interval_passes_under_it() -> None:
     a = admission(queue_delay_target=0.02, interval=0.1)
     assert call(a, 1.0, waited=0.2) is None
     assert call(a, 1.05, waited=0.2) is None
@@ -86,8 +86,30 @@ def test_a_standing_queue_is_refused_until_work_comes_in_under_the_target() -> N
     refusal = a.registration(1.11, 0.3)
     assert refusal is not None and refusal.reason == "load"
     assert refusal.retry_after == 7  # 5 + 0.5 * 5: spread over [5, 10)
-    assert call(a, 1.12, waited=0.019) is None  # the queue drained
-    assert call(a, 1.13, waited=0.05) is None  # a new interval starts
+    assert call(a, 1.12, waited=0.019) is None  # under the target: admitted ...
+    assert call(a, 1.13, waited=0.05) == "load"  # ... but the refusing goes on (no new grace)
+    assert call(a, 1.2, waited=0.01) is None
+    assert call(a, 1.22, waited=0.03) == "load"  # 90 ms after the last wait over the target
+    # an interval (0.1 s) with no wait over the target: calm again, and a burst has its grace
+    assert call(a, 1.33, waited=0.01) is None
+    assert call(a, 1.34, waited=0.05) is None
+    assert call(a, 1.43, waited=0.05) is None
+    assert call(a, 1.45, waited=0.05) == "load"
+
+
+def test_while_refusing_only_calls_that_waited_under_the_target_are_admitted() -> None:
+    """A flood whose waits swing around the target (a queue the refusals keep draining): once
+    refusing, every call admitted had waited under the target, not a burst behind each one."""
+    a = admission(queue_delay_target=0.02, interval=0.1)
+    admitted = []
+    for i in range(3000):
+        now = 1.0 + i / 900
+        # a standing queue for 0.22 s, then 30 in under the target, 30 over, and so on
+        waited = 0.045 if i < 200 else 0.005 + 0.04 * ((i // 30) % 2)
+        if call(a, now, waited=waited) is None:
+            admitted.append((now, waited))
+    late = [w for now, w in admitted if now > 1.2]
+    assert len(late) > 1000 and max(late) <= 0.02
 
 
 def test_a_zero_target_turns_the_load_rule_off() -> None:
@@ -115,3 +137,44 @@ def test_queue_delay_follows_the_waits(waits: list[float]) -> None:
     for i, wait in enumerate(waits):
         call(a, i / 100, waited=wait)
     assert a.queue_delay == pytest.approx(waits[-1], abs=0.02)
+
+
+def test_the_kernel_timestamp_gives_a_datagrams_wait_read_at_most_once_a_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_Udp._waited` reads how long the datagram just read sat in the socket (SIOCGSTAMP),
+    and within `WAIT_SAMPLE_SECONDS` of a reading gives that reading again (a flood is read a
+    few dozen datagrams per loop pass)."""
+    import socket
+    import time
+
+    from bridge.sip import transport
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(transport, "WAIT_SAMPLE_SECONDS", 60.0)  # (a slow machine's ms)
+        udp = transport._Udp(endpoint=None)  # type: ignore[arg-type]
+        udp.connection_made(_SocketOnly(receiver))  # type: ignore[arg-type]
+        sender.sendto(b"first", receiver.getsockname())
+        time.sleep(0.06)
+        receiver.recv(100)
+        waited = udp._waited()
+        assert 0.05 <= waited < 5.0
+        sender.sendto(b"second", receiver.getsockname())
+        receiver.recv(100)
+        assert udp._waited() == waited  # (within the window: not read again)
+        udp._sampled_at -= 60.0  # the window over
+        assert udp._waited() < 0.05  # the second datagram's own wait
+    finally:
+        receiver.close()
+        sender.close()
+
+
+class _SocketOnly:
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
