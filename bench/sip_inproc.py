@@ -166,7 +166,7 @@ class Bench:
         )
 
 
-def profile_report(profiler: cProfile.Profile, top: int = 30) -> str:
+def profile_report(profiler: cProfile.Profile, top: int = 60) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
