@@ -52,3 +52,20 @@ def test_an_answered_calls_events_from_received_to_ended(tmp_path: Path) -> None
     assert ended["outcome"] == "answered" and ended["cause"] in ("caller_hangup", "callee_hangup")
     assert 0 <= ended["wait_seconds"] < 5 and ended["talk_seconds"] >= 0.2
     assert 29 <= ended["wrap_up_seconds"] <= 30  # anna's wrap_up_seconds: 30
+
+
+def test_the_routed_payload_lists_each_ring_target_as_its_own_json() -> None:
+    """`call.routed`'s ring list: each target as `RingTarget.to_dict` says, in ring order; the
+    dict made once per target is shared by the payloads of later plans (never changed)."""
+    from bridge.events.model import routed_payload
+    from tests.routing.helpers import presence, route, single_group, user
+
+    directory = single_group([user("a"), user("b"), user("c")], "round_robin")
+    first, second = route(directory, presence()), route(directory, presence())
+    one, two = routed_payload(first), routed_payload(second)
+    for plan, payload in ((first, one), (second, two)):
+        ring = payload["layers"][0]["ring"]
+        assert ring == [target.to_dict() for target in plan.layers[0].ring]
+        assert [t["user_id"] for t in ring] == ["a", "b", "c"]
+    pairs = zip(one["layers"][0]["ring"], two["layers"][0]["ring"], strict=True)
+    assert all(x is y for x, y in pairs)
