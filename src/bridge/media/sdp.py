@@ -257,30 +257,40 @@ def parse_sdp(body: str | bytes | bytearray) -> SessionDescription:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SdpError(f"not UTF-8: {exc.reason}") from None
-    lines = [line.rstrip("\r") for line in body.split("\n")]
-    lines = [line for line in lines if line.strip()]
-    if not lines or lines[0].strip() != "v=0":
-        raise SdpError("an SDP body starts with v=0")
     origin: Origin | None = None
     name = ""
     connection: Connection | None = None
     session_attributes: list[Attribute] = []
+    attributes = session_attributes  # the current section's (the session's, then each m='s)
     media: list[_MediaBuilder] = []
-    for number, line in enumerate(lines[1:], start=2):
-        if len(line) < 2 or line[1] != "=" or not ("a" <= line[0] <= "z"):
+    current: _MediaBuilder | None = None
+    number = 0  # of the line, counting the non-blank ones only
+    # (one pass, no intermediate lists: called twice per call on the daemon's loop)
+    for raw in body.split("\n"):
+        line = raw.rstrip("\r")
+        if not line or line.isspace():
+            continue
+        number += 1
+        if number == 1:
+            if line.strip() != "v=0":
+                raise SdpError("an SDP body starts with v=0")
+            continue
+        kind = line[0]
+        if len(line) < 2 or line[1] != "=" or not ("a" <= kind <= "z"):
             raise SdpError(f"line {number} is not <type>=<value>: {line[:40]!r}")
-        kind, value = line[0], line[2:].strip()
-        current = media[-1] if media else None
-        if kind == "m":
-            media.append(_MediaBuilder(value, len(media)))
+        value = line[2:].strip()
+        if kind == "a":
+            attributes.append(_attribute(value))
+        elif kind == "m":
+            current = _MediaBuilder(value, len(media))
+            media.append(current)
+            attributes = current.attributes
         elif kind == "c":
             parsed = _connection(value)
             if current is None:
                 connection = connection or parsed
             else:
                 current.connection = current.connection or parsed
-        elif kind == "a":
-            (current.attributes if current else session_attributes).append(_attribute(value))
         elif kind == "o" and current is None:
             origin = _origin(value)
         elif kind == "s" and current is None:
@@ -288,6 +298,8 @@ def parse_sdp(body: str | bytes | bytearray) -> SessionDescription:
         elif kind == "v":
             raise SdpError(f"line {number}: a second v= line")
         # t=, b=, i=, u=, e=, p=, k=, r=, z=: nothing the bridge needs
+    if number == 0:
+        raise SdpError("an SDP body starts with v=0")
     if origin is None:
         raise SdpError("no o= line")
     session_direction = next((n for n, _ in session_attributes if n in DIRECTIONS), None)
