@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import wave
 from pathlib import Path
@@ -208,7 +209,7 @@ async def test_sim_apps_answers_with_a_wav_and_records_what_it_heard(tmp_path: P
     ):
         sim = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sim.apps", "-c", str(bridge.config), "--users", "ana",
-            "--play", str(played), "--record-dir", str(heard_dir), "--seconds", "12",
+            "--play", str(played), "--record-dir", str(heard_dir), "--seconds", "30",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -223,6 +224,8 @@ async def test_sim_apps_answers_with_a_wav_and_records_what_it_heard(tmp_path: P
             await asyncio.sleep(3.0)
             caller.hangup()
             await asyncio.to_thread(caller.wait_closed, timeout=5)
+            await asyncio.sleep(0.5)  # (the app's side of the hang-up)
+            sim.send_signal(signal.SIGTERM)  # stops as after --seconds: summary, recordings
             output, _ = await asyncio.wait_for(sim.communicate(), 30)
         finally:
             if sim.returncode is None:

@@ -319,15 +319,15 @@ def test_two_phones_of_one_user_one_answers_the_other_gets_reason(tmp_path: Path
 
 
 def test_live_call_is_listed_while_ringing(tmp_path: Path) -> None:
-    # The phone rings 4 s before it answers and the call then lasts 4 s: each state is listed
+    # The phone rings 2 s before it answers and the call then lasts 2 s: each state is listed
     # for seconds, and one poll is one HTTP request (milliseconds; the token is fetched once),
     # so the poll cannot miss either state however busy the machine.
     with trunk_bridge(tmp_path, directory()) as bridge:
-        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "4000")
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "2000")
         wait_registered(bridge, 1)
         bridge.token()  # before the call: `bridge token` starts a Python process
         trunk = subprocess.Popen(
-            trunk_command(tmp_path, bridge, "-d", "4000"),
+            trunk_command(tmp_path, bridge, "-d", "2000"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         )  # fmt: skip
         seen: dict[str, dict[str, Any]] = {}
