@@ -17,7 +17,8 @@ by its process group id. Three sections:
    made as the daemon makes them (per answered call: `call.received`, `call.routed` of the
    plan the routing engine makes for a --members-member round-robin group, by the daemon's
    `routed_payload` (before 2026-12-07 a hand-made, heavier payload with every member's
-   decision and name: 2.4 times the bytes at 10 members, 3.2 at 100), `call.layer_ringing`, `call.answered` and `call.ended`
+   decision and name: 2.4 times the bytes at 10 members, 3.2 at 100), `call.layer_ringing`,
+   `call.answered` and `call.ended`
    by `from_call_record` of the runner's `CallEventRecord`s, `leg.ended`; the shapes of the
    daemon's payloads), appended to a `bridge.events.outbox.Outbox` made as `EventsService`
    makes it (batches of up to 2,000, one writer thread, WAL, the call history derived in each
