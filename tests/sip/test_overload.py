@@ -95,6 +95,11 @@ def test_a_standing_queue_is_refused_each_by_its_wait_until_an_interval_passes_u
     assert call(a, 1.34, waited=0.05) is None
     assert call(a, 1.43, waited=0.05) is None
     assert call(a, 1.45, waited=0.05) == "load"
+    # calm again after an interval with no new work at all: the next wait over the target
+    # starts a new interval (not one counted from before the refusing)
+    assert call(a, 1.6, waited=0.05) is None
+    assert call(a, 1.65, waited=0.05) is None
+    assert call(a, 1.71, waited=0.05) == "load"
 
 
 def test_while_refusing_only_calls_that_waited_under_the_target_are_admitted() -> None:
@@ -157,6 +162,9 @@ def test_the_kernel_timestamp_gives_a_datagrams_wait_read_at_most_once_a_millise
         monkeypatch.setattr(transport, "WAIT_SAMPLE_SECONDS", 60.0)  # (a slow machine's ms)
         udp = transport._Udp(endpoint=None)  # type: ignore[arg-type]
         udp.connection_made(_SocketOnly(receiver))  # type: ignore[arg-type]
+        # (its first SIOCGSTAMP turns the kernel's receive timestamps on, which the kernel may
+        # do a moment later: a datagram that arrives before is stamped when it is read)
+        time.sleep(0.1)
         sender.sendto(b"first", receiver.getsockname())
         time.sleep(0.06)
         receiver.recv(100)

@@ -150,7 +150,10 @@ class Admission:
             return False
         interval = self.policy.interval
         if self._dropping and now - self._last_above >= interval:
-            self._dropping = False  # an interval without a wait over the target: calm again
+            # an interval without a wait over the target: calm again, and the next wait over
+            # it starts a new interval (a burst has its grace again)
+            self._dropping = False
+            self._above_since = None
         if waited <= target:
             self._above_since = None
             return False
