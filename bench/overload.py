@@ -90,9 +90,6 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
     return {k: int(v - before.get(k, 0)) for k, v in after.items() if v - before.get(k, 0)}
 
 
-WIRE = [False]  # whether set-up is also measured on the wire (AF_PACKET on lo: root)
-
-
 def run_calls(
     ctx: Context, name: str, bridge: Any, rate: float, seconds: float, scenario: str
 ) -> dict[str, Any]:
@@ -102,7 +99,8 @@ def run_calls(
     histogram = bridge.setup_histogram()
     ticks = sip_cps.proc_ticks(bridge.process.pid)
     port = sip_cps.free_port()
-    sniffer = events_bench.Sniffer(port).start() if WIRE[0] else None
+    # set-up also measured on the wire when an AF_PACKET socket can be had (root)
+    sniffer = events_bench.Sniffer(port).start() if ctx.args.wire else None
     started = time.monotonic()
     run = sipp_uac(
         ctx.folder / name,
@@ -205,7 +203,7 @@ def main() -> int:
     print("\n".join(sip_cps.machine_lines()))
     print("   " + sip_cps.pin_cores(not args.no_pin))
     why_not = events_bench.sniffer_available()
-    WIRE[0] = why_not is None
+    args.wire = why_not is None
     print(
         "   set-up on the wire: kernel timestamps of the trunk's packets on lo (AF_PACKET)"
         if why_not is None

@@ -128,7 +128,7 @@ def _ring_json(target: Any) -> dict[str, Any]:
         return entry[1]
     if len(_RING_JSON) >= _RING_JSON_MAX:
         _RING_JSON.clear()  # (directory versions come and go: the live ones come back)
-    made = {"user_id": target.user_id, "via": target.via.value, "number": target.number}
+    made: dict[str, Any] = target.to_dict()
     _RING_JSON[id(target)] = (target, made)
     return made
 

@@ -120,7 +120,7 @@ class WorkerOutbox(Outbox):
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._respawn: asyncio.TimerHandle | None = None
-        self._send_soon = False
+        self._send_timer: asyncio.TimerHandle | None = None  # the hand-over pending, if any
         self._ready: asyncio.Future[int] | None = None
 
     async def wait_ready(self) -> int:
@@ -173,19 +173,20 @@ class WorkerOutbox(Outbox):
             log.warning("outbox_full", dropped=self.dropped, queued=self.queued)
             return
         self._queue.append(event)
-        if not self._send_soon:  # one frame per HANDOVER_SECONDS, whatever was appended
-            self._send_soon = True
+        if self._send_timer is None:  # one frame per HANDOVER_SECONDS, whatever was appended
             assert self._loop is not None
-            self._loop.call_later(HANDOVER_SECONDS, self._send)
+            self._send_timer = self._loop.call_later(HANDOVER_SECONDS, self._send)
         elif len(self._queue) >= FRAME_EVENTS_MAX:
-            self._send()  # (the timer left pending finds the queue empty)
+            self._send()
 
     @property
     def queued(self) -> int:
         return len(self._queue) + len(self._inflight)
 
     def _send(self) -> None:
-        self._send_soon = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()  # (when sent early: a full frame, a message, closing)
+            self._send_timer = None
         process = self._process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return  # (kept until a worker is there)
