@@ -254,6 +254,7 @@ def create_app(ctx: AppContext) -> BridgeApp:
         stored: list[Any] = []
         record = None
         if events is not None and events.running:
+            await events.caught_up()
             record = await events.outbox.run(lambda db: history.finished_call(db, call_id))
             if record is None:
                 stored = await events.outbox.run(lambda db: history.events_of(db, call_id))
@@ -307,6 +308,7 @@ async def _finished_calls(
         raise HTTPException(503, "call history needs the event outbox, which is not running")
     count = query_int(limit, "limit", 100, 1, 1000)
     cursor = query_int(before, "before", 0, 1, 2**62) if before is not None else None
+    await events.caught_up()
     lines = involving = None
     if grant.scope is Scope.OWN_LINES:
         lines = tuple(grant.user.lines)

@@ -316,6 +316,7 @@ def record_routes(events: EventsService, auth: HttpAuth) -> APIRouter:
                 raise HTTPException(400, "allowed: must be true or false")
             fields["allowed"] = allowed == "true"
         count = query_int(limit, "limit", 100, 1, 1000)
+        await events.caught_up()
         found = await events.outbox.query(
             types=("audit.recorded",),
             call_id=call,

@@ -60,6 +60,7 @@ class Archive(Protocol):
 GAUGES_EVERY = 5.0  # seconds between reads of the queue's depth and age (never per scrape)
 RETENTION_FIRST = 60.0  # seconds after start, then every RETENTION_EVERY
 RETENTION_EVERY = 3600.0
+READ_WAIT_SECONDS = 2.0  # the longest a read of records waits for what came just before it
 _ENDED = (LegState.CANCELLED, LegState.FAILED, LegState.HUNG_UP, LegState.ENDED)
 
 
@@ -162,6 +163,13 @@ class EventsService:
             path=str(self.outbox.path),
             endpoints=[e.id for e in self.outbox.endpoints() if e.enabled],
         )
+
+    async def caught_up(self, within: float = READ_WAIT_SECONDS) -> None:
+        """Wait (at most `within`) until what was appended before is stored: the API's reads
+        of records (audit, call history) then see the actions that came just before them.
+        The events reach the writer in batches (`worker.HANDOVER_SECONDS` with the worker)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.outbox.flush(), within)
 
     async def stop(self) -> None:
         """Store what is queued (the last events of the drain), stop delivering."""
