@@ -91,6 +91,37 @@ async def test_events_endpoints_and_deliveries_survive_a_restart(tmp_path: Path)
         await again.close()
 
 
+async def test_an_event_appended_again_is_stored_and_queued_once(tmp_path: Path) -> None:
+    """The same id twice in one batch, and again in a later batch (a new events worker is
+    sent what it had not reported): one row, one delivery, and the rest of each batch
+    stored in order with its `seq` (the batch falls back from one statement to row by row)."""
+    outbox = await Outbox(tmp_path / "events.sqlite").start()
+    committed: list[StoredEvent] = []
+    outbox.on_committed = committed.extend
+    try:
+        await outbox.save_endpoint(Endpoint("crm", "http://127.0.0.1:9/h", "whsec_x"))
+        first = [event("CA1", i) for i in range(5)]
+        for e in [*first[:3], first[1], *first[3:]]:
+            outbox.append(e)
+        await outbox.flush()
+        later = [event("CA2", 10), first[4], event("CA2", 11)]
+        for e in later:
+            outbox.append(e)
+        await outbox.flush()
+        expected = [*first, later[0], later[2]]
+        stored = await outbox.events(limit=100)
+        assert [e.id for e in stored] == [e.id for e in expected]
+        assert [e.id for e in committed] == [e.id for e in expected]
+        assert [e.seq for e in committed] == [e.seq for e in stored]
+        assert len({e.seq for e in stored}) == 7
+        rows = await outbox.run(
+            lambda db: db.execute("SELECT seq FROM deliveries ORDER BY seq").fetchall()
+        )
+        assert [seq for (seq,) in rows] == [e.seq for e in stored]  # one delivery each
+    finally:
+        await outbox.close()
+
+
 async def test_a_full_database_drops_the_batch_reports_it_and_recovers(tmp_path: Path) -> None:
     outbox = await Outbox(tmp_path / "events.sqlite").start()
     try:

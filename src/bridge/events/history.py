@@ -16,7 +16,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.events.outbox import SELECT_EVENTS, event_from_row
+from bridge.events.outbox import SELECT_EVENTS, compact_json, event_from_row
 from bridge.events.stored import StoredEvent
 
 SCHEMA = """
@@ -253,7 +253,7 @@ def _store_record(db: sqlite3.Connection, event: StoredEvent, record: dict[str, 
             record["answered_by"],
             record["ring_group"],
             json.dumps(record["users"]),
-            json.dumps(record, separators=(",", ":")),
+            compact_json(record),
         ),
     )
 

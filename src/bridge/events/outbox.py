@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -309,36 +308,23 @@ class Outbox:
         now = self._wall()
         with self._endpoints_lock:
             endpoints = [e for e in self._endpoints.values() if e.enabled]
-        touched: set[str] = set()
-        committed: list[StoredEvent] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for event in batch:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO events (id, type, version, occurred_at, call_id,"
-                    " payload) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        event.id,
-                        event.type,
-                        event.version,
-                        event.occurred_at.isoformat(),
-                        event.call_id,
-                        json.dumps(event.payload, separators=(",", ":")),
-                    ),
-                )
-                if cursor.rowcount == 0:
-                    continue  # stored already (the same id appended twice)
-                seq = cursor.lastrowid
-                committed.append(dataclasses.replace(event, seq=seq))
-                ordering = event.call_id or event.id
-                for endpoint in endpoints:
+            committed = self._insert_events(db, batch)
+            touched: set[str] = set()
+            deliveries = []
+            for endpoint in endpoints:
+                for event in committed:
                     if endpoint.takes(event.type):
-                        db.execute(
-                            "INSERT INTO deliveries (endpoint_id, seq, ordering, state,"
-                            " first_at, next_at) VALUES (?, ?, ?, 'pending', ?, ?)",
-                            (endpoint.id, seq, ordering, now, now),
+                        deliveries.append(
+                            (endpoint.id, event.seq, event.call_id or event.id, now, now)
                         )
                         touched.add(endpoint.id)
+            db.executemany(
+                "INSERT INTO deliveries (endpoint_id, seq, ordering, state, first_at, next_at)"
+                " VALUES (?, ?, ?, 'pending', ?, ?)",
+                deliveries,
+            )
             if self._derive is not None and committed:
                 self._derive(db, committed)
             db.execute("COMMIT")
@@ -347,6 +333,52 @@ class Outbox:
                 db.execute("ROLLBACK")
             raise
         return sorted(touched), committed
+
+    @staticmethod
+    def _insert_events(db: sqlite3.Connection, batch: list[StoredEvent]) -> list[StoredEvent]:
+        """The batch's events, in the open transaction, with their `seq`: those not stored
+        already (an event appended twice, or sent again to a new events worker, is kept
+        once: its id is unique).
+
+        One `executemany` with the `seq`s given (this transaction holds the write lock, so
+        the next `seq` is ours to give); only when some id was stored already (the changes
+        fall short) is the batch rolled back to the savepoint and inserted row by row, to
+        learn which. Row by row costs a statement's round trip per event: about a fifth of
+        what storing an event costs."""
+        rows = [
+            (
+                event.id,
+                event.type,
+                event.version,
+                event.occurred_at.isoformat(),
+                event.call_id,
+                compact_json(event.payload),
+            )
+            for event in batch
+        ]
+        (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        db.execute("SAVEPOINT batch")
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO events (seq, id, type, version, occurred_at, call_id, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(last + 1 + index, *row) for index, row in enumerate(rows)],
+        )
+        if db.total_changes - before == len(rows):
+            db.execute("RELEASE batch")
+            return [event.with_seq(last + 1 + index) for index, event in enumerate(batch)]
+        db.execute("ROLLBACK TO batch")
+        db.execute("RELEASE batch")
+        committed: list[StoredEvent] = []
+        for event, row in zip(batch, rows, strict=True):
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO events (id, type, version, occurred_at, call_id, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            if cursor.rowcount:  # 0: stored already (the same id appended twice)
+                committed.append(event.with_seq(cursor.lastrowid))
+        return committed
 
     # -- the database, off the loop --------------------------------------------------------------
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -564,6 +596,10 @@ class Outbox:
             with contextlib.suppress(OSError):
                 total += Path(f"{self.path}{suffix}").stat().st_size
         return total
+
+
+# json.dumps with arguments makes a new encoder per call: a fifth of encoding a small payload.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

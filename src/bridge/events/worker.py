@@ -257,7 +257,7 @@ class WorkerOutbox(Outbox):
             self.batches += 1
             if self.on_committed is not None and self.want_committed():
                 stored = [
-                    dataclasses.replace(event, seq=seq)
+                    event.with_seq(seq)
                     for event, seq in zip(batch, seqs, strict=False)
                     if seq is not None
                 ]
