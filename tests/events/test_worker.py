@@ -182,3 +182,36 @@ async def test_an_append_from_another_thread_is_stored(tmp_path: Path) -> None:
         assert [r[0] for r in rows(tmp_path / "o.sqlite")] == [item.id]
     finally:
         await events.stop()
+
+
+async def test_a_read_waits_for_what_came_before_it_but_not_for_a_stuck_worker(
+    tmp_path: Path,
+) -> None:
+    """`caught_up` (the API's reads of records call it first): an event appended just before
+    is stored when it returns; with the worker stopped (SIGSTOP) it gives up after `within`
+    and the read goes on with what is stored."""
+    events = service(tmp_path)
+    await events.start()
+    outbox = events.outbox
+    assert isinstance(outbox, WorkerOutbox)
+    try:
+        await asyncio.wait_for(outbox.wait_ready(), 30)
+        first = event(1)
+        events.append(first)
+        await asyncio.wait_for(events.caught_up(), 10)
+        assert [r[0] for r in rows(tmp_path / "o.sqlite")] == [first.id]  # no sleep needed
+
+        os.kill(outbox.pid, signal.SIGSTOP)
+        try:
+            second = event(2)
+            events.append(second)
+            began = time.monotonic()
+            await asyncio.wait_for(events.caught_up(within=0.3), 10)
+            assert time.monotonic() - began >= 0.25  # it waited, and then gave up
+            assert [r[0] for r in rows(tmp_path / "o.sqlite")] == [first.id]
+        finally:
+            os.kill(outbox.pid, signal.SIGCONT)
+        await asyncio.wait_for(events.caught_up(), 10)
+        assert [r[0] for r in rows(tmp_path / "o.sqlite")] == [first.id, second.id]
+    finally:
+        await events.stop()
