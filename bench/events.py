@@ -354,9 +354,9 @@ def daemon_outbox(path: Path) -> Outbox:
 @contextlib.contextmanager
 def daemon_gc() -> Iterator[None]:
     """The daemon's garbage collector policy (`bridge.daemon.tune_garbage_collector`: what
-    exists is frozen, young collections every 5,000 allocations, collect-and-freeze four
-    times a second) while the block runs: the events made for the run are frozen with the
-    rest, as the daemon's start-up objects are, so the collector does not walk them."""
+    exists is frozen, young collections every 5,000 allocations and four times a second, the old
+    generation on a schedule) while the block runs: the events made for the run are frozen with
+    the rest, as the daemon's start-up objects are, so the collector does not walk them."""
     from bridge.daemon import tune_garbage_collector
 
     policy = tune_garbage_collector()
@@ -525,7 +525,7 @@ async def section_persist(args: argparse.Namespace, folder: Path) -> dict[str, A
 
 async def persist_figures(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     events, made = make_events(args.events, args.members)
-    await asyncio.sleep(0.3)  # (the collect-and-freeze tick: the events are long-lived)
+    await asyncio.sleep(0.3)  # (a tick of the collector policy: the events are long-lived, old)
     sizes = [len(json.dumps(e.payload, separators=(",", ":"))) for e in events[:600]]
     print(
         f"   {len(events)} events of {len(events) // EVENTS_PER_CALL} answered calls (6 each; "

@@ -29,10 +29,10 @@ process it starts is stopped at the end, by its process group id:
    of the round arriving around it. The bridge's own side of the fan-out: the endpoint
    answers once every offer is written and says how long that took (`written_ms`: offers
    made to the last frame handed to the kernel). Per round it also shows the bridge's CPU
-   time, its collections per generation (the daemon's collect-and-freeze policy makes a full
-   collection of what is not frozen four times a second, each of a few ms) and
+   time, its collections per generation (the daemon's collector policy collects the young
+   generations four times a second, each of a few ms, and the old one on a schedule) and
    heartbeat pings sent (10,000 sessions are pinged about every 20 s).
-   The client processes run the same collect-and-freeze policy once connected: each stands in
+   The client processes run the same collector policy once connected: each stands in
    for 5,000 devices, and its own collector's pauses are not the bridge's delivery time.
 
 It prints p50/p99/max of both over all rounds, the memory per idle connection, and the
@@ -315,7 +315,7 @@ async def client_main(args: argparse.Namespace) -> None:
     # This process stands in for thousands of devices, each with a heap of its own: its
     # collector walking all their connections at once (a million objects; full collections
     # of 0.3-0.5 s at the interpreter's defaults) would be counted as the bridge's delivery
-    # time. So it runs the daemon's own collect-and-freeze policy (bridge.daemon).
+    # time. So it runs the daemon's own collector policy (bridge.daemon).
     from bridge.daemon import tune_garbage_collector
 
     gc_policy = tune_garbage_collector()

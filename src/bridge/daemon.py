@@ -36,26 +36,27 @@ log = structlog.get_logger("bridge")
 # (and set the carrier webhooks' p99). 5,000 keeps both pauses and CPU lower (see
 # docs/PERFORMANCE.md, "Garbage collector").
 GC_THRESHOLDS = (5_000, 10, 10)
-# Collect-and-freeze (`GarbageCollectorPolicy`): every GC_FREEZE_SECONDS, a full collection
-# of what is not frozen, then `gc.freeze()` of what survived it; every GC_THAW_SECONDS, the
-# frozen objects are handed back to the collector (`gc.unfreeze()`) for that tick's collection.
-# A thaw that finds fewer than GC_THAW_LITTLE objects doubles the interval to the next one,
-# up to GC_THAW_MAX_SECONDS; one that finds more brings it back to GC_THAW_SECONDS.
+# The collector policy (`GarbageCollectorPolicy`): every GC_TICK_SECONDS a collection of the
+# young generations, whose survivors move to the old one; every GC_FULL_SECONDS a collection
+# of the old generation too (what the daemon made since start and still holds). A full
+# collection that finds fewer than GC_FULL_LITTLE objects doubles the interval to the next
+# one, up to GC_FULL_MAX_SECONDS; one that finds more brings it back to GC_FULL_SECONDS.
+# The interpreter's own full collections are off while the policy runs (GC_OLD_OFF).
 # Four ticks a second rather than one: each walks a quarter as much. On the SIP path at
 # 500-600 calls/s a one-second tick took up to 24-37 ms (call set-up p99 8-12 ms at 500/s in
 # some runs); at 0.25 s, p99 4 ms at 500/s in every run, the same CPU, and the WebSocket
 # fan-out and webhook figures unchanged (docs/PERFORMANCE.md).
-GC_FREEZE_SECONDS = 0.25
-GC_THAW_SECONDS = 600.0
-GC_THAW_MAX_SECONDS = 3600.0
-GC_THAW_LITTLE = 10_000
+GC_TICK_SECONDS = 0.25
+GC_FULL_SECONDS = 600.0
+GC_FULL_MAX_SECONDS = 3600.0
+GC_FULL_LITTLE = 10_000
+GC_OLD_OFF = 1_000_000_000  # young collections before the interpreter collects the old one
 
 
 def tune_garbage_collector() -> GarbageCollectorPolicy | None:
     """Once started: move what start-up built (modules, settings, the directory, the app)
-    out of the collector's sight with `gc.freeze()`, and collect the young generation less
-    often. Cycles are still collected; a full collection then only walks what was made since.
-    With a running event loop, also start the collect-and-freeze policy (returned; the
+    out of the collector's sight for good with `gc.freeze()`, and collect the young
+    generation less often. With a running event loop, also start the policy (returned; the
     daemon stops it on the way out)."""
     gc.collect()
     gc.freeze()
@@ -68,89 +69,98 @@ def tune_garbage_collector() -> GarbageCollectorPolicy | None:
 
 
 class GarbageCollectorPolicy:
-    """Collect-and-freeze: long-lived objects out of the collector's sight, cycles still found.
+    """Start-up frozen for good; young objects collected on a tick; the rest on a schedule.
 
-    Why: 10,000 idle app sessions are hundreds of thousands of long-lived objects (uvicorn's
-    protocol and its parser, the ASGI coroutine waiting in `receive`, the session), and every
-    heartbeat replaces a few of them (a new `receive` coroutine and its future, living until
-    the next frame). The interpreter's collector walked them again and again, at moments set
-    by allocations, so inside offer fan-outs: young collections of 5-30 ms, a generation-1
-    collection of 60-80 ms every few seconds, a full one of 170-700 ms every minute or so
-    (docs/PERFORMANCE.md, "App clients: WebSocket fan-out"). In a steady state they found
-    next to nothing (no cyclic garbage per heartbeat, per offer or per closed session).
+    Why: the interpreter's collector walks, at moments set by allocations (so inside offer
+    fan-outs and call set-ups), whatever is in the generation it collects. Two things made
+    that slow. 10,000 idle app sessions are hundreds of thousands of long-lived objects
+    (uvicorn's protocol and parser, the ASGI coroutine waiting in `receive`, the session),
+    and every heartbeat replaces a few of them: young collections of 5-30 ms, generation-1
+    ones of 60-80 ms every few seconds, full ones of 170-700 ms every minute or so
+    (docs/PERFORMANCE.md, "App clients: WebSocket fan-out"), finding next to nothing. And
+    start-up leaves about 115,000 objects (modules, classes, functions, the app) that are
+    slow to walk (about 300 ns each here, against 50 ns for a small list): a full
+    collection of them alone takes 35-50 ms on this machine.
 
-    What: every `every` seconds, on the loop (between callbacks, never inside a fan-out's
-    writes), a full `gc.collect()`, then `gc.freeze()`. The collection walks only what is not
-    frozen yet, which is what was allocated and survived since the previous tick (a quarter
-    of a second of heartbeats and calls: a few milliseconds). Everything it leaves is
-    reachable at that moment (a full collection just proved it), so only live objects are
-    frozen. The interpreter's own collections keep running as before (GC_THRESHOLDS); they
-    too see only the young part.
+    What:
+    - **Start-up is frozen for good** (`tune_garbage_collector`): modules and the app never
+      become garbage; what they built and a later change replaces (the first directory,
+      after an API change or a reload) is freed by reference counting, and a cycle among it
+      would stay (once: its replacements are not frozen).
+    - **A tick every `every` seconds**, on the loop (between callbacks, never inside a
+      fan-out's writes): `gc.collect(1)`, the young generations, which hold only what was
+      allocated since the previous tick (a quarter of a second of heartbeats and calls: a
+      few milliseconds). Its survivors move to the old generation, which the interpreter's
+      own collections leave alone while the policy runs (its threshold is GC_OLD_OFF), so
+      long-lived objects are not walked again and again.
+    - **A full collection every `full_every` seconds**: `gc.collect(2)`, the old generation too
+      (everything the daemon made since start and still holds: calls, transactions, sessions;
+      not start-up), so garbage cycles among long-lived objects are freed. The one long pause,
+      logged as `gc_full` with what it found and how long it took: 22-29 ms with a SIP soak's
+      state at 150 calls/s (bench/gc_pause.py; the earlier design, which froze everything each
+      tick and unfroze everything for this collection, walked start-up too: 74-81 ms, long
+      enough to lose calls in bench/soak.py); at most about 0.3-0.45 s with 10,000 app sessions.
+      Memory held by garbage cycles is thus at most what became cyclic garbage in one period.
+      The period adapts to what these find: one that collects fewer than GC_FULL_LITTLE objects
+      (the bridge measured 0-400 at 10,000 app sessions, about 0.2 per SIP call) doubles it, up
+      to GC_FULL_MAX_SECONDS; one that collects more sets it back to `full_every`.
 
-    The cost, and its bound: a frozen object that later becomes part of a garbage cycle is not
-    collected while frozen. Most objects die by reference counting, frozen or not (a closed
-    app session frees all of its objects that way under uvloop: tests/ws/test_gc.py), but to
-    bound what cycles could hold, every `thaw_every` seconds the tick first calls
-    `gc.unfreeze()`, so its collection walks everything once (the one long pause: about
-    0.45 s with 10,000 app sessions; logged as `gc_thaw` with what it found) and frees any
-    such garbage. Memory held by frozen garbage is thus at most what became cyclic garbage
-    in one thaw period, and is given back at the next thaw. The period adapts to what thaws
-    find: one that collects fewer than GC_THAW_LITTLE objects (the bridge measured 0-400 at
-    10,000 app sessions, and about 0.2 per SIP call) doubles it, up to GC_THAW_MAX_SECONDS;
-    one that collects more sets it back to `thaw_every`.
+    Most objects die by reference counting wherever they are (a closed app session frees
+    all of its objects that way under uvloop: tests/ws/test_gc.py).
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        every: float = GC_FREEZE_SECONDS,
-        thaw_every: float = GC_THAW_SECONDS,
+        every: float = GC_TICK_SECONDS,
+        full_every: float = GC_FULL_SECONDS,
     ) -> None:
         self._loop = loop
         self._every = every
-        self._thaw_every = thaw_every
-        self.thaw_interval = thaw_every  # seconds from one thaw to the next
-        self._thaw_at = loop.time() + thaw_every
+        self._full_every = full_every
+        self.full_interval = full_every  # seconds from one full collection to the next
+        self._full_at = loop.time() + full_every
         self._handle: asyncio.TimerHandle | None = None
+        self._thresholds = gc.get_threshold()
 
     def start(self) -> GarbageCollectorPolicy:
         if self._handle is None:
+            self._thresholds = gc.get_threshold()
+            young, middle, _ = self._thresholds
+            gc.set_threshold(young, middle, GC_OLD_OFF)
             self._handle = self._loop.call_later(self._every, self._tick)
         return self
 
     def stop(self) -> None:
-        """Stop ticking and hand everything frozen since start-up back to the collector."""
+        """Stop ticking; the interpreter's own collections as before, start-up unfrozen."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            gc.set_threshold(*self._thresholds)
             gc.unfreeze()
 
     def _tick(self) -> None:
         self._handle = self._loop.call_later(self._every, self._tick)
-        self.collect_and_freeze(thaw=self._loop.time() >= self._thaw_at)
+        self.collect(full=self._loop.time() >= self._full_at)
 
-    def collect_and_freeze(self, *, thaw: bool = False) -> int:
-        """One tick (`thaw`: first give the frozen objects back). Returns what it collected."""
-        if thaw:
-            started = time.perf_counter()
-            gc.unfreeze()
-            collected = gc.collect()
-            gc.freeze()
-            if collected < GC_THAW_LITTLE:
-                self.thaw_interval = min(2 * self.thaw_interval, GC_THAW_MAX_SECONDS)
-            else:
-                self.thaw_interval = self._thaw_every
-            self._thaw_at = self._loop.time() + self.thaw_interval
-            log.info(
-                "gc_thaw",
-                collected=collected,
-                frozen=gc.get_freeze_count(),
-                seconds=round(time.perf_counter() - started, 4),
-                next_in_seconds=self.thaw_interval,
-            )
-            return collected
-        collected = gc.collect()
-        gc.freeze()
+    def collect(self, *, full: bool = False) -> int:
+        """One tick (`full`: the old generation too). Returns what it collected."""
+        if not full:
+            return gc.collect(1)
+        started = time.perf_counter()
+        collected = gc.collect(2)
+        if collected < GC_FULL_LITTLE:
+            self.full_interval = min(2 * self.full_interval, GC_FULL_MAX_SECONDS)
+        else:
+            self.full_interval = self._full_every
+        self._full_at = self._loop.time() + self.full_interval
+        log.info(
+            "gc_full",
+            collected=collected,
+            frozen=gc.get_freeze_count(),
+            seconds=round(time.perf_counter() - started, 4),
+            next_in_seconds=self.full_interval,
+        )
         return collected
 
 

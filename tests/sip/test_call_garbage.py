@@ -1,11 +1,11 @@
 """A finished call leaves no cyclic garbage: its objects die by reference counting.
 
-Why it matters: the daemon's collector policy (`GarbageCollectorPolicy`) freezes whatever
-lives past a quarter of a second, so garbage in reference cycles waits for the ten-minute
-sweep. bench/soak.py found calls leaving about 183 objects each in cycles (the relay's reader
-holding its endpoint, the app-offer callback holding the call): at 150 calls/s the sweep then
-froze the daemon for 1.4-3.8 s and lost hundreds of calls each time. The call here is the
-benchmark's (trunk INVITE, a desk phone answers, ACK, BYE), its audio anchored.
+Why it matters: the daemon's collector policy (`GarbageCollectorPolicy`) moves whatever lives
+past a quarter of a second to the old generation, so garbage in reference cycles waits for the
+ten-minute full collection. bench/soak.py found calls leaving about 183 objects each in cycles
+(the relay's reader holding its endpoint, the app-offer callback holding the call): at 150
+calls/s the sweep then froze the daemon for 1.4-3.8 s and lost hundreds of calls each time. The
+call here is the benchmark's (trunk INVITE, a desk phone answers, ACK, BYE), its audio anchored.
 """
 
 from __future__ import annotations
