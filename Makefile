@@ -47,6 +47,7 @@ deb-packages:
 
 lint: install-test
 	$(BIN)/ruff check src tests bench sim
+	$(BIN)/ruff format --check src tests bench sim
 
 test: install-test deb-packages lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -96,9 +96,10 @@ def test_metric_children_are_looked_up_once_per_label_set() -> None:
     metrics.child(metrics.calls, "sip", "answered").inc()
     metrics.child(metrics.call_setup_seconds, "sip").observe(0.003)
     registry = metrics.registry
-    assert registry.get_sample_value(
-        "bridge_calls_total", {"path": "sip", "outcome": "answered"}
-    ) == 2.0
+    assert (
+        registry.get_sample_value("bridge_calls_total", {"path": "sip", "outcome": "answered"})
+        == 2.0
+    )
     assert registry.get_sample_value("bridge_call_setup_seconds_count", {"path": "sip"}) == 1.0
     # Another instance keeps its own children (each daemon has its own registry).
     other = Metrics()

@@ -192,16 +192,20 @@ def register(
     username: str, port: int, n: int, bridge: str, auth: bytes = b"", cseq: int = 1
 ) -> bytes:
     return (
-        f"REGISTER sip:{bridge} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-r{n}-{cseq};rport\r\n"
-        f"From: <sip:{username}@{REALM}>;tag=reg{n}\r\n"
-        f"To: <sip:{username}@{REALM}>\r\n"
-        f"Call-ID: reg-{n}@127.0.0.1\r\n"
-        f"CSeq: {cseq} REGISTER\r\n"
-        f"Contact: <sip:{username}@127.0.0.1:{port}>\r\n"
-        "Expires: 3600\r\n"
-        "Max-Forwards: 70\r\n"
-    ).encode() + auth + b"Content-Length: 0\r\n\r\n"
+        (
+            f"REGISTER sip:{bridge} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-r{n}-{cseq};rport\r\n"
+            f"From: <sip:{username}@{REALM}>;tag=reg{n}\r\n"
+            f"To: <sip:{username}@{REALM}>\r\n"
+            f"Call-ID: reg-{n}@127.0.0.1\r\n"
+            f"CSeq: {cseq} REGISTER\r\n"
+            f"Contact: <sip:{username}@127.0.0.1:{port}>\r\n"
+            "Expires: 3600\r\n"
+            "Max-Forwards: 70\r\n"
+        ).encode()
+        + auth
+        + b"Content-Length: 0\r\n\r\n"
+    )
 
 
 class FakeTime:
@@ -218,8 +222,12 @@ class InprocBridge:
     """The SIP application of a bridge, fed and read by the caller."""
 
     def __init__(
-        self, directory: dict[str, Any], *, sip: dict[str, Any] | None = None,
-        folder: Path | None = None, media: dict[str, Any] | None = None,
+        self,
+        directory: dict[str, Any],
+        *,
+        sip: dict[str, Any] | None = None,
+        folder: Path | None = None,
+        media: dict[str, Any] | None = None,
     ) -> None:
         self._tmp = None
         if folder is None:
@@ -305,10 +313,18 @@ class InprocBridge:
         self.feed(register(username, port, n, self.address), ("127.0.0.1", port))
         sent = self.take()
         challenge = next(d for d, _ in sent if d.startswith(b"SIP/2.0 401"))
-        offers = [v.split(b":", 1)[1].strip().decode()
-                  for v in header_lines(challenge, b"WWW-Authenticate")]
-        answer = authorize(401, offers, method="REGISTER", uri=f"sip:{self.address}",
-                           username=username, password=password)
+        offers = [
+            v.split(b":", 1)[1].strip().decode()
+            for v in header_lines(challenge, b"WWW-Authenticate")
+        ]
+        answer = authorize(
+            401,
+            offers,
+            method="REGISTER",
+            uri=f"sip:{self.address}",
+            username=username,
+            password=password,
+        )
         assert answer is not None, challenge
         auth = f"{answer[0]}: {answer[1]}\r\n".encode()
         self.feed(register(username, port, n, self.address, auth, 2), ("127.0.0.1", port))

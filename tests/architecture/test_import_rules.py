@@ -144,9 +144,7 @@ def test_the_rules_see_the_source() -> None:
 @pytest.mark.parametrize("name", PURE_MODULES)
 def test_pure_modules_do_no_io_and_read_no_clock(name: str) -> None:
     path = modules()[name]
-    io = sorted(
-        i for i in imports_of(name, path) if i.split(".")[0] in IO_MODULES or i == "time"
-    )
+    io = sorted(i for i in imports_of(name, path) if i.split(".")[0] in IO_MODULES or i == "time")
     assert io == [], f"{name} imports {io}: pass I/O and time in instead"
     assert clock_reads(path) == [], f"{name} reads a clock"
 
@@ -215,10 +213,7 @@ def test_find_cycle_finds_one() -> None:
 def test_no_import_cycle_in_src() -> None:
     # A package's __init__ re-exporting its modules is not a cycle of the design: drop the
     # edges from a package to its own submodules.
-    g = {
-        name: {d for d in deps if not d.startswith(name + ".")}
-        for name, deps in graph().items()
-    }
+    g = {name: {d for d in deps if not d.startswith(name + ".")} for name, deps in graph().items()}
     assert find_cycle(g) is None, " -> ".join(find_cycle(g) or [])
 
 

@@ -575,8 +575,6 @@ def test_both_paths_publish_typed_events_with_their_path_and_leg_references() ->
     assert records[0].at == WALL_START and records[-1].at == WALL_START + timedelta(seconds=2)
 
 
-
-
 def broken_listener(record: CallEventRecord) -> None:
     raise RuntimeError("subscriber bug")
 

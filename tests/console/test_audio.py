@@ -227,9 +227,7 @@ async def test_a_refused_microphone_is_said_in_words_and_the_call_rings_on(
                 )
                 assert "microphone" in banner
                 # still ringing: the Accept button is back
-                await alice.wait_for(
-                    "!document.querySelector('[data-action=accept]').disabled", 5
-                )
+                await alice.wait_for("!document.querySelector('[data-action=accept]').disabled", 5)
                 caller.hangup()
                 await asyncio.to_thread(caller.wait_closed, timeout=5)
             finally:
