@@ -278,3 +278,34 @@ async def test_a_calls_record_is_made_from_its_events_even_across_a_restart(
         assert records["CA1"]["started_at"] == "2026-12-06T10:00:00Z"
     finally:
         await again.close()
+
+
+async def test_the_pending_gauge_reads_only_pending_deliveries(tmp_path: Path) -> None:
+    """`bridge_outbox_pending` and its oldest age, read every few seconds: the count and the
+    oldest of the pending deliveries of every endpoint, found through an index (done
+    deliveries are kept for the retention's 90 days: a scan of them all would grow with it)."""
+    from bridge.events.service import PENDING_SQL, _pending
+
+    outbox = await Outbox(tmp_path / "events.sqlite", wall=lambda: 1000.0).start()
+    try:
+        await outbox.save_endpoint(Endpoint("crm", "http://127.0.0.1:9/h", "whsec_x"))
+        await outbox.save_endpoint(Endpoint("bi", "http://127.0.0.1:9/b", "whsec_y"))
+        for i in range(6):
+            outbox.append(event("CA1", i))
+        await outbox.flush()
+
+        def settle(db: sqlite3.Connection) -> None:  # (as the dispatcher marks them done)
+            db.execute(
+                "UPDATE deliveries SET state = 'done', first_at = 1.0 WHERE endpoint_id = 'crm'"
+            )
+            db.execute("UPDATE deliveries SET first_at = 900.0 WHERE seq = 1")
+
+        await outbox.run(settle)
+        assert await outbox.run(_pending) == (6, 900.0)  # bi's six; the oldest queued at 900
+        plan = await outbox.run(
+            lambda db: [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + PENDING_SQL)]
+        )
+        assert not any(step.startswith("SCAN d") for step in plan), plan
+        assert any("deliveries_due" in step for step in plan), plan
+    finally:
+        await outbox.close()

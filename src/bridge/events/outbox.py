@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     done_at REAL,
     PRIMARY KEY (endpoint_id, seq)
 );
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (endpoint_id, state, seq);
+-- (deliveries_pending (endpoint_id, state, seq) served no query deliveries_due does not: one
+-- b-tree fewer to update per delivery queued)
+DROP INDEX IF EXISTS deliveries_pending;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint_id, state, next_at, seq);
 CREATE INDEX IF NOT EXISTS deliveries_ordering ON deliveries (endpoint_id, ordering, seq);
 """
