@@ -44,7 +44,9 @@ within 5 % of the series' mean (or, for small counts, within a few units: 2 fds,
 2 live calls, 10 transactions); otherwise GROWS or falls. Then the calls (asked, attempted,
 completed, failed, unfinished: "no call lost" is failed = 0 and every call asked started and
 finished), the registrations (sent, ok, failed), the bridge's admission counters (the
-overload control must refuse nothing at this rate) and the warnings and errors it logged.
+overload control must refuse nothing at this rate), the collector's full collections and
+their pauses (`bridge_gc_full_*`, the one long pause by design) and the warnings and errors
+it logged.
 It asserts nothing and exits 0 unless the harness itself broke. Bounded: --seconds plus about
 a minute (start, drain); every process it starts is stopped by its process group at the end.
 With two cores or more the bridge runs alone on the first, SIPp, the events worker and this
@@ -311,6 +313,9 @@ class Sampler:
     setups_ms: list[float] = field(default_factory=list)  # every set-up, in order
     worker: int | None = None
     workers_seen: list[int] = field(default_factory=list)
+    # The collector policy's full collections seen: (t, pause in ms) from its metrics.
+    gc_full: list[tuple[float, float | None]] = field(default_factory=list)
+    gc_full_seen: float = 0.0
 
     def __post_init__(self) -> None:
         self.last_at = time.monotonic()
@@ -367,6 +372,18 @@ class Sampler:
 
         refused = sum(v for k, v in admission(metrics).items() if not k.endswith(":admitted"))
         outbox = metrics.get("bridge_outbox_bytes")
+        full = metrics.get("bridge_gc_full_collections_total")
+        if full is not None and full > self.gc_full_seen:
+            # (at most one a window: they come 10 minutes apart or more)
+            self.gc_full_seen = full
+            pause = metrics.get("bridge_gc_full_last_seconds")
+            self.gc_full.append((sample["t"], pause * 1000 if pause is not None else None))
+        full = metrics.get("bridge_gc_full_collections_total")
+        if full is not None and full > self.gc_full_seen:
+            # (at most one a window: they come 10 minutes apart or more)
+            self.gc_full_seen = full
+            pause = metrics.get("bridge_gc_full_last_seconds")
+            self.gc_full.append((sample["t"], pause * 1000 if pause is not None else None))
         sample.update(
             rss_mib=vm_rss_mib(pid),
             worker_rss_mib=vm_rss_mib(worker),
@@ -747,6 +764,11 @@ def main() -> int:
             f"{dict(list(bridge_log['events'].items())[:8])}"
         )
         print(
+            "== the collector's full collections (bridge_gc_full_*; the one long pause, 10 min"
+            " after start, then every 20-60 min while they find little): "
+            + (", ".join(f"t={t:.0f}s {fmt(ms, '.1f')} ms" for t, ms in sampler.gc_full) or "none")
+        )
+        print(
             f"== events worker pids seen: {sampler.workers_seen or 'none'}; UDP receive-buffer "
             f"drops (whole machine): {udp}"
         )
@@ -813,6 +835,7 @@ def main() -> int:
             bridge_log=bridge_log,
             udp_drops=udp,
             workers_seen=sampler.workers_seen,
+            gc_full=[{"t": t, "pause_ms": ms} for t, ms in sampler.gc_full],
             trouble_windows=troubles,
             notes=notes,
             growing=leaks,

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 import uvicorn
@@ -53,11 +54,13 @@ GC_FULL_LITTLE = 10_000
 GC_OLD_OFF = 1_000_000_000  # young collections before the interpreter collects the old one
 
 
-def tune_garbage_collector() -> GarbageCollectorPolicy | None:
+def tune_garbage_collector(
+    on_full: Callable[[float], None] | None = None,
+) -> GarbageCollectorPolicy | None:
     """Once started: move what start-up built (modules, settings, the directory, the app)
     out of the collector's sight for good with `gc.freeze()`, and collect the young
     generation less often. With a running event loop, also start the policy (returned; the
-    daemon stops it on the way out)."""
+    daemon stops it on the way out); `on_full` is told each full collection's pause."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -65,7 +68,7 @@ def tune_garbage_collector() -> GarbageCollectorPolicy | None:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
-    return GarbageCollectorPolicy(loop).start()
+    return GarbageCollectorPolicy(loop, on_full=on_full).start()
 
 
 class GarbageCollectorPolicy:
@@ -114,8 +117,11 @@ class GarbageCollectorPolicy:
         loop: asyncio.AbstractEventLoop,
         every: float = GC_TICK_SECONDS,
         full_every: float = GC_FULL_SECONDS,
+        *,
+        on_full: Callable[[float], None] | None = None,
     ) -> None:
         self._loop = loop
+        self._on_full = on_full
         self._every = every
         self._full_every = full_every
         self.full_interval = full_every  # seconds from one full collection to the next
@@ -149,6 +155,7 @@ class GarbageCollectorPolicy:
             return gc.collect(1)
         started = time.perf_counter()
         collected = gc.collect(2)
+        paused = time.perf_counter() - started
         if collected < GC_FULL_LITTLE:
             self.full_interval = min(2 * self.full_interval, GC_FULL_MAX_SECONDS)
         else:
@@ -158,9 +165,11 @@ class GarbageCollectorPolicy:
             "gc_full",
             collected=collected,
             frozen=gc.get_freeze_count(),
-            seconds=round(time.perf_counter() - started, 4),
+            seconds=round(paused, 4),
             next_in_seconds=self.full_interval,
         )
+        if self._on_full is not None:
+            self._on_full(paused)
         return collected
 
 
@@ -288,7 +297,13 @@ class Daemon:
         while not server.started:
             await asyncio.sleep(0.02)
         self.ctx.listeners_up.add("http")
-        self._gc = tune_garbage_collector()
+        metrics = self.ctx.metrics
+
+        def full_collection(paused: float) -> None:
+            metrics.gc_full_collections.inc()
+            metrics.gc_full_seconds.set(paused)
+
+        self._gc = tune_garbage_collector(on_full=full_collection)
         log.info(
             "started",
             http=f"{self.settings.http.host}:{self.settings.http.port}",

@@ -104,9 +104,13 @@ async def test_full_collections_that_find_little_come_less_often(
 ) -> None:
     monkeypatch.setattr("bridge.daemon.GC_FULL_LITTLE", 100)
     monkeypatch.setattr("bridge.daemon.GC_FULL_MAX_SECONDS", 40.0)
-    policy = GarbageCollectorPolicy(asyncio.get_running_loop(), every=3600, full_every=10)
+    pauses: list[float] = []
+    policy = GarbageCollectorPolicy(
+        asyncio.get_running_loop(), every=3600, full_every=10, on_full=pauses.append
+    )
     policy.collect(full=True)
     assert policy.full_interval == 20
+    assert len(pauses) == 1 and 0 <= pauses[0] < 60  # told (the metrics) of each one
     policy.collect(full=True)
     policy.collect(full=True)
     assert policy.full_interval == 40  # at most GC_FULL_MAX_SECONDS

@@ -134,6 +134,16 @@ class Metrics:
             "Tasks not done yet on the daemon's asyncio event loop (read at scrape time)",
             registry=r,
         )
+        self.gc_full_collections = Counter(
+            "bridge_gc_full_collections_total",
+            "The collector policy's scheduled full collections (log line gc_full)",
+            registry=r,
+        )
+        self.gc_full_seconds = Gauge(
+            "bridge_gc_full_last_seconds",
+            "How long the last scheduled full collection paused the event loop",
+            registry=r,
+        )
         self.sip_admission = Counter(
             "bridge_sip_admission_total",
             "New INVITEs (kind=call) and REGISTERs (kind=registration) by outcome: admitted, or"
