@@ -109,7 +109,8 @@ class _Udp(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(RuntimeError):  # (no loop: every datagram handled as read)
+            self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is None:
             return
