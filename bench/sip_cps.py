@@ -1147,7 +1147,14 @@ def ratio(value: float | None, target: float, *, lower_is_better: bool = False) 
 
 
 def parse_rates(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    """Comma-separated rates, each a positive whole number (per second)."""
+    try:
+        rates = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not whole numbers: {text!r}") from None
+    if any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"rates are per second and above 0: {text!r}")
+    return rates
 
 
 def main() -> int:
