@@ -94,9 +94,8 @@ class _Udp(asyncio.DatagramProtocol):
     collector pause, a busy host) the queue holds both: handled in arrival order, the new
     calls were routed while the users whose calls had ended in the meantime still counted
     as busy (their BYEs waited behind), and a small team could answer "nobody can receive"
-    for a moment (bench/soak.py saw it). RFC 6357 §4 likewise prefers finishing admitted
-    work. Nothing waits longer than the rest of one pass, and the order within each kind
-    holds."""
+    for a moment (bench/soak.py saw it). Nothing waits longer than the rest of one pass,
+    and the order within each kind holds."""
 
     def __init__(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
