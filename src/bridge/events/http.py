@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import re
 import secrets
@@ -45,7 +44,7 @@ from pydantic import BaseModel, ConfigDict
 from bridge.api.common import query_int, query_time
 from bridge.config import check_webhook_secret, check_webhook_url, points_at
 from bridge.directory.roles import Action, Scope
-from bridge.events.outbox import Endpoint
+from bridge.events.outbox import Endpoint, compact_json
 from bridge.events.service import EventsService
 from bridge.httpauth import Grant, HttpAuth, audit_request
 
@@ -443,5 +442,5 @@ async def _cursor(events: EventsService, event_id: str | None) -> int:
 
 
 def _sse(event: Any) -> bytes:
-    data = json.dumps(event.to_json(), separators=(",", ":"))
+    data = compact_json(event.to_json())
     return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n".encode()

@@ -361,25 +361,18 @@ class Outbox:
         (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         db.execute("SAVEPOINT batch")
         before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO events (seq, id, type, version, occurred_at, call_id, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(last + 1 + index, *row) for index, row in enumerate(rows)],
-        )
+        db.executemany(_INSERT_EVENT, [(last + 1 + index, *row) for index, row in enumerate(rows)])
         if db.total_changes - before == len(rows):
             db.execute("RELEASE batch")
             return [event.with_seq(last + 1 + index) for index, event in enumerate(batch)]
         db.execute("ROLLBACK TO batch")
         db.execute("RELEASE batch")
         committed: list[StoredEvent] = []
+        seq = last + 1
         for event, row in zip(batch, rows, strict=True):
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO events (id, type, version, occurred_at, call_id, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            if cursor.rowcount:  # 0: stored already (the same id appended twice)
-                committed.append(event.with_seq(cursor.lastrowid))
+            if db.execute(_INSERT_EVENT, (seq, *row)).rowcount:  # 0: stored already
+                committed.append(event.with_seq(seq))
+                seq += 1
         return committed
 
     # -- the database, off the loop --------------------------------------------------------------
@@ -600,6 +593,10 @@ class Outbox:
         return total
 
 
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (seq, id, type, version, occurred_at, call_id, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 # json.dumps with arguments makes a new encoder per call: a fifth of encoding a small payload.
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
 

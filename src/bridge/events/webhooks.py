@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import sqlite3
 import time
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from standardwebhooks import Webhook
 
-from bridge.events.outbox import SELECT_EVENTS, Endpoint, Outbox, event_from_row
+from bridge.events.outbox import SELECT_EVENTS, Endpoint, Outbox, compact_json, event_from_row
 from bridge.events.stored import StoredEvent
 
 if TYPE_CHECKING:
@@ -264,7 +263,7 @@ class WebhookDispatcher:
 
         if self._session is None:  # (an endpoint not configured yet: the API's test send)
             self._session = self._open_session()
-        body = json.dumps(event.to_json(), separators=(",", ":"))
+        body = compact_json(event.to_json())
         now = datetime.fromtimestamp(self._wall(), UTC)
         try:
             signature = Webhook(endpoint.secret).sign(event.id, now, body)
