@@ -108,11 +108,12 @@ class Meter:
 
 
 class Bench:
-    def __init__(self, users: int, media: str = "embedded") -> None:
+    def __init__(self, users: int, media: str = "embedded", events: bool = False) -> None:
         configure_logging("warning", "json", cache=True)  # as `bridge run`
         self.bridge = InprocBridge(bench_directory(users), media={"engine": media})
         self.ctx = self.bridge.ctx
         self.meter = Meter()
+        self.events = events
 
     async def start(self) -> None:
         bridge = self.bridge
@@ -123,9 +124,18 @@ class Bench:
         assert bridge.endpoint is not None
         bridge.feed = self.meter.wrap(bridge.feed)  # type: ignore[method-assign]
         bridge.endpoint._fire = self.meter.wrap(bridge.endpoint._fire)  # type: ignore[method-assign]
+        if self.events:  # the outbox and its worker process, as the daemon starts them
+            events = self.ctx.events
+            assert events is not None
+            await events.start()
+            # the hand-over to the worker runs on a timer of its own: counted too
+            outbox = events.outbox
+            outbox._send = self.meter.wrap(outbox._send)  # type: ignore[method-assign]
         tune_garbage_collector()  # as the daemon does once it is listening
 
     async def stop(self) -> None:
+        if self.events and self.ctx.events is not None:
+            await self.ctx.events.stop()
         await self.bridge.stop()
 
     async def drain(self) -> None:
@@ -183,7 +193,7 @@ def profile_report(profiler: cProfile.Profile, top: int = 60) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    bench = Bench(args.users, args.media)
+    bench = Bench(args.users, args.media, args.events)
     await bench.start()
     try:
         for i in range(args.users):
@@ -284,6 +294,12 @@ def main() -> int:
         default="embedded",
         help="the media engine: embedded (as shipped: every call's audio anchored) or none "
         "(signalling only, SDP end to end)",
+    )
+    parser.add_argument(
+        "--events",
+        action="store_true",
+        help="the durable outbox on, as the daemon runs it (its worker process is not counted; "
+        "the events made and handed to it are)",
     )
     parser.add_argument("--profile", choices=["calls", "registrations"])
     parser.add_argument("--no-gc", action="store_true", help="disable the garbage collector")

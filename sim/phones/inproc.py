@@ -228,6 +228,7 @@ class InprocBridge:
         sip: dict[str, Any] | None = None,
         folder: Path | None = None,
         media: dict[str, Any] | None = None,
+        events: dict[str, Any] | None = None,
     ) -> None:
         self._tmp = None
         if folder is None:
@@ -252,6 +253,8 @@ class InprocBridge:
                 "recordings_dir": str(folder / "recordings"),
                 **(media or {}),
             },
+            # (stored only once `ctx.events.start()` runs: the daemon's outbox and its worker)
+            events={"outbox_path": str(folder / "events.sqlite"), **(events or {})},
         )
         self.ctx: AppContext = build_context(
             self.settings, load_directory(self.settings.directory_path)

@@ -117,3 +117,49 @@ async def test_a_cancel_keeps_its_place_behind_the_invite_it_cancels() -> None:
         assert seen.methods == ["BYE c2", "INVITE same", "CANCEL same (its INVITE found)"]
     finally:
         await endpoint.stop()
+
+
+def test_a_malformed_request_put_off_to_the_end_of_the_pass_is_still_answered_400() -> None:
+    """New INVITEs wait for the end of the pass before they are parsed: one that does not
+    parse (here a line that is not a header) is answered 400 there as it would be at once,
+    a datagram that
+    only starts like an INVITE is dropped, and neither stops what comes after (on uvloop, where
+    a pass reads several datagrams)."""
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(_malformed_reads())
+    finally:
+        loop.close()
+
+
+async def _malformed_reads() -> None:
+    seen = _Seen()
+    endpoint = SipEndpoint("127.0.0.1", 0, seen)
+    await endpoint.start()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    port = peer.getsockname()[1]
+    try:
+        malformed = request("INVITE", 1, port).replace(
+            b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nnot a header line\r\n"
+        )
+        for data in (
+            malformed,
+            b"INVITE \x00\xff not a request at all",
+            request("OPTIONS", 2, port),
+            request("INVITE", 3, port),
+        ):
+            peer.sendto(data, ("127.0.0.1", endpoint.port))
+        time.sleep(0.1)  # the loop is held: one pass reads them all
+        deadline = time.monotonic() + 5
+        while len(seen.methods) < 2:
+            assert time.monotonic() < deadline, seen.methods
+            await asyncio.sleep(0.01)
+        assert seen.methods == ["OPTIONS c2", "INVITE c3"]
+        answer = await asyncio.get_running_loop().run_in_executor(None, peer.recv, 65535)
+        assert answer.startswith(b"SIP/2.0 400 ")
+        assert b"branch=z9hG4bK-order1" in answer and b"Call-ID: c1" in answer
+    finally:
+        peer.close()
+        await endpoint.stop()
