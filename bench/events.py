@@ -100,8 +100,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bridge.calls.events import (
     CallAnswered,
     CallEnded,
@@ -133,20 +131,17 @@ import sip_cps  # noqa: E402  (bench/sip_cps.py: its phones, SIPp files and help
 from sip_cps import (  # noqa: E402
     CLK_TCK,
     LINE,
-    REALM,
     REG_USER,
-    SIPP_DIR,
     Bridge,
     Processes,
     bench_directory,
     code_line,
+    fmt,
     inside_setup,
     machine_lines,
     percentile,
     phone_users,
     proc_ticks,
-    read_rtt,
-    read_stat,
     start_phones,
     uvloop_line,
 )
@@ -157,10 +152,6 @@ TARGET_SETUP_DIFF_MS = 1.0
 TARGET_RATE = 500
 EVENTS_PER_CALL = 6  # of an answered SIP call: received, routed, layer_ringing, answered, ...
 PASS_RATE_SHARE = 0.95
-
-
-def fmt(value: float | None, spec: str = ".1f", none: str = "-") -> str:
-    return none if value is None else format(value, spec)
 
 
 def ms(seconds: float | None, spec: str = ".2f") -> str:
@@ -919,93 +910,48 @@ class CallRun:
 def trunk_calls(
     workdir: Path, target: str, rate: float, calls: int, port: int, talk_ms: int
 ) -> CallRun:
-    """One bounded SIPp trunk run (bench/sipp/trunk_uac.xml) from `port`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    timeout = calls / rate + 20
-    command = [
-        "sipp", "-sf", str(SIPP_DIR / "trunk_uac.xml"), "-i", "127.0.0.1", "-p", str(port),
-        "-r", f"{rate:g}", "-rp", "1000", "-m", str(calls), "-l", str(max(100, int(rate))),
-        "-nostdin", "-recv_timeout", "5000", "-timeout", f"{int(timeout)}s",
-        "-trace_stat", "-stf", str(workdir / "stat.csv"), "-fd", "1",
-        "-trace_rtt", "-rtt_freq", str(min(200, max(1, calls // 10))), "-trace_err", "-error_file",
-        str(workdir / "errors.log"), "-s", LINE, "-d", str(talk_ms), target,
-    ]  # fmt: skip
-    run = CallRun(mode="", rate=rate, asked=calls)
-    started = time.monotonic()
-    with (
-        (workdir / "screen.txt").open("wb") as screen,
-        contextlib.suppress(subprocess.TimeoutExpired),
-    ):
-        subprocess.run(
-            command,
-            cwd=workdir,
-            stdout=screen,
-            stderr=subprocess.STDOUT,
-            timeout=timeout + 15,
-            check=False,
-        )
-    run.wall = time.monotonic() - started
-    stat = read_stat(workdir / "stat.csv")
-
-    def num(key: str) -> int:
-        try:
-            return int(float(stat.get(key, "0") or 0))
-        except ValueError:
-            return 0
-
-    run.attempted = num("OutgoingCall(C)")
-    run.succeeded = num("SuccessfulCall(C)")
-    run.failed = num("FailedCall(C)")
-    run.retransmissions = num("Retransmissions(C)")
-    samples = read_rtt(workdir)
-    run.sipp_rtd = [value for _, value, rtd in samples if rtd == 1]
-    stamps = sorted(at for at, _, rtd in samples if rtd == 1)
-    if len(stamps) >= 2 and stamps[-1] > stamps[0]:
-        run.achieved = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1000)
-    elif run.attempted and run.wall > 0:
-        run.achieved = run.attempted / run.wall
-    return run
+    """One bounded SIPp trunk run (bench/sipp/trunk_uac.xml) from `port`, by sip_cps.py's
+    `sipp_uac`."""
+    sipp = sip_cps.sipp_uac(
+        workdir,
+        "trunk_uac.xml",
+        target,
+        rate,
+        calls,
+        max(100, int(rate)),
+        ["-s", LINE, "-d", str(talk_ms)],
+        calls / rate + 20,
+        port,
+        rtt_freq=min(200, max(1, calls // 10)),
+    )
+    return CallRun(
+        mode="",
+        rate=rate,
+        asked=calls,
+        attempted=sipp.attempted,
+        succeeded=sipp.succeeded,
+        failed=sipp.failed,
+        achieved=sipp.achieved,
+        retransmissions=sipp.retransmissions,
+        sipp_rtd=sipp.rtd1,
+        wall=sipp.wall,
+    )
 
 
 def start_bridge(
     procs: Processes, folder: Path, directory: dict[str, Any], outbox: str, hook: str | None
 ) -> tuple[Bridge, dict[str, Any]]:
-    """`bridge run` (SIP on, events configured) on free ports; ready once every listener is
-    up (its /readyz may still say 503 for the events alone: that is the "off" mode)."""
-    http, sip = free_port(), free_port()
-    (folder / "directory.yaml").write_text(yaml.safe_dump(directory, sort_keys=False))
-    config = folder / "bridge.toml"
-    config.write_text(
-        f'[http]\nhost = "127.0.0.1"\nport = {http}\n'
-        f'[sip]\nhost = "127.0.0.1"\nport = {sip}\nrealm = "{REALM}"\n'
-        '[auth]\njwt_secret = "bench-secret-0123456789abcdef"\n'
-        '[log]\nformat = "json"\n[daemon]\ndrain_timeout_seconds = 1\n'
-        f'[events]\noutbox_path = "{outbox}"\n'
-        + (
-            f'[[events.endpoints]]\nname = "bench"\nurl = "{hook}"\nsecret = "{SECRET}"\n'
-            if hook
-            else ""
-        )
+    """`bridge run` (SIP on, events configured: sip_cps.py's `start_bridge`); ready once every
+    listener is up (its /readyz may still say 503 for the events alone: that is the "off"
+    mode). Also returns that /readyz body."""
+    events = f'[events]\noutbox_path = "{outbox}"\n' + (
+        f'[[events.endpoints]]\nname = "bench"\nurl = "{hook}"\nsecret = "{SECRET}"\n'
+        if hook
+        else ""
     )
-    env = {
-        **os.environ,
-        "BRIDGE_LOG__LEVEL": "warning",
-        "BRIDGE_SIP__KEEPALIVE_SECONDS": "0",
-        "BRIDGE_SIP__TRUNK_ALLOW": '["127.0.0.0/8"]',
-    }
-    log = (folder / "bridge.log").open("wb")
-    process = procs.start(
-        [sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=folder,
-        preexec_fn=sip_cps._server_affinity,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"bridge exited: {(folder / 'bridge.log').read_text()[-2000:]}")
+    seen: dict[str, Any] = {}
+
+    def listening(http: int) -> bool:
         body: dict[str, Any] | None = None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
@@ -1015,12 +961,13 @@ def start_bridge(
                 body = json.loads(exc.read())
         except OSError:
             pass
-        if body is not None and not body.get("missing_listeners") and "events" in body:
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bridge not ready: {(folder / 'bridge.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    return Bridge(process, http, sip, folder), body
+        if body is None or body.get("missing_listeners") or "events" not in body:
+            return False
+        seen.update(body)
+        return True
+
+    bridge = sip_cps.start_bridge(procs, folder, directory, extra_config=events, ready=listening)
+    return bridge, seen
 
 
 def events_worker(pid: int) -> int | None:

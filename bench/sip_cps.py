@@ -75,6 +75,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,9 +295,10 @@ def uac_command(
     extra: list[str],
     timeout: float,
     port: int | None = None,
+    rtt_freq: int = 200,
 ) -> list[str]:
     """The command line of one bounded SIPp UAC run in `workdir` (see `sipp_uac`), from
-    `port` (a free one by default)."""
+    `port` (a free one by default); its response times written every `rtt_freq` calls."""
     return [
         "sipp",
         "-sf",
@@ -325,7 +327,7 @@ def uac_command(
         "1",
         "-trace_rtt",
         "-rtt_freq",
-        "200",
+        str(rtt_freq),
         "-trace_err",
         "-error_file",
         str(workdir / "errors.log"),
@@ -374,10 +376,13 @@ def sipp_uac(
     extra: list[str],
     timeout: float,
     port: int | None = None,
+    rtt_freq: int = 200,
 ) -> SippRun:
     """One bounded SIPp UAC run in its own folder; returns what it did."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command = uac_command(workdir, scenario, target, rate, calls, limit, extra, timeout, port)
+    command = uac_command(
+        workdir, scenario, target, rate, calls, limit, extra, timeout, port, rtt_freq
+    )
     run = SippRun(asked=calls, rate=rate)
     started = time.monotonic()
     with (workdir / "screen.txt").open("wb") as screen:
@@ -517,8 +522,16 @@ def bench_directory(phones: list[tuple[str, str, str]], regs: list[tuple[str, st
 
 
 def start_bridge(
-    procs: Processes, folder: Path, directory: dict, src: Path | None = None
+    procs: Processes,
+    folder: Path,
+    directory: dict,
+    src: Path | None = None,
+    *,
+    extra_config: str = "",
+    ready: Callable[[int], bool] | None = None,
 ) -> Bridge:
+    """`bridge run` with SIP on free ports, `extra_config` appended to its settings file;
+    returns once `ready(http_port)` says so (by default: its /readyz answers 200)."""
     http, sip = free_port(), free_port()
     (folder / "directory.yaml").write_text(yaml.safe_dump(directory, sort_keys=False))
     config = folder / "bridge.toml"
@@ -526,7 +539,7 @@ def start_bridge(
         f'[http]\nhost = "127.0.0.1"\nport = {http}\n'
         f'[sip]\nhost = "127.0.0.1"\nport = {sip}\nrealm = "{REALM}"\n'
         '[auth]\njwt_secret = "bench-secret-0123456789abcdef"\n'
-        '[log]\nformat = "json"\n[daemon]\ndrain_timeout_seconds = 1\n'
+        '[log]\nformat = "json"\n[daemon]\ndrain_timeout_seconds = 1\n' + extra_config
     )
     env = {
         **os.environ,
@@ -549,16 +562,20 @@ def start_bridge(
     while True:
         if process.poll() is not None:
             raise SystemExit(f"bridge exited: {(folder / 'bridge.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
+        if (ready or _readyz_ok)(http):
+            break
         if time.monotonic() > deadline:
             raise SystemExit(f"bridge not ready: {(folder / 'bridge.log').read_text()[-2000:]}")
         time.sleep(0.1)
     return Bridge(process, http, sip, folder)
+
+
+def _readyz_ok(http: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def register_users(
