@@ -309,3 +309,68 @@ async def test_the_pending_gauge_reads_only_pending_deliveries(tmp_path: Path) -
         assert any("deliveries_due" in step for step in plan), plan
     finally:
         await outbox.close()
+
+
+async def test_text_that_is_not_utf8_is_stored_with_replacement_characters(
+    tmp_path: Path,
+) -> None:
+    """The SIP parser keeps bytes that are not UTF-8 as lone surrogates (to send them back as
+    they came); SQLite takes only UTF-8. Such an event is stored with U+FFFD in their place,
+    the call's record too, and the writer goes on (it used to die on the first one, and
+    nothing was stored after it)."""
+    from bridge.events import history
+
+    outbox = await Outbox(
+        tmp_path / "events.sqlite", derive=history.Deriver(), schema=history.SCHEMA
+    ).start()
+    try:
+        at = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+        # b"+1555\xff\xfe" and b"CA\xff1" as the parser decodes them
+        caller, call_id = b"+1555\xff\xfe".decode("utf-8", "surrogateescape"), "CA\udcff1"
+        received = StoredEvent(
+            new_event_id(),
+            "call.received",
+            at,
+            {"path": "sip", "line": "+1555\udcff", "caller": caller, "line_name": "Zoë"},
+            call_id=call_id,
+        )
+        ended = StoredEvent(new_event_id(), "call.ended", at, {"outcome": "hangup"}, call_id)
+        outbox.append(received)
+        outbox.append(ended)
+        outbox.append(event("CA2", 7))
+        await asyncio.wait_for(outbox.flush(), 10)
+        assert (outbox.written, outbox.dropped, outbox.healthy) == (3, 0, True)
+        stored = await outbox.events(limit=10)
+        assert [e.id for e in stored] == [received.id, ended.id, stored[2].id]
+        assert stored[0].call_id == "CA\ufffd1" and stored[1].call_id == "CA\ufffd1"
+        assert stored[0].payload["caller"] == "+1555\ufffd\ufffd"
+        assert stored[0].payload["line_name"] == "Zoë"  # valid text is left as it is
+        assert stored[2].payload["n"] == 7
+        records = await outbox.run(lambda db: history.query_calls(db, limit=10))
+        record = next(r for _, r in records if r["call_id"] == "CA\ufffd1")
+        assert record["line"] == "+1555\ufffd" and record["outcome"] == "hangup"
+        # and the writer is still there
+        outbox.append(event("CA3", 8))
+        await asyncio.wait_for(outbox.flush(), 10)
+        assert outbox.written == 4
+    finally:
+        await outbox.close()
+
+
+async def test_an_event_that_cannot_be_stored_is_dropped_alone_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    outbox = await Outbox(tmp_path / "events.sqlite").start()
+    try:
+        good = [event("CA1", n) for n in range(5)]
+        bad = StoredEvent(new_event_id(), "call.test", datetime.now(UTC), {"x": {1, 2}}, "CA1")
+        for item in (*good[:2], bad, *good[2:]):
+            outbox.append(item)
+        await asyncio.wait_for(outbox.flush(), 10)
+        assert (outbox.written, outbox.dropped, outbox.healthy) == (5, 1, True)
+        assert [e.id for e in await outbox.events(limit=10)] == [e.id for e in good]
+        outbox.append(event("CA1", 9))
+        await asyncio.wait_for(outbox.flush(), 10)
+        assert outbox.written == 6
+    finally:
+        await outbox.close()

@@ -215,3 +215,31 @@ async def test_a_read_waits_for_what_came_before_it_but_not_for_a_stuck_worker(
         assert [r[0] for r in rows(tmp_path / "o.sqlite")] == [first.id, second.id]
     finally:
         await events.stop()
+
+
+async def test_an_event_the_worker_cannot_store_is_dropped_alone_and_it_still_leaves(
+    tmp_path: Path,
+) -> None:
+    """An event that cannot be stored (here a payload JSON cannot carry) is counted dropped
+    on the daemon's side, the rest are stored, text that is not UTF-8 is stored with U+FFFD,
+    and the worker still leaves when the daemon stops (its writer used to die on such an
+    event, and the worker then waited for it forever)."""
+    events = service(tmp_path)
+    await events.start()
+    try:
+        outbox = events.outbox
+        assert isinstance(outbox, WorkerOutbox)
+        worker = await asyncio.wait_for(outbox.wait_ready(), 30)
+        sent = [event(i) for i in range(10)]
+        bad = StoredEvent(new_event_id(), "call.test", datetime.now(UTC), {"n": {1}}, "CA1")
+        odd = event(10, call_id="CA\udcff")
+        for item in (*sent[:5], bad, odd, *sent[5:]):
+            events.append(item)
+        await asyncio.wait_for(outbox.flush(), 30)
+        assert (outbox.written, outbox.dropped, outbox.healthy) == (11, 1, True)
+        stored = rows(tmp_path / "o.sqlite")
+        assert [r[0] for r in stored] == [e.id for e in (*sent[:5], odd, *sent[5:])]
+        assert (await outbox.event(odd.id)).call_id == "CA\ufffd"  # type: ignore[union-attr]
+    finally:
+        await asyncio.wait_for(events.stop(), 30)
+    assert not alive(worker)

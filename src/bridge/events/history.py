@@ -210,6 +210,12 @@ class Deriver:
         self.max_calls = max_calls
         self._live: dict[str, list[StoredEvent]] = {}
 
+    def forget(self, call_ids: set[str]) -> None:
+        """A batch with events of these calls was rolled back: their records are made from
+        the stored events when they end."""
+        for call_id in call_ids:
+            self._live.pop(call_id, None)
+
     def __call__(self, db: sqlite3.Connection, committed: list[StoredEvent]) -> None:
         live = self._live
         for event in committed:

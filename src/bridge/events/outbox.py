@@ -15,6 +15,13 @@ SQLite database (`[events] outbox_path`; docs/events.md).
 - **A disk that fails** (full, read-only, gone) does not stop calls: the batch is counted as
   dropped and logged, `healthy` turns false with the reason (`/readyz`, an alert metric), and
   the next batch tries again.
+- **An event that cannot be stored** does not stop the writer, nor take the rest of its batch
+  with it: the batch is stored again one event at a time. Text that is not UTF-8 (a lone
+  surrogate: what the SIP parser makes of bytes that are not UTF-8, kept to be sent back as
+  they came) is stored with U+FFFD in its place (`outbox_text_replaced`); an event that still
+  fails is dropped, counted and logged with its id (`outbox_event_refused`). Before this, one
+  such event ended the writer: nothing more was stored, `flush` never returned, and an events
+  worker whose daemon was gone never left.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any, TypeVar
 import structlog
 
 from bridge.events.stored import StoredEvent
+from bridge.text import valid_utf8
 
 log = structlog.get_logger("bridge.events")
 
@@ -249,21 +257,72 @@ class Outbox:
                 await self._wakeup.wait()
                 continue
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.batch_max))]
-            committed: list[StoredEvent] = []
+            await self._write(batch)
+            self._settle(len(batch))
+
+    async def _write(self, batch: list[StoredEvent]) -> None:
+        """One batch in one transaction; if an event of it cannot be stored, one event at a
+        time (see the module doc). Never raises: the writer goes on with the next batch."""
+        refused: list[StoredEvent] = []
+        try:
             try:
                 endpoints, committed = await self.run(lambda db, b=batch: self._store(db, b))
-            except sqlite3.Error as exc:  # a full disk, a read-only file: calls go on
-                self.dropped += len(batch)
-                self._fail(str(exc), len(batch))
-                self._notify([], [], batch, stored=False)
-            else:
-                self.written += len(batch)
-                self.batches += 1
-                if not self.healthy:
-                    log.info("outbox_writable_again", path=str(self.path))
-                self.healthy, self.problem = True, None
-                self._notify(endpoints, committed, batch)
-            self._settle(len(batch))
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # an event of the batch, not the disk
+                log.warning("outbox_batch_failed", events=len(batch), reason=repr(exc))
+                self._forget(batch)
+                endpoints, committed, refused = await self.run(
+                    lambda db, b=batch: self._store_each(db, b)
+                )
+        except sqlite3.Error as exc:  # a full disk, a read-only file: calls go on
+            self._forget(batch)
+            self.dropped += len(batch)
+            self._fail(str(exc), len(batch))
+            self._notify([], [], batch, stored=False)
+            return
+        for event, reason in refused:
+            log.error(
+                "outbox_event_refused",
+                event_id=event.id,
+                event_type=event.type,
+                call_id=event.call_id,
+                reason=reason,
+            )
+        self.dropped += len(refused)
+        self.written += len(batch) - len(refused)
+        self.batches += 1
+        if not self.healthy:
+            log.info("outbox_writable_again", path=str(self.path))
+        self.healthy, self.problem = True, None
+        self._notify(endpoints, committed, batch)
+
+    def _store_each(
+        self, db: sqlite3.Connection, batch: list[StoredEvent]
+    ) -> tuple[list[str], list[StoredEvent], list[tuple[StoredEvent, str]]]:
+        """`_store` one event at a time: what it stored, and the events it could not store
+        with why. A disk error still raises (the batch is then dropped as a whole)."""
+        touched: set[str] = set()
+        committed: list[StoredEvent] = []
+        refused: list[tuple[StoredEvent, str]] = []
+        for event in batch:
+            try:
+                endpoints, stored = self._store(db, [event])
+            except sqlite3.Error:
+                raise
+            except Exception as exc:
+                refused.append((event, repr(exc)))
+                continue
+            touched.update(endpoints)
+            committed.extend(stored)
+        return sorted(touched), committed, refused
+
+    def _forget(self, batch: list[StoredEvent]) -> None:
+        """A batch was rolled back: what the derived tables keep in memory of its calls is
+        forgotten (they read the stored events back when they need them)."""
+        forget = getattr(self._derive, "forget", None)
+        if forget is not None:
+            forget({event.call_id for event in batch if event.call_id is not None})
 
     def _notify(
         self,
@@ -347,17 +406,26 @@ class Outbox:
         fall short) is the batch rolled back to the savepoint and inserted row by row, to
         learn which. Row by row costs a statement's round trip per event: about a fifth of
         what storing an event costs."""
-        rows = [
-            (
-                event.id,
-                event.type,
-                event.version,
-                event.occurred_at.isoformat(),
-                event.call_id,
-                compact_json(event.payload),
+        rows = []
+        for index, event in enumerate(batch):
+            payload = compact_json(event.payload)
+            if "\\ud" in payload or not (event.call_id or "").isascii():
+                # (JSON escapes every surrogate: the search is cheap, and rarely true)
+                clean = valid_text(event)
+                if clean != event:
+                    log.warning("outbox_text_replaced", event_id=clean.id, event_type=event.type)
+                    event = batch[index] = clean
+                    payload = compact_json(event.payload)
+            rows.append(
+                (
+                    event.id,
+                    event.type,
+                    event.version,
+                    event.occurred_at.isoformat(),
+                    event.call_id,
+                    payload,
+                )
             )
-            for event in batch
-        ]
         (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         db.execute("SAVEPOINT batch")
         before = db.total_changes
@@ -599,6 +667,30 @@ _INSERT_EVENT = (
 )
 # json.dumps with arguments makes a new encoder per call: a fifth of encoding a small payload.
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def valid_text(event: StoredEvent) -> StoredEvent:
+    """`event` with every text in it valid UTF-8: lone surrogates (bytes that were not UTF-8,
+    as the SIP parser keeps them) become U+FFFD."""
+    return StoredEvent(
+        _valid(event.id),
+        _valid(event.type),
+        event.occurred_at,
+        _valid(event.payload),
+        _valid(event.call_id),
+        event.version,
+        event.seq,
+    )
+
+
+def _valid(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_utf8(value)
+    if isinstance(value, dict):
+        return {_valid(key): _valid(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid(item) for item in value]
+    return value
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

@@ -250,10 +250,12 @@ class WorkerOutbox(Outbox):
         committed: bool,
         healthy: bool,
         problem: str | None,
+        refused: int = 0,
     ) -> None:
         batch = [self._inflight.popleft() for _ in range(min(count, len(self._inflight)))]
         if committed:
-            self.written += count
+            self.written += count - refused
+            self.dropped += refused
             self.batches += 1
             if self.on_committed is not None and self.want_committed():
                 stored = [
@@ -342,12 +344,16 @@ class _Worker:
         self.outbox.on_stored = self.dispatcher.wake
         self.outbox.on_settled = self._settled
         self._attempts: list[tuple[str, str, float | None]] = []
+        self._dropped = 0  # the outbox's `dropped` as last reported
 
     def _settled(self, batch: list[StoredEvent], committed: list[StoredEvent], ok: bool) -> None:
         seq_of = {event.id: event.seq for event in committed}
         seqs = [seq_of.get(event.id) for event in batch]
         outbox = self.outbox
-        self._tell(("batch", len(batch), seqs, ok, outbox.healthy, outbox.problem))
+        # Of a committed batch, the events it could not store (outbox_event_refused).
+        refused = outbox.dropped - self._dropped if ok else 0
+        self._dropped = outbox.dropped
+        self._tell(("batch", len(batch), seqs, ok, outbox.healthy, outbox.problem, refused))
 
     def _tell(self, message: Message) -> None:
         """A report to the daemon; once it is gone, nobody hears (and the work goes on)."""

@@ -82,6 +82,7 @@ from bridge.sip.session_timers import (
 )
 from bridge.sip.sources import TrunkSource
 from bridge.sip.transaction import Address, new_branch
+from bridge.text import valid_utf8
 
 log = structlog.get_logger("bridge.sip.calls")
 
@@ -403,8 +404,11 @@ class SipCalls:
         """An INVITE that opens a call (no To tag): from the trunk to a line, or from an
         authenticated desk phone to an extension or a number."""
         try:
-            dialled = parse_uri(invite.uri).user or ""
+            # (for routing, the runner, the API, the apps, the records: text that is not
+            # UTF-8 from the wire is made valid here; the SIP legs carry the From as it came)
+            dialled = valid_utf8(parse_uri(invite.uri).user or "")
             caller = parse_name_addr(invite.headers.get("From") or "").uri.user
+            caller = valid_utf8(caller) if caller is not None else None
         except SipSyntaxError as exc:
             self._respond(transaction_id, _reply(invite, 400, f"Bad Request ({exc})"))
             return

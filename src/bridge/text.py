@@ -1,0 +1,28 @@
+"""Text from the wire, made fit for everything past the protocol layer.
+
+The SIP parser decodes a message with `surrogateescape`: a byte that is not UTF-8 becomes a
+lone surrogate, so that the message can be sent on as it came. Past the SIP layer (the call
+runner, the API, the app clients' WebSocket, the event outbox) text must be encodable as
+UTF-8, or the first JSON response or SQLite row that carries it fails. `valid_utf8` turns
+such text back into its bytes and decodes them with U+FFFD for each sequence that is not
+UTF-8.
+"""
+
+from __future__ import annotations
+
+__all__ = ["valid_utf8"]
+
+
+def valid_utf8(text: str) -> str:
+    """`text` itself when it can be encoded as UTF-8 (the common case, checked cheaply);
+    otherwise with U+FFFD in place of what cannot."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # the bytes the parser read, each sequence that is not UTF-8 replaced
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a surrogate that no byte made
+            return text.encode("utf-8", "replace").decode("utf-8")
+    return text

@@ -1,0 +1,57 @@
+"""Bytes that are not UTF-8 in a trunk INVITE (here the From user part): the SIP legs carry
+them as they came (escaped in the URI), and everything past the SIP layer (the live call the
+API lists and the apps are offered, the event outbox) gets valid text, U+FFFD in their place.
+Before, the live call's caller could not be sent as JSON (`GET /api/v1/calls` answered 500)."""
+
+from __future__ import annotations
+
+from sim.phones.inproc import TRUNK, InprocBridge, desk_user, is_request, trunk_invite
+from starlette.responses import JSONResponse
+
+from bridge.text import valid_utf8
+
+PHONE = ("127.0.0.1", 20001)
+DIRECTORY = {
+    "timezone": "UTC",
+    "users": [
+        {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
+        desk_user("ana", "201", "pw-201"),
+    ],
+    "ring_groups": [
+        {
+            "id": "desk",
+            "name": "Desk",
+            "layers": [{"members": ["ana"], "timeout_seconds": 20}],
+            "fallback": {"action": "hangup"},
+        }
+    ],
+    "lines": [{"number": "+15550100", "name": "Main", "route_to": {"ring_group": "desk"}}],
+}
+
+
+async def test_a_caller_that_is_not_utf8_is_carried_as_it_came_and_shown_as_valid_text() -> None:
+    bridge = InprocBridge(DIRECTORY)
+    await bridge.start()
+    try:
+        assert bridge.register_phone("201", "pw-201", PHONE[1])
+        invite = trunk_invite(1, "+15550100", bridge.address).replace(
+            b"sip:+15551230000@", b"sip:+1555\xff\xfe@", 1
+        )
+        bridge.feed(invite, TRUNK)
+        legs = [(d, a) for d, a in bridge.take() if is_request(d, "INVITE")]
+        assert [a for _, a in legs] == [PHONE]
+        # the phone sees the caller's own bytes, escaped as a SIP URI's user part wants
+        assert b"<sip:+1555%FF%FE@" in legs[0][0]
+        [call] = bridge.ctx.calls.all()
+        assert call.caller == "+1555\ufffd\ufffd"
+        JSONResponse(call.to_dict())  # encodes as UTF-8 (it raised UnicodeEncodeError)
+    finally:
+        await bridge.stop()
+
+
+def test_valid_utf8_leaves_valid_text_alone_and_replaces_what_is_not() -> None:
+    assert valid_utf8("+15551230000") == "+15551230000"
+    assert valid_utf8("Zoë 😀") == "Zoë 😀"
+    assert valid_utf8(b"a\xff\xc3b".decode("utf-8", "surrogateescape")) == "a\ufffd\ufffdb"
+    assert valid_utf8(b"\xc3\xa9".decode("utf-8", "surrogateescape")) == "é"
+    assert valid_utf8("x\ud800y") == "x?y"  # a surrogate no byte made
