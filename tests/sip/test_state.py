@@ -55,3 +55,56 @@ def test_a_state_file_that_cannot_be_written_is_logged_once(tmp_path: Path) -> N
     assert [e["event"] for e in logs].count("sip_state_not_written") == 1
     assert "sip_state_unreadable" in [e["event"] for e in logs]
     assert journal.saved_version == -1 and journal.problem
+
+
+def test_a_binding_with_text_that_is_not_utf8_is_written_with_replacement_characters(
+    tmp_path: Path,
+) -> None:
+    """A REGISTER's Call-ID (or contact) with bytes that are not UTF-8 is kept by the parser
+    as lone surrogates, which SQLite refuses: the state is written with U+FFFD in their place,
+    and the other bindings with it (the save used to raise, and its loop to end for good)."""
+    journal = BindingJournal(tmp_path / "sip-state.sqlite")
+    odd = Binding(
+        "ana",
+        "sip:201@192.0.2.7:5062",
+        1300.0,
+        b"cid-\xff".decode("utf-8", "surrogateescape"),
+        3,
+        Flow("udp", "192.0.2.7", 5062),
+    )
+    journal.save([odd, binding("bob", "sip:202@h", 1300.0)], [], 1, 1_700_000_000.0, 1000.0)
+    assert journal.saved_version == 1 and journal.problem is None
+    back, _ = journal.load(wall_now=1_700_000_000.0, mono_now=1000.0)
+    assert sorted((b.user_id, b.call_id) for b in back) == [
+        ("ana", "cid-\ufffd"),
+        ("bob", "cid-bob"),
+    ]
+
+
+async def test_a_save_that_fails_is_logged_and_the_saving_goes_on() -> None:
+    import asyncio
+
+    from sim.phones.inproc import InprocBridge
+
+    bridge = InprocBridge({"timezone": "UTC", "users": [], "ring_groups": [], "lines": []})
+    sip = bridge.ctx.sip
+    assert sip is not None
+    tries: list[int] = []
+
+    async def save() -> None:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+
+    sip._save_state = save  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        loop = asyncio.create_task(sip._state_loop(every=0.001))
+        try:
+            for _ in range(500):
+                if len(tries) >= 3:
+                    break
+                await asyncio.sleep(0.002)
+        finally:
+            loop.cancel()
+    assert len(tries) >= 3
+    assert [e["event"] for e in logs].count("sip_state_save_failed") == 1

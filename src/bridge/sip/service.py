@@ -407,7 +407,10 @@ class SipService:
     async def _state_loop(self, every: float = 1.0) -> None:
         while True:
             await asyncio.sleep(every)
-            await self._save_state()
+            try:
+                await self._save_state()
+            except Exception:  # a bug must not end the saving for good: the next try
+                log.exception("sip_state_save_failed")
 
     async def _save_state(self) -> None:
         journal, version = self.journal, self._state_version()

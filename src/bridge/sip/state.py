@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from bridge.sip.bindings import Binding, Flow
+from bridge.text import valid_utf8
 
 log = structlog.get_logger("bridge.sip")
 
@@ -112,11 +113,11 @@ class BindingJournal:
     ) -> None:
         """One transaction: the bindings and bans as they stand (times as wall-clock seconds)."""
         rows = [
-            (
+            (  # (a Call-ID or contact with bytes that are not UTF-8: SQLite takes only UTF-8)
                 b.user_id,
-                b.uri,
+                valid_utf8(b.uri),
                 b.expires_at - mono_now + wall_now,
-                b.call_id,
+                valid_utf8(b.call_id),
                 b.cseq,
                 b.flow.transport,
                 b.flow.host,
