@@ -79,32 +79,3 @@ def test_a_binding_with_text_that_is_not_utf8_is_written_with_replacement_charac
         ("ana", "cid-\ufffd"),
         ("bob", "cid-bob"),
     ]
-
-
-async def test_a_save_that_fails_is_logged_and_the_saving_goes_on() -> None:
-    import asyncio
-
-    from sim.phones.inproc import InprocBridge
-
-    bridge = InprocBridge({"timezone": "UTC", "users": [], "ring_groups": [], "lines": []})
-    sip = bridge.ctx.sip
-    assert sip is not None
-    tries: list[int] = []
-
-    async def save() -> None:
-        tries.append(len(tries))
-        if len(tries) == 1:
-            raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-
-    sip._save_state = save  # type: ignore[method-assign]
-    with capture_logs() as logs:
-        loop = asyncio.create_task(sip._state_loop(every=0.001))
-        try:
-            for _ in range(500):
-                if len(tries) >= 3:
-                    break
-                await asyncio.sleep(0.002)
-        finally:
-            loop.cancel()
-    assert len(tries) >= 3
-    assert [e["event"] for e in logs].count("sip_state_save_failed") == 1

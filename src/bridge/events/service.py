@@ -356,14 +356,18 @@ class EventsService:
             m.events_dropped.inc(outbox.dropped - dropped)
             written, dropped = outbox.written, outbox.dropped
             m.outbox_healthy.set(1 if outbox.healthy else 0)
-            m.outbox_bytes.set(outbox.size_bytes())
             m.outbox_queued.set(outbox.queued)
-            with contextlib.suppress(sqlite3.Error):
+            try:
+                m.outbox_bytes.set(outbox.size_bytes())
                 depth, oldest = await outbox.run(_pending)
                 m.outbox_pending.set(depth)
                 m.outbox_oldest_pending_seconds.set(
                     0.0 if oldest is None else max(0.0, self._wall() - oldest)
                 )
+            except sqlite3.Error:
+                pass  # (the outbox's health says why)
+            except Exception:  # a bug must not stop the gauges for good: the next round
+                log.exception("outbox_gauges_failed")
             await asyncio.sleep(GAUGES_EVERY)
 
 

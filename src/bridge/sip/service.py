@@ -272,8 +272,12 @@ class SipService:
         while True:
             await asyncio.sleep(every)
             was = relay.answering
-            with contextlib.suppress(MediaError):
+            try:
                 await relay.ping()
+            except MediaError:
+                pass
+            except Exception:  # a bug must not end the checking for good: the next try
+                log.exception("rtpengine_check_failed")
             if relay.answering != was:
                 event = "rtpengine_answering" if relay.answering else "rtpengine_not_answering"
                 (log.info if relay.answering else log.error)(event, ng=relay.client.address)
@@ -482,34 +486,44 @@ class SipService:
         assert admission is not None
         loop = asyncio.get_running_loop()
         reported: dict[tuple[str, str], int] = {}
-        metrics = self.metrics
         ticks = 0
         while True:
             before = loop.time()
             await asyncio.sleep(every)
             now = loop.time()
             self.loop_lag = max(0.0, now - before - every)
-            change = admission.tick(now)
-            if change is not None:
-                metrics.sip_overloaded.set(1 if change.overloaded else 0)
-                if change.overloaded:
-                    log.warning(
-                        "sip_overloaded",
-                        queue_delay_ms=round(change.queue_delay * 1000, 1),
-                        loop_lag_ms=round(self.loop_lag * 1000, 1),
+            try:
+                ticks = self._overload_tick(admission, now, reported, ticks)
+            except Exception:  # a bug must not freeze the overload state: the next tick
+                log.exception("sip_overload_tick_failed")
+
+    def _overload_tick(
+        self, admission: Admission, now: float, reported: dict[tuple[str, str], int], ticks: int
+    ) -> int:
+        """One tick of `_overload_loop`: the state change (logged), every tenth the counts."""
+        metrics = self.metrics
+        change = admission.tick(now)
+        if change is not None:
+            metrics.sip_overloaded.set(1 if change.overloaded else 0)
+            if change.overloaded:
+                log.warning(
+                    "sip_overloaded",
+                    queue_delay_ms=round(change.queue_delay * 1000, 1),
+                    loop_lag_ms=round(self.loop_lag * 1000, 1),
+                )
+            else:
+                log.info("sip_overload_over", refused=change.refused)
+        ticks += 1
+        if ticks % 10 == 0:  # twice a second: the counts, the queue's delay
+            for key, count in admission.counts.items():
+                if count != reported.get(key, 0):
+                    kind, outcome = key
+                    metrics.sip_admission.labels(kind=kind, outcome=outcome).inc(
+                        count - reported.get(key, 0)
                     )
-                else:
-                    log.info("sip_overload_over", refused=change.refused)
-            ticks += 1
-            if ticks % 10 == 0:  # twice a second: the counts, the queue's delay
-                for key, count in admission.counts.items():
-                    if count != reported.get(key, 0):
-                        kind, outcome = key
-                        metrics.sip_admission.labels(kind=kind, outcome=outcome).inc(
-                            count - reported.get(key, 0)
-                        )
-                        reported[key] = count
-                metrics.sip_queue_delay.set(admission.queue_delay)
+                    reported[key] = count
+            metrics.sip_queue_delay.set(admission.queue_delay)
+        return ticks
 
     def _options_ok(self, request: SipRequest) -> SipResponse:
         return make_response(
@@ -574,21 +588,27 @@ class SipService:
         )
 
     # -- periodic work ---------------------------------------------------------------------
-    async def _expiry_loop(self) -> None:
+    async def _expiry_loop(self, every: float = 1.0) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(every)
             if self.endpoint is None:
                 continue
-            gone = self.registrar.expire(self.endpoint.now())
-            if gone:
-                log.info("sip_bindings_expired", count=len(gone))
-            self._update_gauges()
+            try:
+                gone = self.registrar.expire(self.endpoint.now())
+                if gone:
+                    log.info("sip_bindings_expired", count=len(gone))
+                self._update_gauges()
+            except Exception:  # a bug must not stop bindings expiring: the next second
+                log.exception("sip_expiry_failed")
 
     async def _keepalive_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.keepalive_seconds)
             if self.endpoint is not None:
-                self.probe_flows()
+                try:
+                    self.probe_flows()
+                except Exception:  # a bug must not end the keepalives: the next round
+                    log.exception("sip_keepalive_failed")
 
     def probe_flows(self) -> int:
         """Send one OPTIONS to every UDP flow with a binding; a timeout marks it dead."""
