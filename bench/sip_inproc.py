@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sip_inproc.py [--calls 4000] [--registrations 4000]
                                          [--users 100] [--profile calls|registrations]
+                                         [--media embedded|none] [--events] [--rate N]
 
 `bench/sip_cps.py` is the real benchmark (SIPp peers, real sockets, the whole daemon); its
 figures move with whatever else runs on the two shared cores. This one is for iterating on
@@ -16,6 +17,9 @@ that fire) is, so the figures are CPU per call of the bridge minus the `sendto` 
 (7-10% of the daemon's time in the py-spy profile). Same call as sip_cps.py: trunk INVITE
 to a round-robin line of --users desk phones, phone answers 200 at once, ACK, BYE, 200; its
 audio anchored in the embedded media engine as shipped, or not (`--media none`).
+
+`--events` starts the durable outbox and its worker process as the daemon does: the events
+each call makes and hands over are counted, the worker's own CPU is not.
 
 `--profile calls` (or `registrations`) prints cProfile's top functions for that part,
 profiled only while the bridge runs. It asserts nothing; it prints per-call figures.
