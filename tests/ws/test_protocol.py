@@ -56,6 +56,27 @@ async def test_a_bad_frame_gets_an_error_naming_it_and_the_connection_stays(
     assert client.is_open
 
 
+async def test_text_no_frame_can_carry_gets_an_error_and_the_connection_stays(
+    live: Live,
+) -> None:
+    """A JSON string can hold a lone surrogate ("\\udcff"), which no JSON frame of ours can
+    carry back: in a field it is refused like any bad value; as the frame's id it is not
+    echoed (the error frame itself could not be made, and the session was closed with 1011)."""
+    client = await live.connect("alice")
+    await client.send_raw(r'{"v": 1, "type": "call.accept", "call_id": "x\udcff", "id": "ok-2"}')
+    error = await client.expect("error", timeout=WAIT)
+    assert (error["code"], error["field"], error.get("id")) == ("invalid_frame", "call_id", "ok-2")
+    await client.send_raw(
+        r'{"v": 1, "type": "presence.set", "availability": "busy", "id": "a\udcff"}'
+    )
+    error = await client.expect("error", timeout=WAIT)
+    assert error["code"] == "invalid_frame" and "id" not in error
+    assert error["field"].startswith("id")
+    reply = await client.request("presence.set", availability="busy")
+    assert (reply["type"], reply["availability"]) == ("presence", "busy")
+    assert client.is_open
+
+
 async def test_binary_frames_get_an_error(live: Live) -> None:
     client = await live.connect("alice")
     await client.send_raw(b'{"v":1,"type":"pong"}')

@@ -39,6 +39,7 @@ from bridge.observability.audit import audit
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel, UserPresence
 from bridge.presence.service import PresenceService
+from bridge.text import valid_utf8
 from bridge.tokens import TokenError, TokenService
 from bridge.ws.board import Board
 from bridge.ws.exceptions import CloseCode, CloseConnection, ErrorCode, FrameError
@@ -719,7 +720,8 @@ def _parse(text: str) -> dict[str, Any]:
 def _frame_id(raw: dict[str, Any]) -> FrameId | None:
     """The frame's id when it is a usable one, so even a refused frame's error echoes it."""
     value = raw.get("id")
-    if isinstance(value, str) and 0 < len(value) <= 64:
+    # (a JSON string can hold a lone surrogate, "\udcff": no frame of ours can carry it back)
+    if isinstance(value, str) and 0 < len(value) <= 64 and valid_utf8(value) is value:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
