@@ -5,28 +5,19 @@ Before, the live call's caller could not be sent as JSON (`GET /api/v1/calls` an
 
 from __future__ import annotations
 
-from sim.phones.inproc import TRUNK, InprocBridge, desk_user, is_request, trunk_invite
+from sim.phones.inproc import (
+    TRUNK,
+    InprocBridge,
+    is_request,
+    one_desk_phone_directory,
+    trunk_invite,
+)
 from starlette.responses import JSONResponse
 
 from bridge.text import valid_utf8
 
 PHONE = ("127.0.0.1", 20001)
-DIRECTORY = {
-    "timezone": "UTC",
-    "users": [
-        {"id": "admin", "name": "Admin", "role": "admin", "answer_by": "will_not_answer"},
-        desk_user("ana", "201", "pw-201"),
-    ],
-    "ring_groups": [
-        {
-            "id": "desk",
-            "name": "Desk",
-            "layers": [{"members": ["ana"], "timeout_seconds": 20}],
-            "fallback": {"action": "hangup"},
-        }
-    ],
-    "lines": [{"number": "+15550100", "name": "Main", "route_to": {"ring_group": "desk"}}],
-}
+DIRECTORY = one_desk_phone_directory("+15550100")
 
 
 async def test_a_caller_that_is_not_utf8_is_carried_as_it_came_and_shown_as_valid_text() -> None:

@@ -263,7 +263,7 @@ class Outbox:
     async def _write(self, batch: list[StoredEvent]) -> None:
         """One batch in one transaction; if an event of it cannot be stored, one event at a
         time (see the module doc). Never raises: the writer goes on with the next batch."""
-        refused: list[StoredEvent] = []
+        refused: list[tuple[StoredEvent, str]] = []
         try:
             try:
                 endpoints, committed = await self.run(lambda db, b=batch: self._store(db, b))
