@@ -561,7 +561,8 @@ def exercise(data: bytes) -> None:
     if isinstance(message, SipRequest):
         problem = validate_request(message)
         if problem is not None:
-            assert problem.status in (None, 400, 405, 406, 416, 420, 501)
+            # (415: a body type that is well formed and not ours, "application/sdx")
+            assert problem.status in (None, 400, 405, 406, 415, 416, 420, 501)
             assert problem.partial is message or problem.status is None
         else:
             # Validated: the views the registrar and B2BUA use must now parse.
@@ -604,3 +605,25 @@ def test_random_bytes_never_crash(data: bytes, cuts: list[int]) -> None:
 def test_mutated_corpus_never_crashes(data: bytes, cuts: list[int]) -> None:
     exercise(data)
     exercise_stream(data + data, [cut for cut in cuts if cut <= 2 * len(data)])
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        (b"application/sdx", 415),  # well formed, not ours: 415 naming what we take
+        (b"\x00application/sdp", 400),  # not a media type at all: the header is bad
+        (b"application", 400),
+        (b"application/sdp;charset=x", None),
+        (b"multipart/mixed;boundary=b", None),
+    ],
+)
+def test_a_body_type_that_is_not_a_type_is_a_bad_request(
+    content_type: bytes, status: int | None
+) -> None:
+    data = invite().replace(b"Content-Type: application/sdp", b"Content-Type: " + content_type)
+    request = parse_message(data)
+    assert isinstance(request, SipRequest)
+    problem = validate_request(request)
+    assert (problem.status if problem is not None else None) == status
+    if status == 415:
+        assert problem is not None and ("Accept", "application/sdp") in problem.headers
