@@ -87,8 +87,6 @@ _MANDATORY_SET = frozenset(_MANDATORY)
 _SINGLE = frozenset({"From", "To", "Call-ID", "CSeq", "Max-Forwards"})
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _REQUEST_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f<>\"]+")
-# RFC 3261 §20.15: media-type = m-type SLASH m-subtype, both tokens (§25.1)
-_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+/[A-Za-z0-9\-.!%*_+`'~]+")
 # Raw header name (with any LWS before the colon) -> canonical name, for names seen before.
 # Bounded, so a peer inventing names cannot grow it without limit.
 _NAME_CACHE: dict[str, str] = {}
@@ -598,7 +596,9 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
         # multipart bodies (SDP beside ISUP, from some trunks) go on to the call, which
         # looks for the SDP in them; a missing Content-Type is taken as SDP (RFC 2543 peers).
         kind = (first.get("Content-Type") or "application/sdp").split(";")[0].strip().lower()
-        if _MEDIA_TYPE_RE.fullmatch(kind) is None:  # not a type at all: the header is bad
+        # RFC 3261 §20.15: m-type SLASH m-subtype, both tokens; not a type at all: a bad header
+        m_type, slash, m_subtype = kind.partition("/")
+        if not (slash and is_token(m_type) and is_token(m_subtype)):
             return 400, "Bad Request (malformed Content-Type)", ()
         if kind != "application/sdp" and not kind.startswith("multipart/"):
             return 415, "Unsupported Media Type", (("Accept", "application/sdp"),)
