@@ -78,6 +78,11 @@ class OverloadSettings(_Section):
     queue_delay_target_ms: Annotated[float, Field(ge=0, le=10_000)] = 20.0
     interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.1
     retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+    # RFC 7339: a client (a trunk) whose Via carries `oc` is told, in the Via of our
+    # responses, what share of new calls to hold back while some are refused here, valid
+    # for feedback_validity_ms (refreshed by every response).
+    feedback: bool = True
+    feedback_validity_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000
 
 
 class SipTlsSettings(_Section):
@@ -133,6 +138,9 @@ class SipSettings(_Section):
     # optionally with a port (203.0.113.0/24, 10.0.0.5:5060, [2001:db8::5]:5060).
     trunk_allow: list[str] = Field(default_factory=list)
     trunk_uri: str | None = None
+    # RFC 7339: our INVITEs to trunk_uri carry `oc` in their Via; while the trunk's answers ask
+    # for it, that share of new calls to it is not sent (the leg fails as on a 503).
+    trunk_overload_control: bool = True
     # Credentials for a provider that challenges our INVITEs (401/407) on trunk_uri.
     # Caller id on calls forwarded through the trunk: the original caller, or the line dialled.
     trunk_caller_id: Literal["caller", "line"] = "caller"

@@ -156,6 +156,20 @@ class Metrics:
             "1 while new work is being refused for load (until a second without such a refusal)",
             registry=r,
         )
+        self.sip_overload_feedback = Gauge(
+            "bridge_sip_overload_feedback_percent",
+            "RFC 7339 loss feedback: the share of new calls we ask clients that do overload"
+            " control to hold back (peer=clients), and the share the trunk asks of us"
+            " (peer=trunk), while valid",
+            ["peer"],
+            registry=r,
+        )
+        self.sip_trunk_held_back = Counter(
+            "bridge_sip_trunk_held_back_total",
+            "New calls to the trunk not sent because its RFC 7339 feedback asked us to hold"
+            " that share back (each leg failed as on a 503)",
+            registry=r,
+        )
         self.sip_queue_delay = Gauge(
             "bridge_sip_queue_delay_seconds",
             "How long new INVITEs and REGISTERs waited unread (smoothed): the load signal",

@@ -10,6 +10,7 @@ and is bridged: the caller gets a 200 with the winner's SDP, passed through unch
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
+from bridge.sip.overload_feedback import CLIENT_PARAMS as OC_CLIENT_PARAMS
+from bridge.sip.overload_feedback import PeerFeedback
 from bridge.sip.registrar import RegisterOutcome, RegistrarService
 from bridge.sip.session_timers import (
     SessionTimers,
@@ -99,6 +102,8 @@ class TrunkSettings:
     caller_id: str = "caller"
     username: str | None = None  # digest credentials, when the provider challenges INVITEs
     password: str | None = None
+    # RFC 7339 toward the provider: `oc` in our INVITEs' Via, its loss feedback honoured.
+    overload_control: bool = True
 
     def allows(self, host: str, port: int) -> bool:
         """Whether a request from host:port is the trunk's (no digest asked)."""
@@ -378,6 +383,12 @@ class SipCalls:
         self._dialogs = DialogTable()
         self._dialog_calls: dict[object, SipCall] = {}  # DialogId -> call
         self._relays: dict[str, _Relay] = {}  # our relayed request's transaction -> relay
+        # What the trunk's responses asked of us (RFC 7339), and the draw against it.
+        self.trunk_feedback = PeerFeedback()
+        self._draw: Callable[[], float] = random.random
+        metrics.sip_overload_feedback.labels(peer="trunk").set_function(
+            lambda: self.trunk_feedback.active(self._now())
+        )
         self.sessions = SessionTimers(
             session or SessionTimerSettings(),
             clock=clock,
@@ -1284,8 +1295,36 @@ class SipCalls:
         if found is None:
             return
         call, branch = found
+        if branch.trunk and self.trunk.overload_control:
+            self._trunk_feedback(response)
         with call_context(call.call_id):
             self._branch_response(call, branch, response)
+
+    def _trunk_feedback(self, response: SipResponse) -> None:
+        """RFC 7339 §5.3: newer loss feedback in the trunk's response is taken."""
+        line = response.headers.get("Via")
+        if line is None or "oc" not in line:
+            return
+        feedback = self.trunk_feedback
+        before = feedback.active(self._now())
+        if feedback.receive(self._now(), line) and feedback.percent != before:
+            log.info(
+                "sip_trunk_overload_feedback",
+                percent=feedback.percent,
+                validity_ms=round((feedback.until - self._now()) * 1000),
+            )
+
+    def _trunk_admits(self) -> bool:
+        """A new call to the trunk, against its loss feedback (RFC 7339 §6): sent, or held
+        back (the leg fails as if the trunk had answered 503)."""
+        if not self.trunk.overload_control:
+            return True
+        now = self._now()
+        if self.trunk_feedback.admits(now, self._draw()):
+            return True
+        self.metrics.sip_trunk_held_back.inc()
+        log.info("sip_trunk_call_held_back", percent=self.trunk_feedback.active(now))
+        return False
 
     def failed(self, transaction_id: str, reason: str) -> None:
         """Timer B or a transport error on one of our INVITEs: like a 408 from the phone."""
@@ -1430,9 +1469,10 @@ class SipCalls:
         """Send a branch's INVITE again (after a challenge or a 422), in its place: a new
         transaction, so a fresh Via branch."""
         local = self._local(branch.transport)
-        again.headers.set(
-            "Via", f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
-        )
+        via = f"SIP/2.0/{branch.transport.upper()} {local.sent_by};branch={new_branch()};rport"
+        if branch.trunk and self.trunk.overload_control:
+            via += OC_CLIENT_PARAMS
+        again.headers.set("Via", via)
         self._by_branch.pop(branch.transaction_id, None)
         del call.branches[branch.transaction_id]
         transaction_id = self._send_request(again, branch.destination, branch.transport)
@@ -1699,7 +1739,7 @@ class SipCalls:
                 targets.append((binding.uri, (flow.host, flow.port), flow.transport, []))
         elif command.via is Channel.PHONE_NUMBER and command.number:
             trunk = self.trunk.destination()
-            if trunk is not None:
+            if trunk is not None and self._trunk_admits():
                 host, destination, transport = trunk
                 extra = []
                 if command.diversion is not None and command.diversion.line:
@@ -1718,7 +1758,8 @@ class SipCalls:
                     )
                 targets.append((f"sip:{command.number}@{host}", destination, transport, extra))
         if not targets:
-            # No registered phone, no trunk, or an app user (the WebSocket path comes later).
+            # No registered phone, no trunk (or its RFC 7339 feedback held this call back),
+            # or an app user (the WebSocket path comes later).
             leg_id = command.leg_id
             self.runner.feed_later(
                 call.run, lambda now: call.machine.leg_failed(leg_id, LegFailure.UNREACHABLE, now)
@@ -1826,9 +1867,12 @@ class SipCalls:
         elif trunk_leg and self.trunk.caller_id == "line" and call.machine.plan.line:
             # Providers that only accept their own numbers as caller id: show the line.
             from_value = f"<sip:{call.machine.plan.line}@{self.realm}>"
+        via = f"SIP/2.0/{transport.upper()} {local.sent_by};branch={new_branch()};rport"
+        if trunk_leg and self.trunk.overload_control:
+            via += OC_CLIENT_PARAMS  # RFC 7339 §5.1: we do loss-based overload control
         headers = Headers(
             [
-                ("Via", f"SIP/2.0/{transport.upper()} {local.sent_by};branch={new_branch()};rport"),
+                ("Via", via),
                 ("Max-Forwards", "70"),
                 ("From", f"{from_value};tag={random_hex(5)}"),
                 ("To", f"<{uri}>"),

@@ -55,6 +55,9 @@ class OverloadPolicy:
     queue_delay_target: float = 0.02  # seconds; 0 turns the load rule off
     interval: float = 0.1  # seconds above the target before refusing (CoDel's interval)
     retry_after_seconds: int = 5
+    # RFC 7339 loss feedback to clients whose Via carries `oc` (bridge.sip.overload_feedback)
+    feedback: bool = True
+    feedback_validity_ms: int = 1000
 
 
 def _bucket(rate: float, now: float) -> TokenBucket:

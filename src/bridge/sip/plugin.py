@@ -134,6 +134,7 @@ def trunk_settings(settings: Settings) -> TrunkSettings:
         allow=tuple(parse_trunk_source(n) for n in sip.trunk_allow),
         uri=sip.trunk_uri,
         caller_id=sip.trunk_caller_id,
+        overload_control=sip.trunk_overload_control,
         username=sip.trunk_username,
         password=sip.trunk_password,
     )

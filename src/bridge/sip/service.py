@@ -40,8 +40,10 @@ from bridge.sip.model import (
     SipResponse,
     make_response,
     param_of,
+    split_comma_values,
 )
 from bridge.sip.overload import OVERLOAD_TAG, Admission, OverloadPolicy
+from bridge.sip.overload_feedback import LossFeedback, asks_for_feedback, with_feedback
 from bridge.sip.parser import ALLOWED_METHODS, SUPPORTED_OPTIONS, validate_request
 from bridge.sip.registrar import AuthPolicy, RegistrarService
 from bridge.sip.session_timers import SessionTimerSettings
@@ -144,6 +146,9 @@ class SipService:
         self.journal: BindingJournal | None = None  # bridge.sip.state
         # Overload control (bridge.sip.overload): the gate of new INVITEs and REGISTERs.
         self.admission: Admission | None = None
+        # RFC 7339 (bridge.sip.overload_feedback): what share of new calls we ask clients
+        # that do overload control to hold back.
+        self.feedback: LossFeedback | None = None
         self.loop_lag = 0.0  # seconds the event loop was late, as last measured
 
     def enable_calls(
@@ -192,6 +197,14 @@ class SipService:
         if self.settings.overload is not None:
             self.admission = Admission(self.settings.overload, now=endpoint.now())
             endpoint.gate = self._admit
+            if self.settings.overload.feedback:
+                self.feedback = LossFeedback(
+                    validity_ms=self.settings.overload.feedback_validity_ms
+                )
+                endpoint.annotate = self._annotate
+                self.metrics.sip_overload_feedback.labels(peer="clients").set_function(
+                    lambda: self.feedback.percent if self.feedback is not None else 0
+                )
             self._tasks.append(asyncio.create_task(self._overload_loop(), name="sip-overload"))
 
         def local(transport: str) -> ViaSpec:
@@ -464,6 +477,22 @@ class SipService:
             ],
         )
 
+    def _annotate(self, response: SipResponse) -> None:
+        """The endpoint's hook on responses: our loss feedback into the top Via of a response
+        to a client that asked for it (RFC 7339 §5.2), while there is something to say."""
+        feedback, endpoint = self.feedback, self.endpoint
+        if feedback is None or endpoint is None:
+            return
+        params = feedback.params(endpoint.now())
+        if params is None:
+            return
+        line = response.headers.get("Via")
+        via = split_comma_values(line)[0] if line else None
+        if via is None or not asks_for_feedback(via):
+            return
+        response.headers.pop_first_value("Via")
+        response.headers.prepend("Via", with_feedback(via, params))
+
     def carrier_gate(self) -> tuple[str, int] | None:
         """The carrier path's new calls, against the same limits and load (the event loop's
         lag: an HTTP request has no kernel timestamp): (reason, retry-after) or None."""
@@ -503,6 +532,12 @@ class SipService:
         """One tick of `_overload_loop`: the state change (logged), every tenth the counts."""
         metrics = self.metrics
         change = admission.tick(now)
+        feedback = self.feedback
+        if feedback is not None:
+            offered = sum(n for (kind, _), n in admission.counts.items() if kind == "call")
+            refused = offered - admission.counts.get(("call", "admitted"), 0)
+            if feedback.update(now, offered, refused):
+                log.info("sip_overload_feedback", percent=feedback.percent)
         if change is not None:
             metrics.sip_overloaded.set(1 if change.overloaded else 0)
             if change.overloaded:
@@ -581,6 +616,8 @@ class SipService:
                     queue_delay_target=sip.overload.queue_delay_target_ms / 1000,
                     interval=sip.overload.interval_seconds,
                     retry_after_seconds=sip.overload.retry_after_seconds,
+                    feedback=sip.overload.feedback,
+                    feedback_validity_ms=sip.overload.feedback_validity_ms,
                 ),
             ),
             reachability,

@@ -418,6 +418,9 @@ class SipEndpoint:
         # and the request goes no further (bridge.sip.overload, set by the SIP service).
         # Its arguments: the request, its source, transport, and how long it waited unread.
         self.gate: Callable[[SipRequest, Address, str, float], SipResponse | None] | None = None
+        # Called with each response the application sends (and the gate's refusals) before it
+        # is serialized: the overload feedback of RFC 7339 goes into its Via.
+        self.annotate: Callable[[SipResponse], None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -573,11 +576,15 @@ class SipEndpoint:
 
     # -- for the application -----------------------------------------------------------------
     def respond(self, transaction_id: str, response: SipResponse) -> None:
+        if self.annotate is not None:
+            self.annotate(response)
         self.layer.send_response(transaction_id, response, self.now())
         self._flush()
 
     def respond_and_forget(self, transaction_id: str, response: SipResponse) -> None:
         """A final response as a stateless UAS (the transaction ends at once; §8.2.7)."""
+        if self.annotate is not None:
+            self.annotate(response)
         self.layer.send_response_and_forget(transaction_id, response)
         self._flush()
 
@@ -633,6 +640,8 @@ class SipEndpoint:
             refusal = gate(item, source, transport, waited)
             if refusal is not None:  # stateless: no transaction, nothing kept
                 stamp_received(refusal, source)  # (its Via, copied from the request's)
+                if self.annotate is not None:
+                    self.annotate(refusal)
                 self.layer.send_stateless(refusal, source, transport)
                 self._flush()
                 return
