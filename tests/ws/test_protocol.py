@@ -71,10 +71,23 @@ async def test_text_no_frame_can_carry_gets_an_error_and_the_connection_stays(
     )
     error = await client.expect("error", timeout=WAIT)
     assert error["code"] == "invalid_frame" and "id" not in error
-    assert error["field"].startswith("id")
+    assert error["field"] == "id"
     reply = await client.request("presence.set", availability="busy")
     assert (reply["type"], reply["availability"]) == ("presence", "busy")
     assert client.is_open
+
+
+@pytest.mark.parametrize("bad_id", ["", "x" * 65, -1, 1.5, [1]])
+async def test_a_bad_id_is_named_as_the_id_with_what_an_id_may_be(live: Live, bad_id: Any) -> None:
+    """The id is a union (string or integer): the error names the field, not pydantic's name
+    for a branch of the union ("id.constrained-str"), and says what both branches allow."""
+    client = await live.connect("alice")
+    await client.send_raw(json.dumps({"v": 1, "type": "calls.unsubscribe", "id": bad_id}))
+    error = await client.expect("error", timeout=WAIT)
+    assert (error["code"], error["field"]) == ("invalid_frame", "id")
+    assert error["message"] == "id: a string of 1 to 64 characters or an integer >= 0"
+    assert "id" not in error  # (not one we could echo)
+    assert (await client.request("calls.unsubscribe"))["type"] == "ack"
 
 
 async def test_binary_frames_get_an_error(live: Live) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -746,6 +747,16 @@ def _validate(raw: dict[str, Any]) -> Any:
         return CLIENT_FRAME.validate_python(raw)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        # loc is (type tag, field, ...): name the field.
-        where = ".".join(str(part) for part in error["loc"][1:]) or "frame"
-        raise FrameError(ErrorCode.INVALID_FRAME, f"{where}: {error['msg']}", where) from None
+        # loc is (type tag, field, ...): name the field, without the names pydantic gives
+        # the branches of a union ("constrained-str"), which are no field of the protocol.
+        parts = [str(part) for part in error["loc"][1:]]
+        where = ".".join(p for p in parts if not _UNION_BRANCH.fullmatch(p)) or "frame"
+        message = error["msg"]
+        if where == "id":  # both branches failed: say what an id may be
+            message = "a string of 1 to 64 characters or an integer >= 0"
+        raise FrameError(ErrorCode.INVALID_FRAME, f"{where}: {message}", where) from None
+
+
+# What pydantic puts in an error's loc for a branch of a union: "str", "constrained-int",
+# "function-after[...]" and the like (field names of the protocol are snake_case).
+_UNION_BRANCH = re.compile(r"(?:constrained-)?(?:str|int|float|bool|none)|.*[-\[].*")
