@@ -35,3 +35,33 @@ def test_the_quick_run_accounts_for_every_call(tmp_path: Path) -> None:
     admitted = burst["admission"].get("call:admitted", 0)
     assert admitted >= burst["completed"] - 10  # (the counters are read twice a second)
     assert figures["recovery"]["attempted"] == figures["recovery"]["asked"]
+
+
+@needs_sipp
+def test_the_feedback_quick_run_accounts_for_every_call_and_the_trunk_holds_back(
+    tmp_path: Path,
+) -> None:
+    """bench/overload_feedback.py --quick: 60 calls/s offered against a limit of 20 for 3 s,
+    by a trunk that honours the bridge's RFC 7339 feedback, then by one that ignores it."""
+    out = tmp_path / "feedback.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "overload_feedback.py"), "--quick", f"--json={out}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "honour against ignore" in run.stdout
+    modes = json.loads(out.read_text())["modes"]
+    for figures in modes.values():
+        assert figures["offered"] == 180
+        assert figures["offered"] == figures["held_back"] + figures["sent"]
+        assert figures["sent"] == figures["refused"] + figures["ended"] + figures["failed"]
+        assert figures["ended"] > 0
+    # Ignoring, every call is sent and the limit refuses most; honouring, the feedback made
+    # the trunk keep a share back itself, so the bridge was sent fewer and refused fewer.
+    honour, ignore = modes["honour"], modes["ignore"]
+    assert ignore["held_back"] == 0 and ignore["refused"] > 60
+    assert honour["held_back"] > 30
+    assert honour["refused"] < ignore["refused"]
