@@ -487,9 +487,10 @@ class SipService:
         if params is None:
             return
         line = response.headers.get("Via")
-        via = split_comma_values(line)[0] if line else None
-        if via is None or not asks_for_feedback(via):
+        vias = split_comma_values(line) if line else []
+        if not vias or not asks_for_feedback(vias[0]):
             return
+        via = vias[0]
         response.headers.pop_first_value("Via")
         response.headers.prepend("Via", with_feedback(via, params))
 
