@@ -85,6 +85,21 @@ def test_the_percentage_covers_what_is_still_refused_then_falls_in_steps() -> No
     assert feedback.params(now + LINGER) is None
 
 
+def test_the_percentage_holds_while_new_work_queues_without_refusals() -> None:
+    feedback = LossFeedback()
+    feedback.update(0.0, 0, 0)
+    feedback.update(WINDOW, 100, 50)
+    assert feedback.percent == 50
+    # Calls come, none refused, but they wait: the client is not let back in yet.
+    assert not feedback.update(2 * WINDOW, 150, 50, queued=True)
+    assert feedback.percent == 50
+    # No calls at all: the wait measured last is stale, so it falls as when calm.
+    assert feedback.update(3 * WINDOW, 150, 50, queued=True)
+    assert feedback.percent == 50 - CALM_STEP
+    assert feedback.update(4 * WINDOW, 200, 50)
+    assert feedback.percent == 50 - 2 * CALM_STEP
+
+
 def test_the_percentage_is_capped_so_fresh_feedback_keeps_coming() -> None:
     feedback = LossFeedback()
     feedback.update(0.0, 0, 0)

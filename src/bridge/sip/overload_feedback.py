@@ -8,7 +8,8 @@ would only refuse, and spends its own fallback (another route, its own 503 to th
 instead of our 503s. The percentage is a control loop of our own (RFC 7339 leaves it to the
 server): every `WINDOW` seconds, if some new calls were still refused, the share the trunk
 drops grows to cover them (`1 - (1 - p)(1 - refused share)`); a window with none refused
-lowers it by `CALM_STEP` points, so the trunk comes back in steps, not all at once. It is
+lowers it by `CALM_STEP` points (unless new work is queueing: then it holds), so the trunk
+comes back in steps, not all at once. It is
 capped at `MAX_PERCENT`: some calls keep coming, and their answers carry fresh feedback.
 Once back at 0 we say so for `LINGER` seconds with `oc=0;oc-validity=0` (stop now), then
 add nothing again.
@@ -88,9 +89,11 @@ class LossFeedback:
         self._next_update: float | None = None
         self._seen = (0, 0)  # (offered, refused) counts at the last update
 
-    def update(self, now: float, offered: int, refused: int) -> bool:
-        """Counts since start (the gate's); acts once a window has passed. True when the
-        percentage changed."""
+    def update(self, now: float, offered: int, refused: int, *, queued: bool = False) -> bool:
+        """Counts since start (the gate's); acts once a window has passed. `queued`: new work
+        is waiting longer than it should though none was refused yet (the gate's load signal
+        above half its target): the percentage holds rather than falls, so the client is not
+        let back in while a queue builds. True when the percentage changed."""
         if self._next_update is None:
             self._next_update, self._seen = now + WINDOW, (offered, refused)
             return False
@@ -104,7 +107,7 @@ class LossFeedback:
             share = min(1.0, new_refused / new_offered)
             kept = (1 - before / 100) * (1 - share)
             self.percent = min(MAX_PERCENT, math.ceil(100 * (1 - kept) - 1e-9))
-        else:
+        elif not (queued and new_offered > 0):  # (no calls: the load signal is stale)
             self.percent = max(0, before - CALM_STEP)
         if self.percent == 0 and before > 0:
             self._zero_since = now

@@ -537,7 +537,8 @@ class SipService:
         if feedback is not None:
             offered = sum(n for (kind, _), n in admission.counts.items() if kind == "call")
             refused = offered - admission.counts.get(("call", "admitted"), 0)
-            if feedback.update(now, offered, refused):
+            queued = admission.queue_delay > admission.policy.queue_delay_target / 2 > 0
+            if feedback.update(now, offered, refused, queued=queued):
                 log.info("sip_overload_feedback", percent=feedback.percent)
         if change is not None:
             metrics.sip_overloaded.set(1 if change.overloaded else 0)
