@@ -293,7 +293,13 @@ def run_mode(
     wall = time.monotonic() - wall
     cpu = (sip_cps.proc_ticks(pid) - ticks) / sip_cps.CLK_TCK
     admitted = overload.delta(overload.settled_admission(bridge), before_admission)
-    return tally, {"cpu_s": cpu, "wall_s": wall, "admission": admitted}
+    return tally, {"cpu_s": cpu, "wall_s": wall, "admission": admitted, "rss_mb": rss_mb(pid)}
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 1024
 
 
 def report(name: str, tally: Tally, extra: dict[str, Any], clean: float, seconds: float) -> None:
@@ -315,7 +321,7 @@ def report(name: str, tally: Tally, extra: dict[str, Any], clean: float, seconds
     print(
         f"   bridge CPU {cpu:.1f} s over {extra['wall_s']:.1f} s (burst and drain), "
         f"{cpu * 1000 / max(1, received):.2f} ms per INVITE it was sent; "
-        f"admission {extra['admission']}"
+        f"admission {extra['admission']}; resident {extra['rss_mb']:.0f} MB after"
     )
     seconds_seen = sorted(set(tally.asked_n) | set(tally.held))
     timeline = ", ".join(
@@ -335,6 +341,11 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--phone-procs", type=int, default=4)
     parser.add_argument("--modes", default="honour,ignore")
+    parser.add_argument(
+        "--one-bridge",
+        action="store_true",
+        help="every mode on the same bridge (to see what a burst leaves behind)",
+    )
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--src", type=Path, default=None)
@@ -358,7 +369,7 @@ def main() -> int:
     print("\n".join(sip_cps.machine_lines()))
     print("   " + sip_cps.pin_cores(not args.no_pin))
     offered = args.clean_max * args.factor
-    results: dict[str, tuple[Tally, dict[str, Any]]] = {}
+    results: dict[str, tuple[Tally, dict[str, Any]]] = {}  # (a mode asked twice: its last)
     with tempfile.TemporaryDirectory(prefix="bench-oc-") as tmp:
         procs = Processes()
         ctx = Context(args, procs, Path(tmp), time.monotonic())
@@ -366,10 +377,9 @@ def main() -> int:
             users = sip_cps.phone_users(args.users)
             bridge, phones = sip_cps.start_stack(ctx, Path(tmp) / "stack-0", users)
             for index, mode in enumerate(modes):
-                if index and not args.quick:
-                    # A fresh bridge and phones per mode: what a burst leaves behind (stored
-                    # events, the collector's old generation) made the second mode of a run
-                    # slower whichever it was (0.71-0.85 x the first's goodput).
+                if index and not args.quick and not args.one_bridge:
+                    # A fresh bridge and phones per mode, so that each mode starts alike
+                    # (--one-bridge: three bursts in a row on one bridge showed no slowdown).
                     for process in [bridge.process, *(phone for phone, _, _ in phones)]:
                         procs.stop(process)
                     bridge, phones = sip_cps.start_stack(ctx, Path(tmp) / f"stack-{index}", users)
@@ -395,7 +405,7 @@ def main() -> int:
             for mode, (tally, extra) in results.items()
         }
         args.json.write_text(json.dumps({"modes": figures}, indent=2))
-    if len(results) == 2:
+    if len(results) == 2 and len(modes) == 2:
         honour, ignore = results["honour"], results["ignore"]
         print("== honour against ignore")
         for label, of in (
