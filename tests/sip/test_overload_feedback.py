@@ -15,6 +15,7 @@ from bridge.sip.overload_feedback import (
     CLIENT_PARAMS,
     LINGER,
     MAX_PERCENT,
+    MAX_VALIDITY_MS,
     WINDOW,
     LossFeedback,
     PeerFeedback,
@@ -154,6 +155,33 @@ def test_the_client_ignores_feedback_it_cannot_use() -> None:
     # A server that appended its value after our valueless `oc` still means it.
     assert peer.receive(0.0, VIA + CLIENT_PARAMS + ";oc=20;oc-seq=1.0;oc-validity=1000")
     assert peer.active(0.0) == 20
+
+
+def test_a_peers_feedback_holds_at_most_a_minute() -> None:
+    """A trunk asking for 100 % for days would hold every call back with no way to hear
+    better: after MAX_VALIDITY_MS we send again and take what the answers say."""
+    peer = PeerFeedback()
+    assert peer.receive(0.0, VIA + ";oc=100;oc-validity=259200000;oc-seq=1.0")
+    assert peer.active(MAX_VALIDITY_MS / 1000 - 0.001) == 100
+    assert peer.active(MAX_VALIDITY_MS / 1000) == 0
+    assert peer.receive(100.0, VIA + ";oc=100;oc-validity=" + "9" * 5000 + ";oc-seq=2.0")
+    assert peer.active(100.0 + MAX_VALIDITY_MS / 1000) == 0
+    assert peer.receive(200.0, VIA + ";oc=" + "7" * 5000 + ";oc-seq=3.0")
+    assert peer.active(200.0) == 100
+
+
+@given(st.text(max_size=200))
+def test_no_via_text_makes_the_client_raise(text: str) -> None:
+    """Whatever a peer puts in the Via of its answers (digits that are not ASCII, "²" among
+    them, which str.isdigit takes and int refuses) is taken or ignored, never raised on."""
+    peer = PeerFeedback()
+    for via in (text, VIA + text, VIA + ";oc=" + text, VIA + ";oc=5;oc-seq=1;oc-validity=" + text):
+        peer.receive(0.0, via)
+        asks_for_feedback(via)
+        with_feedback(via, ";oc=1")
+    assert 0 <= peer.active(0.0) <= 100
+    assert not peer.receive(1.0, VIA + ";oc=²;oc-seq=9.0")
+    assert not peer.receive(1.0, VIA + ";oc=5;oc-seq=١٢.0")
 
 
 def test_the_client_holds_back_the_share_asked() -> None:

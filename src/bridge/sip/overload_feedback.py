@@ -42,7 +42,8 @@ _OC_PARAM = re.compile(r';\s*oc(?:-[A-Za-z]+)?\s*(?:=\s*(?:"[^"]*"|[^;,\s]*))?',
 _PARAM = re.compile(
     r';\s*(oc(?:-[A-Za-z]+)?)\s*(?:=\s*("[^"]*"|[^;,\s]*))?(?=\s*(?:;|,|$))', re.IGNORECASE
 )
-_SEQ = re.compile(r"\d{1,12}(?:\.\d{1,5})?")
+_SEQ = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,5})?")
+MAX_VALIDITY_MS = 60_000  # a peer's feedback holds at most this long (then we send again)
 
 
 def _oc_params(via: str) -> dict[str, str | None]:
@@ -75,6 +76,11 @@ def asks_for_feedback(via: str) -> bool:
 def with_feedback(via: str, feedback: str) -> str:
     """`via` with its `oc` parameters replaced by ours (`feedback` starts with ';')."""
     return _OC_PARAM.sub("", via) + feedback
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only ("²".isdigit() is true, and int() refuses it)."""
+    return text.isascii() and text.isdigit()
 
 
 class LossFeedback:
@@ -139,7 +145,7 @@ class PeerFeedback:
             return False
         params = _oc_params(via)
         value, seq_text = params.get("oc"), params.get("oc-seq")
-        if value is None or not value.isdigit() or seq_text is None:
+        if value is None or not _is_number(value) or seq_text is None:
             return False  # no value, or no sequence to order it by (RFC 7339 §5.2)
         if _SEQ.fullmatch(seq_text) is None:
             return False
@@ -150,11 +156,17 @@ class PeerFeedback:
         if algorithm != ALGORITHM:
             return False
         validity_text = params.get("oc-validity")
-        if validity_text is not None and not validity_text.isdigit():
+        if validity_text is not None and not _is_number(validity_text):
             return False
-        validity = DEFAULT_VALIDITY_MS if validity_text is None else int(validity_text)
+        if validity_text is None:
+            validity = DEFAULT_VALIDITY_MS
+        else:  # (int() of thousands of digits raises: a long one is long anyway)
+            validity = int(validity_text) if len(validity_text) <= 9 else MAX_VALIDITY_MS
+        # (a feedback of 100 % for days would hold every call back with no way to hear better:
+        # past this, we send again and take what the answers say)
+        validity = min(validity, MAX_VALIDITY_MS)
         self.seq = seq
-        self.percent = min(100, int(value))
+        self.percent = 100 if len(value) > 3 else min(100, int(value))
         self.until = now + validity / 1000
         self.received += 1
         return True
