@@ -6,11 +6,14 @@ runner, the API, the app clients' WebSocket, the event outbox) text must be enco
 UTF-8, or the first JSON response or SQLite row that carries it fails. `valid_utf8` turns
 such text back into its bytes and decodes them with U+FFFD for each sequence that is not
 UTF-8.
+
+`ascii_digits` is the check for a number read from the wire: `str.isdigit` is also true for
+"²" and other digits that `int()` and `float()` refuse, so "isdigit, then int" raises.
 """
 
 from __future__ import annotations
 
-__all__ = ["valid_utf8"]
+__all__ = ["ascii_digits", "valid_utf8"]
 
 
 def valid_utf8(text: str) -> str:
@@ -26,3 +29,8 @@ def valid_utf8(text: str) -> str:
         except UnicodeEncodeError:  # a surrogate that no byte made
             return text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is one or more of 0-9 and nothing else (what `int()` then takes)."""
+    return text.isascii() and text.isdigit()

@@ -56,6 +56,8 @@ NEW_USER_FIELDS = [
     ("working_hours", {"mon": ["25:00-26:00"]}, "mon: '25:00' is not a time of day"),
     ("working_hours", {"someday": ["09:00-17:00"]}, "unknown day 'someday'"),
     ("working_hours", {"mon": ["09:00-09:00"]}, "is empty (start equals end)"),
+    # "²" passes str.isdigit and int() refuses it: the same 422 as any bad time
+    ("working_hours", {"mon": ["0\u00b2:00-17:00"]}, "mon: '0\u00b2:00' is not HH:MM"),
     ("email", "not-an-email", "'not-an-email' is not an email address"),
     ("id", "Not An Id!", "String should match pattern"),
     ("sip", {"username": "zed"}, "give ha1_md5 and/or ha1_sha256"),

@@ -35,6 +35,14 @@ async def test_status_needs_a_known_call_status(carrier: Carrier) -> None:
     assert "CallStatus" in await _refused(carrier, "/twilio/status", {"CallSid": sid()})
 
 
+@pytest.mark.parametrize("number", ["\u00b2", "12x", "1234567890"])
+async def test_a_number_field_that_is_not_one_is_400(carrier: Carrier, number: str) -> None:
+    """ "²" passes str.isdigit and int() refuses it: it was a 500."""
+    call = await carrier.call(FRONT)
+    params = {"CallSid": call.sid, "CallStatus": "ringing", "SequenceNumber": number}
+    assert "SequenceNumber" in await _refused(carrier, "/twilio/status", params)
+
+
 async def test_dial_action_needs_its_dial_and_status(carrier: Carrier) -> None:
     call = await carrier.call(FRONT)
     params = {"CallSid": call.sid, "DialCallStatus": "no-answer"}

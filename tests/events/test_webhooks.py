@@ -124,6 +124,28 @@ async def test_429_waits_what_retry_after_says(tmp_path: Path, receiver: Receive
         await setup.stop()
 
 
+async def test_a_retry_after_that_is_not_a_number_is_ignored(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """ "²" passes str.isdigit and float() refuses it: such a Retry-After is not one, the try
+    counts and the backoff applies. (The delivery raised: the try was not counted, so an
+    endpoint that always answered so was tried every second for ever, never dead.)"""
+    receiver.answer = lambda got, body: 429
+    receiver.retry_after = "\u00b2"
+    policy = DeliveryPolicy(retry_max_seconds=0.1, first_backoff_seconds=0.02, max_attempts=3)
+    setup = await Setup(tmp_path / "o.sqlite", policy).start(endpoint(receiver))
+    try:
+        await setup.append(event("CA1", 0))
+        deadline = time.monotonic() + 10
+        while not await setup.dispatcher.deliveries("crm", state="dead"):
+            assert time.monotonic() < deadline, receiver.got
+            await asyncio.sleep(0.02)
+        assert [r.status for r in receiver.got] == [429, 429, 429]
+        assert setup.outcomes == [("crm", "retry"), ("crm", "retry"), ("crm", "dead")]
+    finally:
+        await setup.stop()
+
+
 async def test_a_redirect_is_not_followed_and_a_huge_answer_is_not_read_whole(
     tmp_path: Path, receiver: Receiver
 ) -> None:

@@ -445,7 +445,7 @@ def _zone(name: str) -> ZoneInfo:
 
 def normalize_number(number: str) -> str:
     """Accept '+15550100', '15550100' or 'tel:+1 555-0100' for a line lookup."""
-    digits = "".join(ch for ch in number if ch.isdigit())
+    digits = "".join(ch for ch in number if "0" <= ch <= "9")
     return "+" + digits if digits else number
 
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 
+from bridge.text import ascii_digits
+
 DAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 MinuteRange = tuple[int, int]
@@ -22,7 +24,7 @@ class ScheduleError(ValueError):
 
 def _parse_clock(text: str, *, allow_24: bool) -> int:
     hours, sep, minutes = text.partition(":")
-    if not sep or len(minutes) != 2 or not hours.isdigit() or not minutes.isdigit():
+    if not sep or len(minutes) != 2 or not ascii_digits(hours) or not ascii_digits(minutes):
         raise ScheduleError(f"{text!r} is not HH:MM")
     h, m = int(hours), int(minutes)
     if h == 24 and m == 0 and allow_24:

@@ -39,6 +39,7 @@ from standardwebhooks import Webhook
 
 from bridge.events.outbox import SELECT_EVENTS, Endpoint, Outbox, compact_json, event_from_row
 from bridge.events.stored import StoredEvent
+from bridge.text import ascii_digits
 
 if TYPE_CHECKING:
     import aiohttp
@@ -448,7 +449,7 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if ascii_digits(value):
         return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now)

@@ -37,7 +37,7 @@ class DialDecision:
 
 def classify(digits: str, plan: DialPlan) -> Dialled:
     """`digits` as dialled (digits, an optional leading +)."""
-    raw = "".join(ch for ch in digits if ch.isdigit() or ch == "+")
+    raw = "".join(ch for ch in digits if "0" <= ch <= "9" or ch == "+")
     if raw in plan.emergency:
         return Dialled(raw, DialClass.EMERGENCY)
     if raw.startswith("+"):

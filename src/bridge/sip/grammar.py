@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from bridge.sip.model import Headers, split_comma_values
+from bridge.text import ascii_digits
 
 MAX_CSEQ = 2**32 - 1
 MAX_MAX_FORWARDS = 255
@@ -542,7 +543,7 @@ class Via(NamedTuple):
 
 
 def _small_int(value: str | None, limit: int) -> bool:
-    return value is not None and value.isdigit() and len(value) <= 5 and int(value) <= limit
+    return value is not None and ascii_digits(value) and len(value) <= 5 and int(value) <= limit
 
 
 def _ttl_rport_ok(ttl: str | None, rport: str | None) -> bool:

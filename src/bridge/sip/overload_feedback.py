@@ -29,6 +29,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from bridge.text import ascii_digits
+
 ALGORITHM = "loss"
 WINDOW = 0.5  # seconds of admission counts per update of the percentage we send
 CALM_STEP = 10  # points the percentage falls per window with nothing refused
@@ -76,11 +78,6 @@ def asks_for_feedback(via: str) -> bool:
 def with_feedback(via: str, feedback: str) -> str:
     """`via` with its `oc` parameters replaced by ours (`feedback` starts with ';')."""
     return _OC_PARAM.sub("", via) + feedback
-
-
-def _is_number(text: str) -> bool:
-    """ASCII digits only ("²".isdigit() is true, and int() refuses it)."""
-    return text.isascii() and text.isdigit()
 
 
 class LossFeedback:
@@ -145,7 +142,7 @@ class PeerFeedback:
             return False
         params = _oc_params(via)
         value, seq_text = params.get("oc"), params.get("oc-seq")
-        if value is None or not _is_number(value) or seq_text is None:
+        if value is None or not ascii_digits(value) or seq_text is None:
             return False  # no value, or no sequence to order it by (RFC 7339 §5.2)
         if _SEQ.fullmatch(seq_text) is None:
             return False
@@ -156,7 +153,7 @@ class PeerFeedback:
         if algorithm != ALGORITHM:
             return False
         validity_text = params.get("oc-validity")
-        if validity_text is not None and not _is_number(validity_text):
+        if validity_text is not None and not ascii_digits(validity_text):
             return False
         if validity_text is None:
             validity = DEFAULT_VALIDITY_MS

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from bridge.text import ascii_digits
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -54,6 +56,6 @@ def parse_trunk_source(text: str) -> TrunkSource:
 
 
 def _port(raw: str, text: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= 65535:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return int(raw)

@@ -33,6 +33,7 @@ from bridge.sip.model import (
     param_of,
     split_comma_values,
 )
+from bridge.text import ascii_digits
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -339,7 +340,7 @@ def _host_port(sent_by: str) -> tuple[str, int | None]:
         host, sep, port_text = sent_by.rpartition(":")
         if not sep:
             host, port_text = sent_by, ""
-    port = int(port_text) if port_text.isdigit() and int(port_text) < 65536 else None
+    port = int(port_text) if ascii_digits(port_text) and int(port_text) < 65536 else None
     return host.lower(), port
 
 
@@ -365,7 +366,7 @@ def _split_params(params: str) -> list[str]:
 def _cseq(message: SipMessage) -> tuple[int, str] | None:
     value = message.headers.get("CSeq")
     parts = value.split() if value else []
-    if len(parts) != 2 or not parts[0].isdigit():
+    if len(parts) != 2 or not ascii_digits(parts[0]):
         return None
     return int(parts[0]), parts[1]
 
@@ -487,7 +488,7 @@ def response_destination(via: str, source: Address, transport: str) -> Address:
         return (maddr, default_port)
     rport = params.get("rport")
     received = params.get("received")
-    if rport and rport.isdigit():
+    if rport and ascii_digits(rport):
         return (received or source[0], int(rport))
     if received:
         return (received, default_port)

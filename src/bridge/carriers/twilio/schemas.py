@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from bridge.carriers.twilio.errors import MalformedWebhook
+from bridge.text import ascii_digits
 
 _SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LEG = re.compile(r"[A-Za-z0-9_./-]{1,160}")
@@ -83,7 +84,7 @@ class WebhookForm:
         value = self.fields.get(name) or None
         if value is None:
             return None
-        if not value.isdigit() or len(value) > 9:
+        if not ascii_digits(value) or len(value) > 9:
             raise MalformedWebhook(f"invalid field {name}: {value[:20]!r}", name)
         return int(value)
 
