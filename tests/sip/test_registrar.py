@@ -412,6 +412,22 @@ def test_bad_contact_is_400(service) -> None:
     assert out.response.status == 400
 
 
+@pytest.mark.parametrize(
+    ("q", "status"),
+    [("0.5", 200), ("1", 200), ("0", 200), ("1.000", 200), ("0.125", 200),
+     ("nan", 400), ("inf", 400), ("2", 400), ("-0.5", 400), ("0.1234", 400), ("1.5", 400),
+     ("\u00bd", 400)],
+)  # fmt: skip
+def test_a_contacts_q_is_a_qvalue(service, q: str, status: int) -> None:
+    """RFC 3261 §25.1: 0 to 1 with at most three decimals; float() alone took "nan" and "2"."""
+    registrar, _, clock = service
+    contact = f"<sip:102@192.0.2.10:5062>;q={q}"
+    out = login(registrar, clock, Phone("102", "secret"), contact=contact)
+    assert out.response.status == status, out.response.reason
+    if status == 400 and q.isascii():  # ("½" is not even a token: malformed parameters)
+        assert "q value" in out.response.reason
+
+
 def test_digest_header_parses_what_we_send(service) -> None:
     registrar, _, clock = service
     phone = Phone("102", "secret")

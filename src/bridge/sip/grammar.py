@@ -667,6 +667,18 @@ def parse_expires(value: str, *, overlarge: int = DEFAULT_EXPIRES) -> int:
     return int(digits)
 
 
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+
+
+def parse_qvalue(value: str) -> float:
+    """A Contact's `q` (RFC 3261 §25.1 qvalue: 0 to 1, at most three decimals). float() alone
+    took "nan", "inf" and "2", and a NaN orders nothing."""
+    text = value.strip()
+    if _QVALUE.fullmatch(text) is None:
+        raise SipSyntaxError(f"bad q value {value[:20]!r} (0 to 1, at most three decimals)")
+    return float(text)
+
+
 def parse_option_tags(value: str) -> list[str]:
     """`Require`/`Supported`/`Unsupported` values: comma-separated tokens."""
     tags = [tag.strip(" \t") for tag in value.split(",")]

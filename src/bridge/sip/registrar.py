@@ -40,7 +40,13 @@ from bridge.sip.digest import (
     parse_auth_header,
     verify,
 )
-from bridge.sip.grammar import SipSyntaxError, parse_contacts, parse_expires, parse_name_addr
+from bridge.sip.grammar import (
+    SipSyntaxError,
+    parse_contacts,
+    parse_expires,
+    parse_name_addr,
+    parse_qvalue,
+)
 from bridge.sip.ids import random_hex
 from bridge.sip.model import SipRequest, SipResponse, make_response
 
@@ -228,7 +234,7 @@ class RegistrarService:
                         ContactRequest(
                             uri=str(contact.uri),
                             expires=parse_expires(raw_expires) if raw_expires else None,
-                            q=float(raw_q) if raw_q else None,
+                            q=parse_qvalue(raw_q) if raw_q else None,
                         )
                     )
             cseq = int((headers.get("CSeq") or "0").split()[0])
