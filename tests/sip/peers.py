@@ -21,6 +21,7 @@ import yaml
 from sim.local import MetricsScrape, free_port
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+REPO = Path(__file__).resolve().parents[2]
 SIPP = shutil.which("sipp")
 REALM = "bridge.test"
 
@@ -237,3 +238,17 @@ def _run_sipp_once(
     return SippResult(
         result.returncode, read(messages), read(errors), result.stdout + result.stderr
     )
+
+
+def run_bench_quick(script: str, out: Path, timeout: float = 180) -> str:
+    """`bench/<script> --quick --json=<out>` from the repository root: its output, once it
+    exited 0 (the figures are in `out`)."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--quick", f"--json={out}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout

@@ -6,27 +6,16 @@ is that every call offered is accounted for."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.sip.peers import needs_sipp
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.sip.peers import needs_sipp, run_bench_quick
 
 
 @needs_sipp
 def test_the_quick_run_accounts_for_every_call(tmp_path: Path) -> None:
     out = tmp_path / "overload.json"
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "overload.py"), "--quick", f"--json={out}"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "goodput" in run.stdout and "back to normal from second" in run.stdout
+    output = run_bench_quick("overload.py", out)
+    assert "goodput" in output and "back to normal from second" in output
     figures = json.loads(out.read_text())
     burst = figures["burst"]
     assert burst["asked"] == burst["attempted"] == 180
@@ -44,15 +33,7 @@ def test_the_feedback_quick_run_accounts_for_every_call_and_the_trunk_holds_back
     """bench/overload_feedback.py --quick: 60 calls/s offered against a limit of 20 for 3 s,
     by a trunk that honours the bridge's RFC 7339 feedback, then by one that ignores it."""
     out = tmp_path / "feedback.json"
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "overload_feedback.py"), "--quick", f"--json={out}"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "honour against ignore" in run.stdout
+    assert "honour against ignore" in run_bench_quick("overload_feedback.py", out)
     modes = json.loads(out.read_text())["modes"]
     for figures in modes.values():
         assert figures["offered"] == 180

@@ -6,27 +6,16 @@ machine); what is checked is that the samples hold numbers and no call or refres
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.sip.peers import needs_sipp
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.sip.peers import needs_sipp, run_bench_quick
 
 
 @needs_sipp
 def test_the_quick_run_samples_the_bridge_and_loses_no_call(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "soak.py"), "--quick", f"--json={out}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "least-squares slope" in run.stdout and "no call lost" in run.stdout
+    output = run_bench_quick("soak.py", out, timeout=120)
+    assert "least-squares slope" in output and "no call lost" in output
     figures = json.loads(out.read_text())
     samples = figures["samples"]
     assert len(samples) >= 3

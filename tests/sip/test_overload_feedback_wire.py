@@ -12,13 +12,12 @@ provider is SIPp answering with the feedback written into its scenario."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from tests.sip.peers import SCENARIOS, SIPP, bridge_process, free_port, needs_sipp, trunk_bridge
-from tests.sip.test_overload_wire import LINE, directory, header, udp
+from tests.sip.test_overload_wire import LINE, directory, header, responses, udp
 from tests.sip.test_sipp_calls import directory as group_directory
 
 FEEDBACK = re.compile(r';oc=(\d+);oc-validity=(\d+);oc-seq=(\d{1,12}\.\d{1,5});oc-algo="loss"')
@@ -33,21 +32,6 @@ def invite(port: int, local: int, n: int, *, oc: bool = True) -> bytes:
         f"Call-ID: oc-{n}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{local}>\r\n"
         "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ).encode()
-
-
-def responses(sock: socket.socket, wait: float) -> list[bytes]:
-    """Every response that came within `wait` (provisional and final)."""
-    got: list[bytes] = []
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65535)
-        except TimeoutError:
-            break
-        if data.startswith(b"SIP/2.0 "):
-            got.append(data)
-    return got
 
 
 def call_id(message: bytes) -> str:

@@ -48,9 +48,10 @@ def ack_for(response: bytes, port: int, local: int, n: int) -> bytes:
     ).encode()
 
 
-def finals(sock: socket.socket, wait: float) -> dict[str, bytes]:
-    """The final responses that came within `wait`, by Call-ID (the last one each)."""
-    got: dict[str, bytes] = {}
+def responses(sock: socket.socket, wait: float) -> list[bytes]:
+    """Every response that came within `wait`, provisional and final, in order (requests of
+    admitted calls, such as a voicemail's BYE, are left out)."""
+    got: list[bytes] = []
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -58,17 +59,18 @@ def finals(sock: socket.socket, wait: float) -> dict[str, bytes]:
             data = sock.recv(65535)
         except TimeoutError:
             break
-        if not data.startswith(b"SIP/2.0 "):
-            continue  # a request of an admitted call (its voicemail's BYE)
-        status = int(data[8:11])
-        if status >= 200:
-            call_id = next(
-                ln.split(":", 1)[1].strip()
-                for ln in data.decode().split("\r\n")
-                if ln.lower().startswith("call-id:")
-            )
-            got[call_id] = data
+        if data.startswith(b"SIP/2.0 "):
+            got.append(data)
     return got
+
+
+def finals(sock: socket.socket, wait: float) -> dict[str, bytes]:
+    """The final responses that came within `wait`, by Call-ID (the last one each)."""
+    return {
+        header(data, "Call-ID") or "": data
+        for data in responses(sock, wait)
+        if int(data[8:11]) >= 200
+    }
 
 
 def header(message: bytes, name: str) -> str | None:
