@@ -82,6 +82,12 @@ async def test_webhook_endpoints_through_the_api(tmp_path: Path) -> None:
                 ("GET", f"/api/v1/webhooks/{endpoint}/deliveries?state=lost", None, "state:"),
                 ("GET", f"/api/v1/webhooks/{endpoint}/deliveries?limit=many", None, "limit:"),
                 ("POST", f"/api/v1/webhooks/{endpoint}/replay", {"since": "yesterday"}, "since:"),
+                (
+                    "POST",
+                    f"/api/v1/webhooks/{endpoint}/replay",
+                    {"since": "2020-01-01", "until": "9999-12-31T23:59:59-14:00"},
+                    "until:",
+                ),
                 ("POST", f"/api/v1/webhooks/{endpoint}/replay", {}, "event_id"),
             ]:
                 status, answer = bridge.request(method, path, body)

@@ -86,6 +86,8 @@ def test_finished_calls_are_listed_filtered_paged_and_exported(tmp_path: Path) -
             ("state=old", "state:"),
             ("state=ended&limit=0", "limit:"),
             ("state=ended&since=today", "since:"),
+            ("state=ended&since=0001-01-01T00:00:00%2B14:00", "since:"),  # (a 500 before)
+            ("state=ended&until=9999-12-31T23:59:59-14:00", "until:"),
             ("state=ended&before=x", "before:"),
         ]:
             code, body = bridge.request("GET", f"/api/v1/calls?{query}")

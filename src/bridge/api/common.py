@@ -98,6 +98,8 @@ def query_time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, f"{name}: {value!r} is not an ISO 8601 time") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        # In UTC here: 0001-01-01T00:00+14:00 is before the first time a datetime holds, and
+        # converting it later (every store compares in UTC) raised OverflowError: a 500.
+        return at.astimezone(UTC) if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise HTTPException(400, f"{name}: {value[:64]!r} is not an ISO 8601 time") from None

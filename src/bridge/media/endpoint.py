@@ -534,13 +534,13 @@ class MediaEndpoint:
 
 
 def resolve(host: str, port: int) -> Address:
-    """The numeric address of an SDP connection address (peers give IPs; a name is resolved
-    once, at signalling time, never on the packet path)."""
-    for family in (socket.AF_INET, socket.AF_INET6):  # an address already: no resolver call
+    """The numeric address of an SDP connection address. Only an IP address is taken: a name
+    would be looked up on the event loop, for as long as the peer's choice of name makes DNS
+    take, with every call waiting (and a name the IDNA codec refuses raised UnicodeError, which
+    no caller expected). Phones and trunks put addresses there. OSError for anything else."""
+    for family in (socket.AF_INET, socket.AF_INET6):
         try:
             return socket.inet_ntop(family, socket.inet_pton(family, host)), port
         except (OSError, ValueError):
             continue
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICSERV)
-    address = info[0][4]
-    return str(address[0]), int(address[1])
+    raise OSError(f"not an IP address: {host[:64]!r}")

@@ -705,8 +705,10 @@ class EmbeddedMedia:
     def _set_remote(self, entry: _Leg, chosen: Negotiated, source: str | None) -> None:
         try:
             address = resolve(chosen.address, chosen.port)
-        except OSError:
-            raise NoCommonCodec(f"cannot resolve the media address {chosen.address!r}") from None
+        except (OSError, ValueError):
+            raise NoCommonCodec(
+                f"the media address {chosen.address[:64]!r} is not an IP address"
+            ) from None
         # The peer's SDP names the address its packets come from unless it is behind NAT: when
         # it names another one than the signalling source, latch on its first packet instead.
         behind_nat = source is not None and address[0] != source

@@ -177,8 +177,8 @@ def routes(
             call_id=call_id,
             line=normalize_number(line) if line else None,
             user=user,
-            since=since,
-            until=until,
+            since=_in_utc(since, "since"),
+            until=_in_utc(until, "until"),
             limit=limit,
             before=before,
             where=lambda meta: recording_visible(grant, meta),
@@ -262,8 +262,8 @@ def routes(
             line=normalize_number(line) if line else None,
             user=user,
             group=group,
-            since=since,
-            until=until,
+            since=_in_utc(since, "since"),
+            until=_in_utc(until, "until"),
             limit=limit,
             before=before,
             where=lambda vm: voicemail_visible(grant, vm, groups),
@@ -383,3 +383,15 @@ def routes(
         return Response(status_code=204)
 
     return router
+
+
+def _in_utc(value: datetime | None, name: str) -> datetime | None:
+    """A time filter as the archive compares it, in UTC; 422 naming it when it cannot be
+    (0001-01-01T00:00+14:00 is before the first time a datetime holds: converting it raised
+    OverflowError, a 500)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise HTTPException(422, f"{name}: {value.isoformat()} is out of range") from None

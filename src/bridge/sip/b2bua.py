@@ -525,6 +525,8 @@ class SipCalls:
                         self.relay.caller_offer(call_id, offer, source=source[0])
                         anchored = True
                 except NoCommonCodec as exc:
+                    if self.media is not None:  # (a leg it allocated before refusing)
+                        self.media.release(call_id)
                     log.info("sip_call_refused_sdp", reason=exc.reason)
                     self.metrics.sip_calls_refused.labels(reason="no_codec").inc()
                     self._respond(
@@ -533,6 +535,8 @@ class SipCalls:
                     )
                     return
                 except MediaUnavailable as exc:
+                    if self.media is not None:
+                        self.media.release(call_id)
                     log.warning("sip_call_refused_media", reason=exc.reason)
                     self.metrics.sip_calls_refused.labels(reason="media_ports").inc()
                     self._respond(

@@ -340,7 +340,9 @@ def _host_port(sent_by: str) -> tuple[str, int | None]:
         host, sep, port_text = sent_by.rpartition(":")
         if not sep:
             host, port_text = sent_by, ""
-    port = int(port_text) if ascii_digits(port_text) and int(port_text) < 65536 else None
+    # (at most 5 digits before int(): int() of thousands of digits raises)
+    ok = ascii_digits(port_text) and len(port_text) <= 5 and int(port_text) < 65536
+    port = int(port_text) if ok else None
     return host.lower(), port
 
 
@@ -368,7 +370,10 @@ def _cseq(message: SipMessage) -> tuple[int, str] | None:
     parts = value.split() if value else []
     if len(parts) != 2 or not ascii_digits(parts[0]):
         return None
-    return int(parts[0]), parts[1]
+    digits = parts[0].lstrip("0") or "0"  # (the parser takes leading zeros: "0...01")
+    if len(digits) > 10:  # (int() of thousands of digits raises; a CSeq fits in 32 bits)
+        return None
+    return int(digits), parts[1]
 
 
 def _tag(message: SipMessage, header: str) -> str | None:

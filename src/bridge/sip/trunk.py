@@ -112,6 +112,9 @@ class TrunkRegistration:
                 return
         if 200 <= response.status < 300:
             granted = self._granted(response)
+            if granted <= 0:  # (refreshing at once would send REGISTERs in a tight loop)
+                self._fail(f"{response.status} {response.reason}, but no time granted")
+                return
             now = self._clock()
             self.state, self.expires_at, self.last_error = "registered", now + granted, None
             log.info("sip_trunk_registered", host=self.account.host, expires=granted)
@@ -135,7 +138,8 @@ class TrunkRegistration:
             if ours in contact:
                 value = header_params(contact).get("expires")
                 if value and re.fullmatch(r"[0-9]+", value):
-                    return int(value)
+                    # (an overlarge value, thousands of digits, is taken as what we asked)
+                    return parse_expires(value, overlarge=self.account.expires)
         try:
             expires = response.headers.get("Expires")
             return parse_expires(expires) if expires else self.account.expires
