@@ -347,6 +347,12 @@ def check_webhook_url(value: str) -> str:
         raise ValueError(f"{value!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    host = parts.hostname
+    if ":" not in host:  # a name (or an IPv4 address): what the HTTP client will encode
+        try:
+            host.encode("idna")
+        except UnicodeError:  # (an empty label, one over 63 characters: every try raised)
+            raise ValueError(f"{value!r}: {host[:80]!r} is not a host name") from None
     return value
 
 

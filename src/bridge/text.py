@@ -13,7 +13,13 @@ UTF-8.
 
 from __future__ import annotations
 
-__all__ = ["ascii_digits", "valid_utf8"]
+import re
+
+# What XML 1.0 cannot carry (the carrier's TwiML says names and prompts): C0 controls but tab
+# and line breaks, lone surrogates, U+FFFE and U+FFFF.
+NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+__all__ = ["NOT_IN_XML", "ascii_digits", "valid_utf8"]
 
 
 def valid_utf8(text: str) -> str:

@@ -200,6 +200,15 @@ def test_at_without_offset_is_422(bridge: Bridge) -> None:
     }
 
 
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_at_at_the_edges_of_time_is_422(bridge: Bridge, at: str) -> None:
+    """Routing reads the moment in every zone of the directory: at either end of what a
+    datetime holds that overflowed (a 500)."""
+    response = bridge.as_user("olivia", "GET", ROUTE, params={"at": at})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["msg"] == f"{at!r} is out of range"
+
+
 @pytest.mark.parametrize(
     ("params", "loc"),
     [({"at": "next tuesday"}, "at"), ({"presence": "psychic"}, "query.presence")],

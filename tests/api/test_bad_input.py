@@ -53,6 +53,12 @@ NEW_USER_FIELDS = [
     ("phone_number", "555-1234", "'555-1234' is not an E.164 number"),
     ("backup_number", "+0123456789", "'+0123456789' is not an E.164 number"),
     ("timezone", "Mars/Olympus_Mons", "unknown time zone 'Mars/Olympus_Mons'"),
+    # a folder of the zone database, a name too long for a file: OSError, a 500 before
+    ("timezone", "America", "unknown time zone 'America'"),
+    ("timezone", "a" * 300, "unknown time zone"),
+    # said in the carrier's TwiML: XML cannot carry it (every later answer was unreadable)
+    ("name", "Zed\x0b", "character '\\x0b' at 3 cannot be said or shown"),
+    ("voicemail_prompt", "Leave\x00 a message", "cannot be said or shown"),
     ("working_hours", {"mon": ["25:00-26:00"]}, "mon: '25:00' is not a time of day"),
     ("working_hours", {"someday": ["09:00-17:00"]}, "unknown day 'someday'"),
     ("working_hours", {"mon": ["09:00-09:00"]}, "is empty (start equals end)"),

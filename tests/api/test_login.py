@@ -136,6 +136,19 @@ def test_login_answers_an_access_token_and_a_refresh_cookie(lb: Bridge) -> None:
     assert line["client"] == "testclient" and line["session"] == claims["sid"]
 
 
+def test_a_body_json_cannot_answer_back_is_422_and_nothing_sent_is_echoed(lb: Bridge) -> None:
+    """FastAPI's 422 repeats the value it refused: a number JSON cannot carry (1e999, NaN)
+    made that answer fail, a 500 before any login, and a refused password came back in it."""
+    headers = {"Content-Type": "application/json"}
+    for body in ('{"email": 1e999, "password": "x"}', '{"email": "a@b.c", "password": NaN}'):
+        response = lb.client.post(LOGIN, content=body, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][0] == "body"
+    response = lb.client.post(LOGIN, json={"email": "a@b.c", "password": ["hunter2-secret"]})
+    assert response.status_code == 422 and "hunter2" not in response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "password"]
+
+
 def test_the_demo_users_log_in_with_the_documented_passwords(lb: Bridge) -> None:
     # config/directory.yaml's comment and the README's quick start name them.
     response = login(lb, "sam@example.com", "sam-demo-password")

@@ -87,9 +87,32 @@ async def test_the_sip_target_setting_replaces_the_sip_listener_address(
     assert nouns(call.dial) == [("Sip", "sip:201@sip.example.com:5070"), ("Number", "+15550003001")]
 
 
-async def test_an_anonymous_caller_gets_no_caller_id(carrier: Carrier) -> None:
-    call = await carrier.call(FRONT, caller="anonymous")
+@pytest.mark.parametrize("caller", ["anonymous", "client:a\x0bb", "client:\x01", "client:"])
+async def test_a_caller_that_is_no_caller_id_gets_none(carrier: Carrier, caller: str) -> None:
+    """(A client identity with a control character went into the callerId attribute: the
+    TwiML was no longer XML the carrier could read.)"""
+    call = await carrier.call(FRONT, caller=caller)
     assert call.dial.get("callerId") is None
+
+
+async def test_a_client_identity_is_the_caller_id(carrier: Carrier) -> None:
+    call = await carrier.call(FRONT, caller="client:alice.doe_1")
+    assert call.dial.get("callerId") == "client:alice.doe_1"
+
+
+def test_what_xml_cannot_carry_never_reaches_the_carrier() -> None:
+    """Whatever text lets such a character in (the directory refuses them in names and
+    prompts now), the document we answer is XML."""
+    import xml.etree.ElementTree as ElementTree
+
+    from twilio.twiml.voice_response import VoiceResponse
+
+    from bridge.carriers.twilio.twiml import render
+
+    response = VoiceResponse()
+    response.say("We are\x0c closed\x00.\ufffe")
+    [say] = ElementTree.fromstring(render(response).encode())
+    assert say.text == "We are closed."
 
 
 async def test_unknown_line_is_told_politely_and_logged(carrier: Carrier) -> None:

@@ -146,6 +146,24 @@ async def test_a_retry_after_that_is_not_a_number_is_ignored(
         await setup.stop()
 
 
+async def test_a_url_the_http_client_cannot_use_is_a_counted_failed_try(tmp_path: Path) -> None:
+    """An endpoint stored before its URL was checked as the API checks it now (a host the
+    IDNA codec refuses): each try raised uncounted, retried every second for ever."""
+    policy = DeliveryPolicy(retry_max_seconds=0.1, first_backoff_seconds=0.02, max_attempts=3)
+    bad = Endpoint("crm", "http://a..b/x", SECRET)
+    setup = await Setup(tmp_path / "o.sqlite", policy).start(bad)
+    try:
+        await setup.append(event("CA1", 0))
+        deadline = time.monotonic() + 10
+        while not await setup.dispatcher.deliveries("crm", state="dead"):
+            assert time.monotonic() < deadline, setup.outcomes
+            await asyncio.sleep(0.02)
+        [row] = await setup.dispatcher.deliveries("crm")
+        assert row["attempts"] == 3 and "label" in (row["last_error"] or "")
+    finally:
+        await setup.stop()
+
+
 async def test_a_redirect_is_not_followed_and_a_huge_answer_is_not_read_whole(
     tmp_path: Path, receiver: Receiver
 ) -> None:

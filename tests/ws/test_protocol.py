@@ -90,6 +90,19 @@ async def test_a_bad_id_is_named_as_the_id_with_what_an_id_may_be(live: Live, ba
     assert (await client.request("calls.unsubscribe"))["type"] == "ack"
 
 
+async def test_nesting_past_what_json_parses_is_not_json_and_the_session_stays(
+    live: Live,
+) -> None:
+    """2 kB of brackets reach json's recursion limit: RecursionError closed the session with
+    1011 "internal error"."""
+    client = await live.connect("alice")
+    await client.send_raw('{"v": 1, "type": "pong", "x": ' + "[" * 1000 + "]" * 1000 + "}")
+    error = await client.expect("error", timeout=WAIT)
+    assert (error["code"], error["message"]) == ("not_json", "nested too deep")
+    assert (await client.request("calls.unsubscribe"))["type"] == "ack"
+    assert client.is_open
+
+
 async def test_binary_frames_get_an_error(live: Live) -> None:
     client = await live.connect("alice")
     await client.send_raw(b'{"v":1,"type":"pong"}')

@@ -10,6 +10,8 @@ from urllib.parse import urlencode
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -152,6 +154,14 @@ def create_app(ctx: AppContext) -> BridgeApp:
     app.include_router(console_http.router)
 
     app.add_middleware(RequestMetrics, ctx=ctx)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 as FastAPI words it, without echoing what was sent: a number JSON cannot
+        carry (1e999, NaN) made the answer itself fail, a 500 before any login, and a
+        refused password came back in it."""
+        errors = [{k: v for k, v in e.items() if k not in ("input", "url")} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     def healthz() -> dict[str, str]:

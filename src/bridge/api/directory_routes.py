@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
@@ -57,7 +57,22 @@ def _parse_moment(text: str) -> datetime:
         raise HTTPException(
             status_code=422, detail=[{"loc": "at", "msg": reason, "type": "invalid"}]
         )
+    # Routing reads the moment in every zone of the directory: a day from either end of what
+    # a datetime holds would overflow there (OverflowError: a 500).
+    try:
+        in_range = _FIRST_MOMENT <= moment.astimezone(UTC) <= _LAST_MOMENT
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise HTTPException(
+            status_code=422,
+            detail=[{"loc": "at", "msg": f"{text[:64]!r} is out of range", "type": "invalid"}],
+        )
     return moment
+
+
+_FIRST_MOMENT = datetime(2, 1, 1, tzinfo=UTC)
+_LAST_MOMENT = datetime(9998, 12, 31, tzinfo=UTC)
 
 
 def routes(ctx: AppContext, auth: HttpAuth) -> APIRouter:

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from bridge.directory.schedule import ScheduleError, WeekRanges, parse_week
+from bridge.text import NOT_IN_XML
 
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 ID_RE = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -91,8 +92,9 @@ def _e164(value: str) -> str:
 def _time_zone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # (OSError: "America" is a folder of the zone database, 300 letters a name too long)
+        raise ValueError(f"unknown time zone {value[:64]!r}") from None
     return value
 
 
@@ -107,6 +109,15 @@ def _hours(value: dict[str, list[str]]) -> dict[str, list[str]]:
         parse_week(value)
     except ScheduleError as exc:
         raise ValueError(str(exc)) from None
+    return value
+
+
+def _spoken(value: str) -> str:
+    """Names and prompts are said to callers and shown in the console: a character that XML
+    cannot carry made every later TwiML answer with it unreadable to the carrier."""
+    bad = NOT_IN_XML.search(value)
+    if bad is not None:
+        raise ValueError(f"character {bad.group()!r} at {bad.start()} cannot be said or shown")
     return value
 
 
@@ -187,7 +198,7 @@ class DialPlan(_Frozen):
 
 class User(_Frozen):
     id: Identifier
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_spoken)]
     email: Email | None = None
     role: Role = Role.AGENT
     extension: Annotated[str, Field(pattern=r"^[0-9]{2,8}$")] | None = None
@@ -206,7 +217,7 @@ class User(_Frozen):
     wrap_up_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
     ring_seconds: Annotated[int, Field(ge=5, le=600)] = 30
     backup_number: E164 | None = None
-    voicemail_prompt: Annotated[str, Field(max_length=1000)] | None = None
+    voicemail_prompt: Annotated[str, Field(max_length=1000), AfterValidator(_spoken)] | None = None
     personal_line: E164 | None = None
     available_by_default: bool = True
     permissions: Permissions = ()
@@ -244,7 +255,7 @@ class Fallback(_Frozen):
     action: FallbackAction
     number: E164 | None = None
     ring_group: Identifier | None = None
-    prompt: Annotated[str, Field(max_length=1000)] | None = None
+    prompt: Annotated[str, Field(max_length=1000), AfterValidator(_spoken)] | None = None
 
     @model_validator(mode="after")
     def _target(self) -> Fallback:
@@ -264,7 +275,7 @@ VOICEMAIL = Fallback(action=FallbackAction.VOICEMAIL)
 
 class RingGroup(_Frozen):
     id: Identifier
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_spoken)]
     layers: Annotated[tuple[Layer, ...], Field(min_length=1)]
     fallback: Fallback = VOICEMAIL
 
@@ -286,12 +297,12 @@ class RouteTarget(_Frozen):
 
 class Line(_Frozen):
     number: E164
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_spoken)]
     route_to: RouteTarget
     business_hours: WeeklyHours | None = None
     timezone: TimeZoneName | None = None
     closed_action: Fallback = VOICEMAIL
-    voicemail_prompt: Annotated[str, Field(max_length=1000)] | None = None
+    voicemail_prompt: Annotated[str, Field(max_length=1000), AfterValidator(_spoken)] | None = None
     # Carrier path: every leg to a number on this line (members' phone numbers, forward
     # fallbacks, Backup Routing) asks the callee to press 1 before it connects.
     confirm_answer: bool = False

@@ -297,6 +297,8 @@ class WebhookDispatcher:
             return Attempt(False, error=f"{type(exc).__name__}: {exc}"[:300])
         except OSError as exc:
             return Attempt(False, error=str(exc)[:300])
+        except ValueError as exc:  # (a URL the HTTP client cannot use: a failed try, counted)
+            return Attempt(False, error=f"{type(exc).__name__}: {exc}"[:300])
 
     # -- the API's questions --------------------------------------------------------------------
     async def stats(self, endpoint_id: str) -> dict[str, Any]:

@@ -713,6 +713,8 @@ def _parse(text: str) -> dict[str, Any]:
         raw = json.loads(text)
     except ValueError:
         raise FrameError(ErrorCode.NOT_JSON, "not JSON") from None
+    except RecursionError:  # ([[[...]]] a thousand deep fits in 2 kB: it closed with 1011)
+        raise FrameError(ErrorCode.NOT_JSON, "nested too deep") from None
     if not isinstance(raw, dict):
         raise FrameError(ErrorCode.NOT_JSON, "a frame is a JSON object")
     return raw

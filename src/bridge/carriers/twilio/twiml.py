@@ -7,17 +7,22 @@ import re
 
 from twilio.twiml.voice_response import VoiceResponse
 
+from bridge.text import NOT_IN_XML
+
 XML_MEDIA_TYPE = "application/xml"
 NOT_IN_SERVICE = "Sorry, the number you have dialled is not in service. Goodbye."
 DEFAULT_GREETING = "Nobody can take your call right now. Please leave a message after the tone."
 VOICEMAIL_MAX_SECONDS = 120
 _PHONE_LIKE = re.compile(r"\+?[0-9]{3,15}")
+# A client identity as the caller id: printable, no controls (an attribute of the TwiML;
+# `client:a\x0bb` made the document unreadable to the carrier)
+_CLIENT = re.compile(r"client:[A-Za-z0-9_.@+-]{1,121}")
 
 
 def caller_id(caller: str | None) -> str | None:
     """The original caller, shown to the people we ring. The carrier refuses a caller id that
     is not a number (or a client identity), so `anonymous` and the like are left out."""
-    if caller and (_PHONE_LIKE.fullmatch(caller) or caller.startswith("client:")):
+    if caller and (_PHONE_LIKE.fullmatch(caller) or _CLIENT.fullmatch(caller)):
         return caller
     return None
 
@@ -69,4 +74,6 @@ def voicemail(
 
 
 def render(response: VoiceResponse) -> str:
-    return str(response.to_xml())
+    """The document, with any character XML cannot carry taken out: the SDK escapes markup
+    but not those, and one of them makes the whole answer unreadable to the carrier."""
+    return NOT_IN_XML.sub("", str(response.to_xml()))
