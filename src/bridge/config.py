@@ -157,6 +157,12 @@ class SipSettings(_Section):
     # about a hundred datagrams: a burst or a pause of a few ms at hundreds of calls/s drops
     # some, and their retransmissions add load. The kernel caps it at net.core.rmem_max.
     udp_buffer_bytes: Annotated[int, Field(ge=65536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    # TCP/TLS connections accepted at once, in all and from one address (an office of phones
+    # behind one NAT address counts as one source), and how long an accepted connection may
+    # hold part of a message, or say nothing at all, before it is closed.
+    max_stream_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    max_stream_connections_per_source: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    stream_message_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # RFC 3261 T1, the round-trip estimate every retransmission and transaction timeout
     # derives from (a request with no answer is given up after 64*T1: 32 s by default).
     # Lower on a LAN to find dead phones and trunks sooner; raise on slow satellite links.

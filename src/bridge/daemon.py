@@ -277,6 +277,9 @@ class Daemon:
             timers=TimerSettings(t1=settings.timer_t1_ms / 1000),
             tls=_tls_contexts(self.settings),
             stream_keepalive_seconds=settings.keepalive_seconds,
+            max_stream_connections=settings.max_stream_connections,
+            max_stream_connections_per_source=settings.max_stream_connections_per_source,
+            stream_message_seconds=settings.stream_message_timeout_seconds,
         )
         try:
             await sip.start(endpoint)

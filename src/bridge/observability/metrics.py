@@ -114,6 +114,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.sip_stream_refused = Counter(
+            "bridge_sip_stream_refused_total",
+            "TCP/TLS connections closed at once: over sip.max_stream_connections in all or"
+            " sip.max_stream_connections_per_source from one address",
+            ["transport"],
+            registry=r,
+        )
         self.sip_auth_failures = Counter(
             "bridge_sip_auth_failures_total",
             "Failed SIP digest authentications, and requests refused from banned sources",

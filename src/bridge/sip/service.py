@@ -97,6 +97,9 @@ class MetricsCounters:
     def tls_refused(self, reason: str) -> None:
         self._metrics.sip_tls_refused.labels(reason=reason).inc()
 
+    def stream_refused(self, transport: str) -> None:
+        self._metrics.sip_stream_refused.labels(transport=transport).inc()
+
 
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
 

@@ -63,6 +63,8 @@ class SipCounters(Protocol):
 
     def tls_refused(self, reason: str) -> None: ...
 
+    def stream_refused(self, transport: str) -> None: ...
+
 
 class _NoCounters:
     def message(self, direction: str, message: SipMessage) -> None:
@@ -72,6 +74,9 @@ class _NoCounters:
         pass
 
     def tls_refused(self, reason: str) -> None:
+        pass
+
+    def stream_refused(self, transport: str) -> None:
         pass
 
 
@@ -176,18 +181,31 @@ class _Tcp(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
+        self.counted = False  # an accepted connection within the limits (`_stream_admit`)
+        self.messages = 0  # whole messages framed
+        self.progress_at = 0.0  # when it opened, or framed its last whole message
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
-        self.endpoint._links(self.name)[self.peer] = self
+        endpoint = self.endpoint
+        self.progress_at = endpoint.now() if endpoint._loop is not None else 0.0
+        if not self.opened and not endpoint._stream_admit(self):
+            transport.close()
+            return
+        endpoint._links(self.name)[self.peer] = self
 
     def data_received(self, data: bytes) -> None:
+        if not self.opened and not self.counted:
+            return  # (refused at connection: its bytes are not read)
         pings = self.framer.pings
         items = self.framer.feed(data)
         if self.framer.pings != pings and self.transport is not None:
             self.transport.write(b"\r\n")  # RFC 5626 §3.5.1: answer a CRLFCRLF ping
+        if items:
+            self.messages += len(items)
+            self.progress_at = self.endpoint.now()
         for item in items:
             self.endpoint._incoming(item, self.peer, self.name)
         if self.framer.broken and self.transport is not None:
@@ -196,6 +214,9 @@ class _Tcp(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened and not self.counted:
+            return  # refused at connection: never a flow of ours
+        self.endpoint._stream_release(self)
         links = self.endpoint._links(self.name)
         if links.get(self.peer) is self:
             del links[self.peer]
@@ -383,6 +404,9 @@ class SipEndpoint:
         udp_buffer_bytes: int | None = None,
         tls: TlsContexts | None = None,
         stream_keepalive_seconds: float = 30.0,
+        max_stream_connections: int = 4096,
+        max_stream_connections_per_source: int = 256,
+        stream_message_seconds: float = 30.0,
     ) -> None:
         self.host = host
         self.udp_buffer_bytes = udp_buffer_bytes
@@ -404,6 +428,17 @@ class SipEndpoint:
         # RFC 5626 §4.4.1: a CRLFCRLF ping this often on the connections we opened (0: none).
         self.stream_keepalive_seconds = stream_keepalive_seconds
         self._keepalive: asyncio.TimerHandle | None = None
+        # Accepted TCP/TLS connections (phones, the trunk): at most so many in all and from
+        # one address, and one that holds part of a message (or has said nothing) longer than
+        # `stream_message_seconds` is closed. Without them one source could open thousands,
+        # each holding up to a megabyte of a message it never finishes.
+        self.max_stream_connections = max_stream_connections
+        self.max_stream_connections_per_source = max_stream_connections_per_source
+        self.stream_message_seconds = stream_message_seconds
+        self._stream_sources: dict[str, int] = {}
+        self._stream_count = 0
+        self._stream_refused: dict[str, int] = {}
+        self._stream_sweep: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -471,6 +506,8 @@ class SipEndpoint:
                 )
         if self.stream_keepalive_seconds > 0:
             self._keepalive = loop.call_later(self.stream_keepalive_seconds, self._ping_opened)
+        if self.stream_message_seconds > 0:
+            self._stream_sweep = loop.call_later(self._sweep_every, self._sweep_streams)
         log.info(
             "sip_listening",
             host=self.host,
@@ -512,6 +549,8 @@ class SipEndpoint:
             self._timer.cancel()
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._stream_sweep is not None:
+            self._stream_sweep.cancel()
         for task in self._connecting.values():
             task.cancel()
         for handshake in list(self._handshakes):
@@ -562,6 +601,74 @@ class SipEndpoint:
 
     def _handshake_ended(self, connection: _TlsServerSide) -> None:
         self._handshakes.discard(connection)
+
+    # -- stream connections we accepted: limits and deadlines ---------------------------------
+    def _stream_admit(self, connection: _Tcp) -> bool:
+        """An accepted TCP/TLS connection, within the limits (counted), or refused (closed
+        before anything of it is read; logged when a source's refusals reach 1, 2, 4, ...)."""
+        source = connection.peer[0]
+        from_source = self._stream_sources.get(source, 0)
+        if (
+            self._stream_count < self.max_stream_connections
+            and from_source < self.max_stream_connections_per_source
+        ):
+            self._stream_sources[source] = from_source + 1
+            self._stream_count += 1
+            connection.counted = True
+            return True
+        if len(self._stream_refused) > 10_000:
+            self._stream_refused.clear()
+        refused = self._stream_refused[source] = self._stream_refused.get(source, 0) + 1
+        self.counters.stream_refused(connection.name)
+        if refused & (refused - 1) == 0:
+            log.warning(
+                "sip_stream_refused",
+                source=source,
+                transport=connection.name,
+                refused=refused,
+                from_source=from_source,
+                connections=self._stream_count,
+            )
+        return False
+
+    def _stream_release(self, connection: _Tcp) -> None:
+        if not connection.counted:
+            return
+        connection.counted = False
+        source = connection.peer[0]
+        left = self._stream_sources.get(source, 1) - 1
+        if left > 0:
+            self._stream_sources[source] = left
+        else:
+            self._stream_sources.pop(source, None)
+        self._stream_count -= 1
+
+    @property
+    def _sweep_every(self) -> float:
+        return min(5.0, max(0.05, self.stream_message_seconds / 3))
+
+    def _sweep_streams(self) -> None:
+        """Close the accepted connections that hold part of a message, or have said nothing
+        at all, for longer than `stream_message_seconds` (a peer that dribbles a header a
+        byte at a time, or connects and waits). A registered phone's idle connection, its
+        messages whole, is kept: its CRLF keep-alives are answered as ever."""
+        now = self.now()
+        limit = self.stream_message_seconds
+        for connection in [*self._connections.values(), *self._tls_connections.values()]:
+            if not connection.counted or now - connection.progress_at <= limit:
+                continue
+            if connection.framer.buffered or not connection.messages:
+                log.info(
+                    "sip_stream_stalled",
+                    peer=f"{connection.peer[0]}:{connection.peer[1]}",
+                    transport=connection.name,
+                    buffered=connection.framer.buffered,
+                    messages=connection.messages,
+                )
+                if connection.transport is not None:
+                    connection.transport.close()
+        if self._loop is not None:
+            self._stream_sweep = self._loop.call_later(self._sweep_every, self._sweep_streams)
 
     def _ping_opened(self) -> None:
         """RFC 5626 §4.4.1 keep-alive on the stream connections we opened (to the trunk):
