@@ -286,6 +286,8 @@ class SipCall:
     refusal: SipResponse | None = None
     refusal_timer: object | None = None
     recording: Any = None  # the SIP supervision's record of the call's recording
+    # Our 2xx to in-dialog INVITEs (re-INVITEs), re-sent until their ACK, by dialog.
+    reinvite_oks: dict[object, _PendingOk] = field(default_factory=dict)
 
     @property
     def machine(self) -> CallMachine:
@@ -294,6 +296,21 @@ class SipCall:
     @property
     def app_winner(self) -> str | None:
         return self.run.app_winner
+
+
+@dataclass(slots=True)
+class _PendingOk:
+    """Our 2xx to a re-INVITE, re-sent (T1 doubling up to T2) until its ACK or 64*T1
+    (RFC 3261 §13.3.1.4): over UDP one lost 200 failed the peer's re-INVITE, and §14.1 has
+    it end the call then. A retransmitted re-INVITE is absorbed by its transaction (RFC 6026),
+    so these re-sends are what answer it."""
+
+    transaction_id: str
+    response: SipResponse
+    cseq: int
+    sent_at: float
+    interval: float = T1
+    timer: object | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +400,8 @@ class SipCalls:
         self._dialogs = DialogTable()
         self._dialog_calls: dict[object, SipCall] = {}  # DialogId -> call
         self._relays: dict[str, _Relay] = {}  # our relayed request's transaction -> relay
+        # Legs of ended calls still unanswered, by INVITE transaction: a late 2xx is hung up.
+        self._unanswered: dict[str, _Branch] = {}
         # What the trunk's responses asked of us (RFC 7339), and the draw against it.
         self.trunk_feedback = PeerFeedback()
         self._draw: Callable[[], float] = random.random
@@ -745,6 +764,10 @@ class SipCalls:
         )
         relay.dialog.response_sent(relay.request, answer)
         self._respond(relay.transaction_id_in, answer)
+        if relay.request.method == "INVITE" and ok:
+            self._await_reinvite_ack(
+                relay.call, relay.dialog, relay.transaction_id_in, relay.request, answer
+            )
         if ok and refreshing:
             # A successful re-INVITE/UPDATE refreshed the session on both sides (RFC 4028 §7.4).
             origin = side_of(relay.call, relay.dialog)
@@ -846,6 +869,8 @@ class SipCalls:
         response = make_response(request, 200, "OK", extra=extra, body=body)
         dialog.response_sent(request, response)
         self._respond(transaction_id, response)
+        if request.method == "INVITE":
+            self._await_reinvite_ack(call, dialog, transaction_id, request, response)
         if body:
             call.sdp_out[side_of(call, dialog)] = body
         self.sessions.arm(call, side_of(call, dialog))
@@ -1284,6 +1309,7 @@ class SipCalls:
             transaction_id in self._by_branch
             or transaction_id in self._relays
             or self.sessions.owns(transaction_id)
+            or transaction_id in self._unanswered
         )
 
     def response(self, transaction_id: str, response: SipResponse) -> None:
@@ -1297,12 +1323,31 @@ class SipCalls:
             return
         found = self._by_branch.get(transaction_id)
         if found is None:
+            late = self._unanswered.get(transaction_id)
+            if late is not None and 200 <= response.status < 300:
+                self._hang_up_late_answer(late, response)
             return
         call, branch = found
         if branch.trunk and self.trunk.overload_control:
             self._trunk_feedback(response)
         with call_context(call.call_id):
             self._branch_response(call, branch, response)
+
+    def _hang_up_late_answer(self, branch: _Branch, response: SipResponse) -> None:
+        """A 2xx to a leg of a call already over (it crossed our CANCEL): ACKed and hung up.
+        Before, nothing was sent: the phone re-sent its 200 for 32 s and held the call."""
+        try:
+            dialog = branch.dialogs.receive_response(response)
+        except DialogError:
+            return
+        if dialog is None:
+            return
+        self._ack(branch, dialog)
+        if branch.final is None:  # (its retransmissions are only ACKed)
+            branch.final = response.status
+            log.info("sip_late_answer_hung_up", leg_id=branch.leg_id)
+            bye = dialog.create_request("BYE", via=self._local(branch.transport))
+            self._send_request(bye, branch.destination, branch.transport)
 
     def _trunk_feedback(self, response: SipResponse) -> None:
         """RFC 7339 §5.3: newer loss feedback in the trunk's response is taken."""
@@ -1377,8 +1422,13 @@ class SipCalls:
             if dialog is None:
                 return
             if branch.final is not None and branch.final >= 200 and branch.dialog is not None:
-                # A retransmitted 2xx: ACK again (§13.2.2.4).
-                self._ack(branch, branch.dialog)
+                self._ack(branch, dialog)  # (§13.2.2.4: every 2xx is ACKed, in its dialog)
+                if dialog is not branch.dialog:
+                    # Another fork answered too (another To tag): that dialog is not ours to
+                    # keep; hung up (it was ACKed in the first one's name and left up).
+                    log.info("sip_second_answer_hung_up", leg_id=branch.leg_id)
+                    bye = dialog.create_request("BYE", via=self._local(branch.transport))
+                    self._send_request(bye, branch.destination, branch.transport)
                 return
             branch.final = status
             branch.answer = response
@@ -2046,6 +2096,50 @@ class SipCalls:
             if call.ok_timer is not None:
                 self._cancel_timer(call.ok_timer)
                 call.ok_timer = None
+        pending = call.reinvite_oks.get(dialog.id)
+        if pending is not None and _cseq_number(ack) == pending.cseq:
+            del call.reinvite_oks[dialog.id]
+            if pending.timer is not None:
+                self._cancel_timer(pending.timer)
+
+    def _await_reinvite_ack(
+        self,
+        call: SipCall,
+        dialog: Dialog,
+        transaction_id: str,
+        request: SipRequest,
+        response: SipResponse,
+    ) -> None:
+        """Re-send our 2xx to this re-INVITE until its ACK (`_PendingOk`)."""
+        old = call.reinvite_oks.pop(dialog.id, None)
+        if old is not None and old.timer is not None:
+            self._cancel_timer(old.timer)
+        now = self._now()
+        pending = _PendingOk(transaction_id, response, _cseq_number(request), now)
+        call.reinvite_oks[dialog.id] = pending
+        key = dialog.id
+        pending.timer = self._schedule(now + T1, lambda: self._resend_reinvite_ok(call, key))
+
+    def _resend_reinvite_ok(self, call: SipCall, key: object) -> None:
+        pending = call.reinvite_oks.get(key)
+        if pending is None or call.call_id not in self._calls:
+            return
+        pending.timer = None
+        now = self._now()
+        if now - pending.sent_at >= 64 * T1:
+            del call.reinvite_oks[key]
+            with call_context(call.call_id):
+                log.warning("sip_reinvite_no_ack", waited_seconds=round(now - pending.sent_at, 1))
+            return
+        try:
+            self._respond(pending.transaction_id, pending.response)
+        except Exception:  # its transaction is over (it outlives this by RFC 6026): done
+            del call.reinvite_oks[key]
+            return
+        pending.interval = min(pending.interval * 2, T2)
+        pending.timer = self._schedule(
+            now + pending.interval, lambda: self._resend_reinvite_ok(call, key)
+        )
 
     def _resend_ok(self, call: SipCall) -> None:
         call.ok_timer = None
@@ -2145,6 +2239,10 @@ class SipCalls:
         if call.ok_timer is not None:
             self._cancel_timer(call.ok_timer)
             call.ok_timer = None
+        for pending in call.reinvite_oks.values():
+            if pending.timer is not None:
+                self._cancel_timer(pending.timer)
+        call.reinvite_oks.clear()
         self.sessions.cancel(call)
         for branch in call.branches.values():
             if branch.confirm_timer is not None:
@@ -2167,8 +2265,16 @@ class SipCalls:
                 future.set_result("the call ended")
         del self._calls[call.call_id]
         self._by_invite.pop(call.transaction_id, None)
-        for transaction_id in list(call.branches):
-            self._by_branch.pop(transaction_id, None)
+        for transaction_id, branch in call.branches.items():
+            if self._by_branch.pop(transaction_id, None) is not None and branch.final is None:
+                # Still unanswered (CANCELled, or the call ended first): a 2xx may yet come
+                # (the CANCEL/200 race), and must be ACKed and hung up (§15), until the
+                # INVITE's transaction is over (64*T1).
+                self._unanswered[transaction_id] = branch
+                self._schedule(
+                    self._now() + 64 * T1,
+                    lambda t=transaction_id: self._unanswered.pop(t, None),
+                )
         for dialog in (call.caller_dialog, *(b.dialog for b in call.branches.values())):
             if dialog is not None:
                 self._dialog_calls.pop(dialog.id, None)
@@ -2196,6 +2302,11 @@ _DIALLABLE = re.compile(r"\+?[0-9]{3,15}")
 
 
 _DTMF_RELAY = re.compile(r"^\s*Signal\s*=\s*([0-9*#A-Da-d])", re.MULTILINE)
+
+
+def _cseq_number(message: SipRequest) -> int:
+    number, _, _ = (message.headers.get("CSeq") or "").strip().partition(" ")
+    return int(number) if number.isascii() and number.isdigit() and len(number) <= 10 else -1
 
 
 def _info_digit(request: SipRequest) -> str | None:

@@ -383,6 +383,12 @@ class SipService:
             self._update_gauges(bans=failed)
         elif method == "OPTIONS":
             endpoint.respond(event.transaction_id, self._options_ok(request))
+        elif method == "INVITE" and param_of(request.headers.get("To"), "tag"):
+            # A re-INVITE of no dialog of ours (RFC 3261 §12.2.2): 481, not "try later".
+            endpoint.respond(
+                event.transaction_id,
+                make_response(request, 481, "Call/Transaction Does Not Exist"),
+            )
         elif method == "INVITE":
             response = make_response(
                 request,
