@@ -4,7 +4,10 @@
   answering and with the re-INVITE relayed to the phone;
 - a second 200 from another fork of a leg is ACKed in its own dialog and hung up (§13.2.2.4);
 - a 200 that crosses our CANCEL, after the call is over, is ACKed and hung up (§15);
-- a re-INVITE of no dialog of ours gets 481 (§12.2.2), not 480.
+- a re-INVITE of no dialog of ours gets 481 (§12.2.2), not 480;
+- a relayed re-INVITE still unanswered is CANCELled when the trunk CANCELs it (it got 481),
+  and answered 487 and CANCELled when the call ends (408 after 32 s, re-sent to a phone
+  already sent a BYE).
 """
 
 from __future__ import annotations
@@ -137,5 +140,59 @@ async def test_a_reinvite_of_no_dialog_gets_481() -> None:
         bridge.feed(trunk_in_dialog("INVITE", 2, 1, stranger, target, body=TRUNK_SDP), TRUNK)
         answers = [start_line(d) for d, a in bridge.take() if a == TRUNK]
         assert answers == ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    finally:
+        await bridge.stop()
+
+
+def relayed_reinvite(bridge: InprocBridge) -> tuple[str, str, bytes, bytes]:
+    """Signalling only: a trunk re-INVITE relayed to the phone, which has not answered it.
+    (the trunk's To, our Contact, the trunk's re-INVITE, what the phone got)"""
+    to, target = answered_call(bridge)
+    sdp = TRUNK_SDP.replace(b"o=trunk 1 1", b"o=trunk 1 2")
+    reinvite = trunk_in_dialog("INVITE", 2, 1, to, target, body=sdp)
+    bridge.feed(reinvite, TRUNK)
+    [relayed] = [d for d, a in bridge.take() if a == PHONE and is_request(d, "INVITE")]
+    return to, target, reinvite, relayed
+
+
+async def test_a_cancel_of_a_relayed_reinvite_is_passed_on() -> None:
+    bridge = await started("none")
+    try:
+        _, _, reinvite, relayed = relayed_reinvite(bridge)
+        head = reinvite.split(b"\r\n\r\n")[0]
+        head = head.replace(b"INVITE sip:", b"CANCEL sip:", 1)
+        head = head.replace(b"CSeq: 2 INVITE", b"CSeq: 2 CANCEL")
+        cancel = b"\r\n".join(
+            line for line in head.split(b"\r\n") if not line.startswith((b"Content-", b"Contact"))
+        )
+        bridge.feed(cancel + b"\r\nContent-Length: 0\r\n\r\n", TRUNK)
+        sent = bridge.take()
+        assert [start_line(d) for d, a in sent if a == TRUNK] == ["SIP/2.0 200 OK"]
+        [passed] = [d for d, a in sent if a == PHONE and is_request(d, "CANCEL")]
+        assert header(passed, "Call-ID") == header(relayed, "Call-ID")
+        # the phone ends its re-INVITE: the 487 goes back to the trunk's
+        bridge.feed(respond(relayed, "487 Request Terminated", b"ph1"), PHONE)
+        back = [d for d, a in bridge.take() if a == TRUNK]
+        assert [start_line(d) for d in back] == ["SIP/2.0 487 Request Terminated"]
+        assert (header(back[0], "CSeq") or "") == "2 INVITE"
+    finally:
+        await bridge.stop()
+
+
+async def test_the_call_ending_answers_and_cancels_a_relayed_reinvite() -> None:
+    bridge = await started("none")
+    try:
+        to, target, _, relayed = relayed_reinvite(bridge)
+        bridge.feed(trunk_in_dialog("BYE", 3, 1, to, target), TRUNK)
+        sent = bridge.take()
+        to_trunk = sorted(f"{start_line(d)} {header(d, 'CSeq')}" for d, a in sent if a == TRUNK)
+        assert to_trunk == ["SIP/2.0 200 OK 3 BYE", "SIP/2.0 487 Request Terminated 2 INVITE"]
+        to_phone = [start_line(d).split()[0] for d, a in sent if a == PHONE]
+        assert sorted(to_phone) == ["BYE", "CANCEL"]
+        # once the phone ends it, the relayed re-INVITE is not sent again
+        bridge.feed(respond(relayed, "487 Request Terminated", b"ph1"), PHONE)
+        bridge.take()
+        later = await bridge.advance(5.0)
+        assert not [d for d, a in later if a == PHONE and is_request(d, "INVITE")]
     finally:
         await bridge.stop()

@@ -241,6 +241,7 @@ class _Relay:
     destination: Address
     transport: str
     transaction_id_out: str = ""
+    outgoing: SipRequest | None = None  # what went to the other side (a CANCEL needs it)
 
 
 @dataclass(eq=False)
@@ -617,8 +618,15 @@ class SipCalls:
     def cancel(
         self, transaction_id: str, cancel: SipRequest, invite_transaction: str | None
     ) -> None:
-        """The caller's CANCEL (§9.2): 200 to it; 487 to the INVITE if still unanswered."""
+        """The caller's CANCEL (§9.2): 200 to it; 487 to the INVITE if still unanswered. A
+        CANCEL of a re-INVITE we relayed is passed on: the other side's 487 comes back."""
         call = self._by_invite.get(invite_transaction or "")
+        relay = self._pending_relay(invite_transaction) if call is None else None
+        if relay is not None and relay.outgoing is not None:
+            self._respond(transaction_id, _reply(cancel, 200, "OK"))
+            with call_context(relay.call.call_id):
+                self._send_request(build_cancel(relay.outgoing), relay.destination, relay.transport)
+            return
         if call is None:
             self._respond(transaction_id, _reply(cancel, 481, "Call/Transaction Does Not Exist"))
             return
@@ -637,6 +645,30 @@ class SipCalls:
                     call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
                 )
             self.runner.caller_hangup(call.run)
+
+    def _pending_relay(self, transaction_id_in: str | None) -> _Relay | None:
+        """The re-INVITE relayed for this incoming transaction, while unanswered."""
+        if not transaction_id_in:
+            return None
+        for relay in self._relays.values():
+            if relay.transaction_id_in == transaction_id_in and relay.request.method == "INVITE":
+                return relay
+        return None
+
+    def _end_relays(self, call: SipCall) -> None:
+        """The call is over: what was relayed and not answered yet is answered 487 on the
+        side it came from, and a relayed re-INVITE CANCELled on the other (it was re-sent to
+        a phone already sent a BYE, and answered 408 only after 32 s)."""
+        for out_id, relay in [(k, r) for k, r in self._relays.items() if r.call is call]:
+            del self._relays[out_id]
+            if relay.request.method == "INVITE" and relay.outgoing is not None:
+                self._send_request(build_cancel(relay.outgoing), relay.destination, relay.transport)
+            try:
+                self._respond(
+                    relay.transaction_id_in, _reply(relay.request, 487, "Request Terminated")
+                )
+            except Exception:  # (its transaction is over: nothing to answer)
+                log.debug("sip_relay_answer_gone", method=relay.request.method)
 
     def in_dialog(self, transaction_id: str, request: SipRequest) -> bool:
         """A request with a To tag. Returns False when it is not one of our calls' dialogs."""
@@ -732,7 +764,7 @@ class SipCalls:
         )
         relayed = self._send_request(outgoing, destination, transport)
         self._relays[relayed] = _Relay(
-            call, dialog, transaction_id, request, other, destination, transport, relayed
+            call, dialog, transaction_id, request, other, destination, transport, relayed, outgoing
         )
         log.info("sip_relayed", method=request.method)
         return True
@@ -2263,6 +2295,7 @@ class SipCalls:
             future = self._connecting.pop(key)
             if not future.done():
                 future.set_result("the call ended")
+        self._end_relays(call)
         del self._calls[call.call_id]
         self._by_invite.pop(call.transaction_id, None)
         for transaction_id, branch in call.branches.items():
