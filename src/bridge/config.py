@@ -103,6 +103,8 @@ class SipTlsSettings(_Section):
     handshake_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Handshakes under way at once; connections beyond it are closed before any crypto.
     max_handshakes: Annotated[int, Field(ge=1, le=100_000)] = 256
+    # The same from one address: one source cannot keep everyone else's handshakes refused.
+    max_handshakes_per_source: Annotated[int, Field(ge=1, le=100_000)] = 32
     # SRTP (SDES, RFC 4568) on the audio of calls signalled over TLS. optional: offered to
     # phones reached over TLS, taken from any phone that offers it. required: a call over
     # TLS without SRTP is refused (488). off: never offered (still taken when insisted on).
@@ -573,6 +575,7 @@ class Settings(BaseSettings):
             verify=tls.verify,
             handshake_timeout=tls.handshake_timeout_seconds,
             max_handshakes=tls.max_handshakes,
+            max_handshakes_per_source=tls.max_handshakes_per_source,
             srtp=tls.srtp,
         )
 

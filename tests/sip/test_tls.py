@@ -324,6 +324,33 @@ def test_what_is_not_tls_on_the_tls_port_is_closed_and_logged(tmp_path: Path) ->
             phone.close()
 
 
+def test_one_source_cannot_take_every_handshake(tmp_path: Path) -> None:
+    """(With one limit for all, a source holding 256 handshakes open, each for its 5 s,
+    kept every other phone's TLS connection refused.)"""
+    with tls_bridge(
+        tmp_path,
+        sip__tls__max_handshakes="8",
+        sip__tls__max_handshakes_per_source="2",
+        sip__tls__handshake_timeout_seconds="3",
+    ) as (bridge, port, _issued):
+        held = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(2)]
+        try:
+            time.sleep(0.3)
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as extra:
+                assert closed_by_peer(extra, within=1.0)
+            reason = 'bridge_sip_tls_refused_total{reason="too_many_handshakes_from_source"}'
+            assert bridge.metric(reason) == 1
+            # another address still gets its handshake (and its phone registers)
+            other = socket.create_connection(
+                ("127.0.0.1", port), timeout=WAIT, source_address=("127.0.0.2", 0)
+            )
+            with other:
+                assert not closed_by_peer(other, within=0.5)
+        finally:
+            for sock in held:
+                sock.close()
+
+
 def test_handshakes_beyond_the_limit_are_closed_at_once(tmp_path: Path) -> None:
     with tls_bridge(
         tmp_path, sip__tls__max_handshakes="4", sip__tls__handshake_timeout_seconds="2"

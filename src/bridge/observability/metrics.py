@@ -110,7 +110,8 @@ class Metrics:
         self.sip_tls_refused = Counter(
             "bridge_sip_tls_refused_total",
             "Connections closed on the SIP TLS port before any SIP, by reason (handshake_failed,"
-            " handshake_timeout, closed_in_handshake, too_many_handshakes)",
+            " handshake_timeout, closed_in_handshake, too_many_handshakes,"
+            " too_many_handshakes_from_source)",
             ["reason"],
             registry=r,
         )

@@ -47,6 +47,7 @@ class TlsSettings:
     verify: bool = True  # the trunk's certificate and name
     handshake_timeout: float = 5.0
     max_handshakes: int = 256  # under way at once; more are closed at once
+    max_handshakes_per_source: int = 32  # the same from one address
     srtp: str = "optional"  # off | optional | required (docs/sip.md, "TLS and SRTP")
 
 

@@ -252,8 +252,9 @@ class _TlsServerSide(asyncio.Protocol):
         self.raw = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else ("", 0)
-        if not self.endpoint._handshake_started(self):
-            self._fail("too_many_handshakes", "")
+        refused = self.endpoint._handshake_refusal(self)
+        if refused is not None:
+            self._fail(refused, "")
             return
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self._timeout, self._expired)
@@ -424,6 +425,7 @@ class SipEndpoint:
         self._tls_server: asyncio.Server | None = None
         self._tls_connections: dict[Address, _Tcp] = {}
         self._handshakes: set[_TlsServerSide] = set()
+        self._handshake_sources: dict[str, int] = {}  # handshakes under way, by address
         self.tls_refusals = TlsRefusals(time.monotonic, self.counters.tls_refused)
         # RFC 5626 §4.4.1: a CRLFCRLF ping this often on the connections we opened (0: none).
         self.stream_keepalive_seconds = stream_keepalive_seconds
@@ -590,17 +592,32 @@ class SipEndpoint:
         return self.tls.reload() if self.tls is not None else False
 
     # -- TLS: accepting ----------------------------------------------------------------------
-    def _handshake_started(self, connection: _TlsServerSide) -> bool:
-        """A connection starts its handshake: False (close it) when too many are under way
-        (a ClientHello flood: those beyond the limit are closed before any crypto)."""
+    def _handshake_refusal(self, connection: _TlsServerSide) -> str | None:
+        """A connection starts its handshake: None, or why it is closed at once, when too
+        many are under way in all or from its address (a ClientHello flood: closed before
+        any crypto; one source alone could keep everyone else's handshakes refused)."""
         assert self.tls is not None
-        if len(self._handshakes) >= self.tls.settings.max_handshakes:
-            return False
+        settings = self.tls.settings
+        if len(self._handshakes) >= settings.max_handshakes:
+            return "too_many_handshakes"
+        source = connection.peer[0]
+        from_source = self._handshake_sources.get(source, 0)
+        if from_source >= settings.max_handshakes_per_source:
+            return "too_many_handshakes_from_source"
         self._handshakes.add(connection)
-        return True
+        self._handshake_sources[source] = from_source + 1
+        return None
 
     def _handshake_ended(self, connection: _TlsServerSide) -> None:
+        if connection not in self._handshakes:
+            return
         self._handshakes.discard(connection)
+        source = connection.peer[0]
+        left = self._handshake_sources.get(source, 1) - 1
+        if left > 0:
+            self._handshake_sources[source] = left
+        else:
+            self._handshake_sources.pop(source, None)
 
     # -- stream connections we accepted: limits and deadlines ---------------------------------
     def _stream_admit(self, connection: _Tcp) -> bool:
