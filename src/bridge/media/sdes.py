@@ -39,6 +39,7 @@ from bridge.media.sdp import (
     negotiate,
 )
 from bridge.media.srtp import AES128_CM_SHA1_32, AES128_CM_SHA1_80
+from bridge.text import ascii_digits
 
 __all__ = [
     "KEY_BYTES",
@@ -113,9 +114,9 @@ def offered_crypto(key: bytes, tag: int = 1) -> Crypto:
 def _lifetime(text: str) -> None:
     base, caret, exponent = text.partition("^")
     if caret:
-        if base != "2" or not (exponent.isascii() and exponent.isdigit()) or len(exponent) > 2:
+        if base != "2" or not ascii_digits(exponent) or len(exponent) > 2:
             raise SdpError(f"a=crypto lifetime {text!r} is malformed")
-    elif not (text.isascii() and text.isdigit()) or len(text) > 20:
+    elif not ascii_digits(text) or len(text) > 20:
         raise SdpError(f"a=crypto lifetime {text!r} is malformed")
 
 
@@ -126,7 +127,7 @@ def parse_crypto(value: str) -> Crypto:
     if len(fields) < 3:
         raise SdpError(f"a=crypto:{value[:60]!r}: expected <tag> <suite> <key-params>")
     tag_text, suite_text, key_params = fields[0], fields[1], fields[2]
-    if not (tag_text.isascii() and tag_text.isdigit()) or len(tag_text) > 9:
+    if not ascii_digits(tag_text) or len(tag_text) > 9:
         raise SdpError(f"a=crypto tag {tag_text[:20]!r} is not 1 to 9 digits")
     tag = int(tag_text)
     suite = suite_text.upper()
@@ -159,7 +160,7 @@ def parse_crypto(value: str) -> Crypto:
         # none of them is done here, so such a line is not usable. WSH (a replay window
         # hint) only advises.
         name, _, number = param.partition("=")
-        if name.upper() != "WSH" or not (number.isascii() and number.isdigit()):
+        if name.upper() != "WSH" or not ascii_digits(number):
             raise SdpError(f"a=crypto session parameter {param[:30]!r} is not supported")
     return Crypto(tag, suite, key)
 

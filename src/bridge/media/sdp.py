@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from bridge.text import ascii_digits
+
 __all__ = [
     "DIRECTIONS",
     "RTP_AVP",
@@ -147,7 +149,7 @@ class SessionDescription:
 
 def _number(text: str, what: str, low: int, high: int) -> int:
     # int() would take " 7", "1_000" and non-ASCII digits; SDP numbers are ASCII digits.
-    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+    if not ascii_digits(text) or len(text) > 20:
         raise SdpError(f"{what} {text!r} is not a number")
     value = int(text)
     if not low <= value <= high:

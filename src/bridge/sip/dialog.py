@@ -52,6 +52,7 @@ from bridge.sip.model import (
     param_of,
 )
 from bridge.sip.transaction import MAGIC_COOKIE, new_branch
+from bridge.text import ascii_digits
 
 __all__ = [
     "MAX_FORWARDS",
@@ -326,7 +327,7 @@ def parse_session_expires(value: str) -> tuple[int, Role | None]:
     here (that is what 422 answers)."""
     head, _, rest = value.partition(";")
     head = head.strip()
-    if not head.isascii() or not head.isdigit() or len(head) > 10 or int(head) > MAX_CSEQ:
+    if not ascii_digits(head) or len(head) > 10 or int(head) > MAX_CSEQ:
         raise DialogError(f"bad Session-Expires: {value[:40]!r}")
     refresher = param_of(";" + rest, "refresher") if rest else None
     if refresher is None:
@@ -339,7 +340,7 @@ def parse_session_expires(value: str) -> tuple[int, Role | None]:
 def parse_min_se(value: str) -> int:
     """`Min-SE: 120` (RFC 4028 §5); parameters are ignored."""
     head = value.partition(";")[0].strip()
-    if not head.isascii() or not head.isdigit() or len(head) > 10 or int(head) > MAX_CSEQ:
+    if not ascii_digits(head) or len(head) > 10 or int(head) > MAX_CSEQ:
         raise DialogError(f"bad Min-SE: {value[:40]!r}")
     return int(head)
 

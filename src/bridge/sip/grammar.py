@@ -336,7 +336,7 @@ def _parse_host(text: str) -> tuple[str, int | None]:
 
 
 def _parse_port(text: str) -> int:
-    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or int(text) > 65535:
+    if not (0 < len(text) <= 5 and ascii_digits(text)) or int(text) > 65535:
         raise SipSyntaxError(f"bad port: {text[:20]!r}")
     return int(text)
 
@@ -620,7 +620,7 @@ class CSeq(NamedTuple):
 
 def _digits(value: str, what: str) -> str:
     text = value.strip(" \t")
-    if not (text.isascii() and text.isdigit()):
+    if not ascii_digits(text):
         raise SipSyntaxError(f"{what} is not a number: {value[:30]!r}")
     return text.lstrip("0") or "0"
 

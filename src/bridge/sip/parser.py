@@ -46,6 +46,7 @@ from bridge.sip.model import (
     make_response,
     split_comma_values,
 )
+from bridge.text import ascii_digits
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -260,7 +261,7 @@ def _parse_start_line(head: _Head, line: str) -> None:
         head.version, head.reason = version, reason
         if version != "SIP/2.0" and version.upper() != "SIP/2.0":
             head.error = (None, "unsupported SIP version")
-        elif len(code) == 3 and code.isascii() and code.isdigit() and "1" <= code[0] <= "6":
+        elif len(code) == 3 and ascii_digits(code) and "1" <= code[0] <= "6":
             head.status = int(code)
         else:
             head.error = (None, "status code out of range")
@@ -337,7 +338,7 @@ def _content_length(head: _Head) -> int | SipParseError | None:
             lengths.add(parse_content_length(value))
         except SipSyntaxError:
             text = value.strip(" \t")
-            negative = text.startswith("-") and text[1:].isascii() and text[1:].isdigit()
+            negative = text.startswith("-") and ascii_digits(text[1:])
             if negative:
                 return head.fail(400, "negative Content-Length")
             return head.fail(400, "invalid Content-Length")
