@@ -71,7 +71,7 @@ from bridge.sip.dialog import (
     retry_after_422,
 )
 from bridge.sip.digest import authorize, challenge_header
-from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
+from bridge.sip.grammar import SipSyntaxError, parse_cseq, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
 from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
 from bridge.sip.overload_feedback import CLIENT_PARAMS as OC_CLIENT_PARAMS
@@ -1378,21 +1378,20 @@ class SipCalls:
         if branch.final is None:  # (its retransmissions are only ACKed)
             branch.final = response.status
             log.info("sip_late_answer_hung_up", leg_id=branch.leg_id)
-            bye = dialog.create_request("BYE", via=self._local(branch.transport))
-            self._send_request(bye, branch.destination, branch.transport)
+            self._bye(branch, dialog)
 
     def _trunk_feedback(self, response: SipResponse) -> None:
         """RFC 7339 §5.3: newer loss feedback in the trunk's response is taken."""
         line = response.headers.get("Via")
         if line is None or "oc" not in line:
             return
-        feedback = self.trunk_feedback
-        before = feedback.active(self._now())
-        if feedback.receive(self._now(), line) and feedback.percent != before:
+        feedback, now = self.trunk_feedback, self._now()
+        before = feedback.active(now)
+        if feedback.receive(now, line) and feedback.percent != before:
             log.info(
                 "sip_trunk_overload_feedback",
                 percent=feedback.percent,
-                validity_ms=round((feedback.until - self._now()) * 1000),
+                validity_ms=round((feedback.until - now) * 1000),
             )
 
     def _trunk_admits(self) -> bool:
@@ -1459,8 +1458,7 @@ class SipCalls:
                     # Another fork answered too (another To tag): that dialog is not ours to
                     # keep; hung up (it was ACKed in the first one's name and left up).
                     log.info("sip_second_answer_hung_up", leg_id=branch.leg_id)
-                    bye = dialog.create_request("BYE", via=self._local(branch.transport))
-                    self._send_request(bye, branch.destination, branch.transport)
+                    self._bye(branch, dialog)
                 return
             branch.final = status
             branch.answer = response
@@ -1987,11 +1985,13 @@ class SipCalls:
         ack = dialog.create_ack(1, via=self._local(branch.transport))
         self._send_stateless(ack, branch.destination, branch.transport)
 
-    def _bye(self, branch: _Branch) -> None:
-        if branch.dialog is None:
+    def _bye(self, branch: _Branch, dialog: Dialog | None = None) -> None:
+        """BYE on the branch's dialog, or on `dialog` (another the branch's INVITE made)."""
+        dialog = dialog or branch.dialog
+        if dialog is None:
             return
-        bye = branch.dialog.create_request("BYE", via=self._local(branch.transport))
-        self._forget_dialog(branch.dialog)
+        bye = dialog.create_request("BYE", via=self._local(branch.transport))
+        self._forget_dialog(dialog)
         self._send_request(bye, branch.destination, branch.transport)
 
     def _bridge(self, call: SipCall, leg_id: str) -> None:
@@ -2338,8 +2338,11 @@ _DTMF_RELAY = re.compile(r"^\s*Signal\s*=\s*([0-9*#A-Da-d])", re.MULTILINE)
 
 
 def _cseq_number(message: SipRequest) -> int:
-    number, _, _ = (message.headers.get("CSeq") or "").strip().partition(" ")
-    return int(number) if number.isascii() and number.isdigit() and len(number) <= 10 else -1
+    """The CSeq number (-1 when there is none to read): an ACK matches its INVITE by it."""
+    try:
+        return parse_cseq(message.headers.get("CSeq") or "").number
+    except SipSyntaxError:
+        return -1
 
 
 def _info_digit(request: SipRequest) -> str | None:

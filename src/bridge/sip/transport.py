@@ -384,6 +384,15 @@ class _TlsTransport(asyncio.Transport):
         return self._raw.get_extra_info(name, default)
 
 
+def _one_less(counts: dict[str, int], source: str) -> None:
+    """One fewer under `source` (dropped at 0: the counts hold only addresses in use)."""
+    left = counts.get(source, 1) - 1
+    if left > 0:
+        counts[source] = left
+    else:
+        counts.pop(source, None)
+
+
 def _sendto(transport: asyncio.DatagramTransport, data: bytes, destination: Address) -> None:
     """One datagram out; a refusal (a name needing DNS, a closed socket) is logged, so the
     datagrams queued after it still go."""
@@ -612,12 +621,7 @@ class SipEndpoint:
         if connection not in self._handshakes:
             return
         self._handshakes.discard(connection)
-        source = connection.peer[0]
-        left = self._handshake_sources.get(source, 1) - 1
-        if left > 0:
-            self._handshake_sources[source] = left
-        else:
-            self._handshake_sources.pop(source, None)
+        _one_less(self._handshake_sources, connection.peer[0])
 
     # -- stream connections we accepted: limits and deadlines ---------------------------------
     def _stream_admit(self, connection: _Tcp) -> bool:
@@ -652,12 +656,7 @@ class SipEndpoint:
         if not connection.counted:
             return
         connection.counted = False
-        source = connection.peer[0]
-        left = self._stream_sources.get(source, 1) - 1
-        if left > 0:
-            self._stream_sources[source] = left
-        else:
-            self._stream_sources.pop(source, None)
+        _one_less(self._stream_sources, connection.peer[0])
         self._stream_count -= 1
 
     @property
