@@ -262,10 +262,7 @@ class SipCall:
     caller_id: str | None = None  # E.164 shown on outbound legs (a phone's call out)
     placed_by: str | None = None  # the user whose desk phone called a number out
     # Our 2xx to the caller, re-sent until the ACK arrives (RFC 3261 §13.3.1.4).
-    ok: SipResponse | None = None
-    ok_sent_at: float = 0.0
-    ok_interval: float = T1
-    ok_timer: object | None = None
+    ok: _PendingOk | None = None
     # Session timers, per side of the bridged call: the pending timer (our refresh, or the
     # expiry if the peer refreshes), when the session was last refreshed, and the session
     # description we last sent on that side (a re-INVITE refresh repeats it).
@@ -301,10 +298,11 @@ class SipCall:
 
 @dataclass(slots=True)
 class _PendingOk:
-    """Our 2xx to a re-INVITE, re-sent (T1 doubling up to T2) until its ACK or 64*T1
-    (RFC 3261 §13.3.1.4): over UDP one lost 200 failed the peer's re-INVITE, and §14.1 has
-    it end the call then. A retransmitted re-INVITE is absorbed by its transaction (RFC 6026),
-    so these re-sends are what answer it."""
+    """Our 2xx to an INVITE, re-sent (T1 doubling up to T2) until its ACK or 64*T1
+    (RFC 3261 §13.3.1.4): the caller's (no ACK ends the call), or a re-INVITE's on either
+    side (over UDP one lost 200 failed the peer's re-INVITE, and §14.1 has it end the call
+    then; a retransmitted re-INVITE is absorbed by its transaction, RFC 6026, so these
+    re-sends are what answer it)."""
 
     transaction_id: str
     response: SipResponse
@@ -2097,8 +2095,9 @@ class SipCalls:
         call.answered = True
         self.runner.setup_done(call.run)
         self._respond(call.transaction_id, response)
-        call.ok, call.ok_sent_at, call.ok_interval = response, self._now(), T1
-        call.ok_timer = self._schedule(self._now() + T1, lambda: self._resend_ok(call))
+        now = self._now()
+        call.ok = _PendingOk(call.transaction_id, response, _cseq_number(call.invite), now)
+        call.ok.timer = self._schedule(now + T1, lambda: self._resend_ok(call))
         try:
             dialog = Dialog.from_uas(call.invite, response, tls=False)
             dialog.response_sent(call.invite, response)
@@ -2124,10 +2123,9 @@ class SipCalls:
             except MediaError as exc:
                 log.warning("sip_ack_answer_unusable", reason=exc.reason)
         if dialog is call.caller_dialog and call.ok is not None:
-            call.ok = None
-            if call.ok_timer is not None:
-                self._cancel_timer(call.ok_timer)
-                call.ok_timer = None
+            ok, call.ok = call.ok, None
+            if ok.timer is not None:
+                self._cancel_timer(ok.timer)
         pending = call.reinvite_oks.get(dialog.id)
         if pending is not None and _cseq_number(ack) == pending.cseq:
             del call.reinvite_oks[dialog.id]
@@ -2174,24 +2172,25 @@ class SipCalls:
         )
 
     def _resend_ok(self, call: SipCall) -> None:
-        call.ok_timer = None
-        if call.ok is None or call.call_id not in self._calls:
+        ok = call.ok
+        if ok is None or call.call_id not in self._calls:
             return
+        ok.timer = None
         now = self._now()
         with call_context(call.call_id):
-            if now - call.ok_sent_at >= 64 * T1:
+            if now - ok.sent_at >= 64 * T1:
                 # No ACK: the caller never got our answer. End the call (§13.3.1.4).
-                log.warning("sip_no_ack", waited_seconds=round(now - call.ok_sent_at, 1))
+                log.warning("sip_no_ack", waited_seconds=round(now - ok.sent_at, 1))
                 call.ok = None
                 self._hangup_caller(call)
                 self.runner.hangup(call.run, Side.CALLER)
                 return
             try:
-                self._respond(call.transaction_id, call.ok)
+                self._respond(ok.transaction_id, ok.response)
             except Exception:  # the INVITE transaction is gone: re-send outside it
-                self._send_stateless(call.ok, call.source, call.transport)
-            call.ok_interval = min(call.ok_interval * 2, T2)
-            call.ok_timer = self._schedule(now + call.ok_interval, lambda: self._resend_ok(call))
+                self._send_stateless(ok.response, call.source, call.transport)
+            ok.interval = min(ok.interval * 2, T2)
+            ok.timer = self._schedule(now + ok.interval, lambda: self._resend_ok(call))
 
     def _ring_caller(self, call: SipCall, command: RingCaller) -> None:
         if call.answered:
@@ -2268,9 +2267,9 @@ class SipCalls:
         if call.refusal_timer is not None:
             self._cancel_timer(call.refusal_timer)
             call.refusal_timer = None
-        if call.ok_timer is not None:
-            self._cancel_timer(call.ok_timer)
-            call.ok_timer = None
+        if call.ok is not None and call.ok.timer is not None:
+            self._cancel_timer(call.ok.timer)
+            call.ok.timer = None
         for pending in call.reinvite_oks.values():
             if pending.timer is not None:
                 self._cancel_timer(pending.timer)
