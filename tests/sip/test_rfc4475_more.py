@@ -198,6 +198,7 @@ def test_an_unreadable_body_is_answered_with_what_we_accept() -> None:
     assert problem is not None
     response = problem.response(to_tag="t")
     assert response is not None and response.headers.get("Accept") == "application/sdp"
-    # multipart bodies (SDP beside ISUP) go on to the call, which looks for the SDP.
+    # multipart bodies (SDP beside ISUP) go on: the service takes the SDP part
+    # (tests/sip/test_multipart_bodies.py).
     multipart = INVUT.replace(b"application/unknownformat", b"multipart/mixed;boundary=x")
     assert verdict(multipart) == (None, "accept")

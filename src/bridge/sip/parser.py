@@ -594,8 +594,9 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
         return 406, "Not Acceptable", ()
     if request.method in ("INVITE", "UPDATE") and request.body:
         # A body we cannot read: 415 naming what we can (RFC 3261 §8.2.3, RFC 4475 invut).
-        # multipart bodies (SDP beside ISUP, from some trunks) go on to the call, which
-        # looks for the SDP in them; a missing Content-Type is taken as SDP (RFC 2543 peers).
+        # multipart bodies (SDP beside ISUP, from SIP-I trunks) go on: the service takes
+        # their SDP part (bridge.sip.bodies, RFC 5621), or answers 415/400 for what it
+        # cannot take; a missing Content-Type is taken as SDP (RFC 2543 peers).
         kind = (first.get("Content-Type") or "application/sdp").split(";")[0].strip().lower()
         # RFC 3261 §20.15: m-type SLASH m-subtype, both tokens; not a type at all: a bad header
         m_type, slash, m_subtype = kind.partition("/")

@@ -30,6 +30,7 @@ from bridge.observability.metrics import Metrics
 from bridge.presence.service import ReachabilityPort
 from bridge.sip.b2bua import MessageStore, Prompts, SipCalls, SipMediaOptions, TrunkSettings
 from bridge.sip.bindings import BindingStore, Flow, RegistrarSettings
+from bridge.sip.bodies import OFFER_ANSWER_METHODS, keep_session_description
 from bridge.sip.dialog import ViaSpec
 from bridge.sip.digest import Algorithm, held_ha1
 from bridge.sip.ids import random_hex
@@ -320,8 +321,10 @@ class SipService:
             self._request(event, endpoint)
         elif isinstance(event, AckFor2xx):
             if calls is not None:
+                _session_description_only(event.request)
                 calls.ack(event.request)
         elif calls is not None and isinstance(event, Response) and calls.owns(event.transaction_id):
+            _session_description_only(event.response)
             calls.response(event.transaction_id, event.response)
         elif (
             calls is not None
@@ -354,6 +357,20 @@ class SipService:
                 endpoint.respond(event.transaction_id, response)
             return
         method = request.method
+        if method in OFFER_ANSWER_METHODS:
+            refusal = keep_session_description(request)  # (SDP beside ISUP: the SDP)
+            if refusal is not None:
+                log.info(
+                    "sip_body_refused",
+                    method=method,
+                    status=refusal.status,
+                    content_type=request.headers.get("Content-Type"),
+                )
+                response = make_response(
+                    request, refusal.status, refusal.reason, to_tag=_tag(), extra=refusal.extra
+                )
+                endpoint.respond(event.transaction_id, response)
+                return
         calls = self.calls
         if calls is not None and method != "REGISTER":
             to_tag = param_of(request.headers.get("To"), "tag")
@@ -712,3 +729,18 @@ def _trunk_account(sip: SipSettingsModel) -> TrunkAccount | None:
 
 def _tag() -> str:
     return random_hex(5)
+
+
+def _session_description_only(message: SipMessage) -> None:
+    """An ACK or a response with a multipart body, reduced to its SDP: nothing can be
+    answered to them, so a body that cannot be taken is dropped (the call sees no SDP)."""
+    refusal = keep_session_description(message)
+    if refusal is not None:
+        log.info(
+            "sip_body_dropped",
+            status=refusal.status,
+            reason=refusal.reason,
+            content_type=message.headers.get("Content-Type"),
+        )
+        message.body = b""
+        message.headers.remove("Content-Type")
