@@ -179,3 +179,37 @@ async def test_the_other_sides_refusal_comes_back_as_it_is(
     assert start_line(refused) == f"SIP/2.0 {status}"
     assert [d for d, a in sent if a == sender and d.startswith(b"SIP/2.0 2")] == []
     assert len(bridge.ctx.calls) == 1  # a refused request leaves the call as it was
+
+
+@pytest.mark.parametrize(
+    ("extra", "body", "reason"),
+    [
+        (b"Contact: <sip:201@127.0.0.1:20001>", b"", "the 2xx holds no SDP"),
+        (
+            b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: text/plain",
+            b"hello",
+            "the 2xx body is text/plain, not SDP",
+        ),
+    ],
+)
+async def test_a_phones_2xx_without_sdp_is_hung_up_and_not_passed_to_the_caller(
+    bridge: InprocBridge, extra: bytes, body: bytes, reason: str
+) -> None:
+    """End to end the caller gets the phone's SDP: a 2xx without it (we send no reliable
+    provisionals, so it had nowhere else to be) would leave the caller with an answer it
+    cannot use, a silent call. The phone's leg is ACKed and hung up as a 488, and the call
+    goes on to its next step (here: nobody else, the caller is refused)."""
+    from structlog.testing import capture_logs
+
+    bridge.feed(trunk_invite(1, LINE, bridge.address), TRUNK)
+    invite, where = only(bridge.take(), lambda d: is_request(d, "INVITE"))
+    assert where == PHONE
+    with capture_logs() as logs:
+        bridge.feed(respond(invite, "200 OK", b"ph1", extra, body), PHONE)
+    sent = bridge.take()
+    assert any(is_request(d, "ACK") and a == PHONE for d, a in sent)
+    assert any(is_request(d, "BYE") and a == PHONE for d, a in sent)
+    assert not [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
+    assert [e["reason"] for e in logs if e["event"] == "sip_leg_answer_unusable"] == [reason]
+    refused = [d for d, a in sent if a == TRUNK and start_line(d).startswith("SIP/2.0 4")]
+    assert refused, [start_line(d) for d, _ in sent]  # the plan ended: the caller is told

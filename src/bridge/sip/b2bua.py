@@ -1481,10 +1481,7 @@ class SipCalls:
                         source=branch.destination[0],
                     )
                 except MediaError as exc:
-                    log.warning("sip_leg_answer_unusable", leg_id=branch.leg_id, reason=exc.reason)
-                    self._bye(branch)
-                    branch.final = 488
-                    self._leg_maybe_failed(call, branch, 488)
+                    self._answer_unusable(call, branch, exc.reason)
                     return
                 if branch.confirm:
                     self._ask_to_confirm(call, branch)
@@ -1493,10 +1490,15 @@ class SipCalls:
                 try:  # joined by rtpengine if it wins (`_bridge`): checked now
                     self.relay.check(response.body.decode("utf-8", "replace"))
                 except MediaError as exc:
-                    log.warning("sip_leg_answer_unusable", leg_id=branch.leg_id, reason=exc.reason)
-                    self._bye(branch)
-                    branch.final = 488
-                    self._leg_maybe_failed(call, branch, 488)
+                    self._answer_unusable(call, branch, exc.reason)
+                    return
+            else:
+                # End to end, the caller gets this body. We send no reliable provisionals
+                # (no 100rel), so a 2xx to our INVITE must hold the SDP (RFC 3261 §13.2.1):
+                # the answer to the caller's offer, or the offer of an offerless INVITE.
+                problem = _unrelayable_answer(response)
+                if problem is not None:
+                    self._answer_unusable(call, branch, problem)
                     return
             self.runner.leg_answered(call.run, branch.leg_id)
             return
@@ -1562,6 +1564,14 @@ class SipCalls:
         branch.dialogs = DialogSet(again, tls=False)
         call.branches[transaction_id] = branch
         self._by_branch[transaction_id] = (call, branch)
+
+    def _answer_unusable(self, call: SipCall, branch: _Branch, reason: str) -> None:
+        """A phone's (or the provider's) 2xx whose SDP cannot be used: the leg is hung up and
+        fails as a 488 would, so the call goes on to its next leg or step."""
+        log.warning("sip_leg_answer_unusable", leg_id=branch.leg_id, reason=reason)
+        self._bye(branch)
+        branch.final = 488
+        self._leg_maybe_failed(call, branch, 488)
 
     def _leg_maybe_failed(self, call: SipCall, branch: _Branch, status: int) -> None:
         if branch.supervisor is not None:
@@ -2382,3 +2392,13 @@ def _reply(
     request: SipRequest, status: int, phrase: str, extra: list[tuple[str, str]] | None = None
 ) -> SipResponse:
     return make_response(request, status, phrase, to_tag=random_hex(5), extra=extra or [])
+
+
+def _unrelayable_answer(response: SipResponse) -> str | None:
+    """Why a 2xx to our INVITE cannot be passed to the caller as its SDP, or None."""
+    if not response.body:
+        return "the 2xx holds no SDP"
+    kind = response.headers.get("Content-Type")
+    if kind is not None and kind.split(";")[0].strip().lower() != "application/sdp":
+        return f"the 2xx body is {kind.split(';')[0].strip()[:60]}, not SDP"
+    return None
