@@ -205,7 +205,8 @@ def test_nesting_deeper_than_the_limit_is_refused() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from([MIXED, "multipart/alternative;boundary=x", "multipart/mixed", "multipart/"]),
+    st.sampled_from([MIXED, "multipart/alternative;boundary=x", "multipart/mixed", "multipart/"])
+    | st.text(max_size=60).map(lambda rest: "multipart/" + rest),
     st.binary(max_size=400)
     | st.builds(
         lambda a, b: a + b, st.sampled_from([sip_i(SDP), b"--x\r\n"]), st.binary(max_size=60)
