@@ -331,23 +331,32 @@ async def test_offer_without_a_usable_codec_gets_488(bridge: InprocBridge) -> No
 async def test_reinvite_is_answered_by_the_bridge_alone(bridge: InprocBridge) -> None:
     call = await answered_call(bridge)
     try:
-        moved = Phone(g711.PCMU, 0xC2)  # the caller moves its media (a new address)
-        call.phones["caller"].close()
-        call.phones["caller"] = moved
-        ok = call.ok
-        reinvite = trunk_in_dialog(
-            "INVITE", 2, 1, header(ok, "To") or "", contact_uri(ok), body=sdp_for(moved, "0 101")
+        await caller_moves_and_is_heard(
+            call, lambda sdp, to, target: trunk_in_dialog("INVITE", 2, 1, to, target, body=sdp)
         )
-        bridge.feed(reinvite, TRUNK)
-        sent = bridge.take()
-        [answer] = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
-        assert media_port(answer) == call.ports["caller"]  # same port, the bridge's SDP
-        assert not [d for d, a in sent if a == AGENT_PHONE]  # the agent's phone saw nothing
-        heard = await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
-        assert tones_in(heard["agent"], TONES) == {CALLER}
-        assert tones_in(heard["caller"], TONES) == {AGENT}
     finally:
         call.close()
+
+
+async def caller_moves_and_is_heard(
+    call: Call, reinvite: Callable[[bytes, str, str], bytes]
+) -> None:
+    """The caller moves its media (a new address) with the re-INVITE `reinvite(sdp, to,
+    target)` makes: the bridge answers it alone (same port, its own SDP, the agent's phone
+    sees nothing) and both sides still hear each other."""
+    bridge = call.bridge
+    moved = Phone(g711.PCMU, 0xC2)
+    call.phones["caller"].close()
+    call.phones["caller"] = moved
+    ok = call.ok
+    bridge.feed(reinvite(sdp_for(moved, "0 101"), header(ok, "To") or "", contact_uri(ok)), TRUNK)
+    sent = bridge.take()
+    [answer] = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
+    assert media_port(answer) == call.ports["caller"]  # same port, the bridge's SDP
+    assert not [d for d, a in sent if a == AGENT_PHONE]  # the agent's phone saw nothing
+    heard = await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
+    assert tones_in(heard["agent"], TONES) == {CALLER}
+    assert tones_in(heard["caller"], TONES) == {AGENT}
 
 
 async def test_silent_call_is_ended_by_the_rtp_timeout(tmp_path: Path) -> None:

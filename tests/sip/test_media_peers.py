@@ -351,6 +351,13 @@ def test_sipp_caller_to_an_echoing_sipp_desk_phone_is_heard_and_recorded(
     """SIPp on the trunk plays 440 Hz from a pcap; the desk phone is SIPp with `-rtp_echo`
     (it sends back what it hears). The call's recording holds the caller's tone on the left
     and, on the right, the phone's echo of it: audio went through the engine both ways."""
+    sipp_caller_is_heard_by_an_echoing_phone(tmp_path, "uac_pcap.xml")
+
+
+def sipp_caller_is_heard_by_an_echoing_phone(tmp_path: Path, scenario: str) -> None:
+    """SIPp on the trunk (`scenario`, playing 440 Hz) calls the line, a SIPp desk phone with
+    `-rtp_echo` answers, the call is recorded: the caller's tone on the left, the echo on the
+    right."""
     from tests.sip.test_sipp_calls import directory as sipp_directory
     from tests.sip.test_sipp_calls import start_phone, wait_registered
 
@@ -363,7 +370,7 @@ def test_sipp_caller_to_an_echoing_sipp_desk_phone_is_heard_and_recorded(
         wait_registered(bridge, 1)
         with sipp_process(
             tmp_path,
-            "uac_pcap.xml",
+            scenario,
             f"127.0.0.1:{bridge.sip}",
             "-key", "pcap", str(pcap), "-s", LINE, "-d", "4500",
             timeout=30,
@@ -371,7 +378,7 @@ def test_sipp_caller_to_an_echoing_sipp_desk_phone_is_heard_and_recorded(
             answered = wait_for(
                 lambda: [c for c in bridge.api("/api/v1/calls") if c["state"] == "answered"]
             )
-            assert answered, "the phone did not answer"
+            assert answered, f"the phone did not answer ({scenario})"
             status, started = bridge.request(
                 "POST", f"/api/v1/calls/{answered[0]['call_id']}/recording", {"action": "start"}
             )

@@ -41,27 +41,30 @@ from bridge.sip.bodies import (
 )
 from bridge.sip.model import Headers, SipRequest
 from tests.media.audio import tones_in
-from tests.media.peers import describe, needs_raw_socket, needs_sipp, sipp_process, tone_pcap
+from tests.media.peers import needs_raw_socket, needs_sipp
 from tests.media.rtp_peers import Phone
-from tests.sip.peers import trunk_bridge
 from tests.sip.test_anchored_media import (
     AGENT,
     AGENT_PHONE,
     CALLER,
     PROVIDER,
     Call,
+    caller_moves_and_is_heard,
+    confirm_directory,
     directory,
     invite,
     media_port,
     ok_extra,
     sdp_for,
 )
+from tests.sip.test_media_peers import sipp_caller_is_heard_by_an_echoing_phone
 
 BOUNDARY = "unique-boundary-1"
 MIXED = f"multipart/mixed;boundary={BOUNDARY}"
 # An ISUP IAM as a SIP-I trunk sends it (binary: bytes that are not text, a LF among them).
 IAM = bytes.fromhex("0100600a000207048110000a0703139155500100")
 ANM = bytes.fromhex("09000000")  # (an ISUP ANM: the answer)
+APM = bytes.fromhex("2e0000")  # (an ISUP APM: mid-call)
 OPTIONAL = "Content-Disposition: signal;handling=optional\r\n"
 SDP = (
     b"v=0\r\no=trunk 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
@@ -290,21 +293,12 @@ async def test_a_sip_i_invite_is_answered_and_both_sides_hear(bridge: InprocBrid
 async def test_a_sip_i_reinvite_is_answered_with_sdp_not_488(bridge: InprocBridge) -> None:
     call = await sip_i_call(bridge)
     try:
-        moved = Phone(g711.PCMU, 0xC2)  # the caller's media moves, the offer beside an ISUP
-        call.phones["caller"].close()
-        call.phones["caller"] = moved
-        ok = call.ok
-        reinvite = trunk_in_dialog(
-            "INVITE", 2, 1, header(ok, "To") or "", contact_uri(ok),
-            body=sip_i(sdp_for(moved, "0 101"), bytes.fromhex("2e0000")),  # ISUP APM
-        )  # fmt: skip
-        bridge.feed(as_multipart(reinvite), TRUNK)
-        sent = bridge.take()
-        [answer] = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
-        assert media_port(answer) == call.ports["caller"]
-        heard = await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
-        assert tones_in(heard["agent"], TONES) == {CALLER}
-        assert tones_in(heard["caller"], TONES) == {AGENT}
+        await caller_moves_and_is_heard(
+            call,
+            lambda sdp, to, target: as_multipart(
+                trunk_in_dialog("INVITE", 2, 1, to, target, body=sip_i(sdp, APM))
+            ),
+        )
     finally:
         call.close()
 
@@ -329,16 +323,8 @@ async def test_a_body_we_cannot_take_is_refused_and_nobody_rings(
 
 async def test_a_providers_sip_i_answer_is_taken_and_both_sides_hear(tmp_path: Path) -> None:
     """Forwarded through the trunk: the provider's 200 carries its SDP beside an ISUP ANM."""
-    data = directory()
-    data["users"].append(
-        {
-            "id": "fwd",
-            "name": "Forwarded",
-            "answer_by": "phone_number",
-            "phone_number": "+15559990000",
-        }
-    )
-    data["lines"][0]["route_to"] = {"user": "fwd"}
+    data = confirm_directory()
+    data["users"][-1]["confirm_answer"] = False  # (answered at once, no press 1)
     bridge = InprocBridge(
         data, folder=tmp_path, sip={"trunk_uri": f"sip:{PROVIDER[0]}:{PROVIDER[1]}"}
     )
@@ -393,40 +379,4 @@ def test_sipp_as_a_sip_i_trunk_is_heard_through_the_bridge(tmp_path: Path) -> No
     """SIPp on the trunk sends the multipart INVITE (tests/media/scenarios/uac_pcap_sipi.xml)
     and plays 440 Hz; the desk phone is SIPp with `-rtp_echo`. The call's recording holds the
     caller's tone on the left and the phone's echo of it on the right."""
-    from tests.sip.test_media_peers import download_wav, wait_for
-    from tests.sip.test_sipp_calls import directory as sipp_directory
-    from tests.sip.test_sipp_calls import start_phone, wait_registered
-
-    pcap = tmp_path / "caller.pcap"
-    tone_pcap(pcap, CALLER, 4.0)
-    with trunk_bridge(tmp_path, sipp_directory()) as bridge:
-        phone = start_phone(
-            tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "200", "-rtp_echo"
-        )
-        wait_registered(bridge, 1)
-        with sipp_process(
-            tmp_path,
-            "uac_pcap_sipi.xml",
-            f"127.0.0.1:{bridge.sip}",
-            "-key", "pcap", str(pcap), "-s", "+15550100", "-d", "4500",
-            timeout=30,
-        ) as caller:  # fmt: skip
-            answered = wait_for(
-                lambda: [c for c in bridge.api("/api/v1/calls") if c["state"] == "answered"]
-            )
-            assert answered, "the phone did not answer the SIP-I call"
-            status, started = bridge.request(
-                "POST", f"/api/v1/calls/{answered[0]['call_id']}/recording", {"action": "start"}
-            )
-            assert status == 200, started
-            result = caller.wait(30)
-            assert result.returncode == 0, describe(result)
-        phone.wait(timeout=20)
-        [recording] = wait_for(
-            lambda: [r for r in bridge.api("/api/v1/recordings") if r["status"] == "completed"]
-        )
-        frames = download_wav(bridge, recording["audio_url"], "admin", tmp_path / "r.wav")
-        left = g711.audioop.tomono(frames, 2, 1, 0)
-        right = g711.audioop.tomono(frames, 2, 0, 1)
-        assert tones_in(left, TONES) == {CALLER}
-        assert tones_in(right, TONES) == {CALLER}  # the echo, through the phone's leg
+    sipp_caller_is_heard_by_an_echoing_phone(tmp_path, "uac_pcap_sipi.xml")
