@@ -313,3 +313,24 @@ def test_each_snapshot_is_planned_from_its_own_contents() -> None:
         assert member(route(paused), "a").reason is Reason.PAUSED
         renamed = single_group([user("a", name=f"A{round_}"), user("b")])
         assert member(route(renamed), "a").name == f"A{round_}"
+
+
+@pytest.mark.parametrize(
+    ("dialled", "number"),
+    [
+        ("+15550100", "+15550100"),
+        ("15550100", "+15550100"),
+        ("tel:+1 555-0100", "+15550100"),
+        ("+1-555-0100", "+15550100"),
+        # A ported number's dip (RFC 4694) and other tel parameters are not digits of it.
+        ("+15550100;npdi;rn=+15559999999", "+15550100"),
+        ("+15550100;rn=+15559999999;npdi", "+15550100"),
+        ("15550100;phone-context=+1", "+15550100"),
+        ("+15550100;ext=22", "+15550100"),
+        ("anna", "anna"),
+    ],
+)
+def test_a_dialled_number_is_read_without_its_parameters(dialled: str, number: str) -> None:
+    from bridge.directory.model import normalize_number
+
+    assert normalize_number(dialled) == number

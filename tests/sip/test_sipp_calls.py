@@ -560,3 +560,21 @@ def test_dial_rules_refuse_an_international_call_with_403_and_audit_it(tmp_path:
         assert "INVITE sip:+442079460000@127.0.0.1 SIP/2.0" in (tmp_path / "pstn.msg").read_text(
             errors="replace"
         )
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["+15550100;npdi;rn=+15559999999", "+1-555-0100;npdi", "15550100;phone-context=+1"],
+)
+def test_a_ported_number_with_its_parameters_reaches_the_line(tmp_path: Path, number: str) -> None:
+    """US carriers deliver a ported number with its dip in the Request-URI's user part
+    (RFC 4694: `;npdi;rn=...`). The routing number's digits were read as part of the line's:
+    every such call was refused 404."""
+    with trunk_bridge(tmp_path, directory()) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, number=number)
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"

@@ -455,8 +455,14 @@ def _zone(name: str) -> ZoneInfo:
 
 
 def normalize_number(number: str) -> str:
-    """Accept '+15550100', '15550100' or 'tel:+1 555-0100' for a line lookup."""
-    digits = "".join(ch for ch in number if "0" <= ch <= "9")
+    """Accept '+15550100', '15550100' or 'tel:+1 555-0100' for a line lookup.
+
+    What follows a ';' is a parameter of the number, not part of it (RFC 3966 §3, also in
+    the user part of a SIP URI, RFC 3261 §19.1.6): US carriers deliver ported numbers as
+    `+15550100;npdi;rn=+15559999999`, whose routing number's digits were added to the
+    line's (a 404 for every such call)."""
+    number_part = number.split(";", 1)[0]
+    digits = "".join(ch for ch in number_part if "0" <= ch <= "9")
     return "+" + digits if digits else number
 
 
