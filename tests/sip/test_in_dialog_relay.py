@@ -213,3 +213,17 @@ async def test_a_phones_2xx_without_sdp_is_hung_up_and_not_passed_to_the_caller(
     assert [e["reason"] for e in logs if e["event"] == "sip_leg_answer_unusable"] == [reason]
     refused = [d for d, a in sent if a == TRUNK and start_line(d).startswith("SIP/2.0 4")]
     assert refused, [start_line(d) for d, _ in sent]  # the plan ended: the caller is told
+
+
+async def test_the_callers_number_is_shown_without_its_parameters(bridge: InprocBridge) -> None:
+    """An IMS trunk's From carries the calling party's category in the user part
+    (`+15551230000;cpc=ordinary`, 3GPP TS 24.229): agents and the API see the number."""
+    invite = trunk_invite(1, LINE, bridge.address).replace(
+        b"<sip:+15551230000@", b"<sip:+15551230000;cpc=ordinary@", 1
+    )
+    bridge.feed(invite, TRUNK)
+    ringing, where = only(bridge.take(), lambda d: is_request(d, "INVITE"))
+    assert where == PHONE
+    assert b"cpc=ordinary" in ringing  # the phone's leg still carries the From as it came
+    [live] = bridge.ctx.calls.all()
+    assert live.caller == "+15551230000"

@@ -437,7 +437,9 @@ class SipCalls:
             # UTF-8 from the wire is made valid here; the SIP legs carry the From as it came)
             dialled = valid_utf8(parse_uri(invite.uri).user or "")
             caller = parse_name_addr(invite.headers.get("From") or "").uri.user
-            caller = valid_utf8(caller) if caller is not None else None
+            # The number without its parameters (an IMS trunk's `+15551230000;cpc=ordinary`,
+            # RFC 3966 §3): what agents, the API and the records show as the caller.
+            caller = valid_utf8(caller.split(";", 1)[0]) if caller is not None else None
         except SipSyntaxError as exc:
             self._respond(transaction_id, _reply(invite, 400, f"Bad Request ({exc})"))
             return
