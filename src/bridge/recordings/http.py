@@ -55,6 +55,7 @@ from bridge.recordings.store import (
     MediaArchive,
     RecordingMeta,
     VoicemailMeta,
+    as_utc,
 )
 
 
@@ -392,6 +393,6 @@ def _in_utc(value: datetime | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return as_utc(value)
     except OverflowError:
         raise HTTPException(422, f"{name}: {value.isoformat()} is out of range") from None

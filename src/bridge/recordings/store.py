@@ -420,7 +420,8 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(when: datetime) -> datetime:
+def as_utc(when: datetime) -> datetime:
+    """`when` in UTC (a time without a zone is taken as UTC)."""
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
@@ -474,8 +475,8 @@ class _Index:
     ) -> list[Any]:
         """Newest first: at most `limit` items older than the id `before`, whose time
         (`when`) is in [since, until), for which `keep` holds."""
-        since = None if since is None else _utc(since)
-        until = None if until is None else _utc(until)
+        since = None if since is None else as_utc(since)
+        until = None if until is None else as_utc(until)
         found: list[Any] = []
         if limit <= 0:
             return found
@@ -702,7 +703,7 @@ class MediaArchive:
         cannot be made or written."""
         if path not in _PATHS:
             raise ValueError(f"path {path!r}: one of {', '.join(sorted(_PATHS))}")
-        now = _utc(now)
+        now = as_utc(now)
         recording_id = _new_id("RE", now)
         wav = self._folder("recordings", now) / f"{recording_id}.wav"
         meta = RecordingMeta(
@@ -740,8 +741,8 @@ class MediaArchive:
         meta = replace(
             meta,
             file=known.file,
-            started_at=_utc(meta.started_at),
-            ended_at=None if meta.ended_at is None else _utc(meta.ended_at),
+            started_at=as_utc(meta.started_at),
+            ended_at=None if meta.ended_at is None else as_utc(meta.ended_at),
             users=tuple(dict.fromkeys(meta.users)),
         )
         wav = self.root / meta.file
@@ -755,7 +756,7 @@ class MediaArchive:
             elif not wav.exists():
                 changes["size_bytes"] = 0
             if meta.ended_at is None:
-                changes["ended_at"] = _utc(self._clock())
+                changes["ended_at"] = as_utc(self._clock())
             if meta.pause_behavior is not None:
                 changes["pause_behavior"] = None
             meta = replace(meta, **changes)
@@ -846,7 +847,7 @@ class MediaArchive:
     ) -> tuple[VoicemailMeta, Path]:
         """A message's metadata (`more`: its other fields), its sidecar written and it
         indexed; its WAV's path. ArchiveError when the sidecar cannot be written."""
-        now = _utc(now)
+        now = as_utc(now)
         message_id = _new_id("VM", now)
         wav = self._folder("voicemails", now) / f"{message_id}.wav"
         vm = VoicemailMeta(
@@ -876,7 +877,7 @@ class MediaArchive:
         if known is None:
             log.error("voicemail_unknown", voicemail_id=meta.id, call_id=meta.call_id)
             return meta
-        meta = replace(meta, file=known.file, recorded_at=_utc(meta.recorded_at))
+        meta = replace(meta, file=known.file, recorded_at=as_utc(meta.recorded_at))
         wav = self.root / meta.file
         if not meta.pending:
             info = wav_info(wav)
@@ -1000,7 +1001,7 @@ class MediaArchive:
             vm = self._voicemails.by_id.get(voicemail_id)
             if vm is None:
                 return None
-            vm = replace(vm, heard_at=_utc(at) if by else None, heard_by=by)
+            vm = replace(vm, heard_at=as_utc(at) if by else None, heard_by=by)
             self._voicemails.put(vm)
             self._persist(self.root / vm.file, vm.to_record(), vm.id)
         return vm
@@ -1009,17 +1010,17 @@ class MediaArchive:
     def prune(self, before: datetime) -> tuple[int, int]:
         """Delete the recordings and voicemail messages that started before `before` (their
         WAVs and sidecars), except those still being written. Returns how many of each."""
-        cutoff = _utc(before)
+        cutoff = as_utc(before)
         with self._lock:
             recordings = [
                 m
                 for m in self._recordings.by_id.values()
-                if _utc(m.started_at) < cutoff and not m.live
+                if as_utc(m.started_at) < cutoff and not m.live
             ]
             voicemails = [
                 v
                 for v in self._voicemails.by_id.values()
-                if _utc(v.recorded_at) < cutoff and not v.pending
+                if as_utc(v.recorded_at) < cutoff and not v.pending
             ]
         removed_recordings = 0
         for meta in recordings:
