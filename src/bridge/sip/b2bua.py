@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import secrets
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,12 +69,13 @@ from bridge.sip.dialog import (
     build_cancel,
     check_session_expires,
     format_reason,
+    option_tags,
     retry_after_422,
 )
 from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_cseq, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
-from bridge.sip.model import Headers, SipRequest, SipResponse, make_response
+from bridge.sip.model import Headers, SipRequest, SipResponse, make_response, param_of
 from bridge.sip.overload_feedback import CLIENT_PARAMS as OC_CLIENT_PARAMS
 from bridge.sip.overload_feedback import PeerFeedback
 from bridge.sip.registrar import RegisterOutcome, RegistrarService
@@ -85,7 +87,7 @@ from bridge.sip.session_timers import (
 )
 from bridge.sip.sources import TrunkSource
 from bridge.sip.transaction import Address, new_branch
-from bridge.text import valid_utf8
+from bridge.text import ascii_digits, valid_utf8
 
 log = structlog.get_logger("bridge.sip.calls")
 
@@ -286,6 +288,14 @@ class SipCall:
     recording: Any = None  # the SIP supervision's record of the call's recording
     # Our 2xx to in-dialog INVITEs (re-INVITEs), re-sent until their ACK, by dialog.
     reinvite_oks: dict[object, _PendingOk] = field(default_factory=dict)
+    # RFC 3262, when the caller's INVITE requires 100rel: our provisional response re-sent
+    # until its PRACK, the last RSeq used, whether our SDP answer went in one already, and
+    # our 2xx held until that one's PRACK (§3: no 2xx before it when it carried SDP).
+    reliable_required: bool = False
+    reliable: _Reliable | None = None
+    rseq: int = 0
+    answered_early: bool = False
+    held_ok: tuple[bytes, str | None] | None = None
 
     @property
     def machine(self) -> CallMachine:
@@ -325,6 +335,18 @@ class _Timers:
 
     def cancel(self, handle: object) -> None:
         self.cancel_timer(handle)
+
+
+@dataclass(slots=True)
+class _Reliable:
+    """A reliable provisional response to the caller (RFC 3262 §3): re-sent at T1, doubling,
+    until the PRACK that names its RSeq; after 64*T1 without one the INVITE is refused."""
+
+    rseq: int
+    response: SipResponse
+    sent_at: float
+    interval: float = T1
+    timer: object | None = None
 
 
 class SipCalls:
@@ -395,6 +417,8 @@ class SipCalls:
         # accepted apps whose WebRTC handshake is under way: the runner awaits these
         self._connecting: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._by_invite: dict[str, SipCall] = {}  # caller INVITE transaction id -> call
+        # (Call-ID, our To tag) -> call, once it sent a reliable provisional: its PRACKs
+        self._early: dict[tuple[str, str], SipCall] = {}
         self._by_branch: dict[str, tuple[SipCall, _Branch]] = {}
         self._dialogs = DialogTable()
         self._dialog_calls: dict[object, SipCall] = {}  # DialogId -> call
@@ -599,6 +623,7 @@ class SipCalls:
                 caller_id=caller_id,
                 caller_answer=caller_answer,
                 anchored=anchored,
+                reliable_required="100rel" in option_tags(invite, "Require"),
             )
             if self.media is not None:
                 run.app_sdp = lambda user_id: self._app_offer(call, user_id)
@@ -639,11 +664,15 @@ class SipCalls:
                 )
                 self._refuse_now(call)
                 return
+            held, call.held_ok = call.held_ok, None
             if not call.answered:
                 call.answered = True
                 self._respond(
                     call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
                 )
+            if held is not None:  # the callee answered while our 2xx waited for the PRACK
+                self.runner.hangup(call.run, Side.CALLER)
+                return
             self.runner.caller_hangup(call.run)
 
     def _pending_relay(self, transaction_id_in: str | None) -> _Relay | None:
@@ -672,6 +701,8 @@ class SipCalls:
 
     def in_dialog(self, transaction_id: str, request: SipRequest) -> bool:
         """A request with a To tag. Returns False when it is not one of our calls' dialogs."""
+        if request.method == "PRACK":  # (in the early dialog of our reliable provisional)
+            return self._prack(transaction_id, request)
         dialog = self._dialogs.find_for_request(request)
         if dialog is None:
             return False
@@ -1647,17 +1678,10 @@ class SipCalls:
         with the engine's SDP), then the refusal itself; False when it cannot be played."""
         if self.media is None or self.prompts is None or call.caller_answer is None:
             return False
+        sdp = [("Content-Type", "application/sdp")]
+        if not self._provisional(call, 183, "Session Progress", sdp, call.caller_answer.encode()):
+            return False
         call.refusal = refusal
-        self._respond(
-            call.transaction_id,
-            self._caller_reply(
-                call,
-                183,
-                "Session Progress",
-                [("Content-Type", "application/sdp")],
-                body=call.caller_answer.encode(),
-            ),
-        )
         # a prompt that never ends (a lost caller) still gets its refusal
         call.refusal_timer = self._schedule(
             self._now() + _ANNOUNCEMENT_MAX_SECONDS, lambda: self._refuse_now(call)
@@ -2098,7 +2122,15 @@ class SipCalls:
         return call.caller_answer.encode()
 
     def _answer_caller(self, call: SipCall, body: bytes, content_type: str | None) -> None:
-        """Our 200 to the caller (re-sent until its ACK), the caller's dialog, its timer."""
+        """Our 200 to the caller (re-sent until its ACK), the caller's dialog, its timer.
+        Held while our reliable provisional with the SDP answer waits for its PRACK (RFC 3262
+        §3); once that answer was given, the 200 carries no SDP (RFC 6337 §3.1)."""
+        if call.reliable is not None and call.answered_early:
+            call.held_ok = (body, content_type)
+            return
+        described = body  # (what the caller has as our SDP, for a session refresh)
+        if call.answered_early:
+            body, content_type = b"", None
         extra: list[tuple[str, str]] = []
         if content_type:
             extra.append(("Content-Type", content_type))
@@ -2118,7 +2150,7 @@ class SipCalls:
             self._dialog_calls[dialog.id] = call
         except DialogError as exc:
             log.warning("sip_caller_dialog_failed", error=str(exc))
-        call.sdp_out[Side.CALLER] = body
+        call.sdp_out[Side.CALLER] = described
         self.sessions.arm(call, Side.CALLER)
 
     def ack(self, ack: SipRequest) -> None:
@@ -2219,10 +2251,97 @@ class SipCalls:
                 content_type = branch.answer.headers.get("Content-Type")
                 if content_type:
                     extra.append(("Content-Type", content_type))
-        self.runner.setup_done(call.run)
-        self._respond(
-            call.transaction_id, self._caller_reply(call, status, phrase, extra, body=body)
-        )
+        if self._provisional(call, status, phrase, extra, body):
+            self.runner.setup_done(call.run)
+
+    def _provisional(
+        self, call: SipCall, status: int, phrase: str, extra: list[tuple[str, str]], body: bytes
+    ) -> bool:
+        """A provisional response to the caller; reliable (RFC 3262) when its INVITE requires
+        100rel. False when none can be sent: one reliable at a time (§3), and the first must
+        hold our answer to the caller's offer (RFC 3261 §13.2.1), which only the engine has
+        before the 2xx (signalling only, or no offer to answer: the caller gets none)."""
+        if not call.reliable_required:
+            reply = self._caller_reply(call, status, phrase, extra, body=body)
+            self._respond(call.transaction_id, reply)
+            return True
+        if call.reliable is not None or call.caller_answer is None or call.answered:
+            return False
+        headers = [(name, value) for name, value in extra if name != "Content-Type"]
+        body = b""
+        if not call.answered_early:  # (later ones carry no SDP: the answer was given)
+            body = call.caller_answer.encode()
+            headers.append(("Content-Type", "application/sdp"))
+            call.answered_early = True
+        # §3: the first RSeq is random in 1..2**31-1, each next one more by exactly one
+        call.rseq = call.rseq + 1 if call.rseq else secrets.randbelow(2**31 - 1) + 1
+        headers += [("Require", "100rel"), ("RSeq", str(call.rseq))]
+        response = self._caller_reply(call, status, phrase, headers, body=body)
+        self._respond(call.transaction_id, response)
+        now = self._now()
+        call.reliable = _Reliable(call.rseq, response, now)
+        call.reliable.timer = self._schedule(now + T1, lambda: self._resend_reliable(call))
+        self._early[(call.invite.headers.get("Call-ID") or "", call.to_tag)] = call
+        return True
+
+    def _resend_reliable(self, call: SipCall) -> None:
+        reliable = call.reliable
+        if reliable is None or call.finished or self._calls.get(call.call_id) is not call:
+            return
+        reliable.timer = None
+        if call.answered:  # a final response went (a refusal, a CANCEL's 487): nothing to ack
+            call.reliable = None
+            return
+        now = self._now()
+        with call_context(call.call_id):
+            if now - reliable.sent_at >= 64 * T1:
+                # §3: no PRACK in 64*T1, the INVITE is refused with a 5xx; a call the callee
+                # answered meanwhile (its 2xx held for the PRACK) ends on that side too.
+                log.warning("sip_no_prack", waited_seconds=round(now - reliable.sent_at, 1))
+                call.reliable = None
+                held, call.held_ok = call.held_ok, None
+                call.answered = True
+                reason = [("Reason", format_reason(500, "no PRACK for a reliable provisional"))]
+                self._respond(
+                    call.transaction_id,
+                    self._caller_reply(call, 500, "Server Internal Error", reason),
+                )
+                if held is not None:
+                    self.runner.hangup(call.run, Side.CALLER)
+                else:
+                    self.runner.caller_hangup(call.run)
+                return
+            self._respond(call.transaction_id, reliable.response)
+            reliable.interval *= 2  # (§3: doubling, no T2 cap; the refusal at 64*T1 sharp)
+            due = min(now + reliable.interval, reliable.sent_at + 64 * T1)
+            reliable.timer = self._schedule(due, lambda: self._resend_reliable(call))
+
+    def _prack(self, transaction_id: str, prack: SipRequest) -> bool:
+        """The caller's PRACK (RFC 3262 §3): 200 when it names our unacknowledged reliable
+        provisional (its RSeq, the INVITE's CSeq), and the 2xx held for it goes; 481 when it
+        names nothing we wait for. False: not a call of ours."""
+        to_tag = param_of(prack.headers.get("To"), "tag") or ""
+        call = self._early.get((prack.headers.get("Call-ID") or "", to_tag))
+        if call is None or call.finished:
+            return False
+        reliable = call.reliable
+        with call_context(call.call_id):
+            if reliable is None or not _rack_names(
+                prack.headers.get("RAck"), reliable.rseq, _cseq_number(call.invite)
+            ):
+                self._respond(transaction_id, _reply(prack, 481, "Call/Transaction Does Not Exist"))
+                return True
+            if prack.body:  # an offer in a PRACK (§5): we make no answers there
+                self._respond(transaction_id, _reply(prack, 488, "Not Acceptable Here"))
+                return True
+            call.reliable = None
+            if reliable.timer is not None:
+                self._cancel_timer(reliable.timer)
+            self._respond(transaction_id, make_response(prack, 200, "OK"))
+            held, call.held_ok = call.held_ok, None
+            if held is not None and not call.answered:
+                self._answer_caller(call, *held)
+        return True
 
     def _hangup_caller(self, call: SipCall) -> None:
         if call.caller_dialog is not None:
@@ -2282,6 +2401,10 @@ class SipCalls:
         if call.ok is not None and call.ok.timer is not None:
             self._cancel_timer(call.ok.timer)
             call.ok.timer = None
+        if call.reliable is not None and call.reliable.timer is not None:
+            self._cancel_timer(call.reliable.timer)
+        call.reliable = None
+        self._early.pop((call.invite.headers.get("Call-ID") or "", call.to_tag), None)
         for pending in call.reinvite_oks.values():
             if pending.timer is not None:
                 self._cancel_timer(pending.timer)
@@ -2404,3 +2527,13 @@ def _unrelayable_answer(response: SipResponse) -> str | None:
     if kind is not None and kind.split(";")[0].strip().lower() != "application/sdp":
         return f"the 2xx body is {kind.split(';')[0].strip()[:60]}, not SDP"
     return None
+
+
+def _rack_names(rack: str | None, rseq: int, cseq: int) -> bool:
+    """Whether a PRACK's `RAck: <rseq> <cseq> INVITE` names this reliable provisional."""
+    parts = (rack or "").split()
+    return (
+        len(parts) == 3
+        and all(ascii_digits(n) and len(n) <= 20 for n in parts[:2])
+        and (int(parts[0]), int(parts[1]), parts[2]) == (rseq, cseq, "INVITE")
+    )

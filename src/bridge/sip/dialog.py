@@ -354,7 +354,9 @@ def _min_se_of(*messages: SipMessage) -> int:
     return max(values)
 
 
-def _option_tags(message: SipMessage, name: str) -> set[str]:
+def option_tags(message: SipMessage, name: str) -> set[str]:
+    """The option tags of every `name` header (Require, Supported), lower case; a malformed
+    line is skipped."""
     tags: set[str] = set()
     for line in message.headers.get_all(name):
         try:
@@ -423,7 +425,7 @@ def negotiate_session_timer(
     if (
         local_role is Role.UAC
         and asked is not None
-        and "timer" not in _option_tags(response, "Require")
+        and "timer" not in option_tags(response, "Require")
     ):
         interval, _ = parse_session_expires(asked)
         return SessionTimer(interval, Role.UAC, local_role, min_se)
@@ -461,7 +463,7 @@ def session_timer_answer(request: SipRequest, *, prefer: Role = Role.UAS) -> lis
     interval, asked = parse_session_expires(value)
     if asked is not None:
         refresher = asked
-    elif "timer" in _option_tags(request, "Supported"):
+    elif "timer" in option_tags(request, "Supported"):
         refresher = prefer
     else:
         refresher = Role.UAS

@@ -53,8 +53,8 @@ MAX_BODY_BYTES = 1024 * 1024
 
 # Methods we answer (the registrar and the B2BUA's dialog handling). Conservative on purpose:
 # a method listed in Allow is a promise to handle it: UPDATE (session refreshes, RFC 3311 /
-# 4028) and INFO are handled inside calls. PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE and
-# PUBLISH are known, so they get 405 with this list, not 501.
+# 4028), INFO and PRACK (RFC 3262) are handled inside calls. REFER, NOTIFY, SUBSCRIBE,
+# MESSAGE and PUBLISH are known, so they get 405 with this list, not 501.
 ALLOWED_METHODS: tuple[str, ...] = (
     "INVITE",
     "ACK",
@@ -64,13 +64,14 @@ ALLOWED_METHODS: tuple[str, ...] = (
     "REGISTER",
     "UPDATE",
     "INFO",
+    "PRACK",
 )
-_OTHER_KNOWN = ("PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
+_OTHER_KNOWN = ("SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 KNOWN_METHODS: frozenset[str] = frozenset((*ALLOWED_METHODS, *_OTHER_KNOWN))
 _ALLOW = (("Allow", ", ".join(ALLOWED_METHODS)),)  # with 405 and 501
-# Option tags we honour in Require. No `100rel`: we do not send reliable provisionals (PRACK
-# is not in ALLOWED_METHODS), so a Require: 100rel gets 420.
-SUPPORTED_OPTIONS: frozenset[str] = frozenset({"path", "outbound", "timer", "replaces"})
+# Option tags we honour in Require. `100rel`: a caller that requires it gets its provisional
+# responses reliably (RFC 3262, bridge.sip.b2bua `_provisional`; PRACK in ALLOWED_METHODS).
+SUPPORTED_OPTIONS: frozenset[str] = frozenset({"path", "outbound", "timer", "replaces", "100rel"})
 SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"sip", "sips", "tel"})
 
 _REASONS = {

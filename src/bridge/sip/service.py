@@ -415,7 +415,7 @@ class SipService:
                 extra=[("Reason", 'SIP;cause=480;text="calls are not routed over SIP yet"')],
             )
             endpoint.respond(event.transaction_id, response)
-        elif method in ("BYE", "CANCEL", "UPDATE", "INFO"):
+        elif method in ("BYE", "CANCEL", "UPDATE", "INFO", "PRACK"):
             # No dialog or transaction of ours matches (calls are not handled yet).
             endpoint.respond(
                 event.transaction_id,
