@@ -135,6 +135,19 @@ class Call:
         await asyncio.sleep(0.15)
         return {p: audio_of(phone.received()) for p, phone in self.phones.items()}
 
+    async def acked_and_heard(self, ok: bytes, n: int, tones: dict[str, float]) -> None:
+        """The trunk ACKs our 200 (`ok`, its call `n`); then the two parties of `tones` each
+        play their own and hear the other's, nothing else (of TONES and `tones`)."""
+        self.bridge.feed(
+            trunk_in_dialog("ACK", 1, n, header(ok, "To") or "", contact_uri(ok)), TRUNK
+        )
+        await self.bridge.settle()
+        heard = await self.talk(1.0, tones)
+        (one, one_tone), (other, other_tone) = tones.items()
+        candidates = sorted({*TONES, *tones.values()})
+        assert tones_in(heard[one], candidates) == {other_tone}, one
+        assert tones_in(heard[other], candidates) == {one_tone}, other
+
 
 async def answered_call(bridge: InprocBridge, n: int = 1) -> Call:
     call = Call(bridge)

@@ -345,11 +345,7 @@ async def test_a_providers_sip_i_answer_is_taken_and_both_sides_hear(tmp_path: P
         assert not [d for d, a in sent if is_request(d, "BYE")]
         [ok] = [d for d, a in sent if a == TRUNK and is_response(d, 200, "INVITE")]
         call.ports["caller"] = media_port(ok)
-        bridge.feed(trunk_in_dialog("ACK", 1, 5, header(ok, "To") or "", contact_uri(ok)), TRUNK)
-        await bridge.settle()
-        heard = await call.talk(1.0, {"caller": CALLER, "provider": PROVIDER_TONE})
-        assert tones_in(heard["caller"], TONES) == {PROVIDER_TONE}
-        assert tones_in(heard["provider"], TONES) == {CALLER}
+        await call.acked_and_heard(ok, 5, {"caller": CALLER, "provider": PROVIDER_TONE})
     finally:
         call.close()
         await bridge.stop()
