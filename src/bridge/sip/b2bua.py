@@ -294,7 +294,7 @@ class SipCall:
     reliable_required: bool = False
     reliable: _Reliable | None = None
     rseq: int = 0
-    answered_early: bool = False
+    answer_in_provisional: bool = False
     held_ok: tuple[bytes, str | None] | None = None
 
     @property
@@ -2125,11 +2125,11 @@ class SipCalls:
         """Our 200 to the caller (re-sent until its ACK), the caller's dialog, its timer.
         Held while our reliable provisional with the SDP answer waits for its PRACK (RFC 3262
         §3); once that answer was given, the 200 carries no SDP (RFC 6337 §3.1)."""
-        if call.reliable is not None and call.answered_early:
+        if call.reliable is not None and call.answer_in_provisional:
             call.held_ok = (body, content_type)
             return
         described = body  # (what the caller has as our SDP, for a session refresh)
-        if call.answered_early:
+        if call.answer_in_provisional:
             body, content_type = b"", None
         extra: list[tuple[str, str]] = []
         if content_type:
@@ -2269,10 +2269,10 @@ class SipCalls:
             return False
         headers = [(name, value) for name, value in extra if name != "Content-Type"]
         body = b""
-        if not call.answered_early:  # (later ones carry no SDP: the answer was given)
+        if not call.answer_in_provisional:  # (later ones carry no SDP: the answer was given)
             body = call.caller_answer.encode()
             headers.append(("Content-Type", "application/sdp"))
-            call.answered_early = True
+            call.answer_in_provisional = True
         # §3: the first RSeq is random in 1..2**31-1, each next one more by exactly one
         call.rseq = call.rseq + 1 if call.rseq else secrets.randbelow(2**31 - 1) + 1
         headers += [("Require", "100rel"), ("RSeq", str(call.rseq))]
