@@ -7,7 +7,8 @@ cannot read that is required is 415 with Accept, a body that cannot be read is 4
 
 Heard as audio: the caller plays 440 Hz, the agent's desk phone 1 kHz (the provider's phone
 1.5 kHz); an FFT of what each received says who heard whom. With real peers: SIPp as the
-SIP-I trunk playing a pcap, SIPp as the desk phone echoing it, and the call's recording.
+SIP-I trunk (requiring 100rel, as SIP-I gateways often do) playing a pcap, SIPp as the
+desk phone echoing it, and the call's recording.
 """
 
 from __future__ import annotations
@@ -371,8 +372,12 @@ async def test_signalling_only_the_phone_gets_the_callers_sdp_without_the_isup(
 
 @needs_sipp
 @needs_raw_socket
-def test_sipp_as_a_sip_i_trunk_is_heard_through_the_bridge(tmp_path: Path) -> None:
-    """SIPp on the trunk sends the multipart INVITE (tests/media/scenarios/uac_pcap_sipi.xml)
-    and plays 440 Hz; the desk phone is SIPp with `-rtp_echo`. The call's recording holds the
-    caller's tone on the left and the phone's echo of it on the right."""
-    sipp_caller_is_heard_by_an_echoing_phone(tmp_path, "uac_pcap_sipi.xml")
+def test_sipp_as_a_sip_i_trunk_requiring_100rel_is_heard_through_the_bridge(
+    tmp_path: Path,
+) -> None:
+    """SIPp on the trunk sends the multipart INVITE with `Require: 100rel`, as SIP-I gateways
+    often do (tests/media/scenarios/uac_pcap_sipi_100rel.xml): it PRACKs our reliable 180,
+    gets the 200 and plays 440 Hz; the desk phone is SIPp with `-rtp_echo`. The call's
+    recording holds the caller's tone on the left and the phone's echo of it on the right
+    (tests/sip/test_reliable_provisionals.py covers 100rel alone)."""
+    sipp_caller_is_heard_by_an_echoing_phone(tmp_path, "uac_pcap_sipi_100rel.xml")

@@ -8,8 +8,9 @@ waits for that PRACK. No PRACK in 64*T1: the INVITE is refused 500 and the phone
 signalling only there is no answer to put in a provisional before the phone's 2xx, so the
 caller gets none (RFC 3261 §13.2.1: the first reliable one must hold it).
 
-With a fake clock for the timers; the audio through the engine by tone (FFT); SIPp as the
-caller that PRACKs (tests/media/scenarios/uac_pcap_100rel.xml).
+With a fake clock for the timers; the audio through the engine by tone (FFT). SIPp as a
+SIP-I caller that requires 100rel and PRACKs: tests/sip/test_multipart_bodies.py
+(tests/media/scenarios/uac_pcap_sipi_100rel.xml).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from sim.phones.inproc import (
 from structlog.testing import capture_logs
 
 from bridge.media import g711
-from tests.media.peers import needs_raw_socket, needs_sipp
 from tests.media.rtp_peers import Phone
 from tests.sip.test_anchored_media import (
     AGENT,
@@ -49,7 +49,6 @@ from tests.sip.test_anchored_media import (
     ok_extra,
     sdp_for,
 )
-from tests.sip.test_media_peers import sipp_caller_is_heard_by_an_echoing_phone
 
 LINE = "+15550100"
 PHONE = ("127.0.0.1", 20001)
@@ -245,11 +244,3 @@ async def test_a_reliable_ringing_call_is_heard_both_ways(tmp_path: Path) -> Non
     finally:
         call.close()
         await bridge.stop()
-
-
-@needs_sipp
-@needs_raw_socket
-def test_sipp_requiring_100rel_pracks_and_is_heard(tmp_path: Path) -> None:
-    """SIPp as a caller that requires 100rel: it PRACKs our reliable 180 (its RSeq read from
-    the message), gets the 200, plays 440 Hz; the echoing desk phone's leg is recorded."""
-    sipp_caller_is_heard_by_an_echoing_phone(tmp_path, "uac_pcap_100rel.xml")
