@@ -244,3 +244,18 @@ async def test_a_reliable_ringing_call_is_heard_both_ways(tmp_path: Path) -> Non
     finally:
         call.close()
         await bridge.stop()
+
+
+async def test_a_prack_of_no_call_or_without_rack_is_481(bridge: InprocBridge) -> None:
+    stray = trunk_in_dialog("PRACK", 2, 7, "<sip:x@y>;tag=nobody", "sip:bridge@127.0.0.1")
+    bridge.feed(stray, TRUNK)  # no call of ours (the To tag names none)
+    assert [start_line(d) for d, _ in bridge.take()] == [
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    ]
+    _, sent = ring(bridge)
+    [ringing] = to_trunk(sent, 180)
+    no_rack = prack(ringing).replace(b"RAck: ", b"X-Not-RAck: ")
+    bridge.feed(no_rack, TRUNK)
+    assert [start_line(d) for d, _ in bridge.take()] == [
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    ]
