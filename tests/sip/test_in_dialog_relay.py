@@ -195,8 +195,8 @@ async def test_the_other_sides_refusal_comes_back_as_it_is(
 async def test_a_phones_2xx_without_sdp_is_hung_up_and_not_passed_to_the_caller(
     bridge: InprocBridge, extra: bytes, body: bytes, reason: str
 ) -> None:
-    """End to end the caller gets the phone's SDP: a 2xx without it (we send no reliable
-    provisionals, so it had nowhere else to be) would leave the caller with an answer it
+    """End to end the caller gets the phone's SDP: a 2xx without it (our INVITE offered no
+    100rel, so it had nowhere else to be) would leave the caller with an answer it
     cannot use, a silent call. The phone's leg is ACKed and hung up as a 488, and the call
     goes on to its next step (here: nobody else, the caller is refused)."""
     from structlog.testing import capture_logs

@@ -75,7 +75,14 @@ from bridge.sip.dialog import (
 from bridge.sip.digest import authorize, challenge_header
 from bridge.sip.grammar import SipSyntaxError, parse_cseq, parse_name_addr, parse_uri
 from bridge.sip.ids import random_hex
-from bridge.sip.model import Headers, SipRequest, SipResponse, make_response, param_of
+from bridge.sip.model import (
+    Headers,
+    SipRequest,
+    SipResponse,
+    make_response,
+    media_type,
+    param_of,
+)
 from bridge.sip.overload_feedback import CLIENT_PARAMS as OC_CLIENT_PARAMS
 from bridge.sip.overload_feedback import PeerFeedback
 from bridge.sip.registrar import RegisterOutcome, RegistrarService
@@ -1526,8 +1533,8 @@ class SipCalls:
                     self._answer_unusable(call, branch, exc.reason)
                     return
             else:
-                # End to end, the caller gets this body. We send no reliable provisionals
-                # (no 100rel), so a 2xx to our INVITE must hold the SDP (RFC 3261 §13.2.1):
+                # End to end, the caller gets this body. Our INVITEs offer no 100rel, so no
+                # reliable provisional can have held the SDP: the 2xx must (RFC 3261 §13.2.1),
                 # the answer to the caller's offer, or the offer of an offerless INVITE.
                 problem = _unrelayable_answer(response)
                 if problem is not None:
@@ -2281,7 +2288,7 @@ class SipCalls:
         now = self._now()
         call.reliable = _Reliable(call.rseq, response, now)
         call.reliable.timer = self._schedule(now + T1, lambda: self._resend_reliable(call))
-        self._early[(call.invite.headers.get("Call-ID") or "", call.to_tag)] = call
+        self._early[_early_key(call)] = call
         return True
 
     def _resend_reliable(self, call: SipCall) -> None:
@@ -2404,7 +2411,7 @@ class SipCalls:
         if call.reliable is not None and call.reliable.timer is not None:
             self._cancel_timer(call.reliable.timer)
         call.reliable = None
-        self._early.pop((call.invite.headers.get("Call-ID") or "", call.to_tag), None)
+        self._early.pop(_early_key(call), None)
         for pending in call.reinvite_oks.values():
             if pending.timer is not None:
                 self._cancel_timer(pending.timer)
@@ -2482,7 +2489,7 @@ def _cseq_number(message: SipRequest) -> int:
 def _info_digit(request: SipRequest) -> str | None:
     """The key of an INFO carrying DTMF (`application/dtmf-relay`: `Signal=1`, or
     `application/dtmf`: the key alone), else None."""
-    kind = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    kind = media_type(request.headers.get("Content-Type") or "")
     body = request.body.decode("ascii", "replace")
     if kind == "application/dtmf-relay":
         found = _DTMF_RELAY.search(body)
@@ -2523,9 +2530,9 @@ def _unrelayable_answer(response: SipResponse) -> str | None:
     """Why a 2xx to our INVITE cannot be passed to the caller as its SDP, or None."""
     if not response.body:
         return "the 2xx holds no SDP"
-    kind = response.headers.get("Content-Type")
-    if kind is not None and kind.split(";")[0].strip().lower() != "application/sdp":
-        return f"the 2xx body is {kind.split(';')[0].strip()[:60]}, not SDP"
+    kind = media_type(response.headers.get("Content-Type") or "application/sdp")
+    if kind != "application/sdp":
+        return f"the 2xx body is {kind[:60]}, not SDP"
     return None
 
 
@@ -2537,3 +2544,8 @@ def _rack_names(rack: str | None, rseq: int, cseq: int) -> bool:
         and all(ascii_digits(n) and len(n) <= 20 for n in parts[:2])
         and (int(parts[0]), int(parts[1]), parts[2]) == (rseq, cseq, "INVITE")
     )
+
+
+def _early_key(call: SipCall) -> tuple[str, str]:
+    """How a PRACK finds the call of our reliable provisional: its Call-ID and our To tag."""
+    return (call.invite.headers.get("Call-ID") or "", call.to_tag)

@@ -26,7 +26,7 @@ from email.errors import NoBoundaryInMultipartDefect, StartBoundaryNotFoundDefec
 from email.message import Message
 from email.parser import BytesParser
 
-from bridge.sip.model import SipMessage
+from bridge.sip.model import SipMessage, media_type
 
 SDP = "application/sdp"
 # What a 415 says we read (RFC 3261 §21.4.13: Accept lists what the UAS understands).
@@ -51,7 +51,7 @@ class BodyRefusal:
 
 
 def is_multipart(content_type: str) -> bool:
-    return content_type.lstrip()[:10].lower() == "multipart/"
+    return media_type(content_type).startswith("multipart/")
 
 
 def session_description(content_type: str, body: bytes) -> bytes | BodyRefusal:

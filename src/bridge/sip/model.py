@@ -87,6 +87,11 @@ _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 4096
 
 
+def media_type(content_type: str) -> str:
+    """The `type/subtype` of a Content-Type value, lower case, without its parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def canonical_name(name: str) -> str:
     """'v' -> 'Via', 'call-id' -> 'Call-ID', 'X-Custom' stays 'X-Custom'."""
     canonical = _NAME_CACHE.get(name)

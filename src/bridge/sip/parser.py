@@ -44,6 +44,7 @@ from bridge.sip.model import (
     SipResponse,
     canonical_name,
     make_response,
+    media_type,
     split_comma_values,
 )
 from bridge.text import ascii_digits
@@ -598,7 +599,7 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
         # multipart bodies (SDP beside ISUP, from SIP-I trunks) go on: the service takes
         # their SDP part (bridge.sip.bodies, RFC 5621), or answers 415/400 for what it
         # cannot take; a missing Content-Type is taken as SDP (RFC 2543 peers).
-        kind = (first.get("Content-Type") or "application/sdp").split(";")[0].strip().lower()
+        kind = media_type(first.get("Content-Type") or "application/sdp")
         # RFC 3261 §20.15: m-type SLASH m-subtype, both tokens; not a type at all: a bad header
         m_type, slash, m_subtype = kind.partition("/")
         if not (slash and is_token(m_type) and is_token(m_subtype)):
