@@ -424,8 +424,12 @@ class SipCalls:
         # accepted apps whose WebRTC handshake is under way: the runner awaits these
         self._connecting: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._by_invite: dict[str, SipCall] = {}  # caller INVITE transaction id -> call
-        # (Call-ID, our To tag) -> call, once it sent a reliable provisional: its PRACKs
+        # (Call-ID, our To tag) -> call, until it ends: a PRACK, or the caller's BYE, in the
+        # early dialog of our provisional responses
         self._early: dict[tuple[str, str], SipCall] = {}
+        # (Call-ID, From tag, CSeq) of each caller's INVITE -> call: a copy of it that came
+        # another way (another branch) is a merged request (RFC 3261 §8.2.2.2)
+        self._origins: dict[tuple[str, str, int], SipCall] = {}
         self._by_branch: dict[str, tuple[SipCall, _Branch]] = {}
         self._dialogs = DialogTable()
         self._dialog_calls: dict[object, SipCall] = {}  # DialogId -> call
@@ -463,6 +467,15 @@ class SipCalls:
     ) -> None:
         """An INVITE that opens a call (no To tag): from the trunk to a line, or from an
         authenticated desk phone to an extension or a number."""
+        merged = self._origins.get(_origin(invite))
+        if merged is not None and merged.transaction_id != transaction_id:
+            # RFC 3261 §8.2.2.2: the same INVITE again on another branch (forked to us by
+            # two paths, or re-sent by a proxy that failed over) is not a second call: the
+            # agents would ring twice for one caller.
+            with call_context(merged.call_id):
+                log.info("sip_merged_request", transaction=transaction_id)
+            self._respond(transaction_id, _reply(invite, 482, "Loop Detected"))
+            return
         try:
             # (for routing, the runner, the API, the apps, the records: text that is not
             # UTF-8 from the wire is made valid here; the SIP legs carry the From as it came)
@@ -638,6 +651,8 @@ class SipCalls:
                 run.app_sdp = lambda user_id: self._relayed_app_offer(call, user_id)
             self._calls[call_id] = call
             self._by_invite[transaction_id] = call
+            self._early[_early_key(call)] = call
+            self._origins[_origin(invite)] = call
             log.info(
                 "sip_call_in",
                 line=run.plan.line,
@@ -664,23 +679,24 @@ class SipCalls:
             return
         self._respond(transaction_id, _reply(cancel, 200, "OK"))
         with call_context(call.call_id):
-            if call.refusal is not None:  # gone while its refusal's prompt played
-                call.refusal = None
-                self._respond(
-                    call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
-                )
-                self._refuse_now(call)
-                return
-            held, call.held_ok = call.held_ok, None
-            if not call.answered:
-                call.answered = True
-                self._respond(
-                    call.transaction_id, self._caller_reply(call, 487, "Request Terminated")
-                )
-            if held is not None:  # the callee answered while our 2xx waited for the PRACK
-                self.runner.hangup(call.run, Side.CALLER)
-                return
-            self.runner.caller_hangup(call.run)
+            self._caller_left(call)
+
+    def _caller_left(self, call: SipCall) -> None:
+        """The caller gave up before our 2xx (a CANCEL, or a BYE in the early dialog): 487 to
+        its INVITE if still unanswered, and the call ends."""
+        if call.refusal is not None:  # gone while its refusal's prompt played
+            call.refusal = None
+            self._respond(call.transaction_id, self._caller_reply(call, 487, "Request Terminated"))
+            self._refuse_now(call)
+            return
+        held, call.held_ok = call.held_ok, None
+        if not call.answered:
+            call.answered = True
+            self._respond(call.transaction_id, self._caller_reply(call, 487, "Request Terminated"))
+        if held is not None:  # the callee answered while our 2xx waited for the PRACK
+            self.runner.hangup(call.run, Side.CALLER)
+            return
+        self.runner.caller_hangup(call.run)
 
     def _pending_relay(self, transaction_id_in: str | None) -> _Relay | None:
         """The re-INVITE relayed for this incoming transaction, while unanswered."""
@@ -712,7 +728,7 @@ class SipCalls:
             return self._prack(transaction_id, request)
         dialog = self._dialogs.find_for_request(request)
         if dialog is None:
-            return False
+            return request.method == "BYE" and self._early_bye(transaction_id, request)
         call = self._dialog_calls.get(dialog.id)
         verdict = dialog.receive_request(request)
         if verdict.response is not None:
@@ -2288,7 +2304,6 @@ class SipCalls:
         now = self._now()
         call.reliable = _Reliable(call.rseq, response, now)
         call.reliable.timer = self._schedule(now + T1, lambda: self._resend_reliable(call))
-        self._early[_early_key(call)] = call
         return True
 
     def _resend_reliable(self, call: SipCall) -> None:
@@ -2348,6 +2363,28 @@ class SipCalls:
             held, call.held_ok = call.held_ok, None
             if held is not None and not call.answered:
                 self._answer_caller(call, *held)
+        return True
+
+    def _early_bye(self, transaction_id: str, bye: SipRequest) -> bool:
+        """The caller's BYE before our 2xx, in the early dialog of our provisional response
+        (RFC 3261 §15: a caller may end an early dialog so; some gateways do instead of a
+        CANCEL): 200 to it, 487 to its INVITE (§15.1.2), and the call ends as on a CANCEL.
+        Before, it was answered 481 and the agents went on ringing for nobody. False: no
+        early dialog of ours (the caller gets 481)."""
+        to_tag = param_of(bye.headers.get("To"), "tag") or ""
+        call = self._early.get((bye.headers.get("Call-ID") or "", to_tag))
+        if (
+            call is None
+            or call.finished
+            or (call.answered and call.held_ok is None)  # (its final response went)
+            or param_of(bye.headers.get("From"), "tag")
+            != param_of(call.invite.headers.get("From"), "tag")
+        ):
+            return False
+        self._respond(transaction_id, _reply(bye, 200, "OK"))
+        with call_context(call.call_id):
+            log.info("sip_call_bye", side=Side.CALLER.value, early=True)
+            self._caller_left(call)
         return True
 
     def _hangup_caller(self, call: SipCall) -> None:
@@ -2412,6 +2449,8 @@ class SipCalls:
             self._cancel_timer(call.reliable.timer)
         call.reliable = None
         self._early.pop(_early_key(call), None)
+        if self._origins.get(origin := _origin(call.invite)) is call:
+            del self._origins[origin]
         for pending in call.reinvite_oks.values():
             if pending.timer is not None:
                 self._cancel_timer(pending.timer)
@@ -2547,5 +2586,14 @@ def _rack_names(rack: str | None, rseq: int, cseq: int) -> bool:
 
 
 def _early_key(call: SipCall) -> tuple[str, str]:
-    """How a PRACK finds the call of our reliable provisional: its Call-ID and our To tag."""
+    """How a PRACK or an early BYE finds its call: the Call-ID and our To tag."""
     return (call.invite.headers.get("Call-ID") or "", call.to_tag)
+
+
+def _origin(invite: SipRequest) -> tuple[str, str, int]:
+    """What a merged copy of a caller's INVITE has in common with it (RFC 3261 §8.2.2.2)."""
+    return (
+        invite.headers.get("Call-ID") or "",
+        param_of(invite.headers.get("From"), "tag") or "",
+        _cseq_number(invite),
+    )

@@ -1,0 +1,222 @@
+"""Two ways a caller's requests reach us that are not what a plain call sends.
+
+- **A BYE in the early dialog** (RFC 3261 §15: "the caller's UA MAY send a BYE for either
+  confirmed or early dialogs"; some gateways hang up a ringing call so instead of with a
+  CANCEL). It was answered 481 and the phones went on ringing for a caller who had gone: an
+  agent picking up got silence. Now: 200 to the BYE, 487 to the INVITE (§15.1.2), the phones
+  CANCELled, the call recorded as the caller's hang-up.
+- **A merged request** (§8.2.2.2): the same INVITE (Call-ID, From tag, CSeq) again on another
+  branch, as when a trunk's INVITE reaches us by two paths or a proxy fails over and re-sends
+  it. It became a second call, and the agents were rung twice for one caller. Now: 482.
+
+In process with a fake clock, and with SIPp as the trunk against the daemon
+(tests/sip/scenarios/trunk_early_bye.xml, trunk_merged.xml).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sim.phones.inproc import (
+    SDP,
+    TRUNK,
+    InprocBridge,
+    contact_uri,
+    header,
+    is_request,
+    is_response,
+    one_desk_phone_directory,
+    respond,
+    trunk_in_dialog,
+    trunk_invite,
+)
+from structlog.testing import capture_logs
+
+from tests.sip.peers import needs_sipp
+from tests.sip.test_reliable_provisionals import prack
+from tests.sip.test_sipp_calls import directory, run_trunk, start_phone, trace, wait_registered
+
+LINE = "+15550100"
+PHONE = ("127.0.0.1", 20001)
+RINGING = b"Contact: <sip:201@127.0.0.1:20001>"
+ANSWER = b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: application/sdp"
+
+Sent = list[tuple[bytes, tuple[str, int]]]
+
+
+@pytest.fixture
+async def bridge() -> AsyncIterator[InprocBridge]:
+    bridge = InprocBridge(
+        one_desk_phone_directory(LINE), sip={"session_expires": 0}, media={"engine": "none"}
+    )
+    await bridge.start(fake_time=True)
+    assert bridge.register_phone("201", "pw-201", PHONE[1])
+    try:
+        yield bridge
+    finally:
+        await bridge.stop()
+
+
+def ring(bridge: InprocBridge, n: int = 1, extra: str = "") -> tuple[bytes, bytes]:
+    """The trunk's INVITE; the phone rings. The phone's INVITE and the trunk's 18x."""
+    bridge.feed(trunk_invite(n, LINE, bridge.address, extra), TRUNK)
+    [leg] = [d for d, a in bridge.take() if a == PHONE and is_request(d, "INVITE")]
+    bridge.feed(respond(leg, "180 Ringing", b"ph1", RINGING), PHONE)
+    [ringing] = [d for d, a in bridge.take() if a == TRUNK and is_response(d, 180, "INVITE")]
+    return leg, ringing
+
+
+def early_bye(ringing: bytes, n: int = 1, cseq: int = 2) -> bytes:
+    """The trunk's BYE in the early dialog of our 180 (its To tag)."""
+    return trunk_in_dialog("BYE", cseq, n, header(ringing, "To") or "", contact_uri(ringing))
+
+
+def live(bridge: InprocBridge) -> int:
+    """Calls the B2BUA holds."""
+    assert bridge.ctx.sip is not None and bridge.ctx.sip.calls is not None
+    return len(bridge.ctx.sip.calls)
+
+
+def to(sent: Sent, where: tuple[str, int]) -> list[bytes]:
+    return [d for d, a in sent if a == where]
+
+
+async def test_an_early_bye_ends_the_ringing_call(bridge: InprocBridge) -> None:
+    leg, ringing = ring(bridge)
+    with capture_logs() as logs:
+        bridge.feed(early_bye(ringing), TRUNK)
+        sent = bridge.take()
+    trunk = to(sent, TRUNK)
+    assert [d for d in trunk if is_response(d, 200, "BYE")]
+    [terminated] = [d for d in trunk if is_response(d, 487, "INVITE")]
+    assert header(terminated, "To") == header(ringing, "To")  # the same early dialog
+    [cancel] = [d for d in to(sent, PHONE) if is_request(d, "CANCEL")]
+    assert header(cancel, "Call-ID") == header(leg, "Call-ID")
+    [ended] = [e for e in logs if e["event"] == "sip_call_ended"]
+    assert ended["outcome"] == "caller_cancelled"
+    assert live(bridge) == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda bye: bye.replace(b"tag=trunk1", b"tag=someone"), id="other-from-tag"),
+        pytest.param(lambda bye: bye.replace(b";tag=", b";tag=x"), id="other-to-tag"),
+        pytest.param(lambda bye: bye.replace(b"call-1@", b"call-9@"), id="other-call-id"),
+    ],
+)
+async def test_a_bye_of_no_early_dialog_of_ours_is_481_and_the_phone_rings_on(
+    bridge: InprocBridge, change: object
+) -> None:
+    _, ringing = ring(bridge)
+    assert callable(change)
+    bridge.feed(change(early_bye(ringing)), TRUNK)
+    sent = bridge.take()
+    assert [d for d in to(sent, TRUNK) if is_response(d, 481, "BYE")]
+    assert not [d for d, _ in sent if is_response(d, 487) or is_request(d, "CANCEL")]
+    assert live(bridge) == 1
+
+
+async def test_a_bye_after_the_call_was_refused_is_481(bridge: InprocBridge) -> None:
+    leg, ringing = ring(bridge)
+    bridge.feed(respond(leg, "486 Busy Here", b"ph1"), PHONE)
+    sent = await bridge.advance(1.0, step=0.25)  # (the only phone is busy: the caller is told)
+    assert [d for d in to(sent, TRUNK) if is_response(d, 480, "INVITE")]
+    bridge.feed(early_bye(ringing), TRUNK)
+    assert [d for d in to(bridge.take(), TRUNK) if is_response(d, 481, "BYE")]
+
+
+async def test_an_early_bye_while_our_2xx_waits_for_a_prack_hangs_up_the_phone() -> None:
+    """The phone answered, our 200 waits for the caller's PRACK (RFC 3262), and the caller
+    sends a BYE instead: the phone that answered gets a BYE, the caller a 487."""
+    bridge = InprocBridge(one_desk_phone_directory(LINE), sip={"session_expires": 0})
+    await bridge.start(fake_time=True)
+    try:
+        assert bridge.register_phone("201", "pw-201", PHONE[1])
+        leg, ringing = ring(bridge, extra="Require: 100rel")
+        bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+        sent = bridge.take()
+        assert not [d for d in to(sent, TRUNK) if is_response(d, 200, "INVITE")]  # held
+        bridge.feed(early_bye(ringing), TRUNK)
+        sent = bridge.take()
+        assert [d for d in to(sent, TRUNK) if is_response(d, 200, "BYE")]
+        assert [d for d in to(sent, TRUNK) if is_response(d, 487, "INVITE")]
+        assert [d for d in to(sent, PHONE) if is_request(d, "BYE")]
+        # and the PRACK that comes late names nothing we wait for
+        bridge.feed(prack(ringing, cseq=3), TRUNK)
+        assert [d for d in to(bridge.take(), TRUNK) if is_response(d, 481, "PRACK")]
+    finally:
+        await bridge.stop()
+
+
+async def test_a_merged_copy_of_the_invite_is_482_and_rings_nobody(bridge: InprocBridge) -> None:
+    invite = trunk_invite(1, LINE, bridge.address)
+    bridge.feed(invite, TRUNK)
+    [leg] = [d for d, a in bridge.take() if a == PHONE and is_request(d, "INVITE")]
+    with capture_logs() as logs:
+        bridge.feed(invite.replace(b"branch=z9hG4bK-t1", b"branch=z9hG4bK-t1-path2"), TRUNK)
+        sent = bridge.take()
+    [refused] = [d for d in to(sent, TRUNK) if is_response(d, 482, "INVITE")]
+    assert "z9hG4bK-t1-path2" in (header(refused, "Via") or "")
+    assert not to(sent, PHONE)  # not rung twice
+    assert [e for e in logs if e["event"] == "sip_merged_request"]
+    assert live(bridge) == 1
+    # The same INVITE on its own branch is a retransmission, not a merged request.
+    bridge.feed(invite, TRUNK)
+    assert not [d for d, _ in bridge.take() if is_response(d, 482)]
+    # The first call goes on: answered and bridged.
+    bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+    assert [d for d in to(bridge.take(), TRUNK) if is_response(d, 200, "INVITE")]
+
+
+async def test_an_invite_with_the_same_call_id_and_another_from_tag_is_a_call(
+    bridge: InprocBridge,
+) -> None:
+    """Only the same Call-ID, From tag and CSeq make a merged request: another caller's
+    INVITE that happens to share a Call-ID is a call of its own."""
+    bridge.feed(trunk_invite(1, LINE, bridge.address), TRUNK)
+    bridge.take()
+    other = trunk_invite(2, LINE, bridge.address).replace(b"call-2@", b"call-1@")
+    bridge.feed(other, TRUNK)
+    assert not [d for d, _ in bridge.take() if is_response(d, 482)]
+    assert live(bridge) == 2
+
+
+@needs_sipp
+def test_sipp_trunk_hangs_up_with_an_early_bye(tmp_path: Path) -> None:
+    from tests.sip.peers import trunk_bridge
+
+    with trunk_bridge(tmp_path, directory()) as bridge:
+        anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
+        ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
+        wait_registered(bridge, 2)
+        trunk = run_trunk(tmp_path, bridge, "-d", "500", scenario="trunk_early_bye.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0 and ben.wait(timeout=30) == 0
+        for user in ("301", "302"):
+            assert "CANCEL sip:" in trace(tmp_path, "phone_ring_cancelled.xml", user)
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "caller_cancelled"
+
+
+@needs_sipp
+def test_sipp_trunk_sends_its_invite_twice_on_two_branches(tmp_path: Path) -> None:
+    from tests.sip.peers import trunk_bridge
+
+    group = directory()
+    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    with trunk_bridge(tmp_path, group) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1000")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_merged.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        bridge.wait_events("sip_call_ended")
+        events = bridge.log_events()
+        assert len([e for e in events if e.get("event") == "sip_call_in"]) == 1
+        assert len([e for e in events if e.get("event") == "sip_merged_request"]) == 1
+        assert trace(tmp_path, "phone_answer.xml", "301").count("INVITE sip:") == 1
+        [ended] = [e for e in events if e.get("event") == "sip_call_ended"]
+        assert ended["outcome"] == "answered"
