@@ -416,6 +416,25 @@ async def test_reinvites_keep_or_rekey_the_sessions(engine: EmbeddedMedia) -> No
     )
 
 
+@pytest.mark.parametrize(
+    ("proto", "policy", "srtp"),
+    [("RTP/SAVP", "off", True), ("RTP/AVP", "optional", True), ("RTP/AVP", "off", False)],
+)
+async def test_a_new_offer_to_a_live_leg_keeps_its_srtp(
+    engine: EmbeddedMedia, proto: str, policy: str, srtp: bool
+) -> None:
+    """`offer_again` (the 2xx of an offerless re-INVITE) offers what the leg speaks now: its
+    profile, and our key on an SDES leg; sendrecv; the codec in use first."""
+    first = engine.answer("c1", "caller", phone_offer(proto, GOOD), srtp=policy)
+    offer = engine.offer_again("c1", "caller")
+    assert offer is not None
+    assert media_of(offer)[1] == proto
+    assert crypto_of(offer) == (crypto_of(first) if srtp else None)
+    assert "a=sendrecv" in offer
+    assert engine.offer_again("c1", "nobody") is None
+    assert engine.offer_again("c9", "caller") is None
+
+
 # -- audio -------------------------------------------------------------------------------------
 class Peer:
     """A phone on a loopback socket with its own RTP (tests.media.peers) and, when `suite` is

@@ -120,7 +120,8 @@ class Call:
         self.bridge = bridge
         self.phones: dict[str, Phone] = {}
         self.ports: dict[str, int] = {}
-        self.ok = b""
+        self.ok = b""  # our 200 to the trunk
+        self.leg = b""  # our INVITE to the agent's phone
 
     def close(self) -> None:
         for phone in self.phones.values():
@@ -167,7 +168,7 @@ async def answered_call(bridge: InprocBridge, n: int = 1) -> Call:
     answer = body_of(ok).decode()
     assert "o=peer" not in answer  # the caller never sees the phone's SDP
     call.ports["caller"] = media_port(ok)
-    call.ok = ok
+    call.ok, call.leg = ok, leg
     bridge.feed(trunk_in_dialog("ACK", 1, n, header(ok, "To") or "", contact_uri(ok)), TRUNK)
     await bridge.settle()
     return call

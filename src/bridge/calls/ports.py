@@ -322,6 +322,14 @@ class MediaPort(Protocol):
         """What we last sent that leg (a session refresh repeats it)."""
         ...
 
+    def offer_again(self, call_id: str, leg: str) -> str | None:
+        """A new offer to a SIP leg already in the call, for the 2xx of its re-INVITE without
+        SDP (RFC 3261 §14.2); its answer comes in the ACK (`accept`). Sendrecv whatever the
+        last exchange said, the codec in use first, the leg's SRTP as it is: a phone or a PBX
+        that held the call resumes it so. None: no such leg, or one that is not a plain SIP
+        leg (the last SDP is repeated then)."""
+        ...
+
     # topology
     def bridge(self, call_id: str, a: str, b: str) -> None:
         """Legs `a` (the caller) and `b` (the answered leg) hear each other."""

@@ -432,6 +432,17 @@ class EmbeddedMedia:
         entry = call.legs.get(leg) if call is not None else None
         return entry.local if entry is not None else None
 
+    def offer_again(self, call_id: str, leg: str) -> str | None:
+        call = self._calls.get(call_id)
+        entry = call.legs.get(leg) if call is not None else None
+        if entry is None or entry.webrtc is not None or entry.negotiated is None:
+            return None
+        # (the leg's SRTP as negotiated: its stream's profile, and whether SDES keys it)
+        srtp = "off"
+        if entry.sdes is not None and entry.endpoint.srtp is not None:
+            srtp = "required" if entry.negotiated.proto == RTP_SAVP else "optional"
+        return self.offer(call_id, leg, like=leg, srtp=srtp)
+
     def bridge(self, call_id: str, a: str, b: str) -> None:
         call = self._call(call_id)
         for name in (a, b):

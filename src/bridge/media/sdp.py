@@ -333,6 +333,7 @@ class Negotiated:
     ptime: int | None  # the packet time the peer asked for
     direction: str  # the bridge's direction in the answer
     rtcp_mux: bool  # the peer offered rtcp-mux (answered, so its RTCP comes on the RTP port)
+    proto: str = RTP_AVP  # the stream's profile (RTP/SAVP: SRTP keyed by SDES)
 
     @property
     def sends(self) -> bool:
@@ -406,6 +407,7 @@ def negotiate(
             ptime=media.ptime,
             direction=answer_direction(offered),
             rtcp_mux=media.rtcp_mux,
+            proto=media.proto,
         )
     return None
 

@@ -327,6 +327,7 @@ class _PendingOk:
     sent_at: float
     interval: float = T1
     timer: object | None = None
+    offer_to: str | None = None  # the leg our 2xx made an offer to: its ACK holds the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,9 +877,11 @@ class SipCalls:
     ) -> None:
         """A re-INVITE or UPDATE on an anchored call is the engine's business alone (the other
         side never sees it): a new offer gets the engine's answer (hold, a new address), one
-        without SDP gets what we last sent that leg."""
+        without SDP a new offer, sendrecv (`offer_again`), whose answer comes in the ACK. It
+        got what we last sent that leg: after a hold that was `recvonly`, and a PBX that
+        resumes with an offerless re-INVITE (Cisco's do) was never sent the agent's voice."""
         assert self.media is not None
-        body = b""
+        body, offered = b"", False
         if request.body:
             try:
                 body = self.media.answer(
@@ -895,8 +898,13 @@ class SipCalls:
                 self._respond(transaction_id, response)
                 return
         elif request.method == "INVITE":
-            body = (self.media.local_sdp(call.call_id, leg) or "").encode()
+            offer = self.media.offer_again(call.call_id, leg)
+            offered = offer is not None
+            body = (offer or self.media.local_sdp(call.call_id, leg) or "").encode()
         self._local_answer(call, dialog, transaction_id, request, body)
+        pending = call.reinvite_oks.get(dialog.id)
+        if offered and pending is not None:
+            pending.offer_to = leg
 
     async def _answer_relayed(
         self, call: SipCall, leg: str, dialog: Dialog, transaction_id: str, request: SipRequest
@@ -2183,7 +2191,12 @@ class SipCalls:
         if dialog is None or call is None:
             return
         dialog.receive_request(ack)
-        if dialog is call.caller_dialog and ack.body and self.media is not None:
+        if (
+            dialog is call.caller_dialog
+            and ack.body
+            and self.media is not None
+            and _cseq_number(ack) == _cseq_number(call.invite)
+        ):
             # the answer to the offer of our 2xx (the caller's INVITE had no SDP)
             try:
                 self.media.accept(call.call_id, CALLER_LEG, ack.body.decode("utf-8", "replace"))
@@ -2198,6 +2211,26 @@ class SipCalls:
             del call.reinvite_oks[dialog.id]
             if pending.timer is not None:
                 self._cancel_timer(pending.timer)
+            if pending.offer_to is not None and self.media is not None:
+                self._reoffer_answered(call, dialog, pending.offer_to, ack)
+
+    def _reoffer_answered(self, call: SipCall, dialog: Dialog, leg: str, ack: SipRequest) -> None:
+        """The ACK of our 2xx that offered (to an offerless re-INVITE) holds the answer (RFC
+        3261 §13.2.1). Without one, or with one we cannot use, the leg stays as it was: the
+        session goes on as before the re-INVITE."""
+        assert self.media is not None
+        if not ack.body:
+            log.info("sip_reoffer_unanswered", leg=leg)
+            return
+        try:
+            self.media.accept(
+                call.call_id,
+                leg,
+                ack.body.decode("utf-8", "replace"),
+                source=address_of(str(dialog.remote_target), call.source)[0],
+            )
+        except MediaError as exc:
+            log.warning("sip_reoffer_answer_unusable", leg=leg, reason=exc.reason)
 
     def _await_reinvite_ack(
         self,
