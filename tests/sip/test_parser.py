@@ -368,6 +368,12 @@ def test_require() -> None:
     supported = ", ".join(sorted(SUPPORTED_OPTIONS))
     assert status_of(request_with(f"Require: {supported}\r\n")) is None
     assert "100rel" in SUPPORTED_OPTIONS  # (RFC 3262: tests/sip/test_reliable_provisionals.py)
+    # RFC 3891: no call is replaced here, so an INVITE that requires it must not be taken
+    problem = validate_request(
+        request_with("Require: replaces\r\nReplaces: a@b;to-tag=1;from-tag=2\r\n")
+    )
+    assert problem is not None and problem.status == 420
+    assert dict(problem.headers) == {"Unsupported": "replaces"}
     problem = validate_request(
         request_with("Require: Timer, 100REL, precondition\r\nRequire: foo\r\n")
     )

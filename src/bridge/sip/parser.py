@@ -72,7 +72,9 @@ KNOWN_METHODS: frozenset[str] = frozenset((*ALLOWED_METHODS, *_OTHER_KNOWN))
 _ALLOW = (("Allow", ", ".join(ALLOWED_METHODS)),)  # with 405 and 501
 # Option tags we honour in Require. `100rel`: a caller that requires it gets its provisional
 # responses reliably (RFC 3262, bridge.sip.b2bua `_provisional`; PRACK in ALLOWED_METHODS).
-SUPPORTED_OPTIONS: frozenset[str] = frozenset({"path", "outbound", "timer", "replaces", "100rel"})
+# Not `replaces` (RFC 3891): no call is ever replaced, so an INVITE that requires it gets 420
+# (it was listed, and such an INVITE became a new call beside the one it meant to replace).
+SUPPORTED_OPTIONS: frozenset[str] = frozenset({"path", "outbound", "timer", "100rel"})
 SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"sip", "sips", "tel"})
 
 _REASONS = {
