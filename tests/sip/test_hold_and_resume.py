@@ -36,6 +36,7 @@ from bridge.media import g711
 from bridge.media.sdp import parse_sdp
 from tests.media.audio import tones_in
 from tests.media.rtp_peers import Phone
+from tests.sip.peers import needs_sipp, trunk_bridge
 from tests.sip.test_anchored_media import (
     AGENT,
     AGENT_PHONE,
@@ -46,6 +47,8 @@ from tests.sip.test_anchored_media import (
     directory,
     sdp_for,
 )
+from tests.sip.test_sipp_calls import directory as sipp_directory
+from tests.sip.test_sipp_calls import run_trunk, start_phone, trace, wait_registered
 
 
 @pytest.fixture
@@ -189,3 +192,22 @@ async def test_the_agents_phone_holds_then_resumes_without_sdp(bridge: InprocBri
         assert not [d for d, a in sent if is_request(d, "BYE")]
     finally:
         call.close()
+
+
+@needs_sipp
+def test_sipp_trunk_holds_and_resumes_without_sdp_through_the_engine(tmp_path: Path) -> None:
+    """SIPp as a PBX trunk: hold (its 200 must say recvonly), resume with a re-INVITE
+    without SDP (its 200 must offer sendrecv: tests/sip/scenarios/trunk_hold_resume.xml),
+    the answer in its ACK; the desk phone (SIPp) is never asked."""
+    group = sipp_directory()
+    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    with trunk_bridge(tmp_path, group) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "2500")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_hold_resume.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        assert trace(tmp_path, "phone_answer.xml", "301").count("INVITE sip:") == 1
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
+        assert not [e for e in bridge.log_events() if "reoffer" in str(e.get("event"))]

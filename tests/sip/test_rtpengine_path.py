@@ -11,6 +11,7 @@ happens while it does not answer: INVITEs get 503, `/readyz` says so.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import socket
 import time
@@ -168,6 +169,31 @@ def test_a_hold_re_invite_is_answered_by_rtpengine_without_asking_the_phone(
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "answered"
         assert not [e for e in bridge.log_events() if e.get("event") == "sip_relayed"]
+
+
+def test_a_resume_without_sdp_gets_a_sendrecv_offer_from_the_relay(
+    tmp_path: Path, rtpengine: Daemon
+) -> None:
+    """Held (sendonly), then resumed by a re-INVITE without SDP: our 2xx offers sendrecv on
+    rtpengine's same port (it repeated the hold's recvonly answer), the phone never asked."""
+    with trunk_bridge(tmp_path, sipp_directory(), **relayed_by(rtpengine.ng_port)) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "2500")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_hold_resume.xml")
+        # (the scenario checks the hold's 200 says a=recvonly and the resume's a=sendrecv)
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        assert trace(tmp_path, "phone_answer.xml", "301").count("INVITE sip:") == 1
+        # our three 200s with SDP (the answer, the hold's, the resume's offer): one port
+        blocks = (tmp_path / "trunk.msg").read_text(errors="replace").split("\n----")
+        ports = [
+            m.group(1)
+            for block in blocks
+            if "SIP/2.0 200 OK" in block and (m := re.search(r"m=audio (\d+) ", block))
+        ]
+        assert len(ports) == 3 and len(set(ports)) == 1, ports
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
 
 
 @needs_baresip

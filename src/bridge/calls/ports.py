@@ -440,6 +440,10 @@ class RelayMediaPort(Protocol):
 
     def local_sdp(self, call_id: str, leg: str) -> str | None: ...
 
+    def offer_again(self, call_id: str, leg: str) -> str | None:
+        """As `MediaPort.offer_again`, on the relay's SDP of that leg."""
+        ...
+
     def legs(self, call_id: str) -> list[str]: ...
 
     async def ping(self) -> None:

@@ -224,6 +224,17 @@ class RtpengineMedia:
         entry = call.legs.get(leg) if call is not None else None
         return entry.local if entry is not None else None
 
+    def offer_again(self, call_id: str, leg: str) -> str | None:
+        """(`MediaPort.offer_again`) The leg's last SDP made a new offer: sendrecv in each
+        media section, the origin's version one more; rtpengine's ports stay. The answer in
+        the ACK is not sent to rtpengine: the peer's address it already has (or latches)."""
+        call = self._calls.get(call_id)
+        entry = call.legs.get(leg) if call is not None else None
+        if entry is None or not entry.local:
+            return None
+        entry.local = _next_version(_answering("a=sendrecv", entry.local))
+        return entry.local
+
     def legs(self, call_id: str) -> list[str]:
         call = self._calls.get(call_id)
         return list(call.legs) if call is not None else []
@@ -676,6 +687,18 @@ def _answering(offer: str, answer: str) -> str:
     if in_media:
         out.append(direction)
     return "\r\n".join(out) + "\r\n"
+
+
+def _next_version(sdp: str) -> str:
+    """`sdp` with its origin's version one more (RFC 3264 §8: a changed description)."""
+    lines = sdp.split("\r\n")
+    for index, line in enumerate(lines):
+        parts = line.split(" ")
+        if line.startswith("o=") and len(parts) >= 6 and parts[2].isdigit():
+            parts[2] = str(int(parts[2]) + 1)
+            lines[index] = " ".join(parts)
+            break
+    return "\r\n".join(lines)
 
 
 def _sdp_of(reply: dict[str, Any]) -> str:

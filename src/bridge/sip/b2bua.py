@@ -910,8 +910,8 @@ class SipCalls:
         self, call: SipCall, leg: str, dialog: Dialog, transaction_id: str, request: SipRequest
     ) -> None:
         """`_answer_locally` on a relayed call: a new offer is rtpengine's to answer (with the
-        other side's last SDP, so that side is not asked), one without SDP gets what we last
-        sent that leg."""
+        other side's last SDP, so that side is not asked), one without SDP a new offer
+        (sendrecv, `offer_again`)."""
         relay = self.relay
         assert relay is not None
         body = b""
@@ -938,7 +938,8 @@ class SipCalls:
                 self._respond(transaction_id, response)
                 return
         elif request.method == "INVITE":
-            body = (relay.local_sdp(call.call_id, leg) or "").encode()
+            offer = relay.offer_again(call.call_id, leg)
+            body = (offer or relay.local_sdp(call.call_id, leg) or "").encode()
         if self._calls.get(call.call_id) is not call:
             response = _reply(request, 481, "Call/Transaction Does Not Exist")
             self._respond(transaction_id, response)
