@@ -9,8 +9,12 @@
   branch, as when a trunk's INVITE reaches us by two paths or a proxy fails over and re-sends
   it. It became a second call, and the agents were rung twice for one caller. Now: 482.
 
+- **An INVITE that expires** (its `Expires`, RFC 3261 §13.3.1; some carriers send one and
+  count on our 487 rather than CANCEL): it was ignored and the phones rang on for a caller
+  the carrier had given up on. Now: 487 when it expires unanswered, the phones CANCELled.
+
 In process with a fake clock, and with SIPp as the trunk against the daemon
-(tests/sip/scenarios/trunk_early_bye.xml, trunk_merged.xml).
+(tests/sip/scenarios/trunk_early_bye.xml, trunk_merged.xml, trunk_invite_expires.xml).
 """
 
 from __future__ import annotations
@@ -182,6 +186,46 @@ async def test_an_invite_with_the_same_call_id_and_another_from_tag_is_a_call(
     bridge.feed(other, TRUNK)
     assert not [d for d, _ in bridge.take() if is_response(d, 482)]
     assert live(bridge) == 2
+
+
+async def test_an_invite_that_expires_unanswered_gets_487(bridge: InprocBridge) -> None:
+    leg, _ = ring(bridge, extra="Expires: 5")
+    with capture_logs() as logs:
+        before = await bridge.advance(4.5, step=0.5)
+        assert not [d for d, _ in before if is_response(d, 487)]
+        sent = await bridge.advance(1.0, step=0.5)
+    assert [d for d in to(sent, TRUNK) if is_response(d, 487, "INVITE")]
+    cancels = [d for d in to(sent, PHONE) if is_request(d, "CANCEL")]  # (and re-sent at T1)
+    assert cancels and {header(c, "Call-ID") for c in cancels} == {header(leg, "Call-ID")}
+    assert [e for e in logs if e["event"] == "sip_invite_expired"]
+    [ended] = [e for e in logs if e["event"] == "sip_call_ended"]
+    assert ended["outcome"] == "caller_cancelled"
+
+
+async def test_an_invite_answered_before_it_expires_is_not_ended(bridge: InprocBridge) -> None:
+    leg, _ = ring(bridge, extra="Expires: 5")
+    bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+    [ok] = [d for d in to(bridge.take(), TRUNK) if is_response(d, 200, "INVITE")]
+    bridge.feed(trunk_in_dialog("ACK", 1, 1, header(ok, "To") or "", contact_uri(ok)), TRUNK)
+    sent = await bridge.advance(10.0, step=0.5)
+    assert not [d for d, _ in sent if is_response(d, 487) or is_request(d, "BYE")]
+    assert live(bridge) == 1
+
+
+@needs_sipp
+def test_sipp_trunk_invite_expires_while_the_phones_ring(tmp_path: Path) -> None:
+    from tests.sip.peers import trunk_bridge
+
+    with trunk_bridge(tmp_path, directory()) as bridge:
+        anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, scenario="trunk_invite_expires.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        assert "CANCEL sip:" in trace(tmp_path, "phone_ring_cancelled.xml", "301")
+        assert bridge.wait_events("sip_invite_expired")
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "caller_cancelled"
 
 
 @needs_sipp

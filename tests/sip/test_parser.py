@@ -364,6 +364,14 @@ def test_request_uri_schemes() -> None:
     assert status_of(broken) == (400, "Bad Request (malformed Request-URI)")
 
 
+def test_a_compressed_body_is_415_with_accept_encoding() -> None:
+    gzip = validate_request(request_with("Content-Encoding: gzip\r\n"))
+    assert gzip is not None and gzip.status == 415
+    assert dict(gzip.headers)["Accept-Encoding"] == "identity"
+    assert status_of(request_with("Content-Encoding: identity\r\n")) is None
+    assert status_of(request_with("e: GZIP\r\n")) == (415, "Unsupported Media Type")
+
+
 def test_require() -> None:
     supported = ", ".join(sorted(SUPPORTED_OPTIONS))
     assert status_of(request_with(f"Require: {supported}\r\n")) is None

@@ -73,7 +73,13 @@ from bridge.sip.dialog import (
     retry_after_422,
 )
 from bridge.sip.digest import authorize, challenge_header
-from bridge.sip.grammar import SipSyntaxError, parse_cseq, parse_name_addr, parse_uri
+from bridge.sip.grammar import (
+    SipSyntaxError,
+    parse_cseq,
+    parse_expires,
+    parse_name_addr,
+    parse_uri,
+)
 from bridge.sip.ids import random_hex
 from bridge.sip.model import (
     Headers,
@@ -303,6 +309,8 @@ class SipCall:
     rseq: int = 0
     answer_in_provisional: bool = False
     held_ok: tuple[bytes, str | None] | None = None
+    # The caller's INVITE `Expires` (RFC 3261 §13.3.1): unanswered by then, it gets 487.
+    expiry_timer: object | None = None
 
     @property
     def machine(self) -> CallMachine:
@@ -654,6 +662,7 @@ class SipCalls:
             self._by_invite[transaction_id] = call
             self._early[_early_key(call)] = call
             self._origins[_origin(invite)] = call
+            self._arm_expiry(call)
             log.info(
                 "sip_call_in",
                 line=run.plan.line,
@@ -698,6 +707,30 @@ class SipCalls:
             self.runner.hangup(call.run, Side.CALLER)
             return
         self.runner.caller_hangup(call.run)
+
+    def _arm_expiry(self, call: SipCall) -> None:
+        """An INVITE with `Expires` (some carriers send one) is answered 487 when that many
+        seconds pass without a final response (RFC 3261 §13.3.1), and the call ends as on a
+        CANCEL: the caller's side has given up by then, and the phones would ring for nobody.
+        An Expires that does not read as delta-seconds is ignored."""
+        value = call.invite.headers.get("Expires")
+        if value is None:
+            return
+        try:
+            seconds = parse_expires(value)
+        except SipSyntaxError:
+            return
+        call.expiry_timer = self._schedule(self._now() + seconds, lambda: self._expired(call))
+
+    def _expired(self, call: SipCall) -> None:
+        call.expiry_timer = None
+        if call.finished or self._calls.get(call.call_id) is not call:
+            return
+        if call.answered and call.held_ok is None:  # (its final response went)
+            return
+        with call_context(call.call_id):
+            log.info("sip_invite_expired", expires=call.invite.headers.get("Expires"))
+            self._caller_left(call)
 
     def _pending_relay(self, transaction_id_in: str | None) -> _Relay | None:
         """The re-INVITE relayed for this incoming transaction, while unanswered."""
@@ -1736,6 +1769,9 @@ class SipCalls:
         if call.refusal_timer is not None:
             self._cancel_timer(call.refusal_timer)
             call.refusal_timer = None
+        if call.expiry_timer is not None:
+            self._cancel_timer(call.expiry_timer)
+            call.expiry_timer = None
         if refusal is not None:
             try:
                 self._respond(call.transaction_id, refusal)

@@ -608,6 +608,11 @@ def _problem(request: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]
             return 400, "Bad Request (malformed Content-Type)", ()
         if kind != "application/sdp" and not kind.startswith("multipart/"):
             return 415, "Unsupported Media Type", (("Accept", "application/sdp"),)
+        # A compressed body (gzip) we cannot read either: 415 with Accept-Encoding (§8.2.3;
+        # it went on to the engine or the phone as it came).
+        encoding = first.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            return 415, "Unsupported Media Type", (("Accept-Encoding", "identity"),)
     return None
 
 
@@ -616,7 +621,8 @@ def validate_request(request: SipRequest, *, warn_agent: str = "bridge") -> SipP
 
     Order: mandatory and single headers, their syntax, CSeq method (400); method (501/405 +
     Allow); Request-URI scheme (416); Require (420 + Unsupported); Accept on INVITE (406 +
-    Warning 399); the body's type on INVITE and UPDATE (415 + Accept). An ACK is never
+    Warning 399); the body's type on INVITE and UPDATE (415 + Accept), and its encoding (415 +
+    Accept-Encoding). An ACK is never
     answered: its errors come back with status None."""
     problem = _problem(request)
     if problem is None:
