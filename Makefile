@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/bridge.toml
 # Debian packages the test suite drives as real peers (installed by `make test` when missing);
-# prometheus for its promtool (the alert rules and scrape config are checked with it).
-DEB_PACKAGES ?= sip-tester baresip chromium espeak-ng rtpengine-daemon prometheus
+# prometheus for its promtool (the alert rules and scrape config are checked with it);
+# kamailio as a carrier's record-routing proxy in front of the bridge.
+DEB_PACKAGES ?= sip-tester baresip chromium espeak-ng rtpengine-daemon prometheus kamailio
 PYTEST_ARGS ?=
 
 .PHONY: run test install install-test deb-packages lint bench check-config clean

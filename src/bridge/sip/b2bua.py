@@ -59,7 +59,7 @@ from bridge.presence.model import Channel
 from bridge.routing.dialing import decide
 from bridge.routing.fixed import desk_leg_plan, outbound_plan
 from bridge.routing.model import CallRequest
-from bridge.sip.addressing import address_of, ip_address
+from bridge.sip.addressing import address_of, ip_address, next_hop
 from bridge.sip.dialog import (
     Dialog,
     DialogError,
@@ -839,7 +839,7 @@ class SipCalls:
         else:
             other = call.caller_dialog
             transport = call.transport
-            destination = address_of(str(other.remote_target), call.source)
+            destination = next_hop(other.route_set, str(other.remote_target), call.source)
         local = self._local(transport)
         # Session-Expires is not copied: each side has its own session timer (the dialog
         # puts the other side's own on the relayed request).
@@ -2462,7 +2462,8 @@ class SipCalls:
             dialog = call.caller_dialog
             bye = dialog.create_request("BYE", via=self._local(call.transport))
             self._forget_dialog(dialog)
-            self._send_request(bye, address_of(bye.uri, call.source), call.transport)
+            destination = next_hop(dialog.route_set, str(dialog.remote_target), call.source)
+            self._send_request(bye, destination, call.transport)
         elif not call.answered:
             call.answered = True
             self._respond(
@@ -2484,6 +2485,9 @@ class SipCalls:
             headers.insert(
                 0, ("Contact", f"<sip:bridge@{local.sent_by};transport={call.transport.lower()}>")
             )
+            # §12.1.1: a response that makes a dialog copies the INVITE's Record-Route, in
+            # order, so the caller's side routes its ACK and BYE through the same proxies.
+            headers += [(n, v) for n, v in call.invite.headers if n == "Record-Route"]
         return make_response(
             call.invite, status, phrase, to_tag=call.to_tag, extra=headers, body=body
         )

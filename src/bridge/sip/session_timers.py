@@ -24,7 +24,7 @@ import structlog
 from bridge.calls.events import Side
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
-from bridge.sip.addressing import address_of
+from bridge.sip.addressing import next_hop
 from bridge.sip.dialog import (
     MIN_SE_FLOOR,
     Dialog,
@@ -188,7 +188,8 @@ class SessionTimers:
             dialog = call.caller_dialog
             if dialog is None:
                 return None
-            return dialog, address_of(str(dialog.remote_target), call.source), call.transport
+            hop = next_hop(dialog.route_set, str(dialog.remote_target), call.source)
+            return dialog, hop, call.transport
         winner = call.winner
         if winner is None or winner.dialog is None:
             return None
