@@ -187,6 +187,7 @@ def test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason(
         assert ben.wait(timeout=30) == 0
         ben_trace = trace(tmp_path, "phone_ring_cancelled.xml", "302")
         assert 'Reason: SIP;cause=200;text="Call completed elsewhere"' in ben_trace
+        assert "Max-Forwards: 69" in ben_trace  # the trunk's 70 less our hop (RFC 7332)
         trunk_trace = (tmp_path / "trunk.msg").read_text(errors="replace")
         assert "SIP/2.0 200 OK" in trunk_trace and "m=audio" in trunk_trace  # the phone's SDP
         ended = bridge.wait_events("sip_call_ended")

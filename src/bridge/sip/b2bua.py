@@ -61,6 +61,7 @@ from bridge.routing.fixed import desk_leg_plan, outbound_plan
 from bridge.routing.model import CallRequest
 from bridge.sip.addressing import address_of, ip_address, next_hop
 from bridge.sip.dialog import (
+    MAX_FORWARDS,
     Dialog,
     DialogError,
     DialogSet,
@@ -77,6 +78,7 @@ from bridge.sip.grammar import (
     SipSyntaxError,
     parse_cseq,
     parse_expires,
+    parse_max_forwards,
     parse_name_addr,
     parse_uri,
 )
@@ -484,6 +486,12 @@ class SipCalls:
             with call_context(merged.call_id):
                 log.info("sip_merged_request", transaction=transaction_id)
             self._respond(transaction_id, _reply(invite, 482, "Loop Detected"))
+            return
+        if _hops_left(invite) == 0:
+            # RFC 7332: our legs carry the caller's Max-Forwards less one (they started at 70,
+            # and a call forwarded to a number that routes back here looped for ever); one
+            # that arrives with none left goes no further.
+            self._respond(transaction_id, _reply(invite, 483, "Too Many Hops"))
             return
         try:
             # (for routing, the runner, the API, the apps, the records: text that is not
@@ -2059,7 +2067,7 @@ class SipCalls:
         headers = Headers(
             [
                 ("Via", via),
-                ("Max-Forwards", "70"),
+                ("Max-Forwards", str(min(_hops_left(call.invite), MAX_FORWARDS) - 1)),
                 ("From", f"{from_value};tag={random_hex(5)}"),
                 ("To", f"<{uri}>"),
                 ("Call-ID", f"{random_hex(10)}@{self.realm}"),
@@ -2662,6 +2670,17 @@ def _rack_names(rack: str | None, rseq: int, cseq: int) -> bool:
 def _early_key(call: SipCall) -> tuple[str, str]:
     """How a PRACK or an early BYE finds its call: the Call-ID and our To tag."""
     return (call.invite.headers.get("Call-ID") or "", call.to_tag)
+
+
+def _hops_left(invite: SipRequest) -> int:
+    """The caller's Max-Forwards (the parser checked it; absent: the usual 70)."""
+    value = invite.headers.get("Max-Forwards")
+    if value is None:
+        return MAX_FORWARDS
+    try:
+        return parse_max_forwards(value)
+    except SipSyntaxError:
+        return MAX_FORWARDS
 
 
 def _origin(invite: SipRequest) -> tuple[str, str, int]:
