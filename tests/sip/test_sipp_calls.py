@@ -576,3 +576,34 @@ def test_a_ported_number_with_its_parameters_reaches_the_line(tmp_path: Path) ->
         assert anna.wait(timeout=30) == 0
         [ended] = bridge.wait_events("sip_call_ended")
         assert ended["outcome"] == "answered"
+
+
+def test_a_provider_we_register_with_calls_our_contact_with_the_number_in_to(
+    tmp_path: Path,
+) -> None:
+    """`trunk_register`: the provider's INVITE names our account in its Request-URI (the
+    Contact we registered) and the number dialled in To. It was refused 404 ("no_route")."""
+    from tests.sip.test_sipp_register import _provider
+
+    port = free_port()
+    provider = _provider(tmp_path, port)
+    env = {
+        "sip__trunk_uri": f"sip:127.0.0.1:{port}", "sip__trunk_register": "true",
+        "sip__trunk_username": "bridge-acct", "sip__trunk_password": "trunk-secret",
+    }  # fmt: skip
+    group = directory()
+    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    with trunk_bridge(tmp_path, group, **env) as bridge:
+        assert provider.wait(timeout=30) == 0  # registered
+        assert bridge.wait_events("sip_trunk_registered")
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "200")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(
+            tmp_path, bridge, "-set", "acct", "bridge-acct", scenario="provider_call_to_contact.xml"
+        )
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        [call_in] = bridge.wait_events("sip_call_in")
+        assert call_in["line"] == "+15550100"
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"

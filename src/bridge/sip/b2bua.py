@@ -514,6 +514,15 @@ class SipCalls:
         desk_leg: str | None = None
         placed_by: str | None = None  # a desk phone's call to a number (dial rules)
         if self.trunk.allows(source[0], source[1]):
+            if self.trunk.username and dialled == self.trunk.username:
+                # A provider we register with (`trunk_register`) sends its calls to the
+                # Contact we registered: the Request-URI names our account, and the number
+                # dialled is in To (they were refused 404, "no_route").
+                try:
+                    to_user = parse_name_addr(invite.headers.get("To") or "").uri.user
+                except SipSyntaxError:
+                    to_user = None
+                dialled = valid_utf8(to_user) if to_user else dialled
             directory = self.directory()
             user = None
             if directory.line(dialled) is None:
