@@ -275,6 +275,26 @@ async def test_silent_peer_times_out(pool: PortPool) -> None:
         rig.close()
 
 
+@pytest.mark.parametrize("hold", ["sendonly", "inactive"])
+async def test_a_leg_that_holds_the_call_is_not_timed(pool: PortPool, hold: str) -> None:
+    """A phone that holds the call (a=sendonly, or inactive) may send nothing at all (many
+    play their music on hold locally): the call must not end because of its silence. The
+    engine timed a `sendonly` hold like a talking leg, and a hold of a minute hung up."""
+    rig = Rig(pool, timeout_seconds=1.0)
+    try:
+        caller = rig.caller()
+        rig.dialled("leg-1", g711.PCMU, 0xA1)
+        rig.engine.bridge("c1", "caller", "leg-1")
+        held = phone_sdp(caller, "0 101").replace("a=sendrecv", f"a={hold}")
+        assert f"a={hold}" in held
+        rig.engine.answer("c1", "caller", held, source="127.0.0.1")
+        # the agent's leg goes on talking; the caller's sends nothing while it holds
+        await rig.phones["leg-1"].play(AGENT, 2.5, rig.ports["leg-1"])
+        assert not [e for e in rig.events if isinstance(e, MediaTimeout)]
+    finally:
+        rig.close()
+
+
 async def test_talking_call_does_not_time_out(pool: PortPool) -> None:
     rig = Rig(pool, timeout_seconds=1.0)
     try:

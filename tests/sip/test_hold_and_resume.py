@@ -10,8 +10,9 @@ address (or codec) was sent nothing. Now the 2xx holds a new offer, `sendrecv`, 
 codec in use first, and the ACK's answer is taken on either side, checked by tone (FFT) over
 real RTP sockets, the resumed party on a new address.
 
-(Noticed, left alone: the engine goes on sending to a leg that holds the call; the direction
-is negotiated and written, not yet enforced on the packet path.)
+While a side holds the call (`sendonly`: the engine answers `recvonly`), nothing is sent to
+it, on the blind relay or from the mixer; what it sends (its music on hold) still goes to the
+other side. The engine used to send to it all the same.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ async def bridge(tmp_path: Path) -> AsyncIterator[InprocBridge]:
 
 
 def hold_sdp(call: Call, who: str, version: int) -> bytes:
-    sdp = sdp_for(call.phones[who], "0 101", "trunk" if who == "caller" else "peer")
+    # (each side keeps its codec: the caller PCMU, the agent's phone PCMA)
+    codecs, origin = ("0 101", "trunk") if who == "caller" else ("8 101", "peer")
+    sdp = sdp_for(call.phones[who], codecs, origin)
     return sdp.replace(b" 1 1 IN", f" 1 {version} IN".encode()).replace(
         b"a=sendrecv", b"a=sendonly"
     )
@@ -81,8 +84,9 @@ def direction(message: bytes) -> str:
 
 
 async def heard(call: Call) -> dict[str, set[float]]:
+    """What each party heard while both played for a second (no packet at all: nothing)."""
     got = await call.talk(1.0, {"caller": CALLER, "agent": AGENT})
-    return {who: tones_in(audio, TONES) for who, audio in got.items()}
+    return {who: tones_in(audio, TONES) if audio else set() for who, audio in got.items()}
 
 
 class Caller:
@@ -139,6 +143,8 @@ async def test_the_caller_holds_then_resumes_without_sdp_and_hears_the_agent_aga
         [held] = [d for d, a in caller.send("INVITE", hold_sdp(call, "caller", 2)) if a == TRUNK]
         assert is_response(held, 200, "INVITE") and direction(held) == "recvonly"
         caller.send("ACK")
+        # held: nothing is sent to it; what it sends (its music) still reaches the agent
+        assert await heard(call) == {"caller": set(), "agent": {CALLER}}
 
         [resumed] = [d for d, a in caller.send("INVITE") if a == TRUNK]
         assert is_response(resumed, 200, "INVITE")
@@ -166,7 +172,8 @@ async def test_an_ack_without_the_answer_leaves_the_call_as_it_was(bridge: Inpro
         with capture_logs() as logs:
             caller.send("ACK")
         assert [e for e in logs if e["event"] == "sip_reoffer_unanswered"]
-        assert await heard(call) == {"caller": {AGENT}, "agent": {CALLER}}  # the call goes on
+        # the call goes on as it was: held
+        assert await heard(call) == {"caller": set(), "agent": {CALLER}}
     finally:
         call.close()
 
@@ -182,6 +189,7 @@ async def test_the_agents_phone_holds_then_resumes_without_sdp(bridge: InprocBri
         ]
         assert is_response(held, 200, "INVITE") and direction(held) == "recvonly"
         phone.send("ACK")
+        assert await heard(call) == {"caller": {AGENT}, "agent": set()}
         [resumed] = [d for d, a in phone.send("INVITE") if a == AGENT_PHONE]
         assert is_response(resumed, 200, "INVITE") and direction(resumed) == "sendrecv"
         # back on another address, PCMA as at the start: the engine goes on transcoding

@@ -735,6 +735,7 @@ class EmbeddedMedia:
         else:
             entry.relay.payload_type = chosen.payload_type
             entry.relay.telephone_event = chosen.telephone_event
+        entry.relay.sending = chosen.sends  # (not to a peer that holds the call)
 
     def _rewire(self, call: _Call) -> None:
         """Put each leg of the call on the relay, the mix, or nothing (see the module doc)."""
@@ -952,8 +953,11 @@ class EmbeddedMedia:
             for name, entry in call.legs.items():
                 if entry.active_since is None or entry.negotiated is None:
                     continue
-                if not entry.negotiated.receives:
-                    continue  # on hold: it sends nothing, by its own SDP
+                if not (entry.negotiated.receives and entry.negotiated.sends):
+                    # on hold: inactive sends nothing by its own SDP, and a phone that holds
+                    # with sendonly may send nothing either (its music is often its own):
+                    # timed, a hold of a minute hung the call up
+                    continue
                 last = entry.endpoint.stats.last_received
                 since = max(last or 0.0, entry.active_since)
                 if now - since >= self.timeout_seconds:

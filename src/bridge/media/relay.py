@@ -87,6 +87,9 @@ class RelayLeg:
     payload_type: int
     telephone_event: int | None = None
     reception: Reception = field(default_factory=Reception)
+    # Whether its peer is sent anything: not while it holds the call (our answer said
+    # recvonly or inactive, RFC 3264 §6.1); what it sends is still taken.
+    sending: bool = True
 
 
 @dataclass(slots=True)
@@ -116,6 +119,7 @@ class RelayStats(PacketCounts):
     relayed: int = 0
     transcoded: int = 0
     dtmf_dropped: int = 0  # telephone-event toward a leg that did not negotiate it
+    held: int = 0  # not sent: toward a leg whose peer holds the call
 
 
 class BlindRelay:
@@ -220,6 +224,8 @@ class BlindRelay:
             pt = second & 0x7F
             if first != 0x80 or pt != src.payload_type or pt != dst.payload_type:
                 return False
+            if not dst.sending:  # (`forward` counts and drops it)
+                return False
             srtp = target.srtp
             if target.peer is None:  # (a WebRTC leg's: connected once its keys are there)
                 return False
@@ -260,6 +266,9 @@ class BlindRelay:
         pt = header.payload_type
         now = self._clock()
         src.reception.update(header.sequence, header.timestamp, now, 8000)
+        if not dst.sending:  # its peer holds the call
+            stats.held += 1
+            return
         if pt == src.payload_type:
             out_pt = dst.payload_type
             if out_pt != pt:

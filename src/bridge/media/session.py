@@ -158,6 +158,8 @@ class MixingSession:
         outputs = self.mixer.mix(frames)
         for party, entry in list(self._inputs.items()):
             leg = entry.leg
+            if not leg.sending:  # its peer holds the call (RFC 3264 §6.1)
+                continue
             pcm = outputs.get(party, g711.LINEAR_SILENCE)
             packet = leg.stream.stamp(
                 leg.payload_type, g711.encode(pcm, leg.payload_type), _SAMPLES, now, self
