@@ -16,9 +16,11 @@ sleep would never end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +340,24 @@ def contact_uri(data: bytes) -> str:
     value = header(data, "Contact") or ""
     found = re.search(r"<([^>]+)>", value)
     return found.group(1) if found else value
+
+
+DESK_PHONE: tuple[str, int] = ("127.0.0.1", 20001)  # where `signalling_bridge`'s phone is
+
+
+@contextlib.asynccontextmanager
+async def signalling_bridge(line: str, **sip: Any) -> AsyncIterator[InprocBridge]:
+    """A started bridge on a fake clock, signalling only (`engine = "none"`), session timers
+    off unless `sip` says otherwise, with `one_desk_phone_directory(line)`'s phone (201)
+    registered from DESK_PHONE."""
+    bridge = InprocBridge(
+        one_desk_phone_directory(line),
+        sip={"session_expires": 0, **sip},
+        media={"engine": "none"},
+    )
+    await bridge.start(fake_time=True)
+    try:
+        assert bridge.register_phone("201", "pw-201", DESK_PHONE[1])
+        yield bridge
+    finally:
+        await bridge.stop()

@@ -14,30 +14,24 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sim.phones.inproc import (
+    DESK_PHONE,
     TRUNK,
     InprocBridge,
     header,
     is_request,
     is_response,
-    one_desk_phone_directory,
+    signalling_bridge,
     trunk_invite,
 )
 
 LINE = "+15550100"
-PHONE = ("127.0.0.1", 20001)
+PHONE = DESK_PHONE
 
 
 @pytest.fixture
 async def bridge() -> AsyncIterator[InprocBridge]:
-    bridge = InprocBridge(
-        one_desk_phone_directory(LINE), sip={"session_expires": 0}, media={"engine": "none"}
-    )
-    await bridge.start(fake_time=True)
-    assert bridge.register_phone("201", "pw-201", PHONE[1])
-    try:
+    async with signalling_bridge(LINE) as bridge:
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 def with_hops(invite: bytes, hops: str | None) -> bytes:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from sim.phones.inproc import (
+    DESK_PHONE,
     SDP,
     TRUNK,
     InprocBridge,
@@ -33,6 +34,7 @@ from sim.phones.inproc import (
     is_response,
     one_desk_phone_directory,
     respond,
+    signalling_bridge,
     trunk_in_dialog,
     trunk_invite,
 )
@@ -43,7 +45,7 @@ from tests.sip.test_reliable_provisionals import prack
 from tests.sip.test_sipp_calls import directory, run_trunk, start_phone, trace, wait_registered
 
 LINE = "+15550100"
-PHONE = ("127.0.0.1", 20001)
+PHONE = DESK_PHONE
 RINGING = b"Contact: <sip:201@127.0.0.1:20001>"
 ANSWER = b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: application/sdp"
 
@@ -52,15 +54,8 @@ Sent = list[tuple[bytes, tuple[str, int]]]
 
 @pytest.fixture
 async def bridge() -> AsyncIterator[InprocBridge]:
-    bridge = InprocBridge(
-        one_desk_phone_directory(LINE), sip={"session_expires": 0}, media={"engine": "none"}
-    )
-    await bridge.start(fake_time=True)
-    assert bridge.register_phone("201", "pw-201", PHONE[1])
-    try:
+    async with signalling_bridge(LINE) as bridge:
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 def ring(bridge: InprocBridge, n: int = 1, extra: str = "") -> tuple[bytes, bytes]:

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 from sim.phones.inproc import (
+    DESK_PHONE,
     SDP,
     TRUNK,
     InprocBridge,
@@ -34,8 +35,8 @@ from sim.phones.inproc import (
     header_lines,
     is_request,
     is_response,
-    one_desk_phone_directory,
     respond,
+    signalling_bridge,
     trunk_in_dialog,
     trunk_invite,
 )
@@ -44,7 +45,7 @@ from tests.sip.peers import free_port, needs_sipp, trunk_bridge
 from tests.sip.test_sipp_calls import directory, start_phone, trunk_command, wait_registered
 
 LINE = "+15550100"
-PHONE = ("127.0.0.1", 20001)
+PHONE = DESK_PHONE
 PROXY = ("127.0.0.1", 5999)  # the carrier's edge proxy, first in the route set
 ROUTES = "Record-Route: <sip:127.0.0.1:5999;lr>, <sip:10.9.9.9;lr;ftag=x>"
 RINGING = b"Contact: <sip:201@127.0.0.1:20001>"
@@ -61,15 +62,8 @@ needs_kamailio = pytest.mark.skipif(
 
 @pytest.fixture
 async def bridge() -> AsyncIterator[InprocBridge]:
-    bridge = InprocBridge(
-        one_desk_phone_directory(LINE), sip={"session_expires": 0}, media={"engine": "none"}
-    )
-    await bridge.start(fake_time=True)
-    assert bridge.register_phone("201", "pw-201", PHONE[1])
-    try:
+    async with signalling_bridge(LINE) as bridge:
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 def from_phone(leg: bytes, method: str, cseq: int, extra: str = "", body: bytes = b"") -> bytes:
