@@ -210,7 +210,7 @@ def test_sipp_trunk_holds_and_resumes_without_sdp_through_the_engine(tmp_path: P
     group = sipp_directory()
     group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
     with trunk_bridge(tmp_path, group) as bridge:
-        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "2500")
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "200")
         wait_registered(bridge, 1)
         trunk = run_trunk(tmp_path, bridge, scenario="trunk_hold_resume.xml")
         assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")

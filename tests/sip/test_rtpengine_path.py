@@ -177,7 +177,7 @@ def test_a_resume_without_sdp_gets_a_sendrecv_offer_from_the_relay(
     """Held (sendonly), then resumed by a re-INVITE without SDP: our 2xx offers sendrecv on
     rtpengine's same port (it repeated the hold's recvonly answer), the phone never asked."""
     with trunk_bridge(tmp_path, sipp_directory(), **relayed_by(rtpengine.ng_port)) as bridge:
-        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "2500")
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "200")
         wait_registered(bridge, 1)
         trunk = run_trunk(tmp_path, bridge, scenario="trunk_hold_resume.xml")
         # (the scenario checks the hold's 200 says a=recvonly and the resume's a=sendrecv)
