@@ -244,6 +244,7 @@ class _Branch:
 
 
 _RELAYED = frozenset({"INVITE", "UPDATE", "INFO"})
+_REFRESHES = frozenset({"INVITE", "UPDATE"})  # target refresh requests (RFC 3261 §12.2)
 
 
 @dataclass(eq=False)
@@ -773,8 +774,15 @@ class SipCalls:
             except Exception:  # (its transaction is over: nothing to answer)
                 log.debug("sip_relay_answer_gone", method=relay.request.method)
 
-    def in_dialog(self, transaction_id: str, request: SipRequest) -> bool:
-        """A request with a To tag. Returns False when it is not one of our calls' dialogs."""
+    def in_dialog(
+        self,
+        transaction_id: str,
+        request: SipRequest,
+        source: Address | None = None,
+        transport: str | None = None,
+    ) -> bool:
+        """A request with a To tag (from `source` over `transport`, when known). Returns
+        False when it is not one of our calls' dialogs."""
         if request.method == "PRACK":  # (in the early dialog of our reliable provisional)
             return self._prack(transaction_id, request)
         dialog = self._dialogs.find_for_request(request)
@@ -789,6 +797,8 @@ class SipCalls:
             self._respond(transaction_id, _reply(request, 481, "Call/Transaction Does Not Exist"))
             return True
         with call_context(call.call_id):
+            if source is not None and transport is not None and request.method in _REFRESHES:
+                self._follow_callee(call, dialog, source, transport)
             monitor = self._monitor_of(call, dialog)
             if monitor is not None:
                 self._monitor_request(call, monitor, dialog, transaction_id, request)
@@ -842,6 +852,27 @@ class SipCalls:
                 dialog.response_sent(request, response)
                 self._respond(transaction_id, response)
         return True
+
+    def _follow_callee(
+        self, call: SipCall, dialog: Dialog, source: Address, transport: str
+    ) -> None:
+        """A callee leg's target refresh (re-INVITE, UPDATE) from another address than we
+        send to: the phone moved (a softphone from Wi-Fi to mobile data, a NAT binding that
+        changed). Our requests on that leg go where it now sends from, as they went to the
+        flow its REGISTER came from; they went on to the old address, and the BYE when the
+        caller hung up never reached the phone, which stayed in the call."""
+        for branch in call.branches.values():
+            if branch.dialog is dialog and (branch.destination, branch.transport) != (
+                source,
+                transport,
+            ):
+                log.info(
+                    "sip_leg_moved",
+                    leg_id=branch.leg_id,
+                    source=f"{source[0]}:{source[1]}",
+                    transport=transport,
+                )
+                branch.destination, branch.transport = source, transport
 
     def _relay(
         self, call: SipCall, dialog: Dialog, transaction_id: str, request: SipRequest

@@ -381,7 +381,9 @@ class SipService:
                 invite = endpoint.layer.find_invite_for_cancel(request)
                 calls.cancel(event.transaction_id, request, invite)
                 return
-            if to_tag and calls.in_dialog(event.transaction_id, request):
+            if to_tag and calls.in_dialog(
+                event.transaction_id, request, event.source, event.transport
+            ):
                 return
         if method == "REGISTER":
             outcome = self.registrar.handle(
