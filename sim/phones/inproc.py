@@ -343,6 +343,9 @@ def contact_uri(data: bytes) -> str:
 
 
 DESK_PHONE: tuple[str, int] = ("127.0.0.1", 20001)  # where `signalling_bridge`'s phone is
+# That phone's headers in its 180, and in its 200 with SDP (`respond(..., extra=...)`).
+DESK_RINGING = b"Contact: <sip:201@127.0.0.1:20001>"
+DESK_ANSWER = DESK_RINGING + b"\r\nContent-Type: application/sdp"
 
 
 @contextlib.asynccontextmanager

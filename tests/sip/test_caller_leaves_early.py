@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 from sim.phones.inproc import (
+    DESK_ANSWER,
     DESK_PHONE,
+    DESK_RINGING,
     SDP,
     TRUNK,
     InprocBridge,
@@ -46,8 +48,6 @@ from tests.sip.test_sipp_calls import directory, run_trunk, start_phone, trace, 
 
 LINE = "+15550100"
 PHONE = DESK_PHONE
-RINGING = b"Contact: <sip:201@127.0.0.1:20001>"
-ANSWER = b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: application/sdp"
 
 Sent = list[tuple[bytes, tuple[str, int]]]
 
@@ -62,7 +62,7 @@ def ring(bridge: InprocBridge, n: int = 1, extra: str = "") -> tuple[bytes, byte
     """The trunk's INVITE; the phone rings. The phone's INVITE and the trunk's 18x."""
     bridge.feed(trunk_invite(n, LINE, bridge.address, extra), TRUNK)
     [leg] = [d for d, a in bridge.take() if a == PHONE and is_request(d, "INVITE")]
-    bridge.feed(respond(leg, "180 Ringing", b"ph1", RINGING), PHONE)
+    bridge.feed(respond(leg, "180 Ringing", b"ph1", DESK_RINGING), PHONE)
     [ringing] = [d for d, a in bridge.take() if a == TRUNK and is_response(d, 180, "INVITE")]
     return leg, ringing
 
@@ -135,7 +135,7 @@ async def test_an_early_bye_while_our_2xx_waits_for_a_prack_hangs_up_the_phone()
     try:
         assert bridge.register_phone("201", "pw-201", PHONE[1])
         leg, ringing = ring(bridge, extra="Require: 100rel")
-        bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+        bridge.feed(respond(leg, "200 OK", b"ph1", DESK_ANSWER, SDP), PHONE)
         sent = bridge.take()
         assert not [d for d in to(sent, TRUNK) if is_response(d, 200, "INVITE")]  # held
         bridge.feed(early_bye(ringing), TRUNK)
@@ -166,7 +166,7 @@ async def test_a_merged_copy_of_the_invite_is_482_and_rings_nobody(bridge: Inpro
     bridge.feed(invite, TRUNK)
     assert not [d for d, _ in bridge.take() if is_response(d, 482)]
     # The first call goes on: answered and bridged.
-    bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+    bridge.feed(respond(leg, "200 OK", b"ph1", DESK_ANSWER, SDP), PHONE)
     assert [d for d in to(bridge.take(), TRUNK) if is_response(d, 200, "INVITE")]
 
 
@@ -199,7 +199,7 @@ async def test_an_invite_that_expires_unanswered_gets_487(bridge: InprocBridge) 
 
 async def test_an_invite_answered_before_it_expires_is_not_ended(bridge: InprocBridge) -> None:
     leg, _ = ring(bridge, extra="Expires: 5")
-    bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+    bridge.feed(respond(leg, "200 OK", b"ph1", DESK_ANSWER, SDP), PHONE)
     [ok] = [d for d in to(bridge.take(), TRUNK) if is_response(d, 200, "INVITE")]
     bridge.feed(trunk_in_dialog("ACK", 1, 1, header(ok, "To") or "", contact_uri(ok)), TRUNK)
     sent = await bridge.advance(10.0, step=0.5)

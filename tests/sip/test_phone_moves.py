@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sim.phones.inproc import (
+    DESK_ANSWER,
     DESK_PHONE,
     SDP,
     TRUNK,
@@ -29,7 +30,6 @@ from structlog.testing import capture_logs
 
 LINE = "+15550100"
 MOVED = ("127.0.0.1", 20009)
-ANSWER = b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: application/sdp"
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def answered(bridge: InprocBridge) -> tuple[bytes, bytes]:
     """The trunk's call, answered by the desk phone and ACKed: our INVITE to it, our 200."""
     bridge.feed(trunk_invite(1, LINE, bridge.address), TRUNK)
     [leg] = [d for d, a in bridge.take() if a == DESK_PHONE and is_request(d, "INVITE")]
-    bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), DESK_PHONE)
+    bridge.feed(respond(leg, "200 OK", b"ph1", DESK_ANSWER, SDP), DESK_PHONE)
     [ok] = [d for d, a in bridge.take() if a == TRUNK and is_response(d, 200, "INVITE")]
     bridge.feed(trunk_in_dialog("ACK", 1, 1, header(ok, "To") or "", contact_uri(ok)), TRUNK)
     bridge.take()

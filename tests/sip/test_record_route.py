@@ -26,7 +26,9 @@ from types import SimpleNamespace
 
 import pytest
 from sim.phones.inproc import (
+    DESK_ANSWER,
     DESK_PHONE,
+    DESK_RINGING,
     SDP,
     TRUNK,
     InprocBridge,
@@ -48,8 +50,6 @@ LINE = "+15550100"
 PHONE = DESK_PHONE
 PROXY = ("127.0.0.1", 5999)  # the carrier's edge proxy, first in the route set
 ROUTES = "Record-Route: <sip:127.0.0.1:5999;lr>, <sip:10.9.9.9;lr;ftag=x>"
-RINGING = b"Contact: <sip:201@127.0.0.1:20001>"
-ANSWER = b"Contact: <sip:201@127.0.0.1:20001>\r\nContent-Type: application/sdp"
 KAMAILIO = shutil.which("kamailio") or (
     "/usr/sbin/kamailio" if os.path.exists("/usr/sbin/kamailio") else None
 )
@@ -88,9 +88,9 @@ def answered(bridge: InprocBridge) -> tuple[bytes, list[bytes]]:
     bridge.feed(trunk_invite(1, LINE, bridge.address, ROUTES), TRUNK)
     [leg] = [d for d, a in bridge.take() if a == PHONE and is_request(d, "INVITE")]
     assert not header_lines(leg, b"Record-Route")  # (the phone's leg is our own dialog)
-    bridge.feed(respond(leg, "180 Ringing", b"ph1", RINGING), PHONE)
+    bridge.feed(respond(leg, "180 Ringing", b"ph1", DESK_RINGING), PHONE)
     got = [d for d, a in bridge.take() if a == TRUNK]
-    bridge.feed(respond(leg, "200 OK", b"ph1", ANSWER, SDP), PHONE)
+    bridge.feed(respond(leg, "200 OK", b"ph1", DESK_ANSWER, SDP), PHONE)
     got += [d for d, a in bridge.take() if a == TRUNK]
     [ok] = [d for d in got if is_response(d, 200, "INVITE")]
     bridge.feed(trunk_in_dialog("ACK", 1, 1, header(ok, "To") or "", contact_uri(ok)), TRUNK)
