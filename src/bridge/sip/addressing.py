@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 from functools import lru_cache
 
+from bridge.sip.dialog import Dialog
 from bridge.sip.grammar import SipSyntaxError, parse_name_addr, parse_uri
 from bridge.sip.transaction import Address
 
@@ -34,15 +34,15 @@ def address_of(uri: str, fallback: Address) -> Address:
     return host, parsed.port or 5060
 
 
-def next_hop(route_set: Sequence[str], remote_target: str, fallback: Address) -> Address:
+def next_hop(dialog: Dialog, fallback: Address) -> Address:
     """Where an in-dialog request goes (RFC 3261 §12.2.1.1, §8.1.2): to the dialog's first
     route when it has a route set (a proxy of the carrier's that Record-Routed the call; loose
     or strict, the request goes there first), else to the remote target; as `address_of`
     reads each. Sent straight to the Contact, a BYE passed by the carrier's proxy, which may
     not let it reach the far end at all, and the call went on being billed there."""
-    if route_set:
+    if dialog.route_set:
         try:
-            return address_of(str(parse_name_addr(route_set[0]).uri), fallback)
+            return address_of(str(parse_name_addr(dialog.route_set[0]).uri), fallback)
         except SipSyntaxError:
             return fallback
-    return address_of(remote_target, fallback)
+    return address_of(str(dialog.remote_target), fallback)

@@ -316,6 +316,12 @@ class SipCall:
     expiry_timer: object | None = None
 
     @property
+    def final_sent(self) -> bool:
+        """Our final response to the caller's INVITE went (a 2xx held for a PRACK has not):
+        its early dialog is over, an early BYE or the INVITE's expiry has nothing to end."""
+        return self.answered and self.held_ok is None
+
+    @property
     def machine(self) -> CallMachine:
         return self.run.machine
 
@@ -744,7 +750,7 @@ class SipCalls:
         call.expiry_timer = None
         if call.finished or self._calls.get(call.call_id) is not call:
             return
-        if call.answered and call.held_ok is None:  # (its final response went)
+        if call.final_sent:
             return
         with call_context(call.call_id):
             log.info("sip_invite_expired", expires=call.invite.headers.get("Expires"))
@@ -887,7 +893,7 @@ class SipCalls:
         else:
             other = call.caller_dialog
             transport = call.transport
-            destination = next_hop(other.route_set, str(other.remote_target), call.source)
+            destination = next_hop(other, call.source)
         local = self._local(transport)
         # Session-Expires is not copied: each side has its own session timer (the dialog
         # puts the other side's own on the relayed request).
@@ -2494,7 +2500,7 @@ class SipCalls:
         if (
             call is None
             or call.finished
-            or (call.answered and call.held_ok is None)  # (its final response went)
+            or call.final_sent
             or param_of(bye.headers.get("From"), "tag")
             != param_of(call.invite.headers.get("From"), "tag")
         ):
@@ -2510,7 +2516,7 @@ class SipCalls:
             dialog = call.caller_dialog
             bye = dialog.create_request("BYE", via=self._local(call.transport))
             self._forget_dialog(dialog)
-            destination = next_hop(dialog.route_set, str(dialog.remote_target), call.source)
+            destination = next_hop(dialog, call.source)
             self._send_request(bye, destination, call.transport)
         elif not call.answered:
             call.answered = True

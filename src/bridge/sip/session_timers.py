@@ -188,8 +188,7 @@ class SessionTimers:
             dialog = call.caller_dialog
             if dialog is None:
                 return None
-            hop = next_hop(dialog.route_set, str(dialog.remote_target), call.source)
-            return dialog, hop, call.transport
+            return dialog, next_hop(dialog, call.source), call.transport
         winner = call.winner
         if winner is None or winner.dialog is None:
             return None
