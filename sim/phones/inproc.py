@@ -167,6 +167,22 @@ def trunk_invite(n: int, line: str, bridge: str, extra: str = "") -> bytes:
     ).encode() + TRUNK_SDP
 
 
+def trunk_cancel(n: int, line: str, bridge: str, extra: str = "") -> bytes:
+    """The trunk's CANCEL of its call `n` (`trunk_invite`'s: same branch, From, To, Call-ID)."""
+    extra_lines = "".join(f"{h}\r\n" for h in extra.split("\n") if h)
+    return (
+        f"CANCEL sip:{line}@{bridge} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bK-t{n};rport\r\n"
+        f'From: "Caller" <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]}>;tag=trunk{n}\r\n'
+        f"To: <sip:{line}@{bridge}>\r\n"
+        f"Call-ID: call-{n}@{TRUNK[0]}\r\n"
+        "CSeq: 1 CANCEL\r\n"
+        "Max-Forwards: 70\r\n"
+        f"{extra_lines}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def trunk_in_dialog(
     method: str, cseq: int, n: int, to: str, target: str, extra: str = "", body: bytes = b""
 ) -> bytes:

@@ -9,6 +9,10 @@
   branch, as when a trunk's INVITE reaches us by two paths or a proxy fails over and re-sends
   it. It became a second call, and the agents were rung twice for one caller. Now: 482.
 
+- **Why the caller left** (RFC 3326 Reason on its CANCEL or early BYE): a forking proxy
+  upstream that rang us and another destination CANCELs us with `cause=200` when the other
+  answered. The phones' CANCELs carried no Reason, so each desk phone logged a missed call.
+  Now the Reason is copied into them (RFC 3326 §3).
 - **An INVITE that expires** (its `Expires`, RFC 3261 §13.3.1; some carriers send one and
   count on our 487 rather than CANCEL): it was ignored and the phones rang on for a caller
   the carrier had given up on. Now: 487 when it expires unanswered, the phones CANCELled.
@@ -37,6 +41,7 @@ from sim.phones.inproc import (
     one_desk_phone_directory,
     respond,
     signalling_bridge,
+    trunk_cancel,
     trunk_in_dialog,
     trunk_invite,
 )
@@ -67,9 +72,10 @@ def ring(bridge: InprocBridge, n: int = 1, extra: str = "") -> tuple[bytes, byte
     return leg, ringing
 
 
-def early_bye(ringing: bytes, n: int = 1, cseq: int = 2) -> bytes:
+def early_bye(ringing: bytes, n: int = 1, cseq: int = 2, extra: str = "") -> bytes:
     """The trunk's BYE in the early dialog of our 180 (its To tag)."""
-    return trunk_in_dialog("BYE", cseq, n, header(ringing, "To") or "", contact_uri(ringing))
+    to_ = header(ringing, "To") or ""
+    return trunk_in_dialog("BYE", cseq, n, to_, contact_uri(ringing), extra)
 
 
 def live(bridge: InprocBridge) -> int:
@@ -96,6 +102,44 @@ async def test_an_early_bye_ends_the_ringing_call(bridge: InprocBridge) -> None:
     [ended] = [e for e in logs if e["event"] == "sip_call_ended"]
     assert ended["outcome"] == "caller_cancelled"
     assert live(bridge) == 0
+
+
+ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
+@pytest.mark.parametrize(
+    ("reasons", "passed_on"),
+    [
+        pytest.param([ELSEWHERE], ELSEWHERE, id="answered-elsewhere"),
+        pytest.param(
+            [ELSEWHERE, "Q.850;cause=16"], f"{ELSEWHERE}, Q.850;cause=16", id="two-protocols"
+        ),
+        pytest.param([], None, id="none"),
+        pytest.param([f'SIP;cause=200;text="{"x" * 300}"'], None, id="too-long-dropped"),
+    ],
+)
+async def test_the_callers_cancel_reason_is_passed_on_to_the_phones(
+    bridge: InprocBridge, reasons: list[str], passed_on: str | None
+) -> None:
+    leg, _ = ring(bridge)
+    extra = "\n".join(f"Reason: {reason}" for reason in reasons)
+    bridge.feed(trunk_cancel(1, LINE, bridge.address, extra), TRUNK)
+    sent = bridge.take()
+    assert [d for d in to(sent, TRUNK) if is_response(d, 200, "CANCEL")]
+    assert [d for d in to(sent, TRUNK) if is_response(d, 487, "INVITE")]
+    [cancel] = [d for d in to(sent, PHONE) if is_request(d, "CANCEL")]
+    assert header(cancel, "Call-ID") == header(leg, "Call-ID")
+    assert header(cancel, "Reason") == passed_on
+    assert live(bridge) == 0
+
+
+async def test_the_reason_of_an_early_bye_is_passed_on_to_the_phones(
+    bridge: InprocBridge,
+) -> None:
+    _, ringing = ring(bridge)
+    bridge.feed(early_bye(ringing, extra=f"Reason: {ELSEWHERE}"), TRUNK)
+    [cancel] = [d for d in to(bridge.take(), PHONE) if is_request(d, "CANCEL")]
+    assert header(cancel, "Reason") == ELSEWHERE
 
 
 @pytest.mark.parametrize(

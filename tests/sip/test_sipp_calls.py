@@ -229,6 +229,24 @@ def test_caller_cancels_while_phones_ring(tmp_path: Path) -> None:
         assert bridge.metric('bridge_calls_total{outcome="caller_cancelled",path="sip"}') == 1.0
 
 
+def test_a_cancel_answered_elsewhere_upstream_tells_the_phones_so(tmp_path: Path) -> None:
+    """A forking proxy upstream rang us and another destination, and the other answered: its
+    CANCEL says so (RFC 3326 Reason, cause=200). The phones' CANCELs carry the same Reason
+    (a desk phone then logs no missed call); before, they carried none."""
+    with trunk_bridge(tmp_path, directory()) as bridge:
+        anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)
+        ben = start_phone(tmp_path, "phone_ring_cancelled.xml", "302", bridge.sip)
+        wait_registered(bridge, 2)
+        trunk = run_trunk(tmp_path, bridge, "-d", "500", scenario="trunk_cancel_elsewhere.xml")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0 and ben.wait(timeout=30) == 0
+        for user in ("301", "302"):
+            cancel = trace(tmp_path, "phone_ring_cancelled.xml", user)
+            assert 'Reason: SIP;cause=200;text="Call completed elsewhere"' in cancel
+        ended = bridge.wait_events("sip_call_ended")
+        assert ended and ended[0]["outcome"] == "caller_cancelled"
+
+
 def test_layer_timeout_moves_to_layer_two(tmp_path: Path) -> None:
     with trunk_bridge(tmp_path, directory(timeout=2)) as bridge:
         anna = start_phone(tmp_path, "phone_ring_cancelled.xml", "301", bridge.sip)

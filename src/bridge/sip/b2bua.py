@@ -314,6 +314,9 @@ class SipCall:
     held_ok: tuple[bytes, str | None] | None = None
     # The caller's INVITE `Expires` (RFC 3261 §13.3.1): unanswered by then, it gets 487.
     expiry_timer: object | None = None
+    # The Reason of the caller's CANCEL (or early BYE), copied into the CANCELs it causes
+    # (RFC 3326 §3): "answered elsewhere" upstream is then no missed call on the phones.
+    gone_reason: str | None = None
 
     @property
     def final_sent(self) -> bool:
@@ -713,6 +716,7 @@ class SipCalls:
             return
         self._respond(transaction_id, _reply(cancel, 200, "OK"))
         with call_context(call.call_id):
+            call.gone_reason = _passed_on_reason(cancel)
             self._caller_left(call)
 
     def _caller_left(self, call: SipCall) -> None:
@@ -1746,7 +1750,11 @@ class SipCalls:
         call = self._calls.get(run.call_id)
         if call is None:
             return
-        reason = ANSWERED_ELSEWHERE if command.reason is LegReason.ANSWERED_ELSEWHERE else None
+        reason = (
+            ANSWERED_ELSEWHERE
+            if command.reason is LegReason.ANSWERED_ELSEWHERE
+            else call.gone_reason
+        )
         call.dialing.discard(command.leg_id)  # not INVITEd yet: it never will be
         for branch in self._branches(call, command.leg_id):
             if branch.confirming:  # answered, still asked to press 1: hang it up
@@ -2508,6 +2516,7 @@ class SipCalls:
         self._respond(transaction_id, _reply(bye, 200, "OK"))
         with call_context(call.call_id):
             log.info("sip_call_bye", side=Side.CALLER.value, early=True)
+            call.gone_reason = _passed_on_reason(bye)
             self._caller_left(call)
         return True
 
@@ -2651,6 +2660,22 @@ def _cseq_number(message: SipRequest) -> int:
         return parse_cseq(message.headers.get("CSeq") or "").number
     except SipSyntaxError:
         return -1
+
+
+# A Reason passed on longer than this is dropped, not cut (a cut one would not parse).
+REASON_PASSED_MAX = 256
+
+
+def _passed_on_reason(request: SipRequest) -> str | None:
+    """The Reason header values of the caller's CANCEL or early BYE as one value to copy into
+    the CANCELs toward the phones (RFC 3326 §3: a proxy SHOULD; a B2BUA ending legs for the
+    caller is that proxy here). The values came through our parser (no line breaks), so they
+    are copied as sent; None when there is none, or when they are implausibly long."""
+    values = [value.strip() for value in request.headers.get_all("Reason") if value.strip()]
+    joined = ", ".join(values)
+    if not joined or len(joined) > REASON_PASSED_MAX:
+        return None
+    return joined
 
 
 def _info_digit(request: SipRequest) -> str | None:
