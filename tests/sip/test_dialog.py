@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import pytest
@@ -668,6 +669,40 @@ def test_reinvite_glare_gets_491_and_overlap_gets_500_with_retry_after() -> None
         dialog.create_request("INVITE", via=VIA)
     _, _, uas = uas_dialog()
     assert uas.reinvite_retry_window() == (0.0, 2.0)
+
+
+def test_an_update_offer_during_a_reinvite_offer_gets_491_or_500() -> None:
+    """RFC 3311 §5.2: an UPDATE with an offer while our re-INVITE's offer waits for its
+    answer is glare (491); while the peer's re-INVITE offer waits for ours, 500 with a
+    Retry-After of 0-10 s. An UPDATE without a body (a session refresh) goes through."""
+
+    def update(cseq: int, *, body: bytes = SDP, call_id: str = CALL_ID) -> SipRequest:
+        request = in_dialog_request("UPDATE", cseq=cseq, call_id=call_id, contact=CALLER_CONTACT)
+        if body:
+            request.headers.add("Content-Type", "application/sdp")
+        return dataclasses.replace(request, body=body)
+
+    _, _, dialog = uas_dialog()
+    theirs = in_dialog_request("INVITE", cseq=315, contact=CALLER_CONTACT)
+    theirs = dataclasses.replace(theirs, body=SDP)
+    assert dialog.receive_request(theirs).accepted
+    pending = dialog.receive_request(update(316))
+    assert pending.reason is VerdictReason.INVITE_IN_PROGRESS
+    assert pending.response is not None and pending.response.status == 500
+    assert 0 <= int(pending.response.headers.get("Retry-After") or "-1") <= 10
+    assert dialog.receive_request(update(317, body=b"")).accepted  # a refresh: no offer
+    dialog.response_sent(theirs, make_response(theirs, 200, "OK"))
+    assert dialog.receive_request(update(318)).accepted  # answered: a new offer is fine
+
+    req = our_invite()
+    ours_dialog = Dialog.from_uac(req, phone_reply(req, 200))
+    ours_dialog.create_request("INVITE", via=VIA, body=SDP, content_type="application/sdp")
+    theirs_update = update(50, call_id=ours_dialog.id.call_id)
+    theirs_update.headers.set("From", f"<sip:bob@example.com>;tag={ours_dialog.id.remote_tag}")
+    theirs_update.headers.set("To", f"<sip:alice@example.com>;tag={ours_dialog.id.local_tag}")
+    glare = ours_dialog.receive_request(theirs_update)
+    assert glare.reason is VerdictReason.GLARE
+    assert glare.response is not None and glare.response.status == 491
 
 
 # --- forking (§12.1.2, §13.2.2.4) ------------------------------------------------------------

@@ -227,3 +227,38 @@ async def test_the_callers_number_is_shown_without_its_parameters(bridge: Inproc
     assert b"cpc=ordinary" in ringing  # the phone's leg still carries the From as it came
     [live] = bridge.ctx.calls.all()
     assert live.caller == "+15551230000"
+
+
+@pytest.mark.parametrize("origin", ["caller", "callee"])
+async def test_an_update_offer_while_a_relayed_reinvite_waits_is_500_and_not_relayed(
+    bridge: InprocBridge, origin: str
+) -> None:
+    """RFC 3311 §5.2: the sender's re-INVITE offer is relayed and waits for the far side's
+    answer; an UPDATE with a new offer from the same sender meanwhile gets 500 with a
+    Retry-After (it used to be relayed too, two offers crossing on the far side). From the
+    far side, an UPDATE offer then crosses our relayed re-INVITE's: 491 (glare)."""
+    call = BridgedCall(bridge)
+    send, other = (
+        (call.from_trunk, call.from_phone)
+        if origin == "caller"
+        else (call.from_phone, call.from_trunk)
+    )
+    sender, receiver = (TRUNK, PHONE) if origin == "caller" else (PHONE, TRUNK)
+    send("INVITE", "application/sdp", HOLD_CALLER)
+    relayed, where = only(bridge.take(), lambda d: is_request(d, "INVITE"))
+    assert where == receiver
+    send("UPDATE", "application/sdp", HOLD_CALLER)
+    sent = bridge.take()
+    refused, where = only(sent, lambda d: is_response(d, 500, "UPDATE"))
+    assert where == sender
+    assert 0 <= int(header(refused, "Retry-After") or "-1") <= 10
+    assert not [d for d, _ in sent if is_request(d, "UPDATE")]
+    other("UPDATE", "application/sdp", SDP)
+    _, where = only(bridge.take(), lambda d: is_response(d, 491, "UPDATE"))
+    assert where == receiver
+    # The re-INVITE's answer still comes back; the call goes on.
+    ct = b"Content-Type: application/sdp"
+    bridge.feed(respond(relayed, "200 OK", None, ct, SDP), receiver)
+    _, where = only(bridge.take(), lambda d: is_response(d, 200, "INVITE"))
+    assert where == sender
+    assert len(bridge.ctx.calls) == 1

@@ -947,6 +947,23 @@ class Dialog:
                     dialog=self,
                     extra=[retry],
                 )
+        if method == "UPDATE" and request.body and self.state is DialogState.CONFIRMED:
+            # RFC 3311 §5.2: an offer while our re-INVITE's offer awaits its answer is glare
+            # (491); one while the peer's re-INVITE offer awaits ours, 500 and a retry after
+            # 0-10 s. (Early dialogs are left alone: a reliable 18x may have answered.)
+            local, remote = self._local_invite, self._remote_invite
+            if self._local_invite_pending and local is not None and local.body:
+                return _refuse(request, VerdictReason.GLARE, 491, "Request Pending", dialog=self)
+            if self._remote_invite_pending and remote is not None and remote.body:
+                retry = ("Retry-After", str(secrets.randbelow(11)))
+                return _refuse(
+                    request,
+                    VerdictReason.INVITE_IN_PROGRESS,
+                    500,
+                    "Server Internal Error",
+                    dialog=self,
+                    extra=[retry],
+                )
         refreshed = False
         if method in TARGET_REFRESH_METHODS:
             try:
