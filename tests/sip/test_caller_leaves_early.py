@@ -288,8 +288,7 @@ def test_sipp_trunk_hangs_up_with_an_early_bye(tmp_path: Path) -> None:
 def test_sipp_trunk_sends_its_invite_twice_on_two_branches(tmp_path: Path) -> None:
     from tests.sip.peers import trunk_bridge
 
-    group = directory()
-    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    group = directory(first_layer=("anna",))
     with trunk_bridge(tmp_path, group) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "1000")
         wait_registered(bridge, 1)

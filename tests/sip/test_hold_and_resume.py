@@ -207,8 +207,7 @@ def test_sipp_trunk_holds_and_resumes_without_sdp_through_the_engine(tmp_path: P
     """SIPp as a PBX trunk: hold (its 200 must say recvonly), resume with a re-INVITE
     without SDP (its 200 must offer sendrecv: tests/sip/scenarios/trunk_hold_resume.xml),
     the answer in its ACK; the desk phone (SIPp) is never asked."""
-    group = sipp_directory()
-    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    group = sipp_directory(first_layer=("anna",))
     with trunk_bridge(tmp_path, group) as bridge:
         anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "200")
         wait_registered(bridge, 1)

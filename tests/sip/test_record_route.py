@@ -192,8 +192,7 @@ def kamailio_in_front(folder: Path, bridge_port: int) -> Iterator[int]:
 def test_through_a_record_routing_proxy_the_ack_arrives_and_our_bye_goes_back_through_it(
     tmp_path: Path,
 ) -> None:
-    group = directory()
-    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    group = directory(first_layer=("anna",))
     with trunk_bridge(tmp_path, group) as bridge:
         anna = start_phone(tmp_path, "phone_answer_hangup.xml", "301", bridge.sip, "-d", "500")
         wait_registered(bridge, 1)

@@ -25,7 +25,10 @@ from tests.sip.test_sipp_register import ha1
 pytestmark = needs_sipp
 
 
-def directory(**layer: Any) -> dict[str, Any]:
+def directory(timeout: int = 20, first_layer: tuple[str, ...] = ("anna", "ben")) -> dict[str, Any]:
+    """Line +15550100 to the Sales group: `first_layer` (anna and ben) for `timeout` seconds,
+    then cleo; each a desk phone (301-303, password pw-<ext>)."""
+
     def phone(uid: str, name: str, ext: str) -> dict[str, Any]:
         return {
             "id": uid,
@@ -48,7 +51,7 @@ def directory(**layer: Any) -> dict[str, Any]:
                 "id": "sales",
                 "name": "Sales",
                 "layers": [
-                    {"members": ["anna", "ben"], "timeout_seconds": layer.get("timeout", 20)},
+                    {"members": list(first_layer), "timeout_seconds": timeout},
                     {"members": ["cleo"], "timeout_seconds": 20},
                 ],
                 "fallback": {"action": "hangup"},
@@ -609,8 +612,7 @@ def test_a_provider_we_register_with_calls_our_contact_with_the_number_in_to(
         "sip__trunk_uri": f"sip:127.0.0.1:{port}", "sip__trunk_register": "true",
         "sip__trunk_username": "bridge-acct", "sip__trunk_password": "trunk-secret",
     }  # fmt: skip
-    group = directory()
-    group["ring_groups"][0]["layers"][0]["members"] = ["anna"]
+    group = directory(first_layer=("anna",))
     with trunk_bridge(tmp_path, group, **env) as bridge:
         assert provider.wait(timeout=30) == 0  # registered
         assert bridge.wait_events("sip_trunk_registered")
