@@ -6,7 +6,7 @@ calls, what the dispatcher delivers.
                                      [--fallback-rates 200,100] [--modes off,store,on]
                                      [--users 100] [--deliveries 6000] [--concurrency 8,32]
                                      [--sections 1,2,3] [--quick] [--json FILE] [--keep]
-                                     [--no-pin]
+                                     [--no-pin] [--split]
 
 Everything runs on loopback, on free ports, bounded in time (about 3 minutes with the
 defaults when events on cannot keep up with --rate, under 30 s with `--quick`; no new rate is
@@ -59,6 +59,9 @@ by its process group id. Three sections:
    passes with zero failed calls at >= 95% of the asked rate. Target: set-up p99 on within 1
    ms of off at 500 calls/s. With two cores or more, the bridge runs alone on the first
    core; SIPp, the receiver and this script on the others (`--no-pin`: no affinity).
+   `--split`: a second sniffer on the bridge's own port splits each set-up into the bridge's
+   share (the trunk's INVITE in -> ours to the phone out; the phone's 200 in -> ours to the
+   trunk out) and the phone's (INVITE -> 200), the legs paired by order (`SplitSniffer`).
 3. **Delivery throughput**, in this process: --deliveries stored events (the same mix) of
    1,000-odd calls queued for one endpoint, then `WebhookDispatcher` (the default
    `DeliveryPolicy`, and --concurrency values: 8 is the default) delivers them to an aiohttp
@@ -807,11 +810,7 @@ class Sniffer:
                 continue
             except OSError:
                 return
-            stamp = None
-            for _, kind, value in ancillary:
-                if kind == 35:  # SCM_TIMESTAMPNS
-                    sec, nsec = struct.unpack("qq", value[:16])
-                    stamp = sec + nsec / 1e9
+            stamp = _kernel_stamp(ancillary)
             if stamp is None:
                 continue
             self.packets += 1
@@ -837,6 +836,78 @@ class Sniffer:
             self._thread.join(timeout=2)
         self.sock.close()
         return [self.answers[c] - t for c, t in self.invites.items() if c in self.answers]
+
+
+def _kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """The packet's kernel timestamp (SCM_TIMESTAMPNS), in seconds."""
+    for _, kind, value in ancillary:
+        if kind == 35:
+            sec, nsec = struct.unpack("qq", value[:16])
+            return sec + nsec / 1e9
+    return None
+
+
+class SplitSniffer(Sniffer):
+    """`--split`: the same kernel timestamps on the bridge's own port, to split a call's
+    set-up into the bridge's share and the phone's: the trunk's INVITE in -> the bridge's
+    INVITE to the phone out, the phone's 200 in -> the bridge's 200 to the trunk out, and the
+    phone's INVITE -> 200 between them. The legs have Call-IDs of their own and nothing in
+    them names the other, so they are paired by order: the k-th INVITE that came in (the
+    refused ones left out) rang the k-th INVITE that went out (one phone rings per call, and
+    one event loop handles them in the order they came)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.incoming: dict[bytes, float] = {}  # the trunk's INVITEs, by Call-ID
+        self.outgoing: dict[bytes, float] = {}  # ours to the phones
+        self.answered_in: dict[bytes, float] = {}  # the phones' 200s
+        self.answered_out: dict[bytes, float] = {}  # ours to the trunk
+        self.refused: set[bytes] = set()  # trunk calls we answered >= 300
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(65535, 64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            stamp = _kernel_stamp(ancillary)
+            if stamp is None:
+                continue
+            header_length = (data[14] & 0x0F) * 4
+            ours = struct.unpack("!H", data[14 + header_length : 16 + header_length])[0]
+            sent = ours == self.port  # (else: sent to us)
+            payload = data[14 + header_length + 8 :]
+            head = payload.split(b"\r\n\r\n", 1)[0].lower()
+            cseq = _header(head, (b"cseq",))
+            call_id = _header(head, (b"call-id", b"i"))
+            if cseq is None or call_id is None or not cseq.endswith(b"invite"):
+                continue
+            if payload.startswith(b"INVITE "):
+                table = self.outgoing if sent else self.incoming
+            elif payload.startswith(b"SIP/2.0 200"):
+                table = self.answered_out if sent else self.answered_in
+            else:
+                if sent and payload[8:9] in b"3456":
+                    self.refused.add(call_id)
+                continue
+            table.setdefault(call_id, stamp)
+
+    def split(self) -> dict[str, list[float]]:
+        """Seconds per call paired: "bridge_invite", "bridge_answer", "phone"."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.sock.close()
+        trunk = [c for c in self.incoming if c not in self.refused]  # (in the order they came)
+        shares: dict[str, list[float]] = {"bridge_invite": [], "bridge_answer": [], "phone": []}
+        for a_leg, b_leg in zip(trunk, self.outgoing, strict=False):
+            if a_leg in self.answered_out and b_leg in self.answered_in:
+                shares["bridge_invite"].append(self.outgoing[b_leg] - self.incoming[a_leg])
+                shares["bridge_answer"].append(self.answered_out[a_leg] - self.answered_in[b_leg])
+                shares["phone"].append(self.answered_in[b_leg] - self.outgoing[b_leg])
+        return shares
 
 
 def _header(head: bytes, names: tuple[bytes, ...]) -> bytes | None:
@@ -869,6 +940,7 @@ class CallRun:
     retransmissions: int = 0
     sipp_rtd: list[float] = field(default_factory=list)  # ms
     wire: list[float] = field(default_factory=list)  # seconds, from kernel timestamps
+    split: dict[str, list[float]] = field(default_factory=dict)  # --split: SplitSniffer's
     packets: int = 0
     cpu_ms_per_call: float | None = None
     bridge_mean_ms: float | None = None
@@ -1085,6 +1157,7 @@ class Stack:
         calls = max(20, int(rate * args.seconds))
         port = free_port()
         sniffer = Sniffer(port).start() if self.ctx.wire else None
+        splitter = SplitSniffer(bridge.sip).start() if self.ctx.wire and args.split else None
         others = OtherLoad().start()
         run = trunk_calls(
             self.folder / f"calls-{rate:g}", self.target, rate, calls, port, args.talk_ms
@@ -1096,6 +1169,8 @@ class Stack:
             time.sleep(0.2)
             run.wire = sniffer.stop()
             run.packets = sniffer.packets
+        if splitter is not None:
+            run.split = splitter.split()
         run.mode = mode
         time.sleep(0.3)
         run.cpu_ms_per_call = (
@@ -1167,6 +1242,17 @@ def detail_lines(run: CallRun, args: argparse.Namespace) -> list[str]:
         lines.append(
             f"        set-up seen on the wire for {len(run.wire)} of {run.succeeded} calls"
         )
+    if run.split.get("phone"):
+        shares = " / ".join(
+            f"{label} p50 {ms(percentile(run.split[key], 50))} p99 "
+            f"{ms(percentile(run.split[key], 99))}"
+            for key, label in (
+                ("bridge_invite", "the bridge: INVITE in -> out"),
+                ("bridge_answer", "200 in -> out"),
+                ("phone", "the phone: INVITE -> 200"),
+            )
+        )
+        lines.append(f"        {shares} ({len(run.split['phone'])} calls paired)")
     if run.worker_cpu_ms_per_call is not None:
         lines.append(
             f"        events worker CPU {run.worker_cpu_ms_per_call:.3f} ms per call during the "
@@ -1386,6 +1472,11 @@ def call_json(run: CallRun) -> dict[str, Any]:
         "sipp_p50_ms": percentile(run.sipp_rtd, 50),
         "sipp_p99_ms": percentile(run.sipp_rtd, 99),
         "bridge_setup_mean_ms": run.bridge_mean_ms,
+        "split_ms": {  # --split: the bridge's shares and the phone's, p50 and p99
+            key: [(percentile(values, q) or 0) * 1000 for q in (50, 99)]
+            for key, values in run.split.items()
+            if values
+        },
         "bridge_setup_p99_bucket": run.bridge_p99,
         "cpu_ms_per_call": run.cpu_ms_per_call,
         "worker_cpu_ms_per_call": run.worker_cpu_ms_per_call,
@@ -1558,6 +1649,12 @@ def main() -> int:
     parser.add_argument("--deliver-limit", type=float, default=60.0)
     parser.add_argument("--budget", type=float, default=150.0, help="no new rate after this")
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="section 2: also split each call's set-up into the bridge's share and the phone's"
+        " (a second sniffer, on the bridge's port: more work on the SIPp core)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
         "--sections", type=parse_ints, default=[1, 2, 3], help="which sections to run (1,2,3)"

@@ -20,7 +20,7 @@ BENCH = REPO / "bench" / "events.py"
 def test_the_quick_run_prints_the_three_sections_with_numbers(tmp_path: Path) -> None:
     out = tmp_path / "events.json"
     run = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", f"--json={out}"],
+        [sys.executable, str(BENCH), "--quick", "--split", f"--json={out}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -59,6 +59,14 @@ def test_the_quick_run_prints_the_three_sections_with_numbers(tmp_path: Path) ->
         assert runs["on"]["events_written_total"] >= runs["on"]["events_rows"]
         assert runs["on"]["receiver"]["received"] > 0 and runs["on"]["receiver"]["bad"] == 0
         assert runs["off"]["events_rows"] is None  # no outbox: events effectively off
+        for mode in ("on", "off"):
+            if runs[mode]["setup_source"] == "wire":  # (AF_PACKET: root or CAP_NET_RAW)
+                # --split: the bridge's shares and the phone's, each leg paired with its own
+                split = runs[mode]["split_ms"]
+                assert set(split) == {"bridge_invite", "bridge_answer", "phone"}, split
+                assert all(0 <= p50 <= p99 for p50, p99 in split.values()), split
+        if runs["on"]["setup_source"] == "wire":
+            assert "the bridge: INVITE in -> out p50" in text
         assert re.search(r"on - off: set-up p50 [\d.]+ ms -> [\d.]+ ms", text)
 
     # 3. delivery throughput: every stored event delivered once, signed
