@@ -584,6 +584,22 @@ def test_dial_rules_refuse_an_international_call_with_403_and_audit_it(tmp_path:
         )
 
 
+def test_a_carrier_that_sends_the_national_number_reaches_the_line(tmp_path: Path) -> None:
+    """SIPp as a carrier that puts the national form in the Request-URI (the line is
+    +15550100; the default dial plan's country code is 1): it was refused 404. Other forms:
+    tests/sip/test_trunk_numbers.py."""
+    with trunk_bridge(tmp_path, directory(first_layer=("anna",))) as bridge:
+        anna = start_phone(tmp_path, "phone_answer.xml", "301", bridge.sip, "-d", "300")
+        wait_registered(bridge, 1)
+        trunk = run_trunk(tmp_path, bridge, number="5550100")
+        assert trunk.returncode == 0, (tmp_path / "trunk.err").read_text(errors="replace")
+        assert anna.wait(timeout=30) == 0
+        [call_in] = bridge.wait_events("sip_call_in")
+        assert call_in["line"] == "+15550100"
+        [ended] = bridge.wait_events("sip_call_ended")
+        assert ended["outcome"] == "answered"
+
+
 def test_a_ported_number_with_its_parameters_reaches_the_line(tmp_path: Path) -> None:
     """US carriers deliver a ported number with its dip in the Request-URI's user part
     (RFC 4694: `;npdi;rn=...`). The routing number's digits were read as part of the line's:

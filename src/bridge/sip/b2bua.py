@@ -56,7 +56,7 @@ from bridge.observability.audit import audit
 from bridge.observability.logging import call_context
 from bridge.observability.metrics import Metrics
 from bridge.presence.model import Channel
-from bridge.routing.dialing import decide
+from bridge.routing.dialing import classify, decide
 from bridge.routing.fixed import desk_leg_plan, outbound_plan
 from bridge.routing.model import CallRequest
 from bridge.sip.addressing import address_of, ip_address, next_hop
@@ -541,6 +541,8 @@ class SipCalls:
                 user = directory.users_by_sip_username.get(
                     dialled
                 ) or directory.users_by_extension.get(dialled)
+                if user is None:
+                    dialled = _line_dialled_nationally(directory, dialled)
             if user is not None:
                 request = CallRequest(call_id=call_id, user=user.id, caller=caller)
                 desk_leg = user.id
@@ -2660,6 +2662,18 @@ def _cseq_number(message: SipRequest) -> int:
         return parse_cseq(message.headers.get("CSeq") or "").number
     except SipSyntaxError:
         return -1
+
+
+def _line_dialled_nationally(directory: Directory, dialled: str) -> str:
+    """The line a carrier names in its national form (a US carrier's ten digits `4155550100`,
+    a UK one's `02079460000`; lines are E.164), read with the directory's dial plan (its
+    country code and national prefix, as for desk phones' calls out): that line's number, or
+    `dialled` as it came when no line has that number (then 404, as before). Those calls were
+    all refused 404 (`no_route`). A number with `+` was looked up as it is."""
+    if not _DIALLABLE.fullmatch(dialled) or dialled.startswith("+"):
+        return dialled
+    number = classify(dialled, directory.dialing).number
+    return number if directory.line(number) is not None else dialled
 
 
 # A Reason passed on longer than this is dropped, not cut (a cut one would not parse).
