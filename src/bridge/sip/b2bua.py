@@ -107,6 +107,9 @@ from bridge.text import ascii_digits, valid_utf8
 log = structlog.get_logger("bridge.sip.calls")
 
 ANSWERED_ELSEWHERE = format_reason(200, "Call completed elsewhere")
+# The caller's Reason passed on longer than this is dropped, not cut (a cut one would not
+# parse): `_passed_on_reason`.
+REASON_PASSED_MAX = 256
 T1, T2 = 0.5, 4.0  # RFC 3261 timer values for the 2xx retransmissions of the UAS core
 
 
@@ -2674,10 +2677,6 @@ def _line_dialled_nationally(directory: Directory, dialled: str) -> str:
         return dialled
     number = classify(dialled, directory.dialing).number
     return number if directory.line(number) is not None else dialled
-
-
-# A Reason passed on longer than this is dropped, not cut (a cut one would not parse).
-REASON_PASSED_MAX = 256
 
 
 def _passed_on_reason(request: SipRequest) -> str | None:

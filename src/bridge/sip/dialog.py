@@ -315,6 +315,20 @@ def _refuse(
     return Verdict(False, reason, response, dialog)
 
 
+def _in_progress(request: SipRequest, dialog: Dialog) -> Verdict:
+    """500 with a Retry-After of 0-10 s: the peer's INVITE (§14.2), or its offer (RFC 3311
+    §5.2), is still being answered."""
+    retry = ("Retry-After", str(secrets.randbelow(11)))
+    return _refuse(
+        request,
+        VerdictReason.INVITE_IN_PROGRESS,
+        500,
+        "Server Internal Error",
+        dialog=dialog,
+        extra=[retry],
+    )
+
+
 def _pairs(params: object) -> list[tuple[str, str | None]]:
     return list(params.pairs) if isinstance(params, Params) else []
 
@@ -938,15 +952,7 @@ class Dialog:
             if self._local_invite_pending:
                 return _refuse(request, VerdictReason.GLARE, 491, "Request Pending", dialog=self)
             if self._remote_invite_pending:
-                retry = ("Retry-After", str(secrets.randbelow(11)))  # §14.2: 0-10 s
-                return _refuse(
-                    request,
-                    VerdictReason.INVITE_IN_PROGRESS,
-                    500,
-                    "Server Internal Error",
-                    dialog=self,
-                    extra=[retry],
-                )
+                return _in_progress(request, self)
         if method == "UPDATE" and request.body and self.state is DialogState.CONFIRMED:
             # RFC 3311 §5.2: an offer while our re-INVITE's offer awaits its answer is glare
             # (491); one while the peer's re-INVITE offer awaits ours, 500 and a retry after
@@ -955,15 +961,7 @@ class Dialog:
             if self._local_invite_pending and local is not None and local.body:
                 return _refuse(request, VerdictReason.GLARE, 491, "Request Pending", dialog=self)
             if self._remote_invite_pending and remote is not None and remote.body:
-                retry = ("Retry-After", str(secrets.randbelow(11)))
-                return _refuse(
-                    request,
-                    VerdictReason.INVITE_IN_PROGRESS,
-                    500,
-                    "Server Internal Error",
-                    dialog=self,
-                    extra=[retry],
-                )
+                return _in_progress(request, self)
         refreshed = False
         if method in TARGET_REFRESH_METHODS:
             try:
