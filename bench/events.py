@@ -802,7 +802,6 @@ class Sniffer:
         return self
 
     def _run(self) -> None:
-        invites, answers = self.invites, self.answers
         while not self._stop.is_set():
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(65535, 64)
@@ -811,30 +810,35 @@ class Sniffer:
             except OSError:
                 return
             stamp = _kernel_stamp(ancillary)
-            if stamp is None:
-                continue
-            self.packets += 1
-            payload = data[14 + (data[14] & 0x0F) * 4 + 8 :]
-            if payload.startswith(b"INVITE "):
-                table = invites
-            elif payload.startswith(b"SIP/2.0 200"):
-                table = answers
-            else:
-                continue
-            head = payload.split(b"\r\n\r\n", 1)[0].lower()
-            cseq = _header(head, (b"cseq",))
-            if cseq is None or not cseq.endswith(b"invite"):
-                continue
-            call_id = _header(head, (b"call-id", b"i"))
-            if call_id is not None and call_id not in table:
-                table[call_id] = stamp
+            if stamp is not None:
+                self.packets += 1
+                self._packet(data, stamp)
 
-    def stop(self) -> list[float]:
-        """Set-up times (seconds) of the calls with both an INVITE and its 200."""
+    def _packet(self, data: bytes, stamp: float) -> None:
+        payload = data[14 + (data[14] & 0x0F) * 4 + 8 :]
+        if payload.startswith(b"INVITE "):
+            table = self.invites
+        elif payload.startswith(b"SIP/2.0 200"):
+            table = self.answers
+        else:
+            return
+        head = payload.split(b"\r\n\r\n", 1)[0].lower()
+        cseq = _header(head, (b"cseq",))
+        if cseq is None or not cseq.endswith(b"invite"):
+            return
+        call_id = _header(head, (b"call-id", b"i"))
+        if call_id is not None and call_id not in table:
+            table[call_id] = stamp
+
+    def _close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
         self.sock.close()
+
+    def stop(self) -> list[float]:
+        """Set-up times (seconds) of the calls with both an INVITE and its 200."""
+        self._close()
         return [self.answers[c] - t for c, t in self.invites.items() if c in self.answers]
 
 
@@ -864,42 +868,33 @@ class SplitSniffer(Sniffer):
         self.answered_out: dict[bytes, float] = {}  # ours to the trunk
         self.refused: set[bytes] = set()  # trunk calls we answered >= 300
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(65535, 64)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            stamp = _kernel_stamp(ancillary)
-            if stamp is None:
-                continue
-            header_length = (data[14] & 0x0F) * 4
-            ours = struct.unpack("!H", data[14 + header_length : 16 + header_length])[0]
-            sent = ours == self.port  # (else: sent to us)
-            payload = data[14 + header_length + 8 :]
-            head = payload.split(b"\r\n\r\n", 1)[0].lower()
-            cseq = _header(head, (b"cseq",))
-            call_id = _header(head, (b"call-id", b"i"))
-            if cseq is None or call_id is None or not cseq.endswith(b"invite"):
-                continue
-            if payload.startswith(b"INVITE "):
-                table = self.outgoing if sent else self.incoming
-            elif payload.startswith(b"SIP/2.0 200"):
-                table = self.answered_out if sent else self.answered_in
-            else:
-                if sent and payload[8:9] in b"3456":
-                    self.refused.add(call_id)
-                continue
-            table.setdefault(call_id, stamp)
+    def _packet(self, data: bytes, stamp: float) -> None:
+        header_length = (data[14] & 0x0F) * 4
+        ours = struct.unpack("!H", data[14 + header_length : 16 + header_length])[0]
+        sent = ours == self.port  # (else: sent to us)
+        payload = data[14 + header_length + 8 :]
+        head = payload.split(b"\r\n\r\n", 1)[0].lower()
+        cseq = _header(head, (b"cseq",))
+        call_id = _header(head, (b"call-id", b"i"))
+        if cseq is None or call_id is None or not cseq.endswith(b"invite"):
+            return
+        if payload.startswith(b"INVITE "):
+            table = self.outgoing if sent else self.incoming
+        elif payload.startswith(b"SIP/2.0 200"):
+            table = self.answered_out if sent else self.answered_in
+        else:
+            if (
+                sent
+                and payload.startswith(b"SIP/2.0 ")
+                and payload[8:9] in (b"3", b"4", b"5", b"6")
+            ):
+                self.refused.add(call_id)
+            return
+        table.setdefault(call_id, stamp)
 
     def split(self) -> dict[str, list[float]]:
         """Seconds per call paired: "bridge_invite", "bridge_answer", "phone"."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        self.sock.close()
+        self._close()
         trunk = [c for c in self.incoming if c not in self.refused]  # (in the order they came)
         shares: dict[str, list[float]] = {"bridge_invite": [], "bridge_answer": [], "phone": []}
         for a_leg, b_leg in zip(trunk, self.outgoing, strict=False):
