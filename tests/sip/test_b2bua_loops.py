@@ -6,6 +6,10 @@ own line, a carrier's <Dial><Sip> to a user whose phone forwards back) looped fo
 call per round, each ringing someone. Now each round spends one hop, and an INVITE that has
 none left is refused 483 (the SIPp test of the count on the wire: tests/sip/test_sipp_calls.py
 `test_trunk_call_answered_by_one_phone_the_other_is_cancelled_with_reason`).
+
+A phone's 3xx (its own call forwarding) is not followed either: the leg fails as any
+refusal does, so a desk phone cannot send a caller out through the trunk to a number of its
+choosing (README, "Calls over SIP").
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sim.phones.inproc import (
     header,
     is_request,
     is_response,
+    respond,
     signalling_bridge,
     trunk_invite,
 )
@@ -76,3 +81,17 @@ async def test_a_call_that_comes_back_to_us_stops_after_seventy_rounds(
     else:
         pytest.fail("the call went round 100 times")
     assert hops == list(range(69, -1, -1))
+
+
+@pytest.mark.parametrize("status", ["301 Moved Permanently", "302 Moved Temporarily"])
+async def test_a_phones_redirect_is_not_followed_and_its_leg_fails(
+    bridge: InprocBridge, status: str
+) -> None:
+    bridge.feed(trunk_invite(1, LINE, bridge.address), TRUNK)
+    [leg] = [d for d, a in bridge.take() if a == PHONE and is_request(d, "INVITE")]
+    premium = b"Contact: <sip:+19005551234@127.0.0.1:5099>"
+    bridge.feed(respond(leg, status, b"ph1", premium), PHONE)
+    sent = bridge.take() + await bridge.advance(1.0, step=0.25)
+    assert [a for d, a in sent if is_request(d, "ACK")] == [PHONE]  # the 3xx is ACKed
+    assert not [d for d, _ in sent if is_request(d, "INVITE")]  # nobody else is called
+    assert [d for d, a in sent if a == TRUNK and is_response(d, 480, "INVITE")]
