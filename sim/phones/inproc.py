@@ -149,19 +149,31 @@ SDP = (
 TRUNK_SDP = SDP.replace(b"phone", b"trunk")
 
 
-def trunk_invite(n: int, line: str, bridge: str, extra: str = "") -> bytes:
-    """The trunk's INVITE for call `n` to `line` (from TRUNK)."""
-    extra_lines = "".join(f"{h}\r\n" for h in extra.split("\n") if h)
+def _extra_lines(extra: str) -> str:
+    """Header lines given as "Name: value" separated by newlines, each ended by CRLF."""
+    return "".join(f"{h}\r\n" for h in extra.split("\n") if h)
+
+
+def _trunk_call_head(method: str, n: int, line: str, bridge: str) -> str:
+    """The start line and the headers that name the trunk's call `n` and its INVITE
+    transaction (Via branch, From tag, To, Call-ID, CSeq 1): an INVITE's and its CANCEL's."""
     return (
-        f"INVITE sip:{line}@{bridge} SIP/2.0\r\n"
+        f"{method} sip:{line}@{bridge} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bK-t{n};rport\r\n"
         f'From: "Caller" <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]}>;tag=trunk{n}\r\n'
         f"To: <sip:{line}@{bridge}>\r\n"
         f"Call-ID: call-{n}@{TRUNK[0]}\r\n"
-        "CSeq: 1 INVITE\r\n"
-        f"Contact: <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]};transport=udp>\r\n"
+        f"CSeq: 1 {method}\r\n"
+    )
+
+
+def trunk_invite(n: int, line: str, bridge: str, extra: str = "") -> bytes:
+    """The trunk's INVITE for call `n` to `line` (from TRUNK)."""
+    return (
+        _trunk_call_head("INVITE", n, line, bridge)
+        + f"Contact: <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]};transport=udp>\r\n"
         "Max-Forwards: 70\r\n"
-        f"{extra_lines}"
+        f"{_extra_lines(extra)}"
         "Content-Type: application/sdp\r\n"
         f"Content-Length: {len(TRUNK_SDP)}\r\n\r\n"
     ).encode() + TRUNK_SDP
@@ -169,16 +181,9 @@ def trunk_invite(n: int, line: str, bridge: str, extra: str = "") -> bytes:
 
 def trunk_cancel(n: int, line: str, bridge: str, extra: str = "") -> bytes:
     """The trunk's CANCEL of its call `n` (`trunk_invite`'s: same branch, From, To, Call-ID)."""
-    extra_lines = "".join(f"{h}\r\n" for h in extra.split("\n") if h)
     return (
-        f"CANCEL sip:{line}@{bridge} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bK-t{n};rport\r\n"
-        f'From: "Caller" <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]}>;tag=trunk{n}\r\n'
-        f"To: <sip:{line}@{bridge}>\r\n"
-        f"Call-ID: call-{n}@{TRUNK[0]}\r\n"
-        "CSeq: 1 CANCEL\r\n"
-        "Max-Forwards: 70\r\n"
-        f"{extra_lines}"
+        _trunk_call_head("CANCEL", n, line, bridge) + "Max-Forwards: 70\r\n"
+        f"{_extra_lines(extra)}"
         "Content-Length: 0\r\n\r\n"
     ).encode()
 
@@ -187,7 +192,7 @@ def trunk_in_dialog(
     method: str, cseq: int, n: int, to: str, target: str, extra: str = "", body: bytes = b""
 ) -> bytes:
     """An in-dialog request of the trunk's call `n` (`to`: the To of the bridge's 2xx)."""
-    extra_lines = "".join(f"{h}\r\n" for h in extra.split("\n") if h)
+    extra_lines = _extra_lines(extra)
     if method in ("INVITE", "UPDATE"):  # target refresh requests carry a Contact
         extra_lines += f"Contact: <sip:+15551230000@{TRUNK[0]}:{TRUNK[1]};transport=udp>\r\n"
     if body:
